@@ -1,0 +1,1 @@
+"""The network lab: namespaces, real routers (FRR, BIRD), and helpers to wait on them."""
