@@ -1,0 +1,266 @@
+"""Frozen value types shared by every room: the slim views of Kubernetes objects and the routes.
+
+Why slim views instead of the kubernetes client's models: the policy core must be a pure
+function of plain values (testable without a cluster, comparable for "did anything really
+change?"), and the client's model deserialisation is slow at 10,000 objects. The kube
+side parses raw JSON straight into these.
+
+Values that arrive from users (IPs in annotations, status, spec) stay *strings* here: they
+are untrusted, and the allocator/planner decide — with a reason — whether they are valid.
+Values that leave towards ExaBGP (RouteIntent) are *typed* (ipaddress objects, ints,
+Community), so command text can only ever be built from validated values.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Optional, Union
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+# (key, value) pairs sorted by key: hashable, comparable, deterministic.
+Pairs = tuple[tuple[str, str], ...]
+
+
+def freeze_pairs(mapping: Optional[Mapping[str, str]]) -> Pairs:
+    """A dict of labels or annotations as sorted (key, value) pairs."""
+    return tuple(sorted((mapping or {}).items()))
+
+
+class Tier(enum.Enum):
+    """A cluster's preference for one Service, most preferred first."""
+
+    PRIMARY = "primary"
+    SECONDARY = "secondary"
+    TERTIARY = "tertiary"
+
+    @property
+    def rank(self) -> int:
+        """0 for primary, 1 for secondary, 2 for tertiary: lower is preferred."""
+        return TIERS_IN_ORDER.index(self)
+
+
+TIERS_IN_ORDER = (Tier.PRIMARY, Tier.SECONDARY, Tier.TERTIARY)
+LOWEST_TIER = TIERS_IN_ORDER[-1]
+
+
+@dataclass(frozen=True, order=True)
+class Community:
+    """A standard BGP community (RFC 1997), `asn:value` with both halves 16-bit."""
+
+    asn: int
+    value: int
+
+    def __post_init__(self) -> None:
+        for half in (self.asn, self.value):
+            if type(half) is not int or not 0 <= half <= 0xFFFF:
+                raise ValueError(f"community halves must be integers 0..65535, got {self.asn!r}:{self.value!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> "Community":
+        parts = _split_community(text, 2, "community", "ASN:VALUE")
+        return cls(*parts)
+
+    def __str__(self) -> str:
+        return f"{self.asn}:{self.value}"
+
+
+@dataclass(frozen=True, order=True)
+class LargeCommunity:
+    """A large BGP community (RFC 8092), `global:local1:local2`, each 32-bit."""
+
+    global_admin: int
+    local1: int
+    local2: int
+
+    def __post_init__(self) -> None:
+        for part in (self.global_admin, self.local1, self.local2):
+            if type(part) is not int or not 0 <= part <= 0xFFFFFFFF:
+                raise ValueError(f"large community parts must be integers 0..4294967295, got {self}")
+
+    @classmethod
+    def parse(cls, text: str) -> "LargeCommunity":
+        parts = _split_community(text, 3, "large community", "GLOBAL:LOCAL1:LOCAL2")
+        return cls(*parts)
+
+    def __str__(self) -> str:
+        return f"{self.global_admin}:{self.local1}:{self.local2}"
+
+
+# RFC 8326: routers lower the preference of routes carrying it; what `drain` attaches.
+GRACEFUL_SHUTDOWN = Community(65535, 0)
+
+
+def parse_any_community(text: str) -> Union[Community, LargeCommunity]:
+    """`a:b` is a standard community, `a:b:c` a large one; anything else is a ValueError."""
+    if isinstance(text, str) and text.count(":") == 2:
+        return LargeCommunity.parse(text)
+    return Community.parse(text)
+
+
+def _split_community(text: object, count: int, what: str, form: str) -> tuple[int, ...]:
+    if not isinstance(text, str):
+        raise ValueError(f"{what} must be a string {form}, got {text!r}")
+    parts = text.split(":")
+    # isdigit() is true for non-ASCII digits such as '٣'; only 0-9 may reach a command line.
+    if len(parts) != count or not all(p and p.isascii() and p.isdigit() for p in parts):
+        raise ValueError(f"{text!r} is not a {what} ({form})")
+    return tuple(int(p) for p in parts)
+
+
+# --- slim views of Kubernetes objects -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    name: str
+    protocol: str  # TCP | UDP | SCTP
+    port: int
+
+
+@dataclass(frozen=True)
+class ServiceView:
+    """What the core needs of a Service. IP fields are raw strings: untrusted input."""
+
+    namespace: str
+    name: str
+    uid: str = ""
+    type: str = "LoadBalancer"
+    created: str = ""  # metadata.creationTimestamp (RFC 3339 sorts as text): the tie-break for conflicts
+    load_balancer_class: Optional[str] = None
+    external_traffic_policy: str = "Cluster"  # Cluster | Local
+    ip_families: tuple[str, ...] = ()  # spec.ipFamilies, e.g. ("IPv4", "IPv6")
+    ip_family_policy: Optional[str] = None  # SingleStack | PreferDualStack | RequireDualStack
+    ports: tuple[ServicePort, ...] = ()
+    annotations: Pairs = ()
+    load_balancer_ip: Optional[str] = None  # spec.loadBalancerIP (deprecated upstream, still read)
+    ingress_ips: tuple[str, ...] = ()  # status.loadBalancer.ingress[*].ip, as written by whoever wrote it
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def annotation(self, *names: str) -> Optional[str]:
+        """The value of the first of `names` that is present (ours first, then MetalLB's)."""
+        found = dict(self.annotations)
+        for name in names:
+            if name in found:
+                return found[name]
+        return None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    addresses: tuple[str, ...]
+    ready: bool
+    node_name: Optional[str] = None
+    serving: Optional[bool] = None
+    terminating: bool = False
+
+
+@dataclass(frozen=True)
+class EndpointSliceView:
+    namespace: str
+    name: str
+    service_name: str  # label kubernetes.io/service-name
+    address_type: str = "IPv4"
+    endpoints: tuple[Endpoint, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def service_key(self) -> str:
+        return f"{self.namespace}/{self.service_name}"
+
+
+@dataclass(frozen=True)
+class NodeView:
+    name: str
+    labels: Pairs = ()
+    addresses: tuple[tuple[str, str], ...] = ()  # (type, address), e.g. ("InternalIP", "10.0.0.2")
+    ready: bool = True
+
+    def label(self, key: str) -> Optional[str]:
+        return dict(self.labels).get(key)
+
+    def address_of(self, version: int) -> Optional[IPAddress]:
+        """The node's first InternalIP (else ExternalIP) of that IP version, parsed."""
+        for wanted in ("InternalIP", "ExternalIP"):
+            for kind, text in self.addresses:
+                if kind != wanted:
+                    continue
+                try:
+                    address = ipaddress.ip_address(text)
+                except ValueError:
+                    continue
+                if address.version == version:
+                    return address
+        return None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the core reads from Kubernetes, keyed by `namespace/name` (nodes by name).
+
+    Not hashable (it holds dicts); compare with ==.
+    """
+
+    services: Mapping[str, ServiceView]
+    endpoint_slices: Mapping[str, EndpointSliceView]
+    nodes: Mapping[str, NodeView]
+
+    @classmethod
+    def of(cls, services: Iterable[ServiceView] = (), endpoint_slices: Iterable[EndpointSliceView] = (),
+           nodes: Iterable[NodeView] = ()) -> "Snapshot":
+        return cls(
+            services={s.key: s for s in services},
+            endpoint_slices={e.key: e for e in endpoint_slices},
+            nodes={n.name: n for n in nodes},
+        )
+
+
+# --- what the node announces ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RouteAttributes:
+    """The path attributes of one announcement, all typed and validated.
+
+    `as_path` is the AS_PATH as sent: our ASN first, repeated for prepends (ExaBGP sends an
+    explicit as-path verbatim on eBGP, see reference/exabgp-api.md §9). `local_pref` is None
+    toward eBGP peers, where it would be dropped anyway.
+    """
+
+    next_hop: IPAddress
+    as_path: tuple[int, ...]
+    med: Optional[int] = None
+    local_pref: Optional[int] = None
+    communities: tuple[Community, ...] = ()  # sorted, no duplicates
+    large_communities: tuple[LargeCommunity, ...] = ()  # sorted, no duplicates
+
+    def sort_key(self) -> tuple:
+        """A total order for deterministic output (IPv4 and IPv6 next-hops do not compare)."""
+        return (self.next_hop.version, int(self.next_hop), self.as_path,
+                -1 if self.med is None else self.med, -1 if self.local_pref is None else self.local_pref,
+                self.communities, self.large_communities)
+
+
+@dataclass(frozen=True)
+class RouteIntent:
+    """One prefix this node wants announced to one peer (by peer name), and why."""
+
+    prefix: IPNetwork
+    peer: str
+    attributes: RouteAttributes
+    tier: Tier
+    services: tuple[str, ...]  # namespace/name of the Service(s) behind it (several when sharing an IP)
+
+    @property
+    def key(self) -> tuple[str, IPNetwork]:
+        """What identifies an announcement at a router: a peer and a prefix."""
+        return (self.peer, self.prefix)
