@@ -1,0 +1,94 @@
+"""The `bgpspeaker` command line: one parser, each command handled by the module that owns it.
+
+The parser lives here so the whole contract of DESIGN.md ("Command line") reads in one
+place; the handlers are imported lazily so `check-config` or `plan` never pays for (or
+depends on) the kubernetes client or ExaBGP.
+
+Exit codes: 0 ok, 1 fatal/unreachable, 2 bad config or input, 3 not found (explain).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Callable, Optional, Sequence
+
+# command -> "module:function"; each function takes the parsed args and returns an exit code.
+HANDLERS = {
+    "run": "bgpspeaker.daemon:run_command",
+    "check-config": "bgpspeaker.config.load:check_config_command",
+    "render-exabgp": "bgpspeaker.exabgp.render:render_command",
+    "plan": "bgpspeaker.offline:plan_command",
+    "explain": "bgpspeaker.offline:explain_command",
+    "status": "bgpspeaker.client:status_command",
+    "drain": "bgpspeaker.client:drain_command",
+    "undrain": "bgpspeaker.client:undrain_command",
+}
+
+DEFAULT_URL = "http://127.0.0.1:7472"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bgpspeaker", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="the daemon")
+    run.add_argument("--config", required=True)
+    run.add_argument("--node-name", default=os.environ.get("NODE_NAME"),
+                     help="this node's name (default: $NODE_NAME)")
+    run.add_argument("--kubeconfig", help="default: in-cluster config")
+    run.add_argument("--no-allocator", action="store_true", help="never write Service status (announce only)")
+    run.add_argument("--dry-run", action="store_true", help="plan and log, but start no ExaBGP")
+    run.add_argument("--run-dir", default="/run/bgpspeaker", help="ExaBGP config and socket live here")
+    run.add_argument("--log-level", default="INFO")
+
+    check = commands.add_parser("check-config", help="validate a config file")
+    check.add_argument("config")
+
+    render = commands.add_parser("render-exabgp", help="print the ExaBGP config a node would run")
+    render.add_argument("--config", required=True)
+    render.add_argument("--node-name", required=True)
+    render.add_argument("--objects", required=True, help="YAML with the Node objects (and anything else)")
+
+    plan = commands.add_parser("plan", help="offline: the routes a node would announce")
+    plan.add_argument("--config", required=True)
+    plan.add_argument("--node-name", required=True)
+    plan.add_argument("--objects", required=True, help="multi-document YAML or a List")
+    plan.add_argument("--format", choices=("text", "json"), default="text")
+
+    explain = commands.add_parser("explain", help="why a Service is or is not announced from a node")
+    explain.add_argument("service", metavar="NS/NAME")
+    explain.add_argument("--config", required=True)
+    explain.add_argument("--node-name", required=True)
+    source = explain.add_mutually_exclusive_group(required=True)
+    source.add_argument("--objects")
+    source.add_argument("--kubeconfig")
+
+    status = commands.add_parser("status", help="a running daemon's sessions and routes")
+    status.add_argument("--url", default=DEFAULT_URL)
+    for name, text in (("drain", "move traffic away from this node, then withdraw"), ("undrain", "undo drain")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--url", default=DEFAULT_URL)
+    return parser
+
+
+def _handler(command: str) -> Callable[[argparse.Namespace], int]:
+    module, function = HANDLERS[command].split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _handler(args.command)(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `bgpspeaker plan ... | head`
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,127 @@
+"""Raw Kubernetes JSON (dicts, as the API or `kubectl get -o yaml` gives them) → slim views.
+
+One parser for both the informer (raw watch JSON, skipping the client's slow model
+deserialisation) and the offline `plan`/`explain` (objects files), so both see exactly
+the same Service. Parsing is lenient about *shape* (a missing field takes its Kubernetes
+default) but never interprets untrusted values: IPs and annotations stay strings for
+the allocator and planner to judge, with reasons.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Optional
+
+from bgpspeaker.model import (
+    Endpoint, EndpointSliceView, NodeView, ServicePort, ServiceView, Snapshot, freeze_pairs,
+)
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+
+def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return obj.get("metadata") or {}
+
+
+def _strings(mapping: Any) -> dict[str, str]:
+    """Labels/annotations with non-string values dropped (the API never sends them; YAML files might)."""
+    if not isinstance(mapping, Mapping):
+        return {}
+    return {k: v for k, v in mapping.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def service_from_dict(obj: Mapping[str, Any]) -> ServiceView:
+    meta, spec = _meta(obj), obj.get("spec") or {}
+    ingress = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    ports = tuple(
+        ServicePort(name=str(p.get("name") or ""), protocol=str(p.get("protocol") or "TCP"),
+                    port=p.get("port") if isinstance(p.get("port"), int) else -1)
+        for p in (spec.get("ports") or []) if isinstance(p, Mapping)
+    )
+    return ServiceView(
+        namespace=str(meta.get("namespace") or "default"),
+        name=str(meta.get("name") or ""),
+        uid=str(meta.get("uid") or ""),
+        type=str(spec.get("type") or "ClusterIP"),
+        created=str(meta.get("creationTimestamp") or ""),
+        load_balancer_class=spec.get("loadBalancerClass") if isinstance(spec.get("loadBalancerClass"), str) else None,
+        external_traffic_policy=str(spec.get("externalTrafficPolicy") or "Cluster"),
+        ip_families=tuple(str(f) for f in (spec.get("ipFamilies") or [])),
+        ip_family_policy=spec.get("ipFamilyPolicy") if isinstance(spec.get("ipFamilyPolicy"), str) else None,
+        ports=ports,
+        annotations=freeze_pairs(_strings(meta.get("annotations"))),
+        load_balancer_ip=spec.get("loadBalancerIP") if isinstance(spec.get("loadBalancerIP"), str) else None,
+        ingress_ips=tuple(str(i["ip"]) for i in ingress if isinstance(i, Mapping) and i.get("ip")),
+    )
+
+
+def endpoint_slice_from_dict(obj: Mapping[str, Any]) -> EndpointSliceView:
+    meta = _meta(obj)
+    endpoints = []
+    for ep in obj.get("endpoints") or []:
+        if not isinstance(ep, Mapping):
+            continue
+        conditions = ep.get("conditions") or {}
+        # Kubernetes: a nil `ready` means ready (EndpointSlice API docs, "conditions").
+        ready = conditions.get("ready")
+        endpoints.append(Endpoint(
+            addresses=tuple(str(a) for a in ep.get("addresses") or []),
+            ready=True if ready is None else bool(ready),
+            node_name=ep.get("nodeName") if isinstance(ep.get("nodeName"), str) else None,
+            serving=conditions.get("serving"),
+            terminating=bool(conditions.get("terminating") or False),
+        ))
+    return EndpointSliceView(
+        namespace=str(meta.get("namespace") or "default"),
+        name=str(meta.get("name") or ""),
+        service_name=_strings(meta.get("labels")).get(SERVICE_NAME_LABEL, ""),
+        address_type=str(obj.get("addressType") or "IPv4"),
+        endpoints=tuple(endpoints),
+    )
+
+
+def node_from_dict(obj: Mapping[str, Any]) -> NodeView:
+    meta, status = _meta(obj), obj.get("status") or {}
+    ready = False
+    for condition in status.get("conditions") or []:
+        if isinstance(condition, Mapping) and condition.get("type") == "Ready":
+            ready = condition.get("status") == "True"
+    addresses = tuple(
+        (str(a.get("type")), str(a.get("address")))
+        for a in status.get("addresses") or [] if isinstance(a, Mapping)
+    )
+    return NodeView(name=str(meta.get("name") or ""), labels=freeze_pairs(_strings(meta.get("labels"))),
+                    addresses=addresses, ready=ready)
+
+
+PARSERS = {
+    "Service": service_from_dict,
+    "EndpointSlice": endpoint_slice_from_dict,
+    "Node": node_from_dict,
+}
+
+
+def flatten_objects(documents: Iterable[Optional[Mapping[str, Any]]]) -> list[Mapping[str, Any]]:
+    """Documents of a YAML stream, with `kind: List` (and `*List`) expanded into their items."""
+    objects: list[Mapping[str, Any]] = []
+    for doc in documents:
+        if not isinstance(doc, Mapping):
+            continue
+        if str(doc.get("kind", "")).endswith("List") and isinstance(doc.get("items"), list):
+            objects.extend(flatten_objects(doc["items"]))
+        else:
+            objects.append(doc)
+    return objects
+
+
+def snapshot_from_objects(documents: Iterable[Optional[Mapping[str, Any]]]) -> Snapshot:
+    """A Snapshot of the Services, EndpointSlices and Nodes among `documents`; other kinds are ignored."""
+    services, slices, nodes = [], [], []
+    for obj in flatten_objects(documents):
+        kind = obj.get("kind")
+        if kind == "Service":
+            services.append(service_from_dict(obj))
+        elif kind == "EndpointSlice":
+            slices.append(endpoint_slice_from_dict(obj))
+        elif kind == "Node":
+            nodes.append(node_from_dict(obj))
+    return Snapshot.of(services, slices, nodes)
