@@ -1,0 +1,413 @@
+"""`bgpspeaker run`: wiring, the reconcile loop, drain, reload, signals, graceful shutdown.
+
+Everything that decides lives elsewhere (allocator, planner, reconciler: pure); this
+module only moves values between the shells, on one asyncio loop that owns all state:
+
+    informers ──on_change──▶ [dirty] ──▶ reconcile: snapshot → allocate → plan → driver.apply
+                                                    └─ leader only: status writer, refusal Events
+
+Coalescing without added latency: a change wakes the loop at once; changes that arrive
+while a reconcile is running are folded into the next one. So a lone event is handled
+immediately and a burst of 1,000 costs a few reconciles, not 1,000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from bgpspeaker.allocator import Allocation, allocate, pool_usage
+from bgpspeaker.config.load import ConfigError, config_warnings, load_config
+from bgpspeaker.config.schema import Config
+from bgpspeaker.httpapi import HttpApi
+from bgpspeaker.logs import fields, setup_logging
+from bgpspeaker.metrics import Metrics
+from bgpspeaker.model import NodeView, RouteIntent, Snapshot
+from bgpspeaker.planner import Plan, plan as make_plan
+from bgpspeaker.routes_view import route_entries
+
+log = logging.getLogger("bgpspeaker.daemon")
+
+CONFIG_POLL_SECONDS = 1.0  # a ConfigMap update lands as a symlink swap; polling catches it without inotify
+RECONCILE_RETRY_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Options:
+    config_path: str
+    node_name: str
+    kubeconfig: Optional[str]
+    allocator: bool
+    dry_run: bool
+    run_dir: Path
+
+
+class DrainState:
+    """`None` → normal; DRAINING → announce with GSHUT + lowest tier; WITHDRAWN → announce nothing."""
+
+    DRAINING = "draining"
+    WITHDRAWN = "withdrawn"
+
+
+class Daemon:
+    def __init__(self, options: Options, config: Config, metrics: Optional[Metrics] = None) -> None:
+        self.options, self.config = options, config
+        self.metrics = metrics or Metrics()
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self.drain: Optional[str] = None
+        self._drain_timer: Optional[asyncio.TimerHandle] = None
+        self._dirty = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._first_change_at: Optional[float] = None
+        self._config_fingerprint = _fingerprint(options.config_path)
+        self._node: Optional[NodeView] = None  # the node view the driver was started/configured with
+        self._last_plan: Optional[Plan] = None
+        self._last_allocation: Optional[Allocation] = None
+        self._announced_summary: dict[str, str] = {}
+        self._ready = False
+        self.watcher: Any = None
+        self.driver: Any = None
+        self.elector: Any = None
+        self.status_writer: Any = None
+        self.events: Any = None
+        self.http: Optional[HttpApi] = None
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def run(self) -> int:
+        self.loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self._stopping.set)
+        self.loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload_config("SIGHUP")))
+        for warning in config_warnings(self.config):
+            log.warning("config warning", extra=fields(path=warning.path, message=warning.message))
+
+        self.http = HttpApi(self.config.metrics.host, self.config.metrics.port, _ThreadSafeControls(self),
+                            self.metrics.registry)
+        self.http.start()
+        log.info("http listening", extra=fields(address=f"{self.config.metrics.host}:{self.http.port}"))
+
+        try:
+            self._start_kubernetes()
+            tasks = [asyncio.create_task(self._reconcile_loop(), name="reconcile"),
+                     asyncio.create_task(self._config_watch_loop(), name="config-watch")]
+            await self._stopping.wait()
+            log.info("stopping", extra=fields(shutdown=self.config.speaker.shutdown))
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            await self._shutdown()
+        return 0
+
+    def _start_kubernetes(self) -> None:
+        from bgpspeaker.kube.client import api_client
+        from bgpspeaker.kube.events import EventRecorder
+        from bgpspeaker.kube.watcher import KubeWatcher
+
+        api = api_client(self.options.kubeconfig)
+        self.events = EventRecorder(api, component="bgpspeaker", instance=self.options.node_name)
+        self.watcher = KubeWatcher(api, self.loop, on_change=self._on_change, metrics=self.metrics)
+        self.watcher.start()
+        if self.options.allocator:
+            from bgpspeaker.kube.leader import LeaderElector
+            from bgpspeaker.kube.status import StatusWriter
+
+            self.status_writer = StatusWriter(api)
+            self.elector = LeaderElector(api, identity=self.options.node_name, on_change=self._on_change)
+            self.elector.start()
+
+    async def _shutdown(self) -> None:
+        if self._drain_timer:
+            self._drain_timer.cancel()
+        if self.driver is not None:
+            withdraw = self.config.speaker.shutdown == "withdraw"
+            try:
+                await self.driver.stop(withdraw=withdraw)
+            except Exception:
+                log.exception("stopping ExaBGP failed")
+        for component in (self.elector, self.watcher, self.events):
+            if component is not None:
+                try:
+                    await asyncio.to_thread(component.stop)
+                except Exception:
+                    log.exception("stopping a component failed", extra=fields(component=type(component).__name__))
+        if self.http is not None:
+            self.http.stop()
+        log.info("stopped")
+
+    # --- the reconcile loop --------------------------------------------------------------
+
+    def _on_change(self) -> None:
+        """Called on the loop by the informers and the elector after each batch of real changes."""
+        if self._first_change_at is None:
+            self._first_change_at = time.monotonic()
+        self._dirty.set()
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            started, self._first_change_at = self._first_change_at, None
+            try:
+                await self.reconcile()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Keep what is announced (invariant 2: nothing is withdrawn on our own failure) and retry.
+                log.exception("reconcile failed; keeping the announced routes and retrying")
+                await asyncio.sleep(RECONCILE_RETRY_SECONDS)
+                self._on_change()
+                continue
+            if started is not None and self.driver is not None:
+                self.metrics.event_to_ack.observe(time.monotonic() - started)
+
+    async def reconcile(self) -> None:
+        if self.watcher is None or not self.watcher.synced:
+            return  # announce nothing before the first complete snapshot: a partial view would withdraw
+        snapshot: Snapshot = self.watcher.snapshot()
+        node = snapshot.nodes.get(self.options.node_name)
+        if node is None:
+            log.warning("this node is not in the API (yet); announcing nothing",
+                        extra=fields(node=self.options.node_name))
+        allocation = allocate(self.config, snapshot.services.values())
+        the_plan = make_plan(self.config, snapshot, self.options.node_name, allocation,
+                             drained=self.drain is not None)
+        desired: tuple[RouteIntent, ...] = () if self.drain == DrainState.WITHDRAWN else the_plan.routes
+        if node is not None:
+            await self._ensure_driver(node)
+        if self.driver is not None:
+            await self.driver.apply(desired)
+        elif self.options.dry_run:
+            for entry in route_entries(desired):
+                log.info("dry-run: would announce", extra=fields(**entry))
+        self._ready = node is not None and (self.driver is None or self.driver.ready)
+        self._publish(snapshot, allocation, the_plan, desired)
+        if self.elector is not None and self.elector.is_leader:
+            await asyncio.to_thread(self.status_writer.write, allocation, snapshot.services)
+
+    async def _ensure_driver(self, node: NodeView) -> None:
+        if self.options.dry_run:
+            self._node = node
+            return
+        if self.driver is None:
+            from bgpspeaker.exabgp.driver import ExabgpDriver
+
+            self.options.run_dir.mkdir(parents=True, exist_ok=True)
+            self.driver = ExabgpDriver(self.config, node, self.options.run_dir, self.metrics)
+            await self.driver.start()
+            self._node = node
+            log.info("exabgp started", extra=fields(node=node.name, peers=len(self.config.peers)))
+        elif node != self._node:
+            restarted = await self.driver.reconfigure(self.config, node)
+            self._node = node
+            log.info("node changed", extra=fields(node=node.name, exabgp_restarted=restarted))
+
+    def _publish(self, snapshot: Snapshot, allocation: Allocation, the_plan: Plan,
+                 desired: tuple[RouteIntent, ...]) -> None:
+        """Metrics, Events and logs for what changed since the last reconcile."""
+        self._last_plan, self._last_allocation = the_plan, allocation
+        self.metrics.service_announced.clear()
+        summary: dict[str, str] = {}
+        for entry in route_entries(desired):
+            namespace, _, name = entry["service"].partition("/")
+            ip = entry["prefix"].split("/")[0]
+            self.metrics.service_announced.labels(namespace, name, ip, entry["tier"]).set(1)
+            summary[entry["service"]] = f"{summary.get(entry['service'], '')} {entry['prefix']}={entry['tier']}".strip()
+        for skip in the_plan.skipped:
+            summary.setdefault(skip.service, f"not announced: {skip.reason}")
+        for service, text in summary.items():
+            if self._announced_summary.get(service) != text:
+                log.info("announcement changed", extra=fields(service=service, now=text))
+                self._event(snapshot, service, "AnnouncementChanged",
+                            f"node {self.options.node_name}: {text}", warning=text.startswith("not announced"))
+        for service in self._announced_summary.keys() - summary.keys():
+            log.info("announcement removed", extra=fields(service=service))
+        self._announced_summary = summary
+        for pool, (size, in_use) in pool_usage(self.config, allocation).items():
+            self.metrics.allocator_addresses.labels(pool).set(size)
+            self.metrics.allocator_in_use.labels(pool).set(in_use)
+        if self.elector is not None and self.elector.is_leader:
+            for service, refusal in allocation.refused.items():
+                self._event(snapshot, service, "AllocationFailed", refusal.message, warning=True)
+            for service, assignment in allocation.assigned.items():
+                addresses = ",".join(str(a) for a in assignment.addresses)
+                self._event(snapshot, service, "IPAllocated", f"assigned {addresses} from pool {assignment.pool}")
+
+    def _event(self, snapshot: Snapshot, service_key: str, reason: str, message: str, warning: bool = False) -> None:
+        service = snapshot.services.get(service_key)
+        if service is not None and self.events is not None:
+            self.events.record(service, reason, message, warning=warning)
+
+    # --- drain ---------------------------------------------------------------------------
+
+    def start_drain(self) -> dict[str, Any]:
+        if self.drain is None:
+            self.drain = DrainState.DRAINING
+            seconds = self.config.speaker.drain_seconds
+            log.info("draining", extra=fields(withdraw_after_seconds=seconds))
+            self._drain_timer = self.loop.call_later(seconds, self._drain_done)
+            self._on_change()
+        return {"drain": self.drain, "withdrawAfterSeconds": self.config.speaker.drain_seconds}
+
+    def _drain_done(self) -> None:
+        if self.drain == DrainState.DRAINING:
+            self.drain = DrainState.WITHDRAWN
+            log.info("drained: withdrawing every route")
+            self._on_change()
+
+    def stop_drain(self) -> dict[str, Any]:
+        if self._drain_timer:
+            self._drain_timer.cancel()
+        if self.drain is not None:
+            log.info("undrained")
+        self.drain = None
+        self._on_change()
+        return {"drain": None}
+
+    # --- config reload -------------------------------------------------------------------
+
+    async def _config_watch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CONFIG_POLL_SECONDS)
+            fingerprint = _fingerprint(self.options.config_path)
+            if fingerprint != self._config_fingerprint:
+                self._config_fingerprint = fingerprint
+                await self.reload_config("file changed")
+
+    async def reload_config(self, why: str) -> bool:
+        try:
+            new = load_config(self.options.config_path)
+        except (ConfigError, OSError) as exc:
+            self.metrics.config_reloads.labels("invalid").inc()
+            log.error("config reload refused; keeping the running config",
+                      extra=fields(why=why, errors=str(exc)))
+            return False
+        self.metrics.config_reloads.labels("ok").inc()
+        if new == self.config:
+            log.info("config reloaded: no change", extra=fields(why=why))
+            return True
+        for warning in config_warnings(new):
+            log.warning("config warning", extra=fields(path=warning.path, message=warning.message))
+        self.config = new
+        if self.driver is not None and self._node is not None:
+            restarted = await self.driver.reconfigure(new, self._node)
+            log.info("config reloaded", extra=fields(why=why, exabgp_restarted=restarted))
+        else:
+            log.info("config reloaded", extra=fields(why=why))
+        self._on_change()
+        return True
+
+    # --- what the HTTP API shows -----------------------------------------------------------
+
+    def healthy(self) -> tuple[bool, str]:
+        return True, "ok"
+
+    def ready(self) -> tuple[bool, str]:
+        if self.watcher is None or not self.watcher.synced:
+            return False, "waiting for the first Kubernetes sync"
+        if not self._ready:
+            return False, "ExaBGP not ready" if self.driver is not None else "this node is not in the API"
+        return True, "ok (kubernetes watch stale: keeping the last known state)" if self.watcher.stale else "ok"
+
+    def status(self) -> dict[str, Any]:
+        peers = []
+        states = self.driver.peer_states() if self.driver is not None else {}
+        for peer in self.config.peers:
+            state = states.get(peer.name)
+            peers.append({"name": peer.name, "address": str(peer.address), "asn": peer.asn,
+                          "up": bool(state and state.up), "since": state.since if state else None,
+                          "lastDownReason": state.last_down_reason if state else None})
+        announced = list(self.driver.announced().values()) if self.driver is not None else []
+        return {
+            "node": self.options.node_name,
+            "cluster": self.config.cluster.name,
+            "ready": self.ready()[0],
+            "drain": self.drain,
+            "leader": bool(self.elector is not None and self.elector.is_leader),
+            "kubernetes": {"synced": bool(self.watcher and self.watcher.synced),
+                           "stale": bool(self.watcher and self.watcher.stale)},
+            "peers": peers,
+            "routes": route_entries(announced),
+            "skipped": [{"service": s.service, "reason": s.reason, "message": s.message}
+                        for s in (self._last_plan.skipped if self._last_plan else ())],
+        }
+
+
+class _ThreadSafeControls:
+    """The HTTP threads' view of the daemon: every call runs on the daemon's loop."""
+
+    TIMEOUT_SECONDS = 5.0
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def _on_loop(self, function: Any) -> Any:
+        async def call() -> Any:
+            return function()
+
+        return asyncio.run_coroutine_threadsafe(call(), self.daemon.loop).result(self.TIMEOUT_SECONDS)
+
+    def healthy(self) -> tuple[bool, str]:
+        try:  # a loop that cannot answer in 5 s is not healthy
+            return self._on_loop(self.daemon.healthy)
+        except Exception:
+            return False, "event loop not responding"
+
+    def ready(self) -> tuple[bool, str]:
+        return self._on_loop(self.daemon.ready)
+
+    def status(self) -> dict[str, Any]:
+        return self._on_loop(self.daemon.status)
+
+    def drain(self) -> dict[str, Any]:
+        return self._on_loop(self.daemon.start_drain)
+
+    def undrain(self) -> dict[str, Any]:
+        return self._on_loop(self.daemon.stop_drain)
+
+
+def _fingerprint(path: str) -> Optional[str]:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def run_command(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    if not args.node_name:
+        log.error("no node name: pass --node-name or set NODE_NAME")
+        return 2
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        log.error("invalid config; refusing to start", extra=fields(file=args.config, errors=str(exc)))
+        return 2
+    except OSError as exc:
+        log.error("cannot read config", extra=fields(file=args.config, error=exc.strerror or str(exc)))
+        return 2
+    run_dir = Path(args.run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        log.error("run directory is not writable", extra=fields(run_dir=str(run_dir), error=exc.strerror or str(exc)))
+        return 1
+    options = Options(config_path=args.config, node_name=args.node_name, kubeconfig=args.kubeconfig,
+                      allocator=not args.no_allocator, dry_run=args.dry_run, run_dir=run_dir)
+    try:
+        return asyncio.run(Daemon(options, config).run())
+    except Exception:
+        log.exception("fatal error")
+        return 1
