@@ -1,0 +1,142 @@
+"""The lab primitives themselves: namespaces, FRR, BIRD, HTTP probes, the topology.
+
+Everything else in integration/ builds on these, so they are tested against the real
+kernel and the real daemons, and every test checks that nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from integration.lab import netns
+from integration.lab.fixtures import lab  # noqa: F401  (fixture)
+from integration.lab.frr import FrrConfig, FrrRouter, Neighbor, Originate
+from integration.lab.wait import wait_until
+
+pytestmark = pytest.mark.lab
+
+
+def _pair(lab):
+    """Two namespaces joined by a veth, 10.1.1.1/24 and 10.1.1.2/24 (+ IPv6)."""
+    a, b = lab.netns("a"), lab.netns("b")
+    lab.veth(a, "eth0", b, "eth0")
+    netns.add_addr(a, "eth0", "10.1.1.1/24")
+    netns.add_addr(b, "eth0", "10.1.1.2/24")
+    netns.add_addr(a, "eth0", "fd00:1::1/64")
+    netns.add_addr(b, "eth0", "fd00:1::2/64")
+    return a, b
+
+
+# --------------------------------------------------------------------------- namespaces
+
+def test_namespaces_are_created_and_removed_even_after_an_exception():
+    created = []
+    procs = []
+    with pytest.raises(RuntimeError, match="boom"):
+        with netns.Lab() as l:
+            a, b = l.netns("a"), l.netns("b")
+            created += [a, b]
+            assert a != b and str(os.getpid()) in a
+            l.veth(a, "eth0", b, "eth0")
+            netns.add_addr(a, "eth0", "10.1.1.1/24")
+            procs.append(l.popen(b, ["sleep", "60"]))
+            assert set(created) <= set(netns.list_netns())
+            raise RuntimeError("boom")
+    assert not set(created) & set(netns.list_netns())
+    assert procs[0].poll() is not None
+    assert not os.path.exists(f"/proc/{procs[0].pid}/status") or \
+        "zombie" in open(f"/proc/{procs[0].pid}/status").read()
+
+
+def test_veth_addresses_routes_and_lo_vip(lab):
+    a, b = _pair(lab)
+    netns.add_lo_addr(b, "192.0.2.10")
+    netns.add_lo_addr(b, "2001:db8::10")
+    netns.add_route(a, "192.0.2.10/32", via="10.1.1.2")
+    netns.add_route(a, "2001:db8::10/128", via="fd00:1::2")
+    assert "192.0.2.10/32" in netns.addresses(b)["lo"]
+    assert "2001:db8::10/128" in netns.addresses(b)["lo"]
+    # a TCP connect to a closed port gets RST: proof the packet crossed the veth (v4 and v6)
+    for url in ("http://192.0.2.10:9/", "http://[2001:db8::10]:9/"):
+        r = netns.run(a, ["curl", "-sS", "-m", "1", url], check=False)
+        assert r.returncode == 7, r.stderr  # 7 = connection refused, not 28 = timeout
+
+
+def test_processes_are_stopped_by_pid_and_namespace_pids_are_killed(lab):
+    a = lab.netns("a")
+    p = lab.popen(a, ["sleep", "60"])
+    # a process started in our namespace by someone else (not registered)
+    import subprocess
+    stray = subprocess.Popen(netns.ns_argv(a, ["sleep", "61"]))
+    wait_until(lambda: {p.pid, stray.pid} <= set(netns.netns_pids(a)), 2, "both in the namespace")
+    netns.delete_netns(a)
+    lab.namespaces.remove(a)
+    assert p.poll() is not None
+    assert stray.wait(2) is not None
+    assert a not in netns.list_netns()
+
+
+# --------------------------------------------------------------------------- FRR
+
+def test_two_frr_exchange_a_route_with_attributes(lab):
+    a, b = _pair(lab)
+    tor = FrrRouter(a, FrrConfig(asn=64500, router_id="10.1.1.1", hold_time=3,
+                                 neighbors=(Neighbor("10.1.1.2", 64512),)),
+                    with_zebra=True, lab=lab).start()
+    node = FrrRouter(b, FrrConfig(
+        asn=64512, router_id="10.1.1.2", hold_time=3, neighbors=(Neighbor("10.1.1.1", 64500),),
+        originate=(Originate("203.0.113.5/32", med=100, communities=("64512:100", "64512:7"),
+                             large_communities=("64512:1:1",), prepend=(64512,)),)),
+        lab=lab).start()
+    wait_until(lambda: tor.established("10.1.1.2"), 10, "session up")
+    best = wait_until(lambda: tor.best_path("203.0.113.5/32"), 10, "route at the tor")
+    assert best.med == 100
+    assert best.aspath == [64512, 64512]
+    assert best.communities == ["64512:7", "64512:100"]  # FRR sorts them numerically
+    assert best.large_communities == ["64512:1:1"]
+    assert best.nexthop == "10.1.1.2" and best.peer == "10.1.1.2"
+    assert best.valid and not best.stale
+    assert tor.routes() == {"203.0.113.5/32": [best]}
+    assert tor.neighbor("10.1.1.2").pfx_rcd == 1
+    # zebra put it in the kernel FIB
+    assert wait_until(lambda: tor.fib_routes(), 5, "FIB route") == {"203.0.113.5/32": ["10.1.1.2"]}
+    # neighbor shutdown withdraws it, and no shutdown brings it back
+    tor.set_neighbor_shutdown("10.1.1.2", True)
+    wait_until(lambda: tor.neighbor("10.1.1.2").state != "Established", 5, "session down")
+    wait_until(lambda: not tor.routes(), 5, "route gone")
+    wait_until(lambda: not tor.fib_routes(), 5, "FIB empty")
+    tor.set_neighbor_shutdown("10.1.1.2", False)
+    wait_until(lambda: tor.best_path("203.0.113.5/32"), 15, "route back")
+    node.stop()
+    assert not node.running
+
+
+def test_frr_med_comparison_follows_always_compare_med(lab):
+    """Two origins in different ASNs: MED decides only with always-compare-med (lab-notes)."""
+    tor_ns, n1, n2 = lab.netns("tor"), lab.netns("n1"), lab.netns("n2")
+    lab.veth(tor_ns, "e1", n1, "eth0")
+    lab.veth(tor_ns, "e2", n2, "eth0")
+    netns.add_addr(tor_ns, "e1", "10.1.1.1/24")
+    netns.add_addr(n1, "eth0", "10.1.1.2/24")
+    netns.add_addr(tor_ns, "e2", "10.1.2.1/24")
+    netns.add_addr(n2, "eth0", "10.1.2.2/24")
+    # the worse MED starts first, so it is the older path
+    worse = FrrRouter(n2, FrrConfig(asn=64513, router_id="10.1.2.2", neighbors=(Neighbor("10.1.2.1", 64500),),
+                                    originate=(Originate("203.0.113.9/32", med=200),)), lab=lab)
+    better = FrrRouter(n1, FrrConfig(asn=64512, router_id="10.1.1.2", neighbors=(Neighbor("10.1.1.1", 64500),),
+                                     originate=(Originate("203.0.113.9/32", med=100),)), lab=lab)
+    tor = FrrRouter(tor_ns, FrrConfig(asn=64500, router_id="10.1.1.1", always_compare_med=False,
+                                      neighbors=(Neighbor("10.1.1.2", 64512), Neighbor("10.1.2.2", 64513))),
+                    lab=lab).start()
+    worse.start()
+    wait_until(lambda: tor.best_path("203.0.113.9/32"), 10, "first path")
+    better.start()
+    wait_until(lambda: len(tor.paths("203.0.113.9/32")) == 2, 10, "both paths")
+    # different neighbour ASes, no always-compare-med: MED ignored, the older path stays best
+    assert tor.best_path("203.0.113.9/32").med == 200
+    # switched on at run time, MED decides. (Switching it off again keeps the current
+    # best: FRR's "Older Path" rule prefers the path already selected, measured.)
+    tor.configure(["router bgp 64500", "bgp always-compare-med"])
+    wait_until(lambda: tor.best_path("203.0.113.9/32").med == 100, 5, "MED 100 wins")
