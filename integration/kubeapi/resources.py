@@ -125,3 +125,36 @@ def api_resource_list(group: str, version: str) -> dict | None:
         return None
     gv = f"{group}/{version}" if group else version
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": entries}
+
+
+# ---- OpenAPI v3, just enough for kubectl ----------------------------------------------
+# kubectl create/replace check the OpenAPI v3 document for a `fieldValidation` query
+# parameter on the POST of the kind; finding it, they validate on the server (which here
+# accepts everything) instead of downloading the full OpenAPI v2 schema, which we lack.
+
+def _gv_path(group: str, version: str) -> str:
+    return f"apis/{group}/{version}" if group else f"api/{version}"
+
+
+def openapi_root() -> dict:
+    gvs = {("", "v1")} | set(group_versions())
+    return {"paths": {_gv_path(g, v): {"serverRelativeURL": f"/openapi/v3/{_gv_path(g, v)}?hash=emulator"}
+                      for g, v in sorted(gvs)}}
+
+
+def openapi_group_version(path: str) -> dict | None:
+    paths = {}
+    for r in RESOURCES:
+        if _gv_path(r.group, r.version) != path:
+            continue
+        base = f"/{path}/namespaces/{{namespace}}/{r.plural}" if r.namespaced else f"/{path}/{r.plural}"
+        gvk = {"group": r.group, "version": r.version, "kind": r.kind}
+        params = [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}]
+        ok = {"200": {"description": "OK"}}
+        paths[base] = {"post": {"x-kubernetes-group-version-kind": gvk, "parameters": params, "responses": ok}}
+        paths[base + "/{name}"] = {op: {"x-kubernetes-group-version-kind": gvk, "parameters": params,
+                                        "responses": ok} for op in ("put", "patch")}
+    if not paths:
+        return None
+    return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": KUBE_VERSION["gitVersion"]},
+            "paths": paths, "components": {"schemas": {}}}
