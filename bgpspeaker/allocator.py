@@ -1,11 +1,75 @@
-"""IPAM over the configured pools (pure). Result types only so far; the algorithm lands next."""
+"""IPAM over the configured pools (pure): which address each LoadBalancer Service gets.
+
+Why a pure function of (config, Services) and not a stateful IPAM with a database: the
+state *is* the Services' status (`status.loadBalancer.ingress`). The leader writes it,
+every node reads it back, and `allocate` keeps a status address whenever it is still
+valid — so assignments survive restarts, and every node computes the same allocation as
+the leader without talking to it.
+
+Trade-offs:
+- Determinism over cleverness. Services are processed in one fixed order (status holders
+  first, then by creation time, namespace, name) and conflicts are decided by that
+  order, so the same inputs in any order give the same result, and re-running on the
+  written-back output changes nothing (both are property-tested).
+- Never enumerate a pool. An IPv6 /64 has 2**64 addresses: the lowest free address is
+  found by walking the pool's networks lazily from a per-(pool, family) cursor that only
+  moves forward (nothing is released within one run), skipping addresses in use.
+- Untrusted input stays untrusted. Requested and status IPs arrive as strings; each is
+  checked against the pools the namespace may use, and a refusal carries a reason code
+  (MetalLB-like vocabulary) and a message a user understands.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Mapping
+import bisect
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Optional, Sequence
 
-from bgpspeaker.model import IPAddress
+from bgpspeaker.config.schema import Config, PoolConfig
+from bgpspeaker.model import IPAddress, ServiceView
+
+# --- annotations (ours first, then MetalLB's, in precedence order) --------------------
+
+REQUESTED_IPS_ANNOTATIONS = (
+    "bgpspeaker.io/load-balancer-ips", "metallb.io/loadBalancerIPs", "metallb.universe.tf/loadBalancerIPs",
+)
+POOL_ANNOTATIONS = ("bgpspeaker.io/address-pool", "metallb.io/address-pool", "metallb.universe.tf/address-pool")
+SHARING_ANNOTATIONS = (
+    "bgpspeaker.io/allow-shared-ip", "metallb.io/allow-shared-ip", "metallb.universe.tf/allow-shared-ip",
+)
+ALLOCATED_FROM_POOL_ANNOTATION = "bgpspeaker.io/ip-allocated-from-pool"
+
+# --- reason codes ----------------------------------------------------------------------
+
+INVALID_IP = "invalidIP"
+INVALID_IP_FAMILY = "invalidIPFamily"
+IP_FAMILY_MISMATCH = "ipFamilyMismatch"
+INVALID_PORT = "invalidPort"
+UNKNOWN_POOL = "unknownPool"
+POOL_NOT_ALLOWED = "poolNotAllowedForNamespace"
+NOT_IN_POOL = "notInPool"
+DIFFERENT_POOLS = "differentPools"
+BUGGY_IP = "buggyIP"
+IP_IN_USE = "ipInUse"
+SHARING_KEY_MISMATCH = "sharingKeyMismatch"
+PORT_CONFLICT = "portConflict"
+POOL_EXHAUSTED = "poolExhausted"
+NO_POOL_FOR_FAMILY = "noPoolForFamily"
+DUAL_STACK_UNAVAILABLE = "dualStackUnavailable"
+
+REASONS = (
+    INVALID_IP, INVALID_IP_FAMILY, IP_FAMILY_MISMATCH, INVALID_PORT, UNKNOWN_POOL, POOL_NOT_ALLOWED, NOT_IN_POOL,
+    DIFFERENT_POOLS, BUGGY_IP, IP_IN_USE, SHARING_KEY_MISMATCH, PORT_CONFLICT, POOL_EXHAUSTED, NO_POOL_FOR_FAMILY,
+    DUAL_STACK_UNAVAILABLE,
+)
+
+FAMILY_NAMES = {"IPv4": 4, "IPv6": 6}
+POLICIES = ("SingleStack", "PreferDualStack", "RequireDualStack")
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+
+
+# --- result types (others code against these: keep them) -------------------------------
 
 
 @dataclass(frozen=True)
@@ -24,3 +88,469 @@ class Refusal:
 class Allocation:
     assigned: Mapping[str, Assignment]  # by namespace/name
     refused: Mapping[str, Refusal]  # by namespace/name
+    # Status addresses that were not kept (written by someone else, or no longer valid), with
+    # why, by namespace/name. The Service may still have been assigned another address.
+    discarded: Mapping[str, tuple[Refusal, ...]] = field(default_factory=dict)
+
+
+# --- public helpers ----------------------------------------------------------------------
+
+
+def is_managed(config: Config, service: ServiceView) -> bool:
+    """Whether this speaker handles the Service: type LoadBalancer and our loadBalancerClass.
+
+    Class "" in config means "Services with no class" (the Kubernetes default
+    implementation); a Service with a class belongs to that class's controller only.
+    """
+    if service.type != "LoadBalancer":
+        return False
+    wanted = config.speaker.load_balancer_class
+    if wanted == "":
+        return not service.load_balancer_class
+    return service.load_balancer_class == wanted
+
+
+def pool_of(config: Config, address: IPAddress) -> Optional[PoolConfig]:
+    """The configured pool that contains `address` (pools do not overlap: config validation)."""
+    for pool in config.pools:
+        if pool.contains(address):
+            return pool
+    return None
+
+
+def pool_usage(config: Config, allocation: Allocation) -> dict[str, tuple[int, int]]:
+    """{pool: (assignable addresses, addresses in use)} for the allocator metrics.
+
+    Sizes are exact ints (an IPv6 /64 is 2**64: fine for Python, computed arithmetically).
+    """
+    in_use: dict[str, set[IPAddress]] = {pool.name: set() for pool in config.pools}
+    for assignment in allocation.assigned.values():
+        for address in assignment.addresses:
+            pool = pool_of(config, address)
+            if pool is not None:
+                in_use[pool.name].add(address)
+    return {pool.name: (_pool_size(pool), len(in_use[pool.name])) for pool in config.pools}
+
+
+def _pool_size(pool: PoolConfig) -> int:
+    size = 0
+    for network in pool.addresses:
+        size += network.num_addresses
+        if pool.avoid_buggy_ips and network.version == 4:
+            first, last = int(network.network_address), int(network.broadcast_address)
+            size -= _count_mod(first, last, 0) + _count_mod(first, last, 255)
+    return size
+
+
+def _count_mod(first: int, last: int, residue: int) -> int:
+    """How many x in [first, last] have x % 256 == residue."""
+    return (last - residue) // 256 - (first - 1 - residue) // 256
+
+
+def _is_buggy(version: int, value: int) -> bool:
+    # MetalLB's avoidBuggyIPs: some old firmware treats any x.y.z.0 / x.y.z.255 as broadcast.
+    return version == 4 and (value & 0xFF) in (0, 255)
+
+
+# --- the algorithm ---------------------------------------------------------------------
+
+Addr = tuple[int, int]  # (version, int value): cheap to hash and compare, unlike ipaddress objects
+
+
+@dataclass(frozen=True)
+class _Holder:
+    key: str
+    namespace: str
+    share_key: Optional[str]
+    ports: frozenset[tuple[str, int]]
+
+
+@dataclass
+class _Request:
+    """One Service's parsed wishes, or the Refusal that parsing produced."""
+
+    service: ServiceView
+    families: tuple[int, ...] = ()  # wanted, in preference order
+    mode: str = "single"  # single | prefer | require
+    requested: tuple[Addr, ...] = ()
+    pool: Optional[PoolConfig] = None  # from the pool annotation
+    share_key: Optional[str] = None
+    ports: frozenset[tuple[str, int]] = frozenset()
+    refusal: Optional[Refusal] = None
+
+
+class _State:
+    """Addresses claimed so far in this run, and the per-(pool, family) search cursors."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.holders: dict[Addr, list[_Holder]] = {}
+        self.groups: dict[tuple[str, str], list[Addr]] = {}  # (namespace, sharing key) -> addresses
+        self.cursor: dict[tuple[str, int], tuple[int, int]] = {}
+        self.nets: dict[tuple[str, int], list[tuple[int, int]]] = {}
+        # Sorted (first, last, pool) per version for a bisect lookup of "which pool holds this address".
+        self.index: dict[int, list[tuple[int, int, PoolConfig]]] = {4: [], 6: []}
+        for pool in config.pools:
+            for network in pool.addresses:
+                span = (int(network.network_address), int(network.broadcast_address))
+                self.nets.setdefault((pool.name, network.version), []).append(span)
+                self.index[network.version].append((span[0], span[1], pool))
+        for spans in self.nets.values():
+            spans.sort()
+        for version in self.index:
+            self.index[version].sort(key=lambda item: (item[0], item[1]))
+        self.starts = {version: [item[0] for item in items] for version, items in self.index.items()}
+
+    def pool_of(self, addr: Addr) -> Optional[PoolConfig]:
+        version, value = addr
+        i = bisect.bisect_right(self.starts[version], value) - 1
+        if i >= 0:
+            first, last, pool = self.index[version][i]
+            if first <= value <= last:
+                return pool
+        return None
+
+    def families_of(self, pool: PoolConfig) -> set[int]:
+        return {version for version in (4, 6) if (pool.name, version) in self.nets}
+
+    def lowest_free(self, pool: PoolConfig, version: int) -> Optional[Addr]:
+        nets = self.nets.get((pool.name, version))
+        if not nets:
+            return None
+        idx, value = self.cursor.get((pool.name, version), (0, nets[0][0]))
+        holders, buggy = self.holders, pool.avoid_buggy_ips
+        while idx < len(nets):
+            first, last = nets[idx]
+            if value < first:
+                value = first
+            while value <= last:
+                if (version, value) not in holders and not (buggy and _is_buggy(version, value)):
+                    # Leave the cursor *on* the address: it is only claimed if the whole
+                    # assignment succeeds; once claimed the next search skips it.
+                    self.cursor[(pool.name, version)] = (idx, value)
+                    return (version, value)
+                value += 1
+            idx += 1
+        self.cursor[(pool.name, version)] = (idx, value)
+        return None
+
+    def claim(self, addr: Addr, request: _Request) -> None:
+        holder = _Holder(request.service.key, request.service.namespace, request.share_key, request.ports)
+        self.holders.setdefault(addr, []).append(holder)
+        if request.share_key is not None:
+            group = self.groups.setdefault((request.service.namespace, request.share_key), [])
+            if addr not in group:
+                group.append(addr)
+
+    def conflict(self, addr: Addr, request: _Request) -> Optional[Refusal]:
+        """Why `request` may not use `addr` now, or None if it is free or legally shared."""
+        holders = self.holders.get(addr)
+        if not holders:
+            return None
+        text = str(_ip(addr))
+        svc = request.service
+        for holder in holders:
+            by = (f"Service {holder.key}" if holder.namespace == svc.namespace
+                  else "a Service in another namespace")  # do not leak other tenants' names
+            if request.share_key is None or holder.share_key is None:
+                return Refusal(IP_IN_USE, f"{text} is already used by {by}"
+                               + ("" if request.share_key is None else ", which does not allow sharing"))
+            if holder.namespace != svc.namespace:
+                return Refusal(SHARING_KEY_MISMATCH, f"{text} is shared by {by}; sharing keys only apply "
+                                                     f"within one namespace")
+            if holder.share_key != request.share_key:
+                return Refusal(SHARING_KEY_MISMATCH, f"{text} is used by {by} with sharing key "
+                                                     f"{holder.share_key!r}, not {request.share_key!r}")
+            overlap = holder.ports & request.ports
+            if overlap:
+                ports = ", ".join(f"{proto}/{port}" for proto, port in sorted(overlap))
+                return Refusal(PORT_CONFLICT, f"{text} is shared with {by}, which already uses {ports}")
+        return None
+
+
+def _ip(addr: Addr) -> IPAddress:
+    version, value = addr
+    return ipaddress.IPv4Address(value) if version == 4 else ipaddress.IPv6Address(value)
+
+
+def _parse_request(config: Config, service: ServiceView) -> _Request:
+    request = _Request(service)
+    annotations = dict(service.annotations)
+
+    def refuse(reason: str, message: str) -> _Request:
+        request.refusal = Refusal(reason, message)
+        return request
+
+    # Ports: only used to decide sharing, but a Service with nonsense ports is refused
+    # outright rather than silently mis-shared (the API server would have rejected it).
+    ports = []
+    for port in service.ports:
+        if port.protocol not in PROTOCOLS:
+            return refuse(INVALID_PORT, f"port {port.name or port.port}: protocol {port.protocol!r} is not one "
+                                        f"of {', '.join(PROTOCOLS)}")
+        if type(port.port) is not int or not 1 <= port.port <= 65535:
+            return refuse(INVALID_PORT, f"port {port.name or '?'}: {port.port!r} is not a port number (1..65535)")
+        if (port.protocol, port.port) in ports:
+            return refuse(INVALID_PORT, f"port {port.protocol}/{port.port} is listed twice")
+        ports.append((port.protocol, port.port))
+    request.ports = frozenset(ports)
+
+    # IP families.
+    policy = service.ip_family_policy or "SingleStack"
+    if policy not in POLICIES:
+        return refuse(INVALID_IP_FAMILY, f"ipFamilyPolicy {policy!r} is not one of {', '.join(POLICIES)}")
+    families = []
+    for name in service.ip_families:
+        if name not in FAMILY_NAMES:
+            return refuse(INVALID_IP_FAMILY, f"ipFamilies: {name!r} is not IPv4 or IPv6")
+        if FAMILY_NAMES[name] in families:
+            return refuse(INVALID_IP_FAMILY, f"ipFamilies lists {name} twice")
+        families.append(FAMILY_NAMES[name])
+    if policy == "SingleStack":
+        if len(families) > 1:
+            return refuse(INVALID_IP_FAMILY, "a SingleStack Service cannot list two ipFamilies")
+        request.families, request.mode = (tuple(families) or (4,)), "single"
+    elif policy == "PreferDualStack":
+        # With ipFamilies set, the API server already reduced it to what the cluster can
+        # serve: an address of a family the Service has no cluster IP for would get no
+        # kube-proxy rules. Only a hand-written Service (no ipFamilies) gets both.
+        request.families, request.mode = (tuple(families) or (4, 6)), "prefer"
+    else:
+        request.families = tuple(families) + tuple(v for v in (4, 6) if v not in families)
+        request.mode = "require"
+
+    # Requested addresses, first source present wins.
+    source, text = None, None
+    for name in REQUESTED_IPS_ANNOTATIONS:
+        if name in annotations:
+            source, text = f"annotation {name}", annotations[name]
+            break
+    if source is None and service.load_balancer_ip:
+        source, text = "spec.loadBalancerIP", service.load_balancer_ip
+    if source is not None:
+        requested: list[Addr] = []
+        items = [item.strip() for item in text.split(",")]
+        for item in items:
+            try:
+                address = ipaddress.ip_address(item)
+            except ValueError:
+                return refuse(INVALID_IP, f"{source}: {item!r} is not an IP address")
+            addr = (address.version, int(address))
+            if any(v == address.version for v, _ in requested):
+                return refuse(INVALID_IP, f"{source}: more than one IPv{address.version} address requested")
+            requested.append(addr)
+        versions = [v for v, _ in requested]
+        if service.ip_families and any(v not in families for v in versions):
+            return refuse(IP_FAMILY_MISMATCH, f"{source}: {text.strip()!r} does not match the Service's "
+                                              f"ipFamilies {list(service.ip_families)}")
+        if request.mode == "single" and len(requested) > 1:
+            return refuse(IP_FAMILY_MISMATCH, f"{source}: a SingleStack Service cannot have two addresses")
+        if request.mode == "require" and len(requested) < 2:
+            return refuse(DUAL_STACK_UNAVAILABLE, f"{source}: a RequireDualStack Service needs one IPv4 and one "
+                                                  f"IPv6 address, only {text.strip()!r} requested")
+        request.requested = tuple(requested)
+        request.families = tuple(versions)
+
+    # Pool selection.
+    for name in POOL_ANNOTATIONS:
+        if name in annotations:
+            wanted = annotations[name].strip()
+            pool = next((p for p in config.pools if p.name == wanted), None)
+            if pool is None:
+                return refuse(UNKNOWN_POOL, f"annotation {name}: there is no address pool {wanted!r}")
+            if not pool.allows_namespace(service.namespace):
+                return refuse(POOL_NOT_ALLOWED, f"annotation {name}: pool {wanted!r} may not be used by "
+                                                f"namespace {service.namespace!r}")
+            request.pool = pool
+            break
+
+    for name in SHARING_ANNOTATIONS:
+        if name in annotations:
+            # An empty key shares with nobody (MetalLB reads it the same way).
+            request.share_key = annotations[name].strip() or None
+            break
+    return request
+
+
+def _check_address(state: _State, request: _Request, addr: Addr, what: str) -> tuple[Optional[PoolConfig],
+                                                                                     Optional[Refusal]]:
+    """Whether `request` may hold `addr` (a requested or status address): (its pool, refusal)."""
+    text = str(_ip(addr))
+    namespace = request.service.namespace
+    pool = state.pool_of(addr)
+    if pool is None:
+        return None, Refusal(NOT_IN_POOL, f"{what} {text} is not in any address pool")
+    if not pool.allows_namespace(namespace):
+        return pool, Refusal(POOL_NOT_ALLOWED, f"{what} {text} is in pool {pool.name!r}, which namespace "
+                                               f"{namespace!r} may not use")
+    if request.pool is not None and pool.name != request.pool.name:
+        return pool, Refusal(NOT_IN_POOL, f"{what} {text} is not in the requested pool {request.pool.name!r}")
+    if not request.requested and request.pool is None and not pool.auto_assign:
+        return pool, Refusal(NOT_IN_POOL, f"{what} {text} is in pool {pool.name!r}, which is not auto-assigned "
+                                          f"and the Service does not ask for it")
+    if pool.avoid_buggy_ips and _is_buggy(*addr):
+        return pool, Refusal(BUGGY_IP, f"{what} {text} ends in .0 or .255, which pool {pool.name!r} avoids")
+    conflict = state.conflict(addr, request)
+    if conflict is not None:
+        return pool, Refusal(conflict.reason, f"{what} {conflict.message}")
+    return pool, None
+
+
+def _allocate_one(state: _State, request: _Request) -> tuple[Optional[tuple[PoolConfig, tuple[Addr, ...]]],
+                                                             Optional[Refusal], tuple[Refusal, ...]]:
+    """(pool, addresses) or a Refusal, plus the status addresses discarded on the way."""
+    svc = request.service
+    if request.requested:
+        pools = []
+        for addr in request.requested:
+            pool, refusal = _check_address(state, request, addr, "requested address")
+            if refusal is not None:
+                return None, refusal, ()
+            pools.append(pool)
+        if len({p.name for p in pools}) > 1:
+            return None, Refusal(DIFFERENT_POOLS, "the requested addresses are in different pools ("
+                                 + ", ".join(sorted({p.name for p in pools}))
+                                 + "); one Service takes its addresses from one pool"), ()
+        return (pools[0], request.requested), None, ()
+
+    # Status addresses still valid are kept (stability); the others are discarded with why.
+    kept: dict[int, tuple[Addr, PoolConfig]] = {}
+    discarded: list[Refusal] = []
+    for text in svc.ingress_ips:
+        try:
+            address = ipaddress.ip_address(text.strip())
+        except ValueError:
+            discarded.append(Refusal(INVALID_IP, f"status address {text!r} is not an IP address"))
+            continue
+        addr = (address.version, int(address))
+        if address.version not in request.families:
+            discarded.append(Refusal(IP_FAMILY_MISMATCH, f"status address {address} is not of a family the "
+                                                         f"Service wants"))
+            continue
+        if address.version in kept:
+            discarded.append(Refusal(INVALID_IP, f"status address {address}: a second IPv{address.version} "
+                                                 f"address"))
+            continue
+        pool, refusal = _check_address(state, request, addr, "status address")
+        if refusal is not None:
+            discarded.append(refusal)
+            continue
+        kept[address.version] = (addr, pool)
+    if len({pool.name for _, pool in kept.values()}) > 1:
+        # A Service's addresses come from one pool; keep the first family's.
+        first = next(v for v in request.families if v in kept)
+        for version in list(kept):
+            if version != first:
+                discarded.append(Refusal(DIFFERENT_POOLS, f"status address {_ip(kept[version][0])} is in another "
+                                                          f"pool than {_ip(kept[first][0])}"))
+                del kept[version]
+
+    if request.pool is not None:
+        candidates = [request.pool]
+    else:
+        candidates = [p for p in state.config.pools if p.auto_assign and p.allows_namespace(svc.namespace)]
+    held_pool = next(iter(kept.values()))[1] if kept else None
+    if held_pool is not None:
+        candidates = [held_pool] + [p for p in candidates if p.name != held_pool.name]
+
+    families = request.families
+    if request.mode == "single":
+        families = families[:1]
+    attempts: list[tuple[tuple[int, ...], list[PoolConfig]]] = [(families, candidates)]
+    if held_pool is not None and request.mode != "require":
+        # Stability first: a Service that holds a valid address stays in its pool; it is
+        # not moved to another pool just to gain a second family.
+        attempts = [(families, [held_pool])]
+        if len(families) > 1:
+            attempts.append((tuple(v for v in families if v in kept), [held_pool]))
+    elif request.mode == "prefer" and len(families) > 1:
+        attempts += [((v,), candidates) for v in families]
+    for wanted, pools in attempts:
+        for pool in pools:
+            got = _fill(state, request, pool, wanted, kept)
+            if got is not None:
+                return (pool, got), None, tuple(discarded)
+    return None, _why_not(state, request, candidates), tuple(discarded)
+
+
+def _fill(state: _State, request: _Request, pool: PoolConfig, wanted: Sequence[int],
+          kept: Mapping[int, tuple[Addr, PoolConfig]]) -> Optional[tuple[Addr, ...]]:
+    got = []
+    for version in wanted:
+        held = kept.get(version)
+        if held is not None and held[1].name == pool.name:
+            got.append(held[0])
+            continue
+        addr = None
+        if request.share_key is not None:
+            # Join the sharing group's address if it is in this pool and the ports are disjoint:
+            # that is how Services with one key converge on one IP.
+            for candidate in sorted(state.groups.get((request.service.namespace, request.share_key), ())):
+                if (candidate[0] == version and state.pool_of(candidate) is pool
+                        and state.conflict(candidate, request) is None):
+                    addr = candidate
+                    break
+        if addr is None:
+            addr = state.lowest_free(pool, version)
+        if addr is None:
+            return None
+        got.append(addr)
+    return tuple(got)
+
+
+def _why_not(state: _State, request: _Request, candidates: Sequence[PoolConfig]) -> Refusal:
+    svc, families = request.service, request.families
+    names = " and ".join(f"IPv{v}" for v in families)
+    if not candidates:
+        if any(p.auto_assign for p in state.config.pools):
+            return Refusal(POOL_NOT_ALLOWED, f"no auto-assign address pool may be used by namespace "
+                                             f"{svc.namespace!r}")
+        return Refusal(NO_POOL_FOR_FAMILY, "there is no auto-assign address pool; ask for one with the "
+                                           "bgpspeaker.io/address-pool annotation")
+    with_family = [p for p in candidates if state.families_of(p) & set(families)]
+    if not with_family:
+        if request.pool is not None:
+            return Refusal(NO_POOL_FOR_FAMILY, f"pool {request.pool.name!r} has no {names} addresses")
+        return Refusal(NO_POOL_FOR_FAMILY, f"no address pool that namespace {svc.namespace!r} may use "
+                                           f"has {names} addresses")
+    if len(families) > 1 and request.mode == "require" and not any(
+            state.families_of(p) >= set(families) for p in candidates):
+        return Refusal(DUAL_STACK_UNAVAILABLE, "RequireDualStack: no usable address pool has both IPv4 and IPv6 "
+                                               "addresses")
+    pools = ", ".join(repr(p.name) for p in with_family)
+    return Refusal(POOL_EXHAUSTED, f"no free {names} address left in {pools}")
+
+
+def _order_key(service: ServiceView) -> tuple:
+    # Status holders first: an address already handed out is kept before anyone new may
+    # claim it; then the oldest Service wins a conflict (RFC 3339 timestamps sort as text).
+    return (0 if service.ingress_ips else 1, service.created, service.namespace, service.name)
+
+
+def allocate(config: Config, services: Iterable[ServiceView]) -> Allocation:
+    """Assign addresses to every LoadBalancer Service of our class; refuse the rest with a reason.
+
+    Services not managed (other type or class) get nothing: their absence from
+    `assigned` is the release.
+    """
+    state = _State(config)
+    assigned: dict[str, Assignment] = {}
+    refused: dict[str, Refusal] = {}
+    discarded: dict[str, tuple[Refusal, ...]] = {}
+    managed = sorted((s for s in services if is_managed(config, s)), key=_order_key)
+    for service in managed:
+        request = _parse_request(config, service)
+        if request.refusal is not None:
+            refused[service.key] = request.refusal
+            continue
+        result, refusal, dropped = _allocate_one(state, request)
+        if dropped:
+            discarded[service.key] = dropped
+        if refusal is not None:
+            refused[service.key] = refusal
+            continue
+        pool, addrs = result
+        for addr in addrs:
+            state.claim(addr, request)
+        assigned[service.key] = Assignment(pool.name, tuple(_ip(a) for a in addrs))
+    return Allocation(assigned=assigned, refused=refused, discarded=discarded)
