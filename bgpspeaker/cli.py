@@ -68,9 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="a running daemon's sessions and routes")
     status.add_argument("--url", default=DEFAULT_URL)
-    for name, text in (("drain", "move traffic away from this node, then withdraw"), ("undrain", "undo drain")):
-        sub = commands.add_parser(name, help=text)
-        sub.add_argument("--url", default=DEFAULT_URL)
+    drain = commands.add_parser("drain", help="move traffic away from this node, then withdraw")
+    drain.add_argument("--url", default=DEFAULT_URL)
+    drain.add_argument("--wait", action="store_true", help="return once the routes are withdrawn (for preStop)")
+    undrain = commands.add_parser("undrain", help="undo drain")
+    undrain.add_argument("--url", default=DEFAULT_URL)
     return parser
 
 

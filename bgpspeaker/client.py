@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import urllib.error
 import urllib.request
 from typing import Any, Optional
 
 TIMEOUT_SECONDS = 5.0
+WITHDRAW_MARGIN_SECONDS = 15.0
 
 
 def _call(url: str, method: str = "GET") -> Optional[dict[str, Any]]:
@@ -66,7 +68,25 @@ def _post(args: argparse.Namespace, action: str) -> int:
 
 
 def drain_command(args: argparse.Namespace) -> int:
-    return _post(args, "drain")
+    base = args.url.rstrip("/")
+    answer = _call(base + "/drain", method="POST")
+    if answer is None:
+        return 1
+    print(json.dumps(answer, indent=2, sort_keys=True))
+    if not getattr(args, "wait", False):
+        return 0
+    # The daemon withdraws after drainSeconds; allow a margin for ExaBGP's acks.
+    deadline = time.monotonic() + float(answer.get("withdrawAfterSeconds") or 0) + WITHDRAW_MARGIN_SECONDS
+    while time.monotonic() < deadline:
+        status = _call(base + "/status")
+        if status is None:
+            return 1
+        if status.get("drain") == "withdrawn":
+            print("drained: every route withdrawn")
+            return 0
+        time.sleep(0.2)
+    print("drain did not complete in time", file=sys.stderr)
+    return 1
 
 
 def undrain_command(args: argparse.Namespace) -> int:
