@@ -1,0 +1,420 @@
+"""Snapshot + allocation → the routes one node announces, each decision with its reason (pure).
+
+Why one pass that records reasons instead of a filter pipeline: `plan` (what the daemon
+announces) and `explain` (what a user reads) must never disagree. Both run the same
+per-Service decision code; `explain` merely asks it to keep the step-by-step trail for
+one Service, and `plan` drops it.
+
+Safety (DESIGN.md invariant 1): the planner announces only addresses the allocation
+assigned, and re-checks each against the pools the Service's namespace may use — so
+whatever a Service's status says, and even if the allocation were wrong, an address
+outside an allowed pool is never planned.
+
+Trade-off: routes are built per (peer, prefix) with fully typed attributes (RouteIntent),
+which costs a little memory at 10,000 Services but lets the reconciler diff by plain
+equality; identical attribute sets are built once and shared through a cache.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Optional, Union
+
+from bgpspeaker.allocator import (
+    NOT_IN_POOL, POOL_NOT_ALLOWED, Allocation, is_managed, pool_of,
+)
+from bgpspeaker.config.schema import Config, PeerConfig, PoolConfig
+from bgpspeaker.model import (
+    GRACEFUL_SHUTDOWN, LOWEST_TIER, TIERS_IN_ORDER, Community, EndpointSliceView, IPAddress, LargeCommunity,
+    NodeView, RouteAttributes, RouteIntent, ServiceView, Snapshot, Tier, parse_any_community,
+)
+
+PREFERENCE_ANNOTATION = "bgpspeaker.io/cluster-preference"
+COMMUNITIES_ANNOTATION = "bgpspeaker.io/communities"
+EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
+
+# --- reason codes (the allocator's refusal reasons pass through unchanged) -------------
+
+NOT_ALLOCATED = "notAllocated"
+INVALID_PREFERENCE = "invalidPreference"
+NOT_LISTED = "notListedInPreference"
+NO_DEFAULT_TIER = "noDefaultTier"
+NODE_NOT_FOUND = "nodeNotFound"
+NODE_NOT_READY = "nodeNotReady"
+NODE_EXCLUDED = "nodeExcluded"
+NO_LOCAL_ENDPOINTS = "noLocalEndpoints"
+NO_ENDPOINTS = "noEndpoints"
+NO_NODE_ADDRESS = "noNodeAddress"
+INVALID_NEXT_HOP = "invalidNextHop"
+NO_PEERS = "noPeers"
+# warnings: the route is still announced, without the offending community
+INVALID_COMMUNITY = "invalidCommunity"
+COMMUNITY_NOT_ALLOWED = "communityNotAllowed"
+
+REASONS = (
+    NOT_ALLOCATED, NOT_IN_POOL, POOL_NOT_ALLOWED, INVALID_PREFERENCE, NOT_LISTED, NO_DEFAULT_TIER, NODE_NOT_FOUND,
+    NODE_NOT_READY, NODE_EXCLUDED, NO_LOCAL_ENDPOINTS, NO_ENDPOINTS, NO_NODE_ADDRESS, INVALID_NEXT_HOP, NO_PEERS,
+)
+WARNINGS = (INVALID_COMMUNITY, COMMUNITY_NOT_ALLOWED)
+
+# A cluster name in the preference list: a DNS-label-like token. Anything else (spaces
+# inside, quotes, slashes...) is a typo we refuse rather than silently never match.
+_CLUSTER_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A Service (or one of its addresses) not announced from this node, or a warning about it."""
+
+    service: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    routes: tuple[RouteIntent, ...]  # sorted by prefix, then peer
+    skipped: tuple[Skip, ...]  # sorted by service, reason, message
+    # Announced anyway, but something in the Service was ignored (e.g. communityNotAllowed).
+    warnings: tuple[Skip, ...] = ()
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the decision for one Service, as `explain` prints it."""
+
+    name: str  # class, allocation, pool, preference, communities, node, endpoints, nextHop, peers, sharing
+    ok: bool
+    detail: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Explanation:
+    service: str
+    node: str
+    announced: bool
+    steps: tuple[Step, ...]
+    routes: tuple[RouteIntent, ...]  # this Service's routes from the very same plan
+    skipped: tuple[Skip, ...]
+    warnings: tuple[Skip, ...]
+
+
+# --- parsing of the Service's own wishes -----------------------------------------------
+
+
+def parse_preference(text: str) -> tuple[str, ...]:
+    """`"east,west,central"` → ("east", "west", "central"); ValueError says what is wrong."""
+    names = [name.strip() for name in text.split(",")]
+    if any(not name for name in names):
+        raise ValueError(f"{text!r} has an empty cluster name")
+    for name in names:
+        if not _CLUSTER_NAME.match(name):
+            raise ValueError(f"{name!r} is not a valid cluster name")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{text!r} names a cluster twice")
+    if len(names) > len(TIERS_IN_ORDER):
+        raise ValueError(f"{text!r} names {len(names)} clusters; at most {len(TIERS_IN_ORDER)} "
+                         f"(primary, secondary, tertiary)")
+    return tuple(names)
+
+
+def service_tier(config: Config, service: ServiceView) -> tuple[Optional[Tier], str, str]:
+    """(tier, reason if none, why) for this cluster."""
+    text = dict(service.annotations).get(PREFERENCE_ANNOTATION)
+    cluster = config.cluster.name
+    if text is None:
+        tier = config.cluster.default_tier
+        if tier is None:
+            return None, NO_DEFAULT_TIER, (f"no {PREFERENCE_ANNOTATION} annotation and cluster {cluster!r} has "
+                                           f"defaultTier none")
+        return tier, "", f"no {PREFERENCE_ANNOTATION} annotation: cluster {cluster!r} default tier {tier.value}"
+    try:
+        names = parse_preference(text)
+    except ValueError as error:
+        return None, INVALID_PREFERENCE, f"annotation {PREFERENCE_ANNOTATION}: {error}"
+    if cluster not in names:
+        return None, NOT_LISTED, f"cluster {cluster!r} is not listed in {PREFERENCE_ANNOTATION} {text!r}"
+    tier = TIERS_IN_ORDER[names.index(cluster)]
+    return tier, "", f"cluster {cluster!r} is #{names.index(cluster) + 1} in {text!r}: {tier.value}"
+
+
+def service_communities(service: ServiceView, pool: PoolConfig) -> tuple[
+        tuple[Union[Community, LargeCommunity], ...], list[tuple[str, str]]]:
+    """The Service's extra communities that its pool allows, and [(warning reason, message)]."""
+    text = dict(service.annotations).get(COMMUNITIES_ANNOTATION)
+    if text is None:
+        return (), []
+    allowed, warnings = [], []
+    for item in (part.strip() for part in text.split(",")):
+        try:
+            community = parse_any_community(item)
+        except ValueError as error:
+            warnings.append((INVALID_COMMUNITY, f"annotation {COMMUNITIES_ANNOTATION}: {error}; not added"))
+            continue
+        if community not in pool.allowed_communities:
+            warnings.append((COMMUNITY_NOT_ALLOWED, f"annotation {COMMUNITIES_ANNOTATION}: {community} is not in "
+                                                    f"pool {pool.name!r} allowedCommunities; not added"))
+            continue
+        if community not in allowed:
+            allowed.append(community)
+    return tuple(allowed), warnings
+
+
+def _next_hop_problem(address: IPAddress) -> Optional[str]:
+    # Routers reset a session that sends them a 127/8 next-hop, forever (reference/exabgp-api.md).
+    for test, what in ((address.is_loopback, "loopback"), (address.is_unspecified, "unspecified"),
+                       (address.is_link_local, "link-local"), (address.is_multicast, "multicast")):
+        if test:
+            return what
+    return None
+
+
+# --- the per-node, per-Service decision ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    address: IPAddress
+    pool: PoolConfig
+    tier: Tier
+    service: str
+    communities: tuple[Union[Community, LargeCommunity], ...]
+
+
+class _Context:
+    """What is the same for every Service on this node: computed once per plan."""
+
+    def __init__(self, config: Config, snapshot: Snapshot, node_name: str, allocation: Allocation, drained: bool):
+        self.config, self.snapshot, self.allocation, self.drained = config, snapshot, allocation, drained
+        self.node_name = node_name
+        self.node: Optional[NodeView] = snapshot.nodes.get(node_name)
+        self.node_problem: Optional[tuple[str, str]] = None
+        self.peers: tuple[PeerConfig, ...] = ()
+        if self.node is None:
+            self.node_problem = (NODE_NOT_FOUND, f"node {node_name!r} is not among the Nodes")
+        else:
+            if not self.node.ready:
+                self.node_problem = (NODE_NOT_READY, f"node {node_name!r} is not Ready")
+            elif self.node.label(EXCLUDE_LABEL) is not None:
+                self.node_problem = (NODE_EXCLUDED, f"node {node_name!r} is labelled {EXCLUDE_LABEL}")
+            self.peers = tuple(p for p in config.peers if p.selects(self.node.labels))
+        self.next_hops: dict[int, tuple[Optional[IPAddress], str, str]] = {}
+        for version in (4, 6):
+            address = self.node.address_of(version) if self.node is not None else None
+            if address is None:
+                self.next_hops[version] = (None, NO_NODE_ADDRESS, f"node {node_name!r} has no IPv{version} address")
+                continue
+            problem = _next_hop_problem(address)
+            if problem:
+                self.next_hops[version] = (None, INVALID_NEXT_HOP, f"node {node_name!r} IPv{version} address "
+                                                                   f"{address} is {problem}: not a next-hop")
+            else:
+                self.next_hops[version] = (address, "", f"next-hop {address}")
+        self.slices: dict[str, list[EndpointSliceView]] = {}
+        for view in snapshot.endpoint_slices.values():
+            self.slices.setdefault(view.service_key, []).append(view)
+        self._attributes: dict[tuple, RouteAttributes] = {}
+
+    def attributes(self, tier: Tier, pool: PoolConfig, peer: PeerConfig, next_hop: IPAddress,
+                   extra: tuple[Union[Community, LargeCommunity], ...]) -> RouteAttributes:
+        key = (tier, pool.name, peer.name, next_hop, extra)
+        found = self._attributes.get(key)
+        if found is not None:
+            return found
+        config = self.config
+        tier_attributes = config.tiers[tier]
+        communities = set(tier_attributes.communities)
+        large = set(tier_attributes.large_communities)
+        for advertisement in config.advertisements:
+            if advertisement.applies(pool.name, peer.name):
+                communities.update(advertisement.communities)
+                large.update(advertisement.large_communities)
+        for community in extra:
+            (large if isinstance(community, LargeCommunity) else communities).add(community)
+        if self.drained:
+            communities.add(GRACEFUL_SHUTDOWN)
+        my_asn = config.speaker.my_asn
+        ibgp = peer.is_ibgp(my_asn)
+        # iBGP: no AS_PATH of our own and no prepends — the peer shares our ASN, sees it in
+        # the path and discards the route as a loop (RFC 4271 §9.1.2). Preference toward
+        # iBGP peers is expressed with local-preference, which only iBGP carries.
+        as_path = () if ibgp else (my_asn,) * (1 + tier_attributes.as_path_prepend)
+        found = RouteAttributes(
+            next_hop=next_hop, as_path=as_path, med=tier_attributes.med,
+            local_pref=tier_attributes.local_pref if ibgp else None,  # dropped on eBGP anyway
+            communities=tuple(sorted(communities)), large_communities=tuple(sorted(large)),
+        )
+        self._attributes[key] = found
+        return found
+
+
+def _decide(ctx: _Context, service: ServiceView, skips: list[Skip], warnings: list[Skip],
+            trail: Optional[list[Step]]) -> list[_Candidate]:
+    """The candidates (address, tier, communities) this Service contributes from this node."""
+    key = service.key
+
+    def step(name: str, ok: bool, detail: str, reason: str = "") -> None:
+        if trail is not None:
+            trail.append(Step(name, ok, detail, reason))
+
+    def skip(name: str, reason: str, message: str) -> list[_Candidate]:
+        skips.append(Skip(key, reason, message))
+        step(name, False, message, reason)
+        return []
+
+    config = ctx.config
+    if not is_managed(config, service):
+        wanted = config.speaker.load_balancer_class or "(none)"
+        step("class", False, f"type {service.type}, loadBalancerClass {service.load_balancer_class or '(none)'}: "
+                             f"not handled by this speaker (type LoadBalancer, class {wanted}); nothing to announce")
+        return []
+    step("class", True, f"type LoadBalancer, loadBalancerClass {service.load_balancer_class or '(none)'}")
+
+    allocation = ctx.allocation
+    refusal = allocation.refused.get(key)
+    if refusal is not None:
+        return skip("allocation", refusal.reason, refusal.message)
+    assignment = allocation.assigned.get(key)
+    if assignment is None:
+        return skip("allocation", NOT_ALLOCATED, "the allocator has not assigned an address")
+    for dropped in allocation.discarded.get(key, ()):
+        step("allocation", True, f"ignored: {dropped.message}", dropped.reason)
+    step("allocation", True, f"assigned {', '.join(map(str, assignment.addresses))} from pool {assignment.pool!r}")
+
+    # Invariant 1: re-check every address against the pools the namespace may use, from
+    # the config itself, whatever the allocation or the Service status claims.
+    addresses: list[tuple[IPAddress, PoolConfig]] = []
+    for address in assignment.addresses:
+        pool = pool_of(config, address)
+        if pool is None:
+            skip("pool", NOT_IN_POOL, f"{address} is not in any configured pool: never announced")
+        elif not pool.allows_namespace(service.namespace):
+            skip("pool", POOL_NOT_ALLOWED, f"{address} is in pool {pool.name!r}, which namespace "
+                                           f"{service.namespace!r} may not use: never announced")
+        else:
+            step("pool", True, f"{address} is in pool {pool.name!r}, which namespace {service.namespace!r} may use")
+            addresses.append((address, pool))
+    if not addresses:
+        return []
+
+    tier, reason, why = service_tier(config, service)
+    if tier is None:
+        return skip("preference", reason, why)
+    step("preference", True, why)
+
+    extras: dict[str, tuple] = {}
+    for pool in {pool.name: pool for _, pool in addresses}.values():
+        allowed, problems = service_communities(service, pool)
+        extras[pool.name] = allowed
+        for reason, message in problems:
+            warnings.append(Skip(key, reason, message))
+            step("communities", False, message, reason)
+        if allowed:
+            step("communities", True, f"adds {', '.join(map(str, allowed))} (allowed by pool {pool.name!r})")
+
+    if ctx.node_problem is not None:
+        return skip("node", *ctx.node_problem)
+    step("node", True, f"node {ctx.node_name!r} is Ready and not excluded")
+
+    slices = ctx.slices.get(key, ())
+    if service.external_traffic_policy == "Local":
+        # Only ready endpoints count; kube-proxy would drop traffic for a node without one.
+        local = sum(1 for s in slices for e in s.endpoints if e.ready and e.node_name == ctx.node_name)
+        if not local:
+            return skip("endpoints", NO_LOCAL_ENDPOINTS, f"externalTrafficPolicy Local and no ready endpoint on "
+                                                         f"node {ctx.node_name!r}")
+        step("endpoints", True, f"externalTrafficPolicy Local: {local} ready endpoint(s) on this node")
+    else:
+        ready = sum(1 for s in slices for e in s.endpoints if e.ready)
+        if not ready:
+            return skip("endpoints", NO_ENDPOINTS, "no ready endpoint in the cluster")
+        step("endpoints", True, f"externalTrafficPolicy Cluster: {ready} ready endpoint(s) in the cluster")
+
+    if not ctx.peers:
+        return skip("peers", NO_PEERS, f"no configured peer selects node {ctx.node_name!r}")
+    step("peers", True, "peers " + ", ".join(p.name for p in ctx.peers))
+
+    effective = LOWEST_TIER if ctx.drained else tier
+    if ctx.drained:
+        step("drain", True, f"node drained: announced with {GRACEFUL_SHUTDOWN} and the {LOWEST_TIER.value} tier")
+    candidates = []
+    for address, pool in addresses:
+        next_hop, reason, why = ctx.next_hops[address.version]
+        if next_hop is None:
+            skip("nextHop", reason, f"{address}: {why}")
+            continue
+        step("nextHop", True, f"{address}: {why}")
+        candidates.append(_Candidate(address, pool, effective, key, extras[pool.name]))
+    return candidates
+
+
+def _run(config: Config, snapshot: Snapshot, node_name: str, allocation: Allocation, drained: bool,
+         trace: Optional[str] = None) -> tuple[Plan, list[Step]]:
+    ctx = _Context(config, snapshot, node_name, allocation, drained)
+    skips: list[Skip] = []
+    warnings: list[Skip] = []
+    trail: list[Step] = []
+    by_address: dict[IPAddress, list[_Candidate]] = {}
+    for key in sorted(snapshot.services):
+        for candidate in _decide(ctx, snapshot.services[key], skips, warnings, trail if key == trace else None):
+            by_address.setdefault(candidate.address, []).append(candidate)
+
+    routes = []
+    for address, candidates in by_address.items():
+        # Services sharing an IP: one route, the most preferred tier among them, and the
+        # union of their (already pool-checked) communities.
+        tier = min((c.tier for c in candidates), key=lambda t: t.rank)
+        extra = tuple(sorted({x for c in candidates for x in c.communities}, key=lambda x: (type(x).__name__, x)))
+        services = tuple(sorted({c.service for c in candidates}))
+        pool = candidates[0].pool
+        next_hop = ctx.next_hops[address.version][0]
+        prefix = ipaddress.ip_network(address)  # /32 or /128
+        if trace is not None and trace in services and len(services) > 1:
+            trail.append(Step("sharing", True, f"{address} is shared by {', '.join(services)}: announced once with "
+                                               f"the most preferred tier among them, {tier.value}"))
+        for peer in ctx.peers:
+            routes.append(RouteIntent(prefix=prefix, peer=peer.name, tier=tier, services=services,
+                                      attributes=ctx.attributes(tier, pool, peer, next_hop, extra)))
+    routes.sort(key=lambda r: (r.prefix.version, int(r.prefix.network_address), r.peer))
+    order = (lambda s: (s.service, s.reason, s.message))
+    plan_ = Plan(routes=tuple(routes), skipped=tuple(sorted(skips, key=order)),
+                 warnings=tuple(sorted(warnings, key=order)))
+    return plan_, trail
+
+
+def plan(config: Config, snapshot: Snapshot, node_name: str, allocation: Allocation, drained: bool = False) -> Plan:
+    """The routes node `node_name` announces, and the Services it does not, with why."""
+    return _run(config, snapshot, node_name, allocation, drained)[0]
+
+
+def explain(config: Config, snapshot: Snapshot, node_name: str, allocation: Allocation, service_key: str,
+            drained: bool = False) -> Explanation:
+    """Why `service_key` is or is not announced from `node_name`, step by step (KeyError if unknown).
+
+    Runs the whole plan (Services sharing an IP influence each other's routes) with the
+    trail kept for this one Service, so it can never disagree with `plan`.
+    """
+    if service_key not in snapshot.services:
+        raise KeyError(service_key)
+    result, trail = _run(config, snapshot, node_name, allocation, drained, trace=service_key)
+    routes = tuple(r for r in result.routes if service_key in r.services)
+    if routes:
+        peers = sorted({r.peer for r in routes})
+        trail.append(Step("announce", True, f"{len(routes)} route(s) to {', '.join(peers)}"))
+    return Explanation(
+        service=service_key, node=node_name, announced=bool(routes), steps=tuple(trail), routes=routes,
+        skipped=tuple(s for s in result.skipped if s.service == service_key),
+        warnings=tuple(s for s in result.warnings if s.service == service_key),
+    )
+
+
+def announced_services(result: Plan) -> Mapping[str, Iterable[RouteIntent]]:
+    """{service: its routes} — convenience for metrics (a shared route counts for each Service)."""
+    by_service: dict[str, list[RouteIntent]] = {}
+    for route in result.routes:
+        for service in route.services:
+            by_service.setdefault(service, []).append(route)
+    return by_service
