@@ -1,0 +1,107 @@
+"""Offline lint of what an operator deploys: the Kubernetes manifests and the Containerfile.
+
+The image cannot be built here (no registry but PyPI/Debian), so the Containerfile is
+checked for what would break a build or a run: every COPY source exists, the entrypoint
+is our console script, the base images are pinned to a Python we test on.
+"""
+
+from __future__ import annotations
+
+import configparser
+import re
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from bgpspeaker.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+MANIFESTS = ROOT / "configs" / "kubernetes"
+
+
+def manifests() -> list[dict]:
+    docs = []
+    for path in sorted(MANIFESTS.glob("*.yaml")):
+        if path.name != "kustomization.yaml":
+            docs.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
+    return docs
+
+
+def by_kind(kind: str) -> list[dict]:
+    return [d for d in manifests() if d["kind"] == kind]
+
+
+def test_rbac_is_least_privilege():
+    rules = [rule for role in by_kind("ClusterRole") + by_kind("Role") for rule in role["rules"]]
+    granted = {(group, resource, verb) for rule in rules for group in rule["apiGroups"]
+               for resource in rule["resources"] for verb in rule["verbs"]}
+    # No wildcards and nothing destructive anywhere.
+    assert not any("*" in item for item in granted)
+    assert not any(verb in ("delete", "deletecollection", "escalate", "bind", "impersonate") for _, _, verb in granted)
+    # Exactly what the daemon does: read its inputs, write status/annotation, events, its lease.
+    for resource in ("services", "nodes"):
+        assert {("", resource, v) for v in ("get", "list", "watch")} <= granted
+    assert {("discovery.k8s.io", "endpointslices", v) for v in ("get", "list", "watch")} <= granted
+    assert ("", "services/status", "patch") in granted
+    assert ("", "events", "create") in granted
+    assert ("coordination.k8s.io", "leases", "update") in granted
+    # Writes to secrets, pods or nodes would be a privilege the speaker never needs.
+    assert not any(r in ("secrets", "pods", "configmaps") for _, r, _ in granted)
+    assert not any(r == "nodes" and v not in ("get", "list", "watch") for _, r, v in granted)
+    # The lease permission is namespaced (a Role), not cluster-wide.
+    cluster_resources = {res for role in by_kind("ClusterRole") for rule in role["rules"] for res in rule["resources"]}
+    assert "leases" not in cluster_resources
+
+
+def test_daemonset_runs_the_speaker_as_designed():
+    (daemonset,) = by_kind("DaemonSet")
+    pod = daemonset["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["hostNetwork"] is True
+    env = {e["name"]: e for e in container["env"]}
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["lifecycle"]["preStop"]["exec"]["command"][:2] == ["bgpspeaker", "drain"]
+    assert "NET_ADMIN" in container["securityContext"]["capabilities"]["add"]
+    # The args must parse with our own CLI: a typo here is a crash loop in production.
+    args = build_parser().parse_args(container["args"] + ["--node-name", "n"])
+    assert args.command == "run"
+    prestop = build_parser().parse_args(container["lifecycle"]["preStop"]["exec"]["command"][1:])
+    assert prestop.command == "drain" and prestop.wait
+    # Grace period must cover the drain (drainSeconds in the ConfigMap) plus withdraw time.
+    (configmap,) = by_kind("ConfigMap")
+    speaker = yaml.safe_load(configmap["data"]["speaker.yaml"])
+    assert pod["terminationGracePeriodSeconds"] > speaker["speaker"]["drainSeconds"] + 10
+    assert daemonset["spec"]["template"]["metadata"]["labels"] == daemonset["spec"]["selector"]["matchLabels"]
+
+
+def test_service_account_and_bindings_line_up():
+    (account,) = by_kind("ServiceAccount")
+    (daemonset,) = by_kind("DaemonSet")
+    assert daemonset["spec"]["template"]["spec"]["serviceAccountName"] == account["metadata"]["name"]
+    for binding in by_kind("ClusterRoleBinding") + by_kind("RoleBinding"):
+        (subject,) = binding["subjects"]
+        assert (subject["name"], subject["namespace"]) == (account["metadata"]["name"], account["metadata"]["namespace"])
+
+
+def test_kustomize_renders_the_manifests():
+    out = subprocess.run(["kubectl", "kustomize", str(MANIFESTS)], capture_output=True, text=True, check=True).stdout
+    kinds = [d["kind"] for d in yaml.safe_load_all(out) if d]
+    assert sorted(kinds) == sorted(d["kind"] for d in manifests())
+
+
+def test_containerfile_builds_from_existing_paths_and_runs_our_entrypoint():
+    text = (ROOT / "Containerfile").read_text()
+    for line in text.splitlines():
+        match = re.match(r"COPY\s+(?!--from)(.+)\s+\S+$", line)
+        if match:
+            for source in match.group(1).split():
+                assert (ROOT / source).exists(), f"Containerfile copies {source}, which does not exist"
+    assert re.search(r'^ENTRYPOINT \["bgpspeaker"\]', text, re.M)
+    scripts = configparser.ConfigParser()
+    scripts.read(ROOT / "setup.cfg")
+    assert "bgpspeaker = bgpspeaker.cli:main" in scripts["options.entry_points"]["console_scripts"]
+    bases = re.findall(r"^FROM\s+(\S+)", text, re.M)
+    assert bases and all(":3.11-" in base for base in bases), bases
