@@ -1,0 +1,197 @@
+"""The ExaBGP configuration and environment for one node, and `bgpspeaker render-exabgp`.
+
+Why a pure renderer: the same text is what the driver runs and what an operator sees
+(`render-exabgp`, secrets masked), and "did the config change?" is a string comparison
+that decides whether a reload must restart ExaBGP.
+
+Choices, with the measurement behind each (../shared/reference/exabgp-api.md):
+- One `process` (our relay, `encoder json` — a process block without an encoder is a
+  syntax error, §4.1) and, on every neighbor, `api { processes [...]; neighbor-changes; }`:
+  the only way to get session events in 5.0 (§2).
+- `manual-eor true`: by default ExaBGP sends End-of-RIB right after OPEN, before we
+  replayed, and a graceful-restart helper then flushes the routes it kept (lab-notes:
+  FIB empty ~0.5 s). The driver sends EOR after its replay.
+- `group-updates true`: same-attribute NLRIs share an UPDATE (seen on the wire, §4.1).
+- No `multihop` keyword exists in 5.0: ebgpMultiHop becomes `outgoing-ttl` (§4.2).
+- Both unicast families on every session when the node has addresses of both: ExaBGP
+  sends ipv6 unicast as MP_REACH over an IPv4 session (§5).
+- Environment: acks on (they are our flow control), CLI pipes off (otherwise it logs
+  about missing FIFOs), `tcp.bind` empty (active only: no listening port 179), no
+  daemonizing, log to stderr at WARNING (lab-notes: ~15% less CPU than INFO), and
+  `daemon.user` = the user we run as: as root ExaBGP otherwise setuid()s to `nobody` and
+  the relay can no longer reach our socket (§4.3).
+- Secrets: the MD5 password is read from `passwordFile` only when the config is for
+  ExaBGP to run; printed configs get "********" and the file is not even opened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import pwd
+import re
+import sys
+from typing import Optional
+
+from bgpspeaker.config.schema import Config, PeerConfig
+from bgpspeaker.model import IPAddress, NodeView
+
+MASK = "********"
+PROCESS_NAME = "bgpspeaker"
+DEFAULT_LOG_LEVEL = "WARNING"
+DEFAULT_SOCKET = "/run/bgpspeaker/exabgp.sock"
+
+# What may appear unquoted in the config: a path or a word. Anything else would let a value
+# end a statement (`;`, `}`) or a line.
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+@-]+$")
+_SAFE_WORD = re.compile(r"^[A-Za-z0-9_.:-]+$")
+
+
+class RenderError(ValueError):
+    """The node cannot run this config; the message names the field (`peers[0].passwordFile: ...`)."""
+
+
+def selected_peers(config: Config, node: NodeView) -> list[tuple[int, PeerConfig]]:
+    """(index in config.peers, peer) for every peer whose nodeSelector matches the node."""
+    return [(i, p) for i, p in enumerate(config.peers) if p.selects(node.labels)]
+
+
+def router_id(config: Config, node: NodeView) -> ipaddress.IPv4Address:
+    if config.speaker.router_id is not None:
+        return config.speaker.router_id
+    address = node.address_of(4)
+    if address is None:
+        raise RenderError(f"speaker.routerID: auto needs an IPv4 address on node {node.name}, which has none")
+    return address  # type: ignore[return-value]
+
+
+def local_address(peer: PeerConfig, node: NodeView, index: int) -> IPAddress:
+    if peer.source_address is not None:
+        return peer.source_address
+    address = node.address_of(peer.address.version)
+    if address is None:
+        raise RenderError(f"peers[{index}].sourceAddress: node {node.name} has no IPv{peer.address.version} "
+                          f"address to reach {peer.address}; set sourceAddress")
+    return address
+
+
+def families(node: NodeView, peer: PeerConfig) -> tuple[str, ...]:
+    """ipv4 and/or ipv6 unicast: the families of the node's addresses (the session's own family at least)."""
+    versions = {v for v in (4, 6) if node.address_of(v) is not None} | {peer.address.version}
+    return tuple(f"ipv{v} unicast" for v in sorted(versions))
+
+
+def has_password(peer: PeerConfig) -> bool:
+    return bool(peer.password_file or getattr(peer, "password_env", None))
+
+
+def read_password(peer: PeerConfig, index: int) -> str:
+    """The peer's MD5 secret, via the config room's reader (file or environment)."""
+    from bgpspeaker.config.secrets import SecretError, peer_password
+
+    where = f"peers[{index}].{'passwordFile' if peer.password_file else 'passwordEnv'}"
+    try:
+        secret = peer_password(peer) or ""
+    except SecretError as exc:
+        raise RenderError(f"{where}: {exc}") from None
+    # The secret goes between double quotes in ExaBGP's config, which has no escapes.
+    if not secret or '"' in secret or "\\" in secret:
+        raise RenderError(f"{where}: the password must not be empty nor contain quotes or backslashes "
+                          "(ExaBGP's config cannot hold them; its content is not shown)")
+    return secret
+
+
+def _process_block(relay_socket: str, python: str) -> list[str]:
+    for what, value in (("relay socket", relay_socket), ("python", python)):
+        if not _SAFE_PATH.match(value):
+            raise RenderError(f"{what} path {value!r} must be a plain path (letters, digits, _ . / + @ -)")
+    return [f"process {PROCESS_NAME} {{",
+            f"    run {python} -m bgpspeaker.exabgp.relay {relay_socket};",
+            "    encoder json;",
+            "}"]
+
+
+def render_config(config: Config, node: NodeView, relay_socket: str, *, mask_secrets: bool,
+                  python: Optional[str] = None) -> str:
+    """The ExaBGP config text for `node` (deterministic: equal inputs give equal text)."""
+    out = [f"# bgpspeaker: ExaBGP config for node {node.name} (generated; do not edit)"]
+    out += _process_block(relay_socket, python or sys.executable)
+    rid = router_id(config, node)
+    gr = config.exabgp.graceful_restart
+    for index, peer in selected_peers(config, node):
+        out.append("")
+        out.append(f"neighbor {peer.address} {{")
+        if _SAFE_WORD.match(peer.name):
+            out.append(f'    description "{peer.name}";')
+        out.append(f"    router-id {rid};")
+        out.append(f"    local-address {local_address(peer, node, index)};")
+        out.append(f"    local-as {config.speaker.my_asn};")
+        out.append(f"    peer-as {peer.asn};")
+        out.append(f"    connect {peer.port};")
+        out.append(f"    hold-time {peer.hold_time};")
+        if peer.ebgp_multihop:
+            out.append(f"    outgoing-ttl {peer.ebgp_multihop};")
+        if has_password(peer):
+            secret = MASK if mask_secrets else read_password(peer, index)
+            out.append(f'    md5-password "{secret}";')
+        out.append("    group-updates true;")
+        out.append("    manual-eor true;")
+        out.append("    family {")
+        out += [f"        {family};" for family in families(node, peer)]
+        out.append("    }")
+        if gr > 0:
+            out.append(f"    capability {{ graceful-restart {gr}; }}")
+        out.append(f"    api {{ processes [ {PROCESS_NAME} ]; neighbor-changes; }}")
+        out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def exabgp_environment(user: Optional[str] = None, log_level: str = DEFAULT_LOG_LEVEL) -> dict[str, str]:
+    """The `exabgp_*` variables for the child (merge into os.environ)."""
+    if user is None:
+        user = pwd.getpwuid(os.getuid()).pw_name
+    return {
+        "exabgp_api_ack": "true",
+        "exabgp_api_cli": "false",
+        "exabgp_api_encoder": "json",
+        "exabgp_api_respawn": "true",
+        "exabgp_tcp_bind": "",
+        "exabgp_daemon_user": user,
+        "exabgp_daemon_daemonize": "false",
+        "exabgp_daemon_pid": "",
+        "exabgp_log_destination": "stderr",
+        "exabgp_log_level": log_level,
+    }
+
+
+def render_command(args: argparse.Namespace) -> int:
+    """`bgpspeaker render-exabgp --config F --node-name N --objects O`: 0, or 2 on bad input."""
+    import yaml
+
+    from bgpspeaker.config.load import ConfigError, load_config
+    from bgpspeaker.views import snapshot_from_objects
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for line in getattr(exc, "errors", None) or [str(exc)]:
+            print(str(line), file=sys.stderr)
+        return 2
+    try:
+        with open(args.objects, encoding="utf-8") as f:
+            snapshot = snapshot_from_objects(list(yaml.safe_load_all(f)))
+    except (OSError, yaml.YAMLError) as exc:
+        print(f"{args.objects}: {exc}", file=sys.stderr)
+        return 2
+    node = snapshot.nodes.get(args.node_name)
+    if node is None:
+        print(f"{args.objects}: no Node named {args.node_name!r}", file=sys.stderr)
+        return 2
+    try:
+        text = render_config(config, node, DEFAULT_SOCKET, mask_secrets=True)
+    except RenderError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
+    return 0
