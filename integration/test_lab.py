@@ -140,3 +140,43 @@ def test_frr_med_comparison_follows_always_compare_med(lab):
     # best: FRR's "Older Path" rule prefers the path already selected, measured.)
     tor.configure(["router bgp 64500", "bgp always-compare-med"])
     wait_until(lambda: tor.best_path("203.0.113.9/32").med == 100, 5, "MED 100 wins")
+
+
+# --------------------------------------------------------------------------- BIRD
+
+def test_bird_receives_routes_from_frr_and_bird_and_compares_med(lab):
+    """BIRD as the tor: one path from FRR, one from BIRD, in different ASes; with `med metric`
+    (BIRD's always-compare-med) MED 100 wins although the MED 200 path is older.
+    (Not toggled at run time: a `configure` that changes it restarts the sessions.)"""
+    from integration.lab.bird import BirdConfig, BirdRouter
+    tor_ns, n1, n2 = lab.netns("tor"), lab.netns("n1"), lab.netns("n2")
+    lab.veth(tor_ns, "e1", n1, "eth0")
+    lab.veth(tor_ns, "e2", n2, "eth0")
+    netns.add_addr(tor_ns, "e1", "10.1.1.1/24")
+    netns.add_addr(n1, "eth0", "10.1.1.2/24")
+    netns.add_addr(tor_ns, "e2", "10.1.2.1/24")
+    netns.add_addr(n2, "eth0", "10.1.2.2/24")
+    tor = BirdRouter(tor_ns, BirdConfig(asn=64500, router_id="10.1.1.1", with_kernel=True, hold_time=3,
+                                        always_compare_med=True, neighbors=(Neighbor("10.1.1.2", 64512), Neighbor("10.1.2.2", 64513))),
+                     lab=lab).start()
+    BirdRouter(n2, BirdConfig(asn=64513, router_id="10.1.2.2", neighbors=(Neighbor("10.1.2.1", 64500),),
+                              originate=(Originate("203.0.113.9/32", med=200, communities=("64513:200",)),)),
+               lab=lab).start()
+    wait_until(lambda: tor.best_path("203.0.113.9/32"), 10, "path from BIRD")
+    FrrRouter(n1, FrrConfig(asn=64512, router_id="10.1.1.2", neighbors=(Neighbor("10.1.1.1", 64500),),
+                            # no prepend here: AS-path length is compared before MED
+                            originate=(Originate("203.0.113.9/32", med=100, communities=("64512:100",),
+                                                 large_communities=("64512:1:1",)),)),
+              lab=lab).start()
+    wait_until(lambda: len(tor.paths("203.0.113.9/32")) == 2, 10, "path from FRR")
+    assert tor.established()
+    by_peer = {p.peer: p for p in tor.paths("203.0.113.9/32")}
+    frr_path, bird_path = by_peer["10.1.1.2"], by_peer["10.1.2.2"]
+    assert (frr_path.med, frr_path.aspath, frr_path.communities, frr_path.large_communities) == \
+        (100, [64512], ["64512:100"], ["64512:1:1"])
+    assert (bird_path.med, bird_path.aspath, bird_path.communities) == (200, [64513], ["64513:200"])
+    assert tor.neighbor("10.1.1.2").pfx_rcd == 1
+    wait_until(lambda: tor.best_path("203.0.113.9/32").med == 100, 5, "MED 100 wins")
+    wait_until(lambda: tor.fib_routes() == {"203.0.113.9/32": ["10.1.1.2"]}, 5, "FIB follows")
+    tor.set_neighbor_shutdown("10.1.1.2", True)
+    wait_until(lambda: tor.best_path("203.0.113.9/32").peer == "10.1.2.2", 5, "fallback")

@@ -336,8 +336,9 @@ class FrrRouter:
             conf = self._write("zebra.conf", f"hostname {self.config.hostname}\nlog file {self._p('zebra.log')}\n")
             self.zebra = self._spawn("zebra", [ZEBRA, "-f", conf, "-i", self._p("zebra.pid"), *common])
             # bgpd retries its zebra connection on a timer: start it once zserv.api is there
-            wait_until(lambda: self._alive(self.zebra, "zebra") and os.path.exists(self._p("zebra.vty")),
+            wait_until(lambda: self.zebra.poll() is not None or os.path.exists(self._p("zebra.vty")),
                        timeout, f"zebra in {self.ns} to listen")
+            self._alive(self.zebra, "zebra")
         conf = self._write("bgpd.conf", render_bgpd_conf(self.config, self._p("bgpd.log")))
         argv = [BGPD, "-f", conf, "-i", self._p("bgpd.pid"), *common]
         if not self.with_zebra:
@@ -345,8 +346,10 @@ class FrrRouter:
         if self.config.listen_port:
             argv += ["-p", str(self.config.listen_port)]
         self.bgpd = self._spawn("bgpd", argv)
-        wait_until(lambda: self._alive(self.bgpd, "bgpd") and self.show_json("show bgp summary") is not None,
+        # (wait_until swallows exceptions from the condition: an exit ends the wait instead)
+        wait_until(lambda: self.bgpd.poll() is not None or self.show_json("show bgp summary") is not None,
                    timeout, f"bgpd in {self.ns} to answer on its vty")
+        self._alive(self.bgpd, "bgpd")
         self.start_seconds = time.monotonic() - t0
         # bgpd reads its config before it serves the vty, and only logs bad lines
         # ("Command returned Incomplete on config line 12: ..."): fail loudly instead
