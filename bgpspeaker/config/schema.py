@@ -45,6 +45,7 @@ class PeerConfig:
     port: int = 179
     hold_time: int = 90  # 0 or 3..65535
     password_file: Optional[str] = None  # TCP MD5; the secret itself is never held in config
+    password_env: Optional[str] = None  # TCP MD5 from this environment variable (instead of a file)
     ebgp_multihop: Optional[int] = None  # TTL
     source_address: Optional[IPAddress] = None  # default: the node's address of the peer's family
     node_selector: Pairs = ()  # matchLabels; empty = every node
