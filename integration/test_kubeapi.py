@@ -511,6 +511,26 @@ def test_events_and_leases(emu, api_client, core, ns):
     assert err.value.status == 409
 
 
+def test_cluster_scoped_resources_and_initial_events(emu, core, ns):
+    """Namespaces and Nodes (with /status), and sendInitialEvents for newer clients."""
+    created = core.create_namespace({"metadata": {"name": ns, "labels": {"team": "net"}}})
+    out = core.patch_namespace_status(ns, {"status": {"phase": "Active"}, "spec": {"finalizers": ["x"]}})
+    assert out.status.phase == "Active" and not out.spec and out.metadata.uid == created.metadata.uid
+    assert ns in [n.metadata.name for n in core.list_namespace(label_selector="team=net").items]
+    emu.set_object({"apiVersion": "v1", "kind": "Node", "metadata": {"name": f"{ns}-n1", "labels": {"rack": "r1"}}})
+    url = f"/api/v1/nodes?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan" \
+          f"&allowWatchBookmarks=true&labelSelector=rack%3Dr1&timeoutSeconds=1"
+    with urllib.request.urlopen(emu.url + url, timeout=10) as resp:
+        events = [json.loads(line) for line in resp.read().splitlines()]
+    assert [(e["type"], e["object"]["metadata"].get("name")) for e in events] == \
+        [("ADDED", f"{ns}-n1"), ("BOOKMARK", None)]
+    assert events[1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+    core.delete_node(f"{ns}-n1")
+    assert emu.get_object("v1", "Node", None, f"{ns}-n1") is None
+    with pytest.raises(OSError):
+        run_emulator(port=emu.port).__enter__()      # a taken port fails loudly
+
+
 def test_pause_and_resume_events(emu, core, ns):
     rv = core.create_namespaced_service(ns, svc("a", ns)).metadata.resource_version
     emu.pause_events()

@@ -191,8 +191,12 @@ class EmulatorThread:
 
     def start(self) -> "EmulatorThread":
         self._thread.start()
-        self.emulator = self._call(lambda: KubeEmulator(**self._options))
-        self._run(self.emulator.start(self._host, self._port))
+        try:
+            self.emulator = self._call(lambda: KubeEmulator(**self._options))
+            self._run(self.emulator.start(self._host, self._port))
+        except BaseException:
+            self.stop()      # e.g. the port is taken: do not leave the loop thread behind
+            raise
         if self.kubeconfig is None:
             self._tmpdir = tempfile.TemporaryDirectory(prefix=f"kubeapi-{os.getpid()}-")
             self.kubeconfig = os.path.join(self._tmpdir.name, "kubeconfig")

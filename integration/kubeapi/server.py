@@ -112,7 +112,7 @@ class _Routes:
         """(resource, namespace, name, subresource) from the URL, or 404."""
         parts = request.match_info["rest"].strip("/").split("/")
         namespace = None
-        if parts[0] == "namespaces" and len(parts) >= 3:
+        if parts[0] == "namespaces" and len(parts) >= 3 and parts[2] != "status":  # not namespaces/x/status
             namespace, parts = parts[1], parts[2:]
         resource = BY_PATH.get((request.match_info.get("group", ""), request.match_info["version"], parts[0]))
         name = parts[1] if len(parts) > 1 else None
