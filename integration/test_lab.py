@@ -180,3 +180,73 @@ def test_bird_receives_routes_from_frr_and_bird_and_compares_med(lab):
     wait_until(lambda: tor.fib_routes() == {"203.0.113.9/32": ["10.1.1.2"]}, 5, "FIB follows")
     tor.set_neighbor_shutdown("10.1.1.2", True)
     wait_until(lambda: tor.best_path("203.0.113.9/32").peer == "10.1.2.2", 5, "fallback")
+
+
+# --------------------------------------------------------------------------- HTTP and topology
+
+def test_http_responder_and_probe(lab):
+    from integration.lab import http
+    a, b = _pair(lab)
+    netns.add_lo_addr(b, "192.0.2.1")
+    netns.add_lo_addr(b, "2001:db8::1")
+    http.serve(b, "east/east-1", lab=lab)  # listens on every address, v4 and v6
+    assert http.probe(a, "192.0.2.1") is None  # no route yet
+    netns.add_route(a, "192.0.2.1/32", via="10.1.1.2")
+    netns.add_route(a, "2001:db8::1/128", via="fd00:1::2")
+    assert http.probe(a, "192.0.2.1") == "east/east-1"
+    assert http.probe(a, "2001:db8::1") == "east/east-1"
+    assert http.probe(a, http.url("10.1.1.2", 80, "/any")) == "east/east-1"
+    assert http.probe(a, http.url("10.1.1.2", 81)) is None  # refused
+
+
+def test_topology_static_then_bgp_route_reaches_the_vip_and_teardown_leaves_nothing():
+    from integration.lab.topology import Topology, TopologySpec
+    topo = Topology(TopologySpec(always_compare_med=True)).up()
+    try:
+        assert set(topo.nodes) == {"east-1", "east-2", "west-1", "central-1"}
+        assert {n.asn for n in topo.nodes.values()} == {64512}
+        tor = topo.router
+        e1, w1 = topo.node("east-1"), topo.node("west-1")
+        vip = "203.0.113.5"
+        for n in (e1, w1):
+            n.add_vip(vip)
+            n.serve_http()
+        assert topo.probe(vip) is None
+        # data path with a static route at the tor
+        topo.static_route(vip, "west-1")
+        assert wait_until(lambda: topo.probe(vip), 3, "answer via static route") == "west/west-1"
+        topo.static_route(vip, None)
+        # control + data path with BGP: a bgpd started "as node east-1" announces the VIP
+        FrrRouter(e1.ns, FrrConfig(asn=e1.asn, router_id=e1.address, hold_time=3,
+                                   neighbors=(Neighbor(e1.tor_address, topo.spec.tor_asn),),
+                                   originate=(Originate(f"{vip}/32", med=100, communities=("64512:100",)),)),
+                  lab=topo.lab).start()
+        best = wait_until(lambda: tor.best_path(f"{vip}/32"), 10, "BGP route at the tor")
+        assert (best.peer, best.med, best.communities) == (e1.address, 100, ["64512:100"])
+        assert tor.established(e1.address) and not tor.established(w1.address)
+        assert wait_until(lambda: topo.probe(vip), 5, "answer via BGP") == "east/east-1"
+        names = [topo.tor_ns, topo.client_ns] + [n.ns for n in topo.nodes.values()]
+        pids = [pid for ns in names for pid in netns.netns_pids(ns)]
+        assert len(pids) >= 5  # zebra, bgpd (tor), bgpd (east-1), 2 responders
+    finally:
+        topo.down()
+    assert not set(names) & set(netns.list_netns())
+    assert not [p for p in pids if os.path.exists(f"/proc/{p}")]
+    assert not netns.running_processes()
+
+
+def test_topology_with_bird_and_one_asn_per_cluster():
+    from integration.lab.topology import Topology, TopologySpec
+    with Topology(TopologySpec.one_asn_per_cluster(router="bird", ipv6=False)) as topo:
+        assert {n.cluster: n.asn for n in topo.nodes.values()} == {"east": 64512, "west": 64513, "central": 64514}
+        c1 = topo.node("central-1")
+        c1.add_vip("198.51.100.7")
+        c1.serve_http()
+        FrrRouter(c1.ns, FrrConfig(asn=c1.asn, router_id=c1.address,
+                                   neighbors=(Neighbor(c1.tor_address, 64500),),
+                                   originate=(Originate("198.51.100.7/32", med=300),)), lab=topo.lab).start()
+        best = wait_until(lambda: topo.router.best_path("198.51.100.7/32"), 10, "route at BIRD")
+        assert (best.aspath, best.med) == ([64514], 300)
+        assert wait_until(lambda: topo.probe("198.51.100.7"), 5, "answer") == "central/central-1"
+        names = [topo.tor_ns, topo.client_ns] + [n.ns for n in topo.nodes.values()]
+    assert not set(names) & set(netns.list_netns())
