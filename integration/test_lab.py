@@ -250,3 +250,51 @@ def test_topology_with_bird_and_one_asn_per_cluster():
         assert wait_until(lambda: topo.probe("198.51.100.7"), 5, "answer") == "central/central-1"
         names = [topo.tor_ns, topo.client_ns] + [n.ns for n in topo.nodes.values()]
     assert not set(names) & set(netns.list_netns())
+
+
+# --------------------------------------------------------------------------- ExaBGP as a node
+
+def test_exabgp_started_as_a_node_reaches_the_tor_v4_and_v6_and_gr_keeps_routes_stale(tmp_path):
+    """Smoke test of the lab for the ExaBGP driver: the ExaBGP binary, started "as node
+    east-1", peers with the tor; its IPv4 and IPv6 routes (v6 over the v4 session, global
+    next hop) reach the tor's RIB and FIB and the client reaches the VIPs. With graceful
+    restart, a SIGKILLed ExaBGP leaves its routes stale at the tor (lab-notes)."""
+    import signal
+    import subprocess
+    import sys
+    from integration.lab.topology import Topology, TopologySpec
+    exabgp = os.path.join(os.path.dirname(sys.executable), "exabgp")
+    with Topology(TopologySpec()) as topo:
+        e1 = topo.node("east-1")
+        e1.add_vip("203.0.113.5")
+        e1.add_vip("2001:db8::5")
+        e1.serve_http()
+        conf = tmp_path / "exabgp.conf"
+        conf.write_text(f"""
+neighbor {e1.tor_address} {{
+    router-id {e1.address}; local-address {e1.address}; local-as {e1.asn}; peer-as {topo.spec.tor_asn};
+    hold-time 3;
+    family {{ ipv4 unicast; ipv6 unicast; }}
+    capability {{ graceful-restart 120; }}
+    static {{
+        route 203.0.113.5/32 next-hop {e1.address} med 100 community [64512:100] large-community [64512:1:1] as-path [{e1.asn} {e1.asn}];
+        route 2001:db8::5/128 next-hop {e1.address6} med 100;
+    }}
+}}
+""")
+        env = dict(os.environ, exabgp_daemon_user="root", exabgp_api_cli="false",
+                   exabgp_log_destination="stderr", exabgp_daemon_daemonize="false")
+        proc = e1.popen([exabgp, str(conf)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        tor = topo.router
+        best = wait_until(lambda: tor.best_path("203.0.113.5/32"), 15, "IPv4 route from ExaBGP")
+        assert (best.peer, best.nexthop, best.med, best.aspath, best.communities, best.large_communities) == \
+            (e1.address, e1.address, 100, [64512, 64512], ["64512:100"], ["64512:1:1"])
+        best6 = wait_until(lambda: tor.best_path("2001:db8::5/128"), 5, "IPv6 route from ExaBGP")
+        assert best6.nexthop == e1.address6
+        assert wait_until(lambda: tor.fib_routes(6), 5, "v6 FIB") == {"2001:db8::5/128": [e1.address6]}
+        assert wait_until(lambda: topo.probe("203.0.113.5"), 5, "v4 answer") == "east/east-1"
+        assert wait_until(lambda: topo.probe("2001:db8::5"), 5, "v6 answer") == "east/east-1"
+        os.kill(proc.pid, signal.SIGKILL)
+        netns.stop(proc)
+        wait_until(lambda: tor.best_path("203.0.113.5/32").stale, 5, "route kept stale")
+        assert tor.neighbor(e1.address).state != "Established"
