@@ -1,0 +1,213 @@
+"""Kubernetes Events on Services: why an address was assigned, refused, announced or withdrawn.
+
+`kubectl describe service` is where a user looks first, so every allocation, refusal
+and announcement change is recorded there. Two protections keep a flapping Service
+from flooding the API (client-go's EventCorrelator does the same two things):
+* dedup: an event identical to the last one for (object, reason) — same type and
+  message — is not created again: the existing Event's `count` is patched;
+* rate limit: at most one API write per (object, reason) every `interval` seconds;
+  occurrences in between are aggregated into one pending write (its count grows and
+  the newest message wins), flushed when the interval has passed. A global token bucket
+  (`qps`, `burst`) caps the total.
+
+`record()` never blocks the caller (the daemon's loop): it only appends to a queue that
+a thread drains. When the queue is full the event is dropped and logged: losing an
+Event is better than stalling announcements.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Optional, Union
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from bgpspeaker.kube.client import REQUEST_TIMEOUT, read_json
+from bgpspeaker.model import ServiceView
+
+log = logging.getLogger(__name__)
+
+NORMAL, WARNING = "Normal", "Warning"
+COMPONENT = "bgpspeaker"
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    namespace: str
+    name: str
+    uid: str = ""
+    kind: str = "Service"
+    api_version: str = "v1"
+
+
+@dataclass
+class _Pending:
+    ref: ObjectRef
+    type: str
+    reason: str
+    message: str
+    count: int  # occurrences not yet written
+
+
+@dataclass
+class _Posted:
+    name: str  # the Event object's name
+    type: str
+    message: str
+    count: int
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class EventRecorder:
+    def __init__(self, api_client: kubernetes.client.ApiClient, instance: str, *, component: str = COMPONENT,
+                 interval: float = 10.0, qps: float = 5.0, burst: int = 25, queue_size: int = 10_000,
+                 remember: int = 4096) -> None:
+        self._api = kubernetes.client.CoreV1Api(api_client)
+        self.instance, self.component = instance, component
+        self.interval, self.qps, self.burst = interval, qps, burst
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._pending: dict[tuple, _Pending] = {}
+        self._due: list[tuple[float, int, tuple]] = []  # heap of (time, seq, key) of pending writes
+        self._seq = itertools.count()
+        self._last_write: dict[tuple, float] = {}
+        # The Event we last wrote per (object, reason): bounded, oldest forgotten first.
+        self._posted: OrderedDict[tuple, _Posted] = OrderedDict()
+        self._remember = remember
+        self._tokens, self._refilled = float(burst), time.monotonic()
+        self.dropped = 0
+        self.writes = 0  # API writes made (create + patch): what the rate limit bounds
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="events", daemon=True)
+        self._thread.start()
+
+    def record(self, obj: Union[ServiceView, ObjectRef], reason: str, message: str, *, warning: bool = False) -> None:
+        """Queue one occurrence of `reason` on `obj` (a ServiceView or an ObjectRef); returns at once.
+
+        Thread-safe. `warning` makes it a Warning event (refusals, bad annotations).
+        """
+        ref = obj if isinstance(obj, ObjectRef) else ObjectRef(obj.namespace, obj.name, obj.uid)
+        try:
+            self._queue.put_nowait((ref, WARNING if warning else NORMAL, reason, message))
+        except queue.Full:
+            self.dropped += 1
+            log.warning("event queue full; dropped %s %s/%s: %s", reason, ref.namespace, ref.name, message)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread; pending aggregated occurrences are written first if time allows."""
+        self._stopping.set()
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    # ---- the thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            timeout = max(0.0, self._due[0][0] - time.monotonic()) if self._due else None
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                item = ()
+            if item is None:
+                self._flush_all()
+                return
+            if item:
+                self._accept(*item)
+            self._flush_due()
+
+    def _accept(self, ref: ObjectRef, type_: str, reason: str, message: str) -> None:
+        key = (ref.namespace, ref.name, ref.uid, reason)
+        pending = self._pending.get(key)
+        if pending is None:
+            self._pending[key] = _Pending(ref, type_, reason, message, 1)
+            due = self._last_write.get(key, -1e9) + self.interval
+            heapq.heappush(self._due, (due, next(self._seq), key))
+        else:  # aggregate: the newest message wins, the count says how many happened
+            pending.type, pending.message, pending.count = type_, message, pending.count + 1
+
+    def _flush_due(self) -> None:
+        while self._due and self._due[0][0] <= time.monotonic():
+            if not self._take_token():
+                # Over the global budget: retry this key once a token has been refilled.
+                due, seq, key = heapq.heappop(self._due)
+                heapq.heappush(self._due, (time.monotonic() + 1.0 / self.qps, seq, key))
+                return
+            _, _, key = heapq.heappop(self._due)
+            self._write(key, self._pending.pop(key))
+
+    def _flush_all(self) -> None:
+        deadline = time.monotonic() + 2.0
+        while self._due and time.monotonic() < deadline:
+            _, _, key = heapq.heappop(self._due)
+            self._write(key, self._pending.pop(key))
+
+    def _take_token(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(float(self.burst), self._tokens + (now - self._refilled) * self.qps)
+        self._refilled = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+    def _write(self, key: tuple, pending: _Pending) -> None:
+        self._last_write[key] = time.monotonic()
+        if len(self._last_write) > 4 * self._remember:  # forget the oldest rate-limit entries
+            for old in list(itertools.islice(self._last_write, len(self._last_write) // 2)):
+                del self._last_write[old]
+        try:
+            posted = self._posted.get(key)
+            if posted is not None and (posted.type, posted.message) == (pending.type, pending.message):
+                if self._patch_count(pending.ref, posted, pending.count):
+                    self._posted.move_to_end(key)
+                    return
+            self._posted[key] = self._create(pending)
+            self._posted.move_to_end(key)
+            while len(self._posted) > self._remember:
+                self._posted.popitem(last=False)
+        except Exception as exc:  # an Event is best effort; never kill the thread
+            log.warning("event %s on %s/%s not written: %s", pending.reason, pending.ref.namespace,
+                        pending.ref.name, exc)
+
+    def _create(self, pending: _Pending) -> _Posted:
+        ref, now = pending.ref, _now()
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            # client-go's naming: the object's name and a unique hex suffix.
+            "metadata": {"name": f"{ref.name}.{time.time_ns():x}", "namespace": ref.namespace},
+            "involvedObject": {"apiVersion": ref.api_version, "kind": ref.kind, "namespace": ref.namespace,
+                               "name": ref.name, **({"uid": ref.uid} if ref.uid else {})},
+            "reason": pending.reason, "message": pending.message, "type": pending.type,
+            "count": pending.count, "firstTimestamp": now, "lastTimestamp": now,
+            "source": {"component": self.component, "host": self.instance},
+            "reportingComponent": self.component, "reportingInstance": self.instance,
+        }
+        self.writes += 1
+        created = read_json(self._api.create_namespaced_event(ref.namespace, body, _preload_content=False,
+                                                              _request_timeout=REQUEST_TIMEOUT))
+        return _Posted(created["metadata"]["name"], pending.type, pending.message, pending.count)
+
+    def _patch_count(self, ref: ObjectRef, posted: _Posted, more: int) -> bool:
+        """Add `more` to the Event's count; False when it is gone (expired): create anew."""
+        count = posted.count + more
+        self.writes += 1
+        try:
+            self._api.patch_namespaced_event(posted.name, ref.namespace, {"count": count, "lastTimestamp": _now()},
+                                             _preload_content=False, _request_timeout=REQUEST_TIMEOUT).release_conn()
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        posted.count = count
+        return True

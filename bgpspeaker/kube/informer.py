@@ -1,0 +1,269 @@
+"""One informer per resource: LIST, then WATCH from the list's resourceVersion, forever.
+
+Why our own instead of `kubernetes.watch.Watch`: we need, and Watch does not give,
+(1) raw JSON straight into slim views (Watch deserialises into the client's models, or,
+with `deserialize=False`, stops tracking the resourceVersion), (2) a relist on 410 that
+is *diffed* against the cache, so a relist of unchanged objects produces no change
+downstream (DESIGN.md safety invariant 2), (3) reconnects with capped, jittered backoff
+that never drop the cache, and (4) a stop that interrupts a blocked read.
+
+Trade-offs:
+* Changes are diffed as *views*, not resourceVersions: a Node heartbeat or a status
+  field the core never reads changes the RV but not the view, and is dropped here.
+* Any watch error (connection refused, reset, 5xx, read timeout) marks the informer
+  stale and recovers by a diffed relist rather than by resuming the watch: the relist
+  is what proves the cache is complete again, and it costs one LIST per outage.
+  A clean end of the stream (timeoutSeconds, an LB idle timeout, an apiserver
+  restart) resumes from the last resourceVersion instead: no relist, no event lost.
+* The thread only parses and diffs; it hands each batch of changes to `on_batch`
+  (which the KubeWatcher forwards to the daemon's loop) and never touches shared state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Optional
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+from tenacity import Retrying, retry_if_exception, wait_random_exponential
+
+from bgpspeaker import views
+from bgpspeaker.kube.client import list_raw
+from bgpspeaker.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+# (key, view or None for deleted)
+Change = tuple[str, Optional[Any]]
+
+
+@dataclass(frozen=True)
+class Resource:
+    name: str  # the `resource` label of watch_restarts, and the batch's name
+    list_fn: Callable[[kubernetes.client.ApiClient], Callable[..., Any]]  # the client's list-all method
+    parse: Callable[[Mapping[str, Any]], Any]  # raw dict -> view
+
+    def key(self, obj: Mapping[str, Any]) -> str:
+        meta = obj.get("metadata") or {}
+        namespace = meta.get("namespace")
+        return f"{namespace}/{meta.get('name')}" if namespace else str(meta.get("name"))
+
+
+SERVICES = Resource("services", lambda c: kubernetes.client.CoreV1Api(c).list_service_for_all_namespaces,
+                    views.service_from_dict)
+ENDPOINT_SLICES = Resource(
+    "endpointslices", lambda c: kubernetes.client.DiscoveryV1Api(c).list_endpoint_slice_for_all_namespaces,
+    views.endpoint_slice_from_dict)
+NODES = Resource("nodes", lambda c: kubernetes.client.CoreV1Api(c).list_node, views.node_from_dict)
+
+
+class WatchError(Exception):
+    """The watch stream carried an ERROR event other than 410."""
+
+
+class _Expired(Exception):
+    """410: the resourceVersion we resume from was compacted away; relist."""
+
+
+def iter_lines(response: Any) -> Iterator[bytes]:
+    """The newline-delimited events of a chunked watch response, as they arrive.
+
+    kubernetes.watch.iter_resp_lines re-slices its whole buffer for every line (quadratic
+    in a chunk holding thousands of events) and decodes to str; json.loads takes bytes.
+    """
+    pending = b""
+    for segment in response.stream(amt=None, decode_content=True):
+        lines = (pending + segment).split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            if line.strip():
+                yield line
+    if pending.strip():
+        yield pending
+
+
+class Informer:
+    """LIST+WATCH of one resource in a daemon thread; changes go to `on_batch`.
+
+    `on_batch(resource_name, changes, listed)` is called from the informer's thread, in
+    order: `changes` is a list of (key, view | None); `listed` is True when the batch
+    completes a (re)list, i.e. the sender's cache is now complete and fresh. `on_lost`
+    (resource_name) is called from the thread when the watch is lost (the cache stands).
+    """
+
+    def __init__(self, api_client: kubernetes.client.ApiClient, resource: Resource,
+                 on_batch: Callable[[str, list[Change], bool], None],
+                 metrics: Metrics, *, on_lost: Callable[[str], None] = lambda name: None,
+                 watch_timeout: float = 60.0, backoff_initial: float = 0.2, backoff_max: float = 10.0,
+                 healthy_after: float = 1.0, page_size: int = 500) -> None:
+        self.resource = resource
+        self._list = resource.list_fn(api_client)
+        self._on_batch, self._on_lost = on_batch, on_lost
+        self._restarts = metrics.watch_restarts.labels(resource=resource.name)
+        self.watch_timeout, self.page_size = watch_timeout, page_size
+        # Full jitter (uniform up to the exponential cap) so a fleet of speakers that lost
+        # the same apiserver does not reconnect in lockstep.
+        self._wait = wait_random_exponential(multiplier=2 * backoff_initial, min=backoff_initial, max=backoff_max)
+        # A watch that fails sooner than this after its relist counts as a failed attempt
+        # (backoff grows); one that ran longer starts a fresh backoff with an immediate relist.
+        self.healthy_after = healthy_after
+        self._cache: dict[str, Any] = {}
+        self.resource_version: Optional[str] = None
+        self.synced = False  # the first LIST was delivered
+        self.stale = False  # the watch is lost; cleared when a relist is delivered
+        self._stopping = threading.Event()
+        self._response: Any = None
+        self._thread: Optional[threading.Thread] = None
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"informer-{self.resource.name}", daemon=True)
+        self._thread.start()
+
+    def request_stop(self) -> None:
+        """Ask the thread to end, interrupting a blocked watch read; does not wait."""
+        self._stopping.set()
+        response = self._response
+        if response is not None:
+            try:
+                response.shutdown()  # urllib3 >= 2.3: unblocks a read in another thread
+            except Exception:  # already closed
+                pass
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.request_stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ---- the loop -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            retrying = Retrying(
+                wait=self._wait, sleep=self._stopping.wait, reraise=True,
+                retry=retry_if_exception(lambda exc: not self._stopping.is_set()),
+                before_sleep=lambda state: self._lost(state.outcome.exception()),
+            )
+            try:
+                retrying(self._session)
+            except Exception:  # only when stopping
+                return
+
+    def _session(self) -> None:
+        """Relist, then watch until the stream expires (410), fails, or we stop."""
+        if self._stopping.is_set():
+            return
+        self._relist()
+        started = time.monotonic()
+        try:
+            self._watch()
+        except _Expired as exc:
+            log.info("%s: %s; relisting", self.resource.name, exc)
+            self._restarts.inc()
+        except Exception as exc:
+            if self._stopping.is_set():
+                return
+            if time.monotonic() - started < self.healthy_after:
+                raise  # the Retrying backs off before the next relist
+            self._lost(exc)
+
+    def _lost(self, exc: BaseException | None) -> None:
+        self._restarts.inc()
+        if not self.stale:
+            log.warning("%s: watch lost (%s); keeping the last known state until a relist", self.resource.name,
+                        _describe(exc))
+            self.stale = True
+            self._on_lost(self.resource.name)
+
+    def _relist(self) -> None:
+        page = list_raw(self._list, page_size=self.page_size)
+        fresh: dict[str, Any] = {}
+        for obj in page["items"]:
+            key = self.resource.key(obj)
+            view = self._parse(key, obj)
+            if view is None:  # unparseable: keep what we had, if anything
+                if key in self._cache:
+                    fresh[key] = self._cache[key]
+                continue
+            fresh[key] = view
+        old = self._cache
+        # Views are frozen dataclasses: == is "did anything the core reads change?".
+        changes: list[Change] = [(k, v) for k, v in fresh.items() if old.get(k) != v]
+        changes.extend((k, None) for k in old if k not in fresh)
+        self._cache = fresh
+        self.resource_version = (page.get("metadata") or {}).get("resourceVersion")
+        if self.stale or not self.synced or changes:
+            log.info("%s: listed %d objects at resourceVersion %s, %d changed", self.resource.name, len(fresh),
+                     self.resource_version, len(changes))
+        self.synced, self.stale = True, False
+        self._on_batch(self.resource.name, changes, True)
+
+    def _watch(self) -> None:
+        """Watch from self.resource_version, re-watching on a clean end, until an error."""
+        while not self._stopping.is_set():
+            try:
+                response = self._list(
+                    watch=True, resource_version=self.resource_version, allow_watch_bookmarks=True,
+                    timeout_seconds=int(self.watch_timeout), _preload_content=False,
+                    # The server ends the stream after timeoutSeconds; a read that blocks
+                    # much longer than that means a dead peer (half-open TCP).
+                    _request_timeout=(5.0, self.watch_timeout + 15.0))
+            except ApiException as exc:
+                if exc.status == 410:
+                    raise _Expired(f"watch from {self.resource_version}: 410 Gone") from None
+                raise
+            self._response = response
+            try:
+                if self._stopping.is_set():  # stop() ran before _response was visible
+                    return
+                for line in iter_lines(response):
+                    self._handle(json.loads(line))
+            finally:
+                self._response = None
+                response.close()
+                response.release_conn()
+            if not self._stopping.is_set():
+                self._restarts.inc()  # a clean end: resume from the last resourceVersion
+
+    def _handle(self, event: Mapping[str, Any]) -> None:
+        kind, obj = event.get("type"), event.get("object") or {}
+        if kind == "ERROR":
+            if obj.get("code") == 410:
+                raise _Expired(obj.get("message") or "410 Gone")
+            raise WatchError(f"watch error {obj.get('code')} {obj.get('reason')}: {obj.get('message')}")
+        rv = (obj.get("metadata") or {}).get("resourceVersion")
+        if kind in ("ADDED", "MODIFIED", "DELETED"):
+            key = self.resource.key(obj)
+            change: Optional[Change] = None
+            if kind == "DELETED":
+                if self._cache.pop(key, None) is not None:
+                    change = (key, None)
+            else:
+                view = self._parse(key, obj)
+                if view is not None and self._cache.get(key) != view:
+                    self._cache[key] = view
+                    change = (key, view)
+            if change is not None:
+                self._on_batch(self.resource.name, [change], False)
+        # BOOKMARK: only the resourceVersion moves (so a resumed watch skips ahead).
+        if rv:
+            self.resource_version = rv
+
+    def _parse(self, key: str, obj: Mapping[str, Any]) -> Any:
+        try:
+            return self.resource.parse(obj)
+        except Exception as exc:  # bad input affects only itself
+            log.warning("%s %s: cannot parse (%s); keeping the previous state", self.resource.name, key, exc)
+            return None
+
+
+def _describe(exc: BaseException | None) -> str:
+    if isinstance(exc, ApiException):
+        return f"HTTP {exc.status} {exc.reason}"
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,125 @@
+"""The three informers combined into one cache owned by the daemon's event loop.
+
+The informers run in threads (the client blocks); every batch they produce is applied
+here on the loop, so the loop is the single owner of the state and `snapshot()` never
+needs a lock. The snapshot is copy-on-write: `snapshot()` hands out the live dicts and
+the next change copies only the dict it touches, so the daemon can take a snapshot on
+every coalesced change at the cost of one dict copy per changed resource.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Callable, Optional
+
+import kubernetes
+
+from bgpspeaker.kube.informer import ENDPOINT_SLICES, NODES, SERVICES, Change, Informer, Resource
+from bgpspeaker.metrics import Metrics
+from bgpspeaker.model import Snapshot
+
+log = logging.getLogger(__name__)
+
+RESOURCES: tuple[Resource, ...] = (SERVICES, ENDPOINT_SLICES, NODES)
+
+
+class KubeWatcher:
+    """Services, EndpointSlices and Nodes, kept current; `on_change()` runs on `loop`.
+
+    `on_change` is called on the loop after each batch of real changes, and once when
+    `synced` becomes true (so an empty cluster still gets its first reconcile). It is
+    never called for a relist that found nothing new: that is safety invariant 2.
+    `informer_options` go to every Informer (watch_timeout, backoff_initial, ...).
+    """
+
+    def __init__(self, api_client: kubernetes.client.ApiClient, loop: asyncio.AbstractEventLoop,
+                 on_change: Callable[[], None], metrics: Metrics, **informer_options: Any) -> None:
+        self._loop, self._on_change = loop, on_change
+        self._views: dict[str, dict[str, Any]] = {r.name: {} for r in RESOURCES}
+        self._shared: set[str] = set()  # dicts the last snapshot holds: copy before writing
+        self._snapshot: Optional[Snapshot] = None
+        self._synced: set[str] = set()
+        self._stale: set[str] = set()
+        self.changed_at: Optional[float] = None  # monotonic receipt time of the oldest change not yet snapshotted
+        self._informers = [Informer(api_client, r, self._batch_from_thread, metrics,
+                                    on_lost=self._lost_from_thread, **informer_options) for r in RESOURCES]
+
+    def start(self) -> None:
+        for informer in self._informers:
+            informer.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop every informer thread (blocking, up to `timeout` each); the cache stands."""
+        for informer in self._informers:
+            informer.request_stop()
+        for informer in self._informers:
+            informer.stop(timeout)
+
+    @property
+    def synced(self) -> bool:
+        """All three initial lists have been applied."""
+        return len(self._synced) == len(RESOURCES)
+
+    @property
+    def stale(self) -> bool:
+        """Some watch is currently lost: the cache is the last known state, maybe outdated."""
+        return bool(self._stale)
+
+    @property
+    def resource_versions(self) -> dict[str, Optional[str]]:
+        """resource -> the resourceVersion its informer resumes from (for /status and tests)."""
+        return {i.resource.name: i.resource_version for i in self._informers}
+
+    def snapshot(self) -> Snapshot:
+        """The current state. Shares dicts with the cache: callers must not mutate it."""
+        if self._snapshot is None:
+            self._snapshot = Snapshot(services=self._views[SERVICES.name],
+                                      endpoint_slices=self._views[ENDPOINT_SLICES.name],
+                                      nodes=self._views[NODES.name])
+            self._shared = set(self._views)
+        self.changed_at = None
+        return self._snapshot
+
+    # ---- from the informer threads to the loop ------------------------------------------
+
+    def _batch_from_thread(self, resource: str, changes: list[Change], listed: bool) -> None:
+        self._post(self._apply, resource, changes, listed, time.monotonic())
+
+    def _lost_from_thread(self, resource: str) -> None:
+        self._post(self._stale.add, resource)
+
+    def _post(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop is closed: the daemon is shutting down
+            pass
+
+    # ---- on the loop ---------------------------------------------------------------------
+
+    def _apply(self, resource: str, changes: list[Change], listed: bool, received: float) -> None:
+        if changes:
+            if resource in self._shared:
+                self._views[resource] = dict(self._views[resource])
+                self._shared.discard(resource)
+            views = self._views[resource]
+            for key, view in changes:
+                if view is None:
+                    views.pop(key, None)
+                else:
+                    views[key] = view
+            self._snapshot = None
+            if self.changed_at is None:
+                self.changed_at = received
+        became_synced = False
+        if listed:
+            self._stale.discard(resource)
+            if resource not in self._synced:
+                self._synced.add(resource)
+                became_synced = self.synced
+        if changes or became_synced:
+            try:
+                self._on_change()
+            except Exception:  # the daemon's bug must not kill the loop's callback machinery
+                log.exception("on_change failed")
