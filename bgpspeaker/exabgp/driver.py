@@ -1,0 +1,538 @@
+"""The ExaBGP child: spawned, supervised, fed with the reconciler's batches, and resynced after any loss.
+
+Why a supervised child with its own bookkeeping: ExaBGP holds the announcements, but it
+can die, wedge or lose its helper at any time, and the router must end up with exactly
+the desired set every time (DESIGN.md invariant 3). So the driver keeps two sets —
+what the daemon wants (`apply`) and what ExaBGP acknowledged (`announced()`) — and
+after every start or relay reconnect it replays the whole desired set behind a barrier.
+
+The lifecycle, and the measurement behind each step (../shared/reference/exabgp-api.md):
+- The unix server exists before ExaBGP is spawned; the relay connects back (§3).
+- After each connection: `show neighbor json` barrier, stale acks discarded (§3.2,
+  exp14), peer state from `fsm` (not `state`, §3.2), then the full desired set is
+  replayed (idempotent: ExaBGP deduplicates against its adj-rib-out, §8), withdraws for
+  anything announced or in flight that is no longer desired, and an EOR to every
+  established peer (a peer that came up while the relay was away never got one).
+- On a peer's `up`: replay that peer's routes, then its EOR per family. With
+  `manual-eor true` the EOR is ours to send: sending it after the replay is what keeps a
+  graceful-restart router from flushing the routes it kept stale (§8, lab-notes).
+- A command unacknowledged past `ack_timeout`: ExaBGP is wedged; kill and restart it.
+- ExaBGP exits (also when its helper died 6× in 64 s, §8): restart with backoff
+  (tenacity; the attempt count resets after a healthy run); its RIB starts empty, so
+  everything desired is replayed and the EOR removes the router's stale leftovers.
+- Shutdown `withdraw`: SIGTERM alone does not withdraw (it closes without NOTIFICATION
+  and a GR helper keeps the routes, §8), so withdraw everything, wait for the acks and a
+  short settle, then SIGTERM. Shutdown `keep`: SIGTERM only; GR keeps the routes.
+
+Commands are only ever built by `commands.py` from typed values, and only for peers
+this node's config renders (ExaBGP answers `error` for an unknown neighbor).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
+
+from bgpspeaker.config.schema import Config, PeerConfig
+from bgpspeaker.exabgp import commands
+from bgpspeaker.exabgp.channel import Channel, ChannelClosed, neighbor_fsm
+from bgpspeaker.exabgp.render import exabgp_environment, families, render_config, selected_peers
+from bgpspeaker.metrics import Metrics
+from bgpspeaker.model import IPAddress, IPNetwork, NodeView, RouteIntent
+from bgpspeaker.reconciler import Batch, Key, diff
+
+log = logging.getLogger(__name__)
+
+HEALTHY_RUN = 60.0  # seconds; a child that ran this long restarts without accumulated backoff
+SETTLE = 1.0  # after the last withdraw ack, before SIGTERM (§8: "wait for done, plus ~1 s")
+STOP_GRACE = 5.0
+
+
+@dataclass(frozen=True)
+class PeerState:
+    name: str
+    address: IPAddress
+    up: bool
+    since: float  # time.time() of the last change
+    last_down_reason: Optional[str] = None
+
+
+class ExabgpExited(RuntimeError):
+    """The child ended (crash, kill, helper deaths) or was killed for being stuck."""
+
+
+class _HealthyExit(RuntimeError):
+    """The child ended after a long healthy run: restart at once, backoff reset."""
+
+
+class ExabgpDriver:
+    def __init__(self, config: Config, node: NodeView, run_dir: Path, metrics: Metrics, *, window: int = 32,
+                 batch_size: int = 100, ack_timeout: float = 30.0, exabgp_argv: Optional[list[str]] = None,
+                 settle: float = SETTLE):
+        self.config = config
+        self.node = node
+        self.run_dir = Path(run_dir)
+        self.metrics = metrics
+        self.window = window
+        self.batch_size = batch_size
+        self.ack_timeout = ack_timeout
+        self.settle = settle
+        self.exabgp_argv = list(exabgp_argv) if exabgp_argv else [str(Path(sys.executable).parent / "exabgp")]
+        self.socket_path = str(self.run_dir / "exabgp.sock")
+        self.config_path = self.run_dir / "exabgp.conf"
+        self.log_path = self.run_dir / "exabgp.log"
+
+        self._peers: dict[str, PeerConfig] = {}
+        self._by_address: dict[IPAddress, str] = {}
+        self._states: dict[str, PeerState] = {}
+        self._rendered = ""
+        self._set_peers(config, node)
+
+        self._desired: dict[Key, RouteIntent] = {}
+        self._announced: dict[Key, RouteIntent] = {}
+        self._suspect: dict[Key, RouteIntent] = {}  # commands in flight when a connection died
+        self._generation = 0
+        self._acked_generation = 0
+        self._resync = False
+        self._peer_replays: set[str] = set()
+        self._established: set[str] = set()  # peers ESTABLISHED per the last barrier
+
+        self._channel: Optional[Channel] = None
+        self._proc: Optional[asyncio.subprocess.Process] = None
+        self._restart_reason: Optional[str] = None
+        self._restart_event = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._progress_event = asyncio.Event()
+        self._counts: Counter[str] = Counter()  # announced prefixes per peer
+        self._tasks: list[asyncio.Task] = []
+        self._stopping = False
+        self._started_once = False
+        self.rejected: dict[Key, str] = {}  # keys whose command ExaBGP answered `error`
+
+    # --- public API -----------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return (self._proc is not None and self._proc.returncode is None and self._channel is not None
+                and self._channel.ready)
+
+    @property
+    def exabgp_pid(self) -> Optional[int]:
+        return self._proc.pid if self._proc is not None and self._proc.returncode is None else None
+
+    @property
+    def relay_pid(self) -> Optional[int]:
+        return self._channel.relay_pid if self._channel is not None else None
+
+    def peer_states(self) -> dict[str, PeerState]:
+        return dict(self._states)
+
+    def announced(self) -> dict[tuple[str, IPNetwork], RouteIntent]:
+        return dict(self._announced)
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Spawn ExaBGP; return once the relay is connected and the barrier passed."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._channel = Channel(self.socket_path, window=self.window, on_event=self._on_event,
+                                on_ready=self._on_ready, on_lost=self._on_lost)
+        await self._channel.start()
+        self._tasks = [asyncio.create_task(self._supervise(), name="exabgp-supervisor"),
+                       asyncio.create_task(self._worker(), name="exabgp-worker"),
+                       asyncio.create_task(self._watchdog(), name="exabgp-watchdog")]
+        try:
+            await asyncio.wait_for(self._wait(lambda: self.ready), timeout)
+        except asyncio.TimeoutError:
+            tail = self.log_tail()
+            await self._shutdown_tasks()
+            raise RuntimeError(f"ExaBGP not ready after {timeout:.0f}s; its log ends with:\n{tail}") from None
+
+    async def apply(self, desired: Iterable[RouteIntent]) -> None:
+        """Reconcile to exactly `desired`; return when every command of the diff is acked."""
+        wanted: dict[Key, RouteIntent] = {}
+        unknown = set()
+        for intent in desired:
+            if intent.peer not in self._peers:
+                unknown.add(intent.peer)
+                continue
+            wanted[intent.key] = intent
+        if unknown:
+            log.warning("routes for peers this node has no session with are skipped: %s", sorted(unknown))
+        self._desired = wanted
+        self._generation += 1
+        generation = self._generation
+        self._wake.set()
+        await self._wait(lambda: self._acked_generation >= generation or self._stopping)
+
+    async def reconfigure(self, config: Config, node: NodeView) -> bool:
+        """Restart ExaBGP only if the rendered config changed; the desired set is replayed."""
+        text = render_config(config, node, self.socket_path, mask_secrets=False)
+        if text == self._rendered:
+            self.config, self.node = config, node
+            self._set_peers(config, node)
+            return False
+        self.config, self.node = config, node
+        old = set(self._peers)
+        self._set_peers(config, node)
+        for gone in old - set(self._peers):
+            self._forget_peer(gone)
+        self._desired = {k: v for k, v in self._desired.items() if v.peer in self._peers}
+        self._request_restart("config changed")
+        await self._wait(lambda: self._proc is None or self._restart_reason is None)
+        await self._wait(lambda: self.ready or self._stopping)
+        self._generation += 1
+        generation = self._generation
+        self._wake.set()
+        await self._wait(lambda: self._acked_generation >= generation or self._stopping)
+        return True
+
+    async def stop(self, withdraw: bool) -> None:
+        """`withdraw`: withdraw everything, wait for the acks and a settle, then SIGTERM.
+        Otherwise SIGTERM only (graceful restart keeps the routes at the router)."""
+        if withdraw and self.ready:
+            try:
+                self._desired = {}
+                self._generation += 1
+                generation = self._generation
+                self._wake.set()
+                await asyncio.wait_for(self._wait(lambda: self._acked_generation >= generation), self.ack_timeout)
+                # belt and braces for anything whose fate was unknown: one more queued command
+                await asyncio.wait_for(self._channel.exclusive(commands.CLEAR_ADJ_RIB_OUT), self.ack_timeout)
+                await asyncio.sleep(self.settle)
+            except (asyncio.TimeoutError, ChannelClosed) as exc:
+                log.warning("withdraw before stop incomplete: %s", exc.__class__.__name__)
+        self._stopping = True
+        self._progress()
+        await self._terminate(signal.SIGTERM)
+        await self._shutdown_tasks()
+
+    async def adj_rib_out(self) -> list[str]:
+        """ExaBGP's `show adj-rib out` lines (diagnostics; the reader drains it whoever waits)."""
+        ack, output = await self._channel.exclusive("show adj-rib out")
+        return output
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return ""
+
+    # --- peers and state ------------------------------------------------------------------
+
+    def _set_peers(self, config: Config, node: NodeView) -> None:
+        self._rendered = render_config(config, node, self.socket_path, mask_secrets=False)
+        self._peers = {p.name: p for _, p in selected_peers(config, node)}
+        self._by_address = {p.address: p.name for p in self._peers.values()}
+        now = time.time()
+        for name, peer in self._peers.items():
+            state = self._states.get(name)
+            if state is None or state.address != peer.address:
+                self._states[name] = PeerState(name, peer.address, False, now, None)
+                self.metrics.session_up.labels(name).set(0)
+                self.metrics.announced_prefixes.labels(name).set(0)
+
+    def _forget_peer(self, name: str) -> None:
+        self._states.pop(name, None)
+        for metric in (self.metrics.session_up, self.metrics.announced_prefixes):
+            try:
+                metric.remove(name)
+            except KeyError:
+                pass
+
+    def _set_state(self, name: str, up: bool, reason: Optional[str] = None) -> None:
+        old = self._states.get(name)
+        if old is None:
+            return
+        if old.up != up:
+            self._states[name] = PeerState(name, old.address, up, time.time(),
+                                           old.last_down_reason if up else (reason or old.last_down_reason))
+            log.info("bgp session %s: %s%s", name, "up" if up else "down", f" ({reason})" if reason else "")
+        elif not up and reason:
+            self._states[name] = PeerState(name, old.address, up, old.since, reason)
+        self.metrics.session_up.labels(name).set(1 if up else 0)
+
+    def _on_event(self, event: dict) -> None:
+        """From the reader: bookkeeping only, never blocking."""
+        if event.get("type") != "state":
+            return
+        neighbor = event.get("neighbor") or {}
+        try:
+            address = ipaddress.ip_address(neighbor["address"]["peer"])
+        except (KeyError, TypeError, ValueError):
+            return
+        name = self._by_address.get(address)
+        if name is None:
+            return
+        state = neighbor.get("state")
+        if state == "up":
+            self._set_state(name, True)
+            self._peer_replays.add(name)
+            self._wake.set()
+        elif state in ("down", "connected"):
+            self._set_state(name, False, neighbor.get("reason") if state == "down" else None)
+            if state == "down":
+                reason = str(neighbor.get("reason") or "")
+                if "notification received (3," in reason:
+                    # UPDATE message error: the router rejects what we send (e.g. a next-hop, §9)
+                    log.error("peer %s rejected our UPDATE: %s", name, reason)
+
+    def _on_ready(self, neighbors: list) -> None:
+        """Barrier passed on a new relay connection: take peer state from `fsm`, then resync."""
+        fsm = neighbor_fsm(neighbors)
+        self._established = set()
+        for address, name in self._by_address.items():
+            up = fsm.get(str(address)) == "ESTABLISHED"
+            self._set_state(name, up)
+            if up:
+                self._established.add(name)
+        self._resync = True
+        self._wake.set()
+        self._progress()
+
+    def _on_lost(self) -> None:
+        self._progress()
+        self._wake.set()
+
+    # --- the worker: the only task that sends announce/withdraw -----------------------------
+
+    def _has_work(self) -> bool:
+        return self._resync or bool(self._peer_replays) or self._acked_generation < self._generation
+
+    async def _worker(self) -> None:
+        while not self._stopping:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.ready and self._has_work() and not self._stopping:
+                try:
+                    await self._sync_once()
+                except ChannelClosed:
+                    break  # the connection went; `_on_ready` of the next one wakes us
+
+    async def _sync_once(self) -> None:
+        generation = self._generation
+        desired = self._desired
+        if self._resync:
+            self._resync = False
+            ups = set(self._established) | self._peer_replays
+            self._peer_replays.clear()
+            # everything desired, plus withdraws of what is (or may be) announced and no longer wanted
+            leftovers = {k: v for k, v in {**self._suspect, **self._announced}.items() if k not in desired}
+            batches = diff(desired.values(), (), self.batch_size) + diff((), leftovers.values(), self.batch_size)
+            self._suspect.clear()
+            await self._send(batches, desired)
+            await self._send_eors(ups)
+        else:
+            view = dict(self._announced)
+            for key, intent in self._suspect.items():
+                if key in desired:
+                    view.pop(key, None)  # unknown: announce again
+                else:
+                    view[key] = intent  # unknown: withdraw again
+            await self._send(diff(desired.values(), view.values(), self.batch_size), desired)
+            self._suspect = {k: v for k, v in self._suspect.items() if k in self._announced}
+            ups = set(self._peer_replays)
+            self._peer_replays.clear()
+            for name in sorted(ups):
+                mine = [i for i in desired.values() if i.peer == name]
+                await self._send(diff(mine, (), self.batch_size), desired)
+            await self._send_eors(ups)
+        if generation > self._acked_generation and desired is self._desired:
+            self._acked_generation = generation
+            self._progress()
+
+    async def _send(self, batches: Iterable[Batch], desired: dict[Key, RouteIntent]) -> None:
+        channel = self._channel
+        futures = []
+        try:
+            for batch in batches:
+                addresses = [self._peers[p].address for p in batch.peers]
+                if batch.action == "announce":
+                    line = commands.announce_line(addresses, batch.attributes, batch.prefixes)
+                    intents = [desired[k] for k in batch.keys()]
+                else:
+                    line = commands.withdraw_line(addresses, batch.prefixes)
+                    intents = [self._announced.get(k) or self._suspect.get(k) for k in batch.keys()]
+                future = await channel.submit(line)
+                future.add_done_callback(lambda f, b=batch, i=intents, l=line: self._acked(b, i, l, f))
+                futures.append(future)
+        finally:
+            if futures:
+                await asyncio.gather(*futures, return_exceptions=True)
+        for future in futures:
+            if not future.cancelled() and isinstance(future.exception(), ChannelClosed):
+                raise future.exception()
+
+    def _acked(self, batch: Batch, intents: list, line: str, future: asyncio.Future) -> None:
+        keys = batch.keys()
+        if future.cancelled() or future.exception() is not None:
+            for key, intent in zip(keys, intents):
+                if intent is not None:
+                    self._suspect[key] = intent
+            return
+        if future.result() != "done":
+            log.error("ExaBGP refused a command (%s %d prefixes to %s)", batch.action, len(batch.prefixes),
+                      ",".join(batch.peers))
+            for key in keys:
+                self.rejected[key] = line
+            return
+        for key, intent in zip(keys, intents):
+            self._suspect.pop(key, None)
+            self.rejected.pop(key, None)
+            if batch.action == "announce":
+                if key not in self._announced:
+                    self._counts[key[0]] += 1
+                self._announced[key] = intent
+            elif self._announced.pop(key, None) is not None:
+                self._counts[key[0]] -= 1
+        for peer in batch.peers:
+            self.metrics.updates_sent.labels(peer).inc()
+            self.metrics.announced_prefixes.labels(peer).set(self._counts[peer])
+
+    async def _send_eors(self, names: Iterable[str]) -> None:
+        for name in sorted(names):
+            peer = self._peers.get(name)
+            if peer is None:
+                continue
+            for family in families(self.node, peer):
+                # answered at once with `error` when the peer is not established (§5): alone on the window
+                ack, _ = await self._channel.exclusive(commands.eor_line(peer.address, family))
+                if ack != "done":
+                    log.info("EOR %s to %s not sent (%s): session not established", family, name, ack)
+
+    # --- supervision ----------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        while not self._stopping:
+            retrying = AsyncRetrying(wait=wait_exponential(multiplier=0.2, max=10),
+                                     retry=retry_if_exception_type(ExabgpExited), reraise=True)
+            try:
+                async for attempt in retrying:
+                    with attempt:
+                        await self._run_once()
+                return  # _run_once returns only when stopping
+            except _HealthyExit:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("ExaBGP supervisor failed; retrying")
+                await asyncio.sleep(1)
+
+    async def _run_once(self) -> None:
+        if self._stopping:
+            return
+        if self._started_once:
+            self.metrics.exabgp_restarts.inc()
+        self._started_once = True
+        self.config_path.write_text(self._rendered)
+        os.chmod(self.config_path, 0o600)  # holds the MD5 secrets
+        env = dict(os.environ, **exabgp_environment())
+        logf = open(self.log_path, "ab")
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *self.exabgp_argv, str(self.config_path), env=env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=logf, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+        finally:
+            logf.close()
+        # ExaBGP's RIB starts empty: nothing is announced, nothing is in doubt
+        self._announced.clear()
+        self._suspect.clear()
+        self._counts.clear()
+        for name in self._peers:
+            self.metrics.announced_prefixes.labels(name).set(0)
+        started = time.monotonic()
+        log.info("exabgp started (pid %d)", self._proc.pid)
+        self._restart_reason = None
+        self._restart_event.clear()
+        wait_exit = asyncio.ensure_future(self._proc.wait())
+        wait_restart = asyncio.ensure_future(self._restart_event.wait())
+        try:
+            await asyncio.wait([wait_exit, wait_restart], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            wait_restart.cancel()
+        reason = self._restart_reason
+        if not wait_exit.done():
+            await self._terminate(signal.SIGTERM if reason == "config changed" else signal.SIGKILL)
+        rc = self._proc.returncode
+        self._channel.drop()
+        for name in self._peers:
+            self._set_state(name, False, "stopped" if self._stopping else
+                            "exabgp exited" if reason is None else f"exabgp restarted: {reason}")
+        self._restart_reason = None
+        self._progress()
+        if self._stopping:
+            return
+        log.warning("exabgp exited rc=%s%s; restarting", rc, f" ({reason})" if reason else "")
+        if reason is not None or time.monotonic() - started > HEALTHY_RUN:
+            raise _HealthyExit()
+        raise ExabgpExited(f"rc={rc}")
+
+    def _request_restart(self, reason: str) -> None:
+        if self._restart_reason is None:
+            self._restart_reason = reason
+            self._restart_event.set()
+
+    async def _terminate(self, sig: int) -> None:
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        try:
+            os.kill(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            await asyncio.wait_for(proc.wait(), STOP_GRACE)
+        except asyncio.TimeoutError:
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            await proc.wait()
+
+    async def _watchdog(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(min(1.0, self.ack_timeout / 4))
+            age = self._channel.oldest_pending_age() if self._channel else None
+            if age is not None and age > self.ack_timeout and self._proc is not None:
+                log.error("ExaBGP has not acknowledged a command for %.1fs: restarting it", age)
+                self._request_restart("ack timeout")
+
+    def _progress(self) -> None:
+        """Wake every `_wait`er (each waits on the event current when it looked)."""
+        self._progress_event.set()
+        self._progress_event = asyncio.Event()
+
+    async def _wait(self, predicate) -> None:
+        while not predicate():
+            event = self._progress_event
+            # progress is signalled by acks, readiness and exits; the timeout is only a safety net
+            try:
+                await asyncio.wait_for(event.wait(), 0.5)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _shutdown_tasks(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        await self._terminate(signal.SIGTERM)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._tasks = []
+        if self._channel is not None:
+            await self._channel.close()
