@@ -64,7 +64,7 @@ def command(path: str, cmd: str, check: bool = True, timeout: float = 10.0) -> s
 
 def show_json(path: str, cmd: str, timeout: float = 10.0):
     """Run a `... json` command and parse the answer ({} for an empty answer)."""
-    if not cmd.rstrip().endswith("json"):
+    if " json" not in f"{cmd} ":  # FRR also has `... json detail`
         cmd = cmd.rstrip() + " json"
     text = command(path, cmd, timeout=timeout).strip()
     return json.loads(text) if text else {}
