@@ -242,6 +242,22 @@ class _State:
             if addr not in group:
                 group.append(addr)
 
+    def release(self, addr: Addr, request: _Request) -> None:
+        """Undo a phase-1 claim (rare: the Service moved pools or was refused after all)."""
+        holders = [h for h in self.holders.get(addr, ()) if h.key != request.service.key]
+        if holders:
+            self.holders[addr] = holders
+        else:
+            self.holders.pop(addr, None)
+        if request.share_key is not None and not any(h.share_key == request.share_key for h in holders):
+            group = self.groups.get((request.service.namespace, request.share_key), [])
+            if addr in group:
+                group.remove(addr)
+        # The freed address may lie behind a search cursor: restart that pool's search.
+        pool = self.pool_of(addr)
+        if pool is not None:
+            self.cursor.pop((pool.name, addr[0]), None)
+
     def conflict(self, addr: Addr, request: _Request) -> Optional[Refusal]:
         """Why `request` may not use `addr` now, or None if it is free or legally shared."""
         holders = self.holders.get(addr)
@@ -250,6 +266,8 @@ class _State:
         text = str(_ip(addr))
         svc = request.service
         for holder in holders:
+            if holder.key == svc.key:
+                continue  # its own status address, kept in phase 1
             by = (f"Service {holder.key}" if holder.namespace == svc.namespace
                   else "a Service in another namespace")  # do not leak other tenants' names
             if request.share_key is None or holder.share_key is None:
@@ -396,24 +414,14 @@ def _check_address(state: _State, request: _Request, addr: Addr, what: str) -> t
     return pool, None
 
 
-def _allocate_one(state: _State, request: _Request) -> tuple[Optional[tuple[PoolConfig, tuple[Addr, ...]]],
-                                                             Optional[Refusal], tuple[Refusal, ...]]:
-    """(pool, addresses) or a Refusal, plus the status addresses discarded on the way."""
-    svc = request.service
-    if request.requested:
-        pools = []
-        for addr in request.requested:
-            pool, refusal = _check_address(state, request, addr, "requested address")
-            if refusal is not None:
-                return None, refusal, ()
-            pools.append(pool)
-        if len({p.name for p in pools}) > 1:
-            return None, Refusal(DIFFERENT_POOLS, "the requested addresses are in different pools ("
-                                 + ", ".join(sorted({p.name for p in pools}))
-                                 + "); one Service takes its addresses from one pool"), ()
-        return (pools[0], request.requested), None, ()
+def _keep_status(state: _State, request: _Request) -> tuple[dict[int, tuple[Addr, PoolConfig]], list[Refusal]]:
+    """Phase 1: the status addresses this Service may keep, by family, and the others with why.
 
-    # Status addresses still valid are kept (stability); the others are discarded with why.
+    Every Service keeps its valid status addresses before any Service gets a *new* one:
+    otherwise an early Service adding a second family could take the address a later
+    Service already holds, and the allocation would not be a fixpoint.
+    """
+    svc = request.service
     kept: dict[int, tuple[Addr, PoolConfig]] = {}
     discarded: list[Refusal] = []
     for text in svc.ingress_ips:
@@ -423,7 +431,10 @@ def _allocate_one(state: _State, request: _Request) -> tuple[Optional[tuple[Pool
             discarded.append(Refusal(INVALID_IP, f"status address {text!r} is not an IP address"))
             continue
         addr = (address.version, int(address))
-        if address.version not in request.families:
+        if request.requested:
+            if addr not in request.requested:
+                continue  # replaced by the requested address: nothing suspicious
+        elif address.version not in request.families[:1 if request.mode == "single" else 2]:
             discarded.append(Refusal(IP_FAMILY_MISMATCH, f"status address {address} is not of a family the "
                                                          f"Service wants"))
             continue
@@ -444,6 +455,25 @@ def _allocate_one(state: _State, request: _Request) -> tuple[Optional[tuple[Pool
                 discarded.append(Refusal(DIFFERENT_POOLS, f"status address {_ip(kept[version][0])} is in another "
                                                           f"pool than {_ip(kept[first][0])}"))
                 del kept[version]
+    return kept, discarded
+
+
+def _complete(state: _State, request: _Request, kept: Mapping[int, tuple[Addr, PoolConfig]]) -> tuple[
+        Optional[tuple[PoolConfig, tuple[Addr, ...]]], Optional[Refusal]]:
+    """Phase 2: (pool, addresses) for the Service, or a Refusal."""
+    svc = request.service
+    if request.requested:
+        pools = []
+        for addr in request.requested:
+            pool, refusal = _check_address(state, request, addr, "requested address")
+            if refusal is not None:
+                return None, refusal
+            pools.append(pool)
+        if len({p.name for p in pools}) > 1:
+            return None, Refusal(DIFFERENT_POOLS, "the requested addresses are in different pools ("
+                                 + ", ".join(sorted({p.name for p in pools}))
+                                 + "); one Service takes its addresses from one pool")
+        return (pools[0], request.requested), None
 
     if request.pool is not None:
         candidates = [request.pool]
@@ -469,8 +499,8 @@ def _allocate_one(state: _State, request: _Request) -> tuple[Optional[tuple[Pool
         for pool in pools:
             got = _fill(state, request, pool, wanted, kept)
             if got is not None:
-                return (pool, got), None, tuple(discarded)
-    return None, _why_not(state, request, candidates), tuple(discarded)
+                return (pool, got), None
+    return None, _why_not(state, request, candidates)
 
 
 def _fill(state: _State, request: _Request, pool: PoolConfig, wanted: Sequence[int],
@@ -538,19 +568,36 @@ def allocate(config: Config, services: Iterable[ServiceView]) -> Allocation:
     refused: dict[str, Refusal] = {}
     discarded: dict[str, tuple[Refusal, ...]] = {}
     managed = sorted((s for s in services if is_managed(config, s)), key=_order_key)
+    requests = []
     for service in managed:
         request = _parse_request(config, service)
         if request.refusal is not None:
             refused[service.key] = request.refusal
-            continue
-        result, refusal, dropped = _allocate_one(state, request)
+        else:
+            requests.append(request)
+    kept_by: dict[str, dict[int, tuple[Addr, PoolConfig]]] = {}
+    for request in requests:
+        kept, dropped = _keep_status(state, request)
+        key = request.service.key
         if dropped:
-            discarded[service.key] = dropped
+            discarded[key] = tuple(dropped)
+        kept_by[key] = kept
+        for addr, _ in kept.values():
+            state.claim(addr, request)
+    for request in requests:
+        key = request.service.key
+        kept = kept_by[key]
+        result, refusal = _complete(state, request, kept)
+        chosen = result[1] if result is not None else ()
+        for addr, _ in kept.values():
+            if addr not in chosen:
+                state.release(addr, request)
         if refusal is not None:
-            refused[service.key] = refusal
+            refused[key] = refusal
             continue
         pool, addrs = result
         for addr in addrs:
-            state.claim(addr, request)
-        assigned[service.key] = Assignment(pool.name, tuple(_ip(a) for a in addrs))
+            if not any(addr == held for held, _ in kept.values()):
+                state.claim(addr, request)
+        assigned[key] = Assignment(pool.name, tuple(_ip(a) for a in addrs))
     return Allocation(assigned=assigned, refused=refused, discarded=discarded)
