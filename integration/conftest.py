@@ -1,0 +1,62 @@
+"""Shared pytest plumbing for integration/: failure reports and the measurements summary.
+
+- `rep_<phase>` on each test item, so a fixture can tell in its teardown whether the
+  test failed and print the lab's diagnostics (router table, speaker logs) only then.
+- `cluster_lab.record_measurement(name, values)`: tests that measure (failover times)
+  hand their numbers there; they are printed in pytest's terminal summary (p50, max, n), so
+  the figures show up in every CI log without `-s` and without timed assertions.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from integration.lab.cluster_lab import MEASUREMENTS, summarize
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not MEASUREMENTS:
+        return
+    terminalreporter.section("bgpspeaker lab measurements")
+    for name, values in MEASUREMENTS:
+        terminalreporter.write_line(f"{name}: {summarize(values)}")
+
+
+def failed(request) -> bool:
+    """In a fixture's teardown: did the test that used it fail (setup or call)?"""
+    node = request.node
+    return any(getattr(getattr(node, f"rep_{when}", None), "failed", False) for when in ("setup", "call"))
+
+
+def start_lab(**kwargs):
+    """A started MultiClusterLab for a module-scoped fixture (closed by the caller).
+    Not root is a failure, never a skip: CI is root."""
+    import os
+
+    from integration.lab.cluster_lab import MultiClusterLab
+
+    if os.geteuid() != 0:
+        pytest.fail("lab tests need root (network namespaces, FRR); CI is root")
+    lab = MultiClusterLab(**kwargs)
+    try:
+        lab.start()
+    except BaseException:
+        lab.close()
+        raise
+    return lab
+
+
+def lab_for_test(shared, request):
+    """Generator body of a per-test fixture on a shared lab: reset it first, print its
+    diagnostics (router table, speaker logs) if the test failed."""
+    shared.reset()
+    yield shared
+    if failed(request):
+        print(shared.diagnostics())
