@@ -1,0 +1,278 @@
+"""Injection fuzz (DESIGN.md invariants 1 and 4): hostile strings in every Service field and
+annotation that reaches planning, ≥ 10,000 cases through views → allocate → plan →
+reconciler.diff → command text.
+
+Every case must give only commands that are one line of the strict grammar and equal to
+the command re-built from their own typed values (tests/test_hardening_support.check_line),
+no route for an address outside the pools the Service's namespace may use, no community
+the pool does not allow, and the healthy Services next to the hostile one keep exactly
+their routes (bad input affects only itself).
+
+Three sources of cases: the hand-written corpus in every field (deterministic), a seeded
+random mix of corpus strings and mutations across several fields at once, and hypothesis
+with arbitrary unicode text. The total is printed.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from typing import Any, Callable
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.test_hardening_support import (
+    HOSTILE, LEGIT_ROUTES, legit_objects, node_obj, route_keys, run_pipeline, service_obj, slice_obj,
+)
+
+COUNT = {"corpus": 0, "random": 0, "hypothesis": 0, "node": 0}
+ANNOUNCED = {"cases": 0}  # cases in which the hostile Service (or its partner) still got a route
+REFUSALS: set[str] = set()  # reason codes seen for the hostile Service
+
+LEGIT = legit_objects()
+BASELINE = run_pipeline(LEGIT)
+assert route_keys(BASELINE.routes) == LEGIT_ROUTES, route_keys(BASELINE.routes)
+LEGIT_SERVICES = {str(r.prefix): r.services for r in BASELINE.routes}
+LEGIT_KEYS = {s for r in BASELINE.routes for s in r.services}
+
+
+def hostile_base() -> tuple[dict, dict]:
+    """A tenant Service that would be announced if nothing about it were wrong."""
+    return (service_obj("tenant", "evil", created="2025-06-01T00:00:00Z"), slice_obj("tenant", "evil"))
+
+
+def _ann(key: str) -> Callable[[dict, dict, Any], None]:
+    def set_(svc: dict, sl: dict, value: Any) -> None:
+        svc["metadata"]["annotations"][key] = value
+    return set_
+
+
+def _spec(key: str) -> Callable[[dict, dict, Any], None]:
+    def set_(svc: dict, sl: dict, value: Any) -> None:
+        svc["spec"][key] = value
+    return set_
+
+
+def _port(key: str) -> Callable[[dict, dict, Any], None]:
+    def set_(svc: dict, sl: dict, value: Any) -> None:
+        svc["spec"]["ports"][0][key] = value
+    return set_
+
+
+def _name(svc: dict, sl: dict, value: Any) -> None:
+    svc["metadata"]["name"] = value
+    sl["metadata"]["labels"]["kubernetes.io/service-name"] = value  # keep it endpoint-backed
+
+
+def _namespace(svc: dict, sl: dict, value: Any) -> None:
+    svc["metadata"]["namespace"] = value
+    sl["metadata"]["namespace"] = value
+
+
+def _ingress(svc: dict, sl: dict, value: Any) -> None:
+    svc["status"]["loadBalancer"]["ingress"] = [{"ip": value}]
+
+
+def _ingress_two(svc: dict, sl: dict, value: Any) -> None:
+    svc["status"]["loadBalancer"]["ingress"] = [{"ip": "203.0.113.9"}, {"ip": value, "hostname": value}]
+
+
+def _families(svc: dict, sl: dict, value: Any) -> None:
+    svc["spec"]["ipFamilies"] = [value]
+
+
+def _ep_addr(svc: dict, sl: dict, value: Any) -> None:
+    sl["endpoints"][0]["addresses"] = [value]
+
+
+def _ep_node(svc: dict, sl: dict, value: Any) -> None:
+    sl["endpoints"][0]["nodeName"] = value
+
+
+def _ep_ready(svc: dict, sl: dict, value: Any) -> None:
+    sl["endpoints"][0]["conditions"]["ready"] = value
+
+
+def _annotation_key(svc: dict, sl: dict, value: Any) -> None:
+    key = value if isinstance(value, (str, int, float, bool, type(None), bytes)) else repr(value)
+    svc["metadata"]["annotations"][key] = "203.0.113.5"
+
+
+# Every Service field and annotation the core reads (views.service_from_dict, allocator, planner).
+FIELDS: dict[str, Callable[[dict, dict, Any], None]] = {
+    "metadata.name": _name,
+    "metadata.namespace": _namespace,
+    "metadata.uid": lambda svc, sl, v: svc["metadata"].__setitem__("uid", v),
+    "annotation-key": _annotation_key,
+    "spec.type": _spec("type"),
+    "spec.loadBalancerClass": _spec("loadBalancerClass"),
+    "spec.externalTrafficPolicy": _spec("externalTrafficPolicy"),
+    "spec.ipFamilies": _families,
+    "spec.ipFamilyPolicy": _spec("ipFamilyPolicy"),
+    "spec.loadBalancerIP": _spec("loadBalancerIP"),
+    "spec.ports[0].name": _port("name"),
+    "spec.ports[0].protocol": _port("protocol"),
+    "spec.ports[0].port": _port("port"),
+    "status.loadBalancer.ingress[0].ip": _ingress,
+    "status.loadBalancer.ingress[1].ip": _ingress_two,
+    "bgpspeaker.io/load-balancer-ips": _ann("bgpspeaker.io/load-balancer-ips"),
+    "metallb.io/loadBalancerIPs": _ann("metallb.io/loadBalancerIPs"),
+    "metallb.universe.tf/loadBalancerIPs": _ann("metallb.universe.tf/loadBalancerIPs"),
+    "bgpspeaker.io/address-pool": _ann("bgpspeaker.io/address-pool"),
+    "metallb.io/address-pool": _ann("metallb.io/address-pool"),
+    "bgpspeaker.io/allow-shared-ip": _ann("bgpspeaker.io/allow-shared-ip"),
+    "metallb.io/allow-shared-ip": _ann("metallb.io/allow-shared-ip"),
+    "bgpspeaker.io/communities": _ann("bgpspeaker.io/communities"),
+    "bgpspeaker.io/cluster-preference": _ann("bgpspeaker.io/cluster-preference"),
+    "bgpspeaker.io/ip-allocated-from-pool": _ann("bgpspeaker.io/ip-allocated-from-pool"),
+    "endpoints[0].addresses": _ep_addr,
+    "endpoints[0].nodeName": _ep_node,
+    "endpoints[0].conditions.ready": _ep_ready,
+}
+# Non-string shapes that YAML files (offline plan) or a buggy client could carry.
+ODD_VALUES: tuple[Any, ...] = (None, 0, -1, 1, True, False, 65536, 2 ** 64, 10 ** 100, 1.5, float("nan"), [], {},
+                               ["203.0.113.5"], {"ip": "203.0.113.5"}, b"203.0.113.5")
+
+
+def run_case(mutations: list[tuple[str, Any]]) -> None:
+    svc, sl = hostile_base()
+    for field, value in mutations:
+        FIELDS[field](svc, sl, value)
+    # a share-key partner in the same namespace makes the sharing paths reachable
+    partner = service_obj(svc["metadata"]["namespace"] if isinstance(svc["metadata"]["namespace"], str)
+                          else "tenant", "partner",
+                          {"bgpspeaker.io/allow-shared-ip": "k"}, created="2025-06-02T00:00:00Z",
+                          ports=[{"name": "dns", "protocol": "UDP", "port": 53}])
+    try:
+        outcome = run_pipeline(LEGIT + [svc, sl, partner], previous=BASELINE.routes)
+    except AssertionError as error:
+        raise AssertionError(f"case {mutations!r}: {error}") from None
+    except Exception as error:  # a crash is a finding too: one bad Service must not stop planning
+        raise AssertionError(f"case {mutations!r} crashed the pipeline: {type(error).__name__}: {error}") from error
+    keys = route_keys(outcome.routes)
+    if keys - LEGIT_ROUTES:
+        ANNOUNCED["cases"] += 1
+    REFUSALS.update(skip.reason for skip in outcome.skipped + outcome.warnings)
+    # bad input affects only itself: the healthy Services keep their routes
+    assert LEGIT_ROUTES <= keys, f"case {mutations!r} took {sorted(LEGIT_ROUTES - keys)} from healthy Services"
+    for route in outcome.routes:
+        if (route.peer, str(route.prefix)) in LEGIT_ROUTES:
+            # nobody joined a healthy Service's address (they allow no sharing)
+            assert route.services == LEGIT_SERVICES[str(route.prefix)], (mutations, route)
+        else:
+            # anything else belongs to the hostile Service or its partner (pool policy: check_route)
+            assert not set(route.services) & LEGIT_KEYS, (mutations, route)
+
+
+def test_corpus_in_every_field(capsys):
+    for field in FIELDS:
+        for value in HOSTILE + ODD_VALUES:
+            run_case([(field, value)])
+            COUNT["corpus"] += 1
+    with capsys.disabled():
+        print(f"\n[hardening] injection corpus: {COUNT['corpus']} cases "
+              f"({len(FIELDS)} fields x {len(HOSTILE) + len(ODD_VALUES)} values)")
+    assert COUNT["corpus"] >= len(FIELDS) * len(HOSTILE)
+
+
+def _mutate(rng: random.Random, text: str) -> str:
+    choice = rng.randrange(6)
+    pieces = ["\n", "\r", "\0", ";", "}", "{", " , neighbor 1.2.3.4", "\nannounce route 8.8.8.8/32 next-hop 10.0.0.2",
+              "%", "\u200f", "\u0663", " ", ",", ":", "/32", "]", "["]
+    if choice == 0:
+        return text + rng.choice(pieces)
+    if choice == 1:
+        return rng.choice(pieces) + text
+    if choice == 2 and text:
+        i = rng.randrange(len(text) + 1)
+        return text[:i] + rng.choice(pieces) + text[i:]
+    if choice == 3:
+        return ",".join(rng.choice(HOSTILE[:120]) for _ in range(rng.randint(2, 4)))
+    if choice == 4:
+        return text * rng.randint(2, 50)
+    return text
+
+
+RANDOM_CASES = 8000
+
+
+def test_random_mix_of_fields(capsys):
+    rng = random.Random(20261125)
+    fields = list(FIELDS)
+    values = HOSTILE + ODD_VALUES
+    for _ in range(RANDOM_CASES):
+        mutations = []
+        for field in rng.sample(fields, rng.randint(1, 5)):
+            value = rng.choice(values)
+            if isinstance(value, str) and rng.random() < 0.5:
+                value = _mutate(rng, value)
+            mutations.append((field, value))
+        run_case(mutations)
+        COUNT["random"] += 1
+    with capsys.disabled():
+        print(f"\n[hardening] injection random mix: {COUNT['random']} cases (1-5 fields each, seed 20261125)")
+    assert COUNT["random"] == RANDOM_CASES
+
+
+HYPOTHESIS_CASES = 1500
+STRING_FIELDS = [f for f in FIELDS if f not in ("spec.ports[0].port", "endpoints[0].conditions.ready")]
+
+
+@settings(max_examples=HYPOTHESIS_CASES, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(st.tuples(st.sampled_from(STRING_FIELDS),
+                          st.one_of(st.text(max_size=80), st.sampled_from(HOSTILE),
+                                    st.builds(lambda a, b, c: a + b + c, st.sampled_from(HOSTILE[:120]),
+                                              st.text(alphabet=st.characters(codec="utf-8"), max_size=10),
+                                              st.sampled_from(HOSTILE[:120])))),
+                min_size=1, max_size=6))
+def test_hypothesis_unicode_everywhere(mutations):
+    run_case(mutations)
+    COUNT["hypothesis"] += 1
+
+
+def test_hypothesis_count_and_total(capsys):
+    # runs after the hypothesis test in file order; the grand total the issue asks for
+    total = sum(COUNT.values())
+    with capsys.disabled():
+        print(f"\n[hardening] injection fuzz total: {total} cases "
+              f"(corpus {COUNT['corpus']}, random {COUNT['random']}, hypothesis {COUNT['hypothesis']})")
+    if COUNT["corpus"] and COUNT["random"] and COUNT["hypothesis"]:  # the whole file ran
+        assert total >= 10_000, COUNT
+        # not vacuous: hostile values did reach command text, and were refused for many reasons
+        assert ANNOUNCED["cases"] > 1000, ANNOUNCED
+        assert len(REFUSALS) >= 10, REFUSALS
+    with capsys.disabled():
+        print(f"[hardening] cases where the hostile Service was still announced (commands checked): "
+              f"{ANNOUNCED['cases']}; reasons seen: {', '.join(sorted(REFUSALS))}")
+
+
+# --- Node fields: known bug, see test_node_ipv6_scope_id_injects_a_command ----------------
+
+NODE_HOSTILE = ("fd00::2%x\nannounce route 2001:db8:dead::1 next-hop fd00::2",
+                "fd00::2%eth0 , neighbor 1.2.3.4", "fd00::2%x;}")
+
+
+@pytest.mark.parametrize("address", ["10.0.0.2\n" + "announce route 8.8.8.8/32 next-hop 10.0.0.2", "10.0.0.2;",
+                                     "\u0661\u0660.0.0.2", "127.0.0.1", "0.0.0.0", "224.0.0.1", "169.254.0.1",
+                                     "fe80::2%eth0", "::1", "x" * 10000, ""])
+def test_node_address_fields_cannot_inject(address):
+    """Node InternalIP values other than scoped IPv6: refused or unusable, never in a command."""
+    objs = [o for o in LEGIT if o["kind"] != "Node"]
+    objs.append(node_obj(addresses=[{"type": "InternalIP", "address": address},
+                                    {"type": "InternalIP", "address": "fd00::2"}]))
+    run_pipeline(objs, previous=BASELINE.routes)
+    COUNT["node"] += 1
+
+
+@pytest.mark.xfail(strict=True, reason="BUG (model.NodeView.address_of / commands.check_next_hop): an IPv6 "
+                                       "node address with a scope id ('fd00::2%<anything but %,/>') is accepted, "
+                                       "and str() puts the scope (newlines included) into the next-hop text")
+@pytest.mark.parametrize("address", NODE_HOSTILE)
+def test_node_ipv6_scope_id_injects_a_command(address):
+    objs = [o for o in LEGIT if o["kind"] != "Node"]
+    objs.append(node_obj(addresses=[{"type": "InternalIP", "address": "10.0.0.2"},
+                                    {"type": "InternalIP", "address": address}]))
+    run_pipeline(objs, previous=BASELINE.routes)
