@@ -71,6 +71,11 @@ class _Issues:
         return INVALID
 
 
+def _apply(rule: Rule, issues: _Issues, path: str, node: Node) -> Any:
+    """rule(node), except for a scalar YAML could not construct: source.py reported it already."""
+    return INVALID if node.kind == "broken" else rule(issues, path, node)
+
+
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
@@ -254,7 +259,7 @@ def host_port(issues: _Issues, path: str, node: Node) -> Any:
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        hint = " (write IPv6 in brackets: [::]:7472)" if host.count(":") > 1 else ""
+        hint = " (write IPv6 in brackets: [::]:7472)" if ":" in host else ""
         return issues.add(path, f"{_quote(text)} is not host:port with an IP address host{hint}", node)
     if address.version == 6 and not text.startswith("["):
         return issues.add(path, f"{_quote(text)}: write IPv6 in brackets, like [::]:7472", node)
@@ -364,7 +369,7 @@ def list_of(item: Rule, *, unique: bool = False, non_empty: bool = False) -> Rul
         values = []
         first_at: dict[Any, int] = {}
         for index, child in enumerate(items):
-            value = item(issues, f"{path}[{index}]", child)
+            value = _apply(item, issues, f"{path}[{index}]", child)
             if unique and value is not INVALID:
                 if value in first_at:
                     value = issues.add(f"{path}[{index}]", f"{_quote(child.text)} is listed twice "
@@ -387,7 +392,7 @@ def labels(issues: _Issues, path: str, node: Node) -> Any:
         key_node = Node("scalar", node.key_lines[key], value=key, text=key)
         if label_key(issues, _join(path, key), key_node) is INVALID:
             continue
-        value = label_value(issues, _join(path, key), child)
+        value = _apply(label_value, issues, _join(path, key), child)
         if value is not INVALID:
             result[key] = value
     return freeze_pairs(result)
@@ -424,7 +429,7 @@ def section(fields: Iterable[Field]) -> Rule:
                 issues.add(_join(path, key), f"unknown field ({_suggest(key, table)})",
                            line=node.key_lines.get(key, child.line))
                 continue
-            value = table[key].rule(issues, _join(path, key), child)
+            value = _apply(table[key].rule, issues, _join(path, key), child)
             if value is not INVALID:
                 values[table[key].attr] = value
         for f in table.values():
@@ -623,9 +628,8 @@ def _check_advertisements(issues: _Issues, root: Node, values: dict) -> None:
         for i, advertisement in _items(values, "advertisements"):
             for k, name in enumerate(advertisement.get(key) or ()):
                 if name is not INVALID and name not in defined:
-                    hint = difflib.get_close_matches(name, defined, n=1)
-                    issues.add(f"advertisements[{i}].{key}[{k}]",
-                               f"unknown {what} {_quote(name)}" + (f" (did you mean {hint[0]}?)" if hint else ""),
+                    known = ", ".join(defined[:10]) + (", ..." if len(defined) > 10 else "") if defined else "none"
+                    issues.add(f"advertisements[{i}].{key}[{k}]", f"unknown {what} {_quote(name)} ({key}: {known})",
                                line=_line(root, "advertisements", i, key, k))
 
 
@@ -658,7 +662,7 @@ def load_config_text(text: str, source: str = "<string>") -> Config:
     root, found = parse(text)
     issues = _Issues()
     issues.list.extend(found)
-    if root is not None:
+    if root is not None and root.kind != "broken":
         if root.kind != "mapping":
             issues.add("", f"the config must be a mapping (cluster, speaker, peers, ...), got {_show(root)}",
                        line=root.line)

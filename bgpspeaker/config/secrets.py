@@ -75,4 +75,7 @@ def _checked(raw: bytes, where: str) -> str:
         raise SecretError(f"{where} is not UTF-8 text") from None
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
         raise SecretError(f"{where} contains a line break or another control character")
+    # ExaBGP's config holds the password between double quotes and has no escapes.
+    if '"' in text or "\\" in text:
+        raise SecretError(f"{where} contains a double quote or a backslash, which ExaBGP's config cannot hold")
     return text

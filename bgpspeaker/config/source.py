@@ -25,7 +25,7 @@ MERGE_TAG = "tag:yaml.org,2002:merge"
 class Node:
     """One YAML value. `value` is the constructed scalar, a dict of Nodes or a list of Nodes."""
 
-    kind: str  # "scalar" | "mapping" | "sequence"
+    kind: str  # "scalar" | "mapping" | "sequence" | "broken" (a scalar YAML could not construct)
     line: int
     value: Any = None
     text: str = ""  # a scalar as written (after unquoting)
@@ -81,7 +81,7 @@ def _convert(loader: yaml.SafeLoader, node: yaml.Node, path: str, issues: list[C
         except (yaml.YAMLError, ValueError, TypeError) as error:
             problem = getattr(error, "problem", None) or str(error)
             issues.append(ConfigIssue(path, f"cannot read {node.value!r}: {problem}", line))
-            result.value = node.value
+            result.kind = "broken"  # reported here; the field rules skip it
         memo[id(node)] = result
         return result
     if isinstance(node, yaml.SequenceNode):
