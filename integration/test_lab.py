@@ -11,7 +11,7 @@ import os
 import pytest
 
 from integration.lab import netns
-from integration.lab.fixtures import lab  # noqa: F401  (fixture)
+from integration.lab.fixtures import lab, topology  # noqa: F401  (fixtures)
 from integration.lab.frr import FrrConfig, FrrRouter, Neighbor, Originate
 from integration.lab.wait import wait_until
 
@@ -76,6 +76,43 @@ def test_processes_are_stopped_by_pid_and_namespace_pids_are_killed(lab):
     assert p.poll() is not None
     assert stray.wait(2) is not None
     assert a not in netns.list_netns()
+
+
+def test_sigterm_to_a_test_run_still_cleans_up_and_reap_stale_removes_sigkilled_leftovers():
+    import signal
+    import subprocess
+    import sys
+    script = (
+        "import sys, time\n"
+        "from integration.lab import netns\n"
+        "netns.install_sigterm_cleanup()\n"
+        "lab = netns.Lab(prefix=sys.argv[1])\n"
+        "ns = lab.netns('x')\n"
+        "p = lab.popen(ns, ['sleep', '60'])\n"
+        "print(ns, p.pid, flush=True)\n"
+        "time.sleep(60)\n")
+    for sig, prefix in ((signal.SIGTERM, "bgplterm"), (signal.SIGKILL, "bgplkill")):
+        child = subprocess.Popen([sys.executable, "-c", script, prefix], stdout=subprocess.PIPE, text=True,
+                                 cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        ns, pid = child.stdout.readline().split()
+        assert ns in netns.list_netns(prefix)
+        child.send_signal(sig)
+        child.wait(10)
+        if sig == signal.SIGKILL:  # atexit never ran: the namespace and its process are left
+            assert ns in netns.list_netns(prefix)
+            assert netns.reap_stale(prefix) == [ns]
+        assert ns not in netns.list_netns(prefix)
+        wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 3, f"sleep {pid} gone after {sig!r}")
+
+
+def test_topology_fixture(topology):
+    from integration.lab.topology import TopologySpec
+    topo = topology(TopologySpec(router="none", nodes=(("a-1", "a"),), ipv6=False))
+    assert topo.router is None and topo.node("a-1").address == "10.99.1.2"
+    topo.static_route("192.0.2.1", "a-1")
+    topo.node("a-1").add_vip("192.0.2.1")
+    topo.node("a-1").serve_http()
+    assert wait_until(lambda: topo.probe("192.0.2.1"), 3, "answer") == "a/a-1"
 
 
 # --------------------------------------------------------------------------- FRR

@@ -256,6 +256,24 @@ def cleanup_all() -> None:
 atexit.register(cleanup_all)
 
 
+def install_sigterm_cleanup() -> None:
+    """Make SIGTERM run the atexit cleanup too (by default it kills Python without it).
+
+    Only installed when SIGTERM still has its default handler and we are on the main
+    thread, so a program that handles SIGTERM itself is left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def handler(signum, frame):
+        cleanup_all()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 # --------------------------------------------------------------------------- links, addresses, routes
 
 def veth(ns_a: str, name_a: str, ns_b: str, name_b: str, up: bool = True) -> None:
