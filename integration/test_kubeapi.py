@@ -517,7 +517,10 @@ def test_cluster_scoped_resources_and_initial_events(emu, core, ns):
     out = core.patch_namespace_status(ns, {"status": {"phase": "Active"}, "spec": {"finalizers": ["x"]}})
     assert out.status.phase == "Active" and not out.spec and out.metadata.uid == created.metadata.uid
     assert ns in [n.metadata.name for n in core.list_namespace(label_selector="team=net").items]
-    emu.set_object({"apiVersion": "v1", "kind": "Node", "metadata": {"name": f"{ns}-n1", "labels": {"rack": "r1"}}})
+    stored = emu.set_object({"apiVersion": "v1", "kind": "Node", "metadata": {
+        "name": f"{ns}-n1", "namespace": "ignored", "labels": {"rack": "r1"}, "creationTimestamp": "2020-01-01T00:00:00Z"}})
+    assert stored["metadata"]["creationTimestamp"] == "2020-01-01T00:00:00Z"   # hooks may set identity
+    assert "namespace" not in stored["metadata"]
     url = f"/api/v1/nodes?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan" \
           f"&allowWatchBookmarks=true&labelSelector=rack%3Dr1&timeoutSeconds=1"
     with urllib.request.urlopen(emu.url + url, timeout=10) as resp:
@@ -635,3 +638,13 @@ def test_standalone_process_and_remote_hooks(tmp_path, ns):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
+
+
+def test_bad_requests_answer_with_status(emu):
+    for path, code in (("/api/v1/namespaces/x/services?limit=abc", 400), ("/api/v1/nope", 404),
+                       ("/api/v1/services?labelSelector=a%20in%20b", 400), ("/nowhere", 404),
+                       ("/api/v1/namespaces/x/services/a/scale", 404), ("/apis/apps/v1", 404)):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            raw_get(emu.url + path)
+        body = json.loads(err.value.read())
+        assert (err.value.code, body["kind"], body["code"]) == (code, "Status", code), path

@@ -11,10 +11,8 @@ import fnmatch
 from collections import deque
 from dataclasses import dataclass
 
-from .resources import ApiError
+from .resources import REASONS, ApiError
 
-_REASONS = {400: "BadRequest", 403: "Forbidden", 404: "NotFound", 409: "Conflict", 410: "Expired",
-            429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout"}
 
 
 @dataclass
@@ -57,7 +55,7 @@ class Hooks:
                 rule.remaining -= 1
                 if rule.remaining <= 0:
                     self._fail.remove(rule)
-                reason = _REASONS.get(rule.status, "InternalError")
+                reason = REASONS.get(rule.status, "InternalError")
                 return ApiError(rule.status, reason, f"injected failure: {rule.status} {reason}",
                                 retry_after=rule.retry_after)
         return None

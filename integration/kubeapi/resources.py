@@ -14,6 +14,10 @@ KUBE_VERSION = {"major": "1", "minor": "30", "gitVersion": "v1.30.0", "gitCommit
                 "gitTreeState": "clean", "buildDate": "2024-04-17T00:00:00Z",
                 "goVersion": "go1.22.2", "compiler": "gc", "platform": "linux/amd64"}
 
+REASONS = {400: "BadRequest", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed", 409: "Conflict",
+           410: "Expired", 415: "UnsupportedMediaType", 422: "Invalid", 429: "TooManyRequests",
+           500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout"}
+
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 
 

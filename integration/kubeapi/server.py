@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 CONTROL_PREFIX = "/__emulator__"
 _JSON = "application/json"
+log = logging.getLogger(__name__)
 
 
 def json_response(obj: object, status: int = 200) -> web.Response:
@@ -63,6 +65,14 @@ def make_app(emu: KubeEmulator) -> web.Application:
             return await handler(request)
         except ApiError as err:
             return error_response(err)
+        except web.HTTPException as exc:      # the router's own 404/405
+            return error_response(ApiError(exc.status, resources.REASONS.get(exc.status, "BadRequest"),
+                                           f"{exc.reason}: {request.method} {request.path}"))
+        except ValueError as exc:             # a malformed number in the query string
+            return error_response(ApiError(400, "BadRequest", f"{request.path_qs}: {exc}"))
+        except Exception as exc:
+            log.exception("kubeapi: %s %s failed", request.method, request.path_qs)
+            return error_response(ApiError(500, "InternalError", f"{type(exc).__name__}: {exc}"))
 
     app = web.Application(middlewares=[_hooks_middleware], client_max_size=1 << 30)
     routes = _Routes(emu)

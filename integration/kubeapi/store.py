@@ -162,7 +162,8 @@ class Store:
 
     # ---- writes through the API ---------------------------------------------------------
 
-    def create(self, resource: Resource, namespace: str | None, body: dict) -> dict:
+    def create(self, resource: Resource, namespace: str | None, body: dict, *, trusted: bool = False) -> dict:
+        """POST; `trusted` (test hooks) keeps a given uid and creationTimestamp."""
         meta = dict(body.get("metadata") or {})
         self._check_namespace(resource, namespace, meta)
         name = meta.get("name")
@@ -177,9 +178,12 @@ class Store:
         if (namespace or "", name) in self.objects[resource.key]:
             what = f"{resource.plural}.{resource.group}" if resource.group else resource.plural
             raise ApiError(409, "AlreadyExists", f'{what} "{name}" already exists', name=name, resource=resource)
-        for drop in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "uid"):
+        for drop in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds"):
             meta.pop(drop, None)
-        meta.update(name=name, uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1)
+        identity = {"uid": str(uuid.uuid4()), "creationTimestamp": _now()}
+        if trusted:     # e.g. a test that orders Services by age
+            identity.update({k: meta[k] for k in identity if meta.get(k)})
+        meta.update(name=name, generation=1, **identity)
         if resource.namespaced:
             meta["namespace"] = namespace
         return self._commit(resource, None, {**body, "metadata": meta})
@@ -239,9 +243,10 @@ class Store:
         resource = resource_for(obj.get("apiVersion", ""), obj.get("kind", ""))
         meta = obj.setdefault("metadata", {})
         namespace = (meta.get("namespace") or "default") if resource.namespaced else None
+        self._check_namespace(resource, namespace, meta)
         old = self.objects[resource.key].get((namespace or "", meta.get("name", "")))
         if old is None:
-            return self.create(resource, namespace, obj)
+            return self.create(resource, namespace, obj, trusted=True)
         meta.pop("resourceVersion", None)
         return self._commit(resource, old, obj)
 
