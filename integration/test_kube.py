@@ -170,10 +170,16 @@ class Replica:
             snapshot = self.watcher.snapshot()
             allocation = allocate(self.cfg, snapshot.services.values())
             if self.elector.is_leader:
-                result = await asyncio.to_thread(self.writer.write, allocation, snapshot.services)
-                self.rounds.append((frozenset(snapshot.services), result))
+                result = await asyncio.to_thread(self._write, allocation, snapshot.services)
                 if result.failed:  # as the daemon should: retry failures shortly
                     self.loop.loop.call_later(0.2, self.kick)
+
+    def _write(self, allocation, services) -> WriteResult:
+        # Recorded in the worker thread: a write completes (and counts) even when kill()
+        # cancels the reconcile task that waits for it.
+        result = self.writer.write(allocation, services)
+        self.rounds.append((frozenset(services), result))
+        return result
 
     def written(self) -> list[str]:
         return [key for _, result in list(self.rounds) for key in result.written]

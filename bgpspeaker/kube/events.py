@@ -107,7 +107,15 @@ class EventRecorder:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the thread; pending aggregated occurrences are written first if time allows."""
         self._stopping.set()
-        self._queue.put(None)
+        while True:  # the sentinel must get in even when the queue is full
+            try:
+                self._queue.put_nowait(None)
+                break
+            except queue.Full:
+                try:
+                    self._queue.get_nowait()  # drop one occurrence to make room
+                except queue.Empty:
+                    pass
         self._thread.join(timeout)
 
     # ---- the thread ---------------------------------------------------------------------

@@ -1,0 +1,96 @@
+"""Unit tests of the pure parts of bgpspeaker/kube: what the status writer decides, watch
+line splitting, object keys and the elector's parameter checks. The I/O is tested
+against the emulator in integration/test_kube*.py."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from hypothesis import given, strategies as st
+
+from bgpspeaker.allocator import ALLOCATED_FROM_POOL_ANNOTATION, Allocation, Assignment, Refusal
+from bgpspeaker.kube.informer import ENDPOINT_SLICES, NODES, SERVICES, iter_lines
+from bgpspeaker.kube.leader import LeaderElector
+from bgpspeaker.kube.status import Desired, desired_state, needs_write
+from bgpspeaker.model import ServiceView, freeze_pairs
+
+IP = ipaddress.ip_address
+
+
+def service(name="web", ingress=(), pool=None, **kwargs) -> ServiceView:
+    annotations = {ALLOCATED_FROM_POOL_ANNOTATION: pool} if pool else {}
+    return ServiceView("default", name, ingress_ips=tuple(ingress), annotations=freeze_pairs(annotations), **kwargs)
+
+
+ASSIGNED = Allocation(assigned={"default/web": Assignment("public", (IP("203.0.113.1"), IP("2001:db8::1")))},
+                      refused={"default/bad": Refusal("notInPool", "198.51.100.1 is in no pool")})
+
+
+@pytest.mark.parametrize("svc, expected", [
+    # assigned, status empty: write both addresses (family order) and the pool
+    (service(), Desired(("203.0.113.1", "2001:db8::1"), "public")),
+    # assigned and already written: nothing to send
+    (service(ingress=("203.0.113.1", "2001:db8::1"), pool="public"), None),
+    # status right, annotation missing (e.g. written by an older version): annotation only
+    (service(ingress=("203.0.113.1", "2001:db8::1")), Desired(("203.0.113.1", "2001:db8::1"), "public")),
+    # refused while holding an address: clear it
+    (service("bad", ingress=("198.51.100.1",)), Desired((), None)),
+    # refused and holding nothing: nothing to send
+    (service("bad"), None),
+    # not ours any more (type changed) but we wrote its status: clear ours
+    (service("old", ingress=("203.0.113.9",), pool="public", type="ClusterIP"), Desired((), None)),
+    # not ours and never written by us (another controller's class): never touched
+    (service("other", ingress=("192.0.2.1",), load_balancer_class="example.com/lb"), None),
+])
+def test_needs_write(svc, expected):
+    assert needs_write(ASSIGNED, svc) == expected
+
+
+def test_desired_state_of_an_unmanaged_service_is_none():
+    assert desired_state(ASSIGNED, service("other", ingress=("192.0.2.1",))) is None
+
+
+class FakeResponse:
+    """A response whose body arrives in the given segments (as chunked reads do)."""
+
+    def __init__(self, segments):
+        self.segments = segments
+
+    def stream(self, amt=None, decode_content=True):
+        yield from self.segments
+
+
+@given(st.lists(st.dictionaries(st.sampled_from(["type", "object", "x"]), st.text(max_size=20), max_size=3),
+                max_size=20), st.data())
+def test_iter_lines_reassembles_events_split_anywhere(events, data):
+    import json
+    body = b"".join(json.dumps(e).encode() + b"\n" for e in events)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=10)))
+    segments = [body[a:b] for a, b in zip([0] + cuts, cuts + [len(body)])]
+    assert [json.loads(line) for line in iter_lines(FakeResponse(segments))] == events
+
+
+def test_iter_lines_keeps_a_last_line_without_newline_and_skips_blank_lines():
+    assert list(iter_lines(FakeResponse([b'{"a":1}\n\n', b'  \n{"b"', b":2}"]))) == [b'{"a":1}', b'{"b":2}']
+
+
+def test_resource_keys():
+    assert SERVICES.key({"metadata": {"namespace": "ns", "name": "web"}}) == "ns/web"
+    assert ENDPOINT_SLICES.key({"metadata": {"namespace": "ns", "name": "web-x"}}) == "ns/web-x"
+    assert NODES.key({"metadata": {"name": "node-a"}}) == "node-a"
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(lease_duration=10, renew_deadline=10),  # must step down before others may take over
+    dict(renew_interval=12, renew_deadline=10),
+    dict(renew_interval=0),
+])
+def test_elector_rejects_unsafe_timings(kwargs):
+    with pytest.raises(ValueError, match="renew_interval < renew_deadline < lease_duration"):
+        LeaderElector(None, "node-a", **kwargs)
+
+
+def test_elector_needs_an_identity():
+    with pytest.raises(ValueError, match="identity"):
+        LeaderElector(None, "")
