@@ -319,6 +319,19 @@ def test_not_a_config_at_all(text, message):
     assert errors(text) == [message]
 
 
+def test_absurd_nesting_is_an_error_not_a_crash():
+    assert errors("[" * 5000 + "]" * 5000) == ["not valid YAML: nested too deeply"]
+
+
+def test_load_balancer_class_and_drain_seconds():
+    config = load_config_text(MINIMAL.replace("{myASN: 64512}", "{myASN: 64512, loadBalancerClass: example.com/bgp, "
+                                                                "drainSeconds: 2.5}"))
+    assert config.speaker.load_balancer_class == "example.com/bgp" and config.speaker.drain_seconds == 2.5
+    assert errors(MINIMAL.replace("{myASN: 64512}", "{myASN: 64512, loadBalancerClass: 'a b', drainSeconds: .inf}")) == [
+        "speaker.loadBalancerClass: 'a b' is not a class name like example.com/lb (line 2)",
+        "speaker.drainSeconds: must be a number of seconds >= 0, got .inf (line 2)"]
+
+
 def test_unsafe_tags_are_refused_not_executed():
     found = errors(MINIMAL + "metrics: {address: !!python/object/apply:os.getpid []}\n")
     assert found[0].startswith("metrics.address: ")

@@ -54,6 +54,8 @@ def parse(text: str) -> tuple[Optional[Node], list[ConfigIssue]]:
         return None, [_syntax_issue(error)]
     except yaml.YAMLError as error:
         return None, [ConfigIssue("", f"not valid YAML: {error}")]
+    except RecursionError:  # PyYAML's composer recurses once per nesting level
+        return None, [ConfigIssue("", "not valid YAML: nested too deeply")]
     finally:
         loader.dispose()
 
