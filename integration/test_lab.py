@@ -335,3 +335,31 @@ neighbor {e1.tor_address} {{
         netns.stop(proc)
         wait_until(lambda: tor.best_path("203.0.113.5/32").stale, 5, "route kept stale")
         assert tor.neighbor(e1.address).state != "Established"
+
+
+def test_frr_md5_password_ipv6_session_and_restart(lab):
+    """TCP-MD5 with the right password comes up, a wrong one does not; an IPv6 session
+    carries IPv6 routes; after restart() the session and the routes come back."""
+    a, b = _pair(lab)
+    tor = FrrRouter(a, FrrConfig(asn=64500, router_id="10.1.1.1", hold_time=3,
+                                 neighbors=(Neighbor("10.1.1.2", 64512, password="s3cret"),
+                                            Neighbor("fd00:1::2", 64512, password="other"))),
+                    lab=lab).start()
+    node = FrrRouter(b, FrrConfig(asn=64512, router_id="10.1.1.2", hold_time=3,
+                                  neighbors=(Neighbor("10.1.1.1", 64500, password="s3cret"),
+                                             Neighbor("fd00:1::1", 64500, password="wrong")),
+                                  originate=(Originate("2001:db8::7/128", med=7),)),
+                     lab=lab).start()
+    wait_until(lambda: tor.established("10.1.1.2"), 10, "MD5 session up")
+    assert not tor.established("fd00:1::2")
+    # fix the password of the IPv6 session at run time
+    node.configure(["router bgp 64512", "neighbor fd00:1::1 password other"])
+    wait_until(lambda: tor.established("fd00:1::2"), 10, "IPv6 session up")
+    paths = wait_until(lambda: tor.routes("ipv6").get("2001:db8::7/128"), 10, "IPv6 route")
+    assert {p.peer for p in paths} >= {"fd00:1::2"}
+    assert tor.neighbor("fd00:1::2").pfx_rcd6 == 1
+    old_pid = tor.bgpd.pid
+    tor.restart()
+    assert tor.bgpd.pid != old_pid and tor.running
+    wait_until(lambda: tor.established("10.1.1.2"), 15, "session back after restart")
+    wait_until(lambda: tor.routes("ipv6").get("2001:db8::7/128"), 15, "route back after restart")

@@ -50,6 +50,7 @@ class TopologySpec:
     passive: bool = False                # tor waits for the nodes to connect
     node_port: int | None = None         # remote port of the speakers (default 179)
     ipv6: bool = True                    # also fd00:99:N::/64 on every link
+    ipv6_neighbors: bool = False         # the tor also peers with every node's IPv6 address
     subnet_base: str = "10.99"           # 10.99.N.0/24 per node, 10.99.100.0/24 client
 
     def asn_of(self, cluster: str) -> int:
@@ -183,6 +184,10 @@ class Topology:
         neighbors = tuple(Neighbor(n.address, n.asn, password=s.password, passive=s.passive,
                                    port=s.node_port, description=n.name)
                           for n in self.nodes.values())
+        if s.ipv6 and s.ipv6_neighbors:
+            neighbors += tuple(Neighbor(n.address6, n.asn, password=s.password, passive=s.passive,
+                                        port=s.node_port, description=f"{n.name}-v6")
+                               for n in self.nodes.values())
         router_id = f"{s.subnet_base}.100.1"
         if s.router == "frr":
             cfg = FrrConfig(asn=s.tor_asn, router_id=router_id, neighbors=neighbors,
