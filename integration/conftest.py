@@ -44,6 +44,8 @@ def start_lab(**kwargs):
 
     if os.geteuid() != 0:
         pytest.fail("lab tests need root (network namespaces, FRR); CI is root")
+    if os.environ.get("LAB_NO_ALLOCATOR") == "1":  # debugging aid: run the speakers announce-only
+        kwargs.setdefault("allocator", False)
     lab = MultiClusterLab(**kwargs)
     try:
         lab.start()

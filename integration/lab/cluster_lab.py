@@ -329,7 +329,9 @@ class MultiClusterLab:
 
     def __init__(self, asns: Optional[Mapping[str, int]] = None, always_compare_med: bool = True,
                  hold_time: int = 3, nodes: Iterable[tuple[str, str]] = DEFAULT_NODES,
-                 speaker_options: Optional[Mapping] = None, log: Callable[[str], None] = lambda s: None):
+                 speaker_options: Optional[Mapping] = None, allocator: bool = True,
+                 log: Callable[[str], None] = lambda s: None):
+        self.allocator = allocator  # False: `run --no-allocator` (announce only, never write Service status)
         self.asns = dict(DEFAULT_ASNS if asns is None else asns)
         self.always_compare_med = always_compare_med
         self.hold_time = hold_time
@@ -458,12 +460,13 @@ class MultiClusterLab:
                        PYTHONUNBUFFERED="1")
             sp.proc = self.lab.popen(sp.ns, [sys.executable, "-m", "bgpspeaker", "run",
                                              "--config", sp.config_path, "--node-name", node_name,
-                                             "--kubeconfig", sp.kubeconfig, "--run-dir", run_dir],
+                                             "--kubeconfig", sp.kubeconfig, "--run-dir", run_dir]
+                                     + ([] if self.allocator else ["--no-allocator"]),
                                      stdout=log, stderr=subprocess.STDOUT, env=env, cwd=sp.dir)
         return sp
 
     def stop_speaker(self, node_name: str, sig: int = signal.SIGTERM, timeout: float = 15.0) -> Optional[int]:
-        """Signal the speaker (SIGKILL: its whole process group, ExaBGP included, as when the
+        """Signal the speaker (SIGKILL: it and every descendant, ExaBGP included, as when the
         host dies) and wait for it; returns its exit code."""
         sp = self.speakers[node_name]
         if sp.proc is None:
@@ -471,8 +474,7 @@ class MultiClusterLab:
         proc = sp.proc
         if proc.poll() is None:
             if sig == signal.SIGKILL:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+                self.signal_speaker(node_name, signal.SIGKILL)
             else:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, sig)
@@ -488,11 +490,14 @@ class MultiClusterLab:
         return proc.returncode
 
     def signal_speaker(self, node_name: str, sig: int) -> None:
-        """Send `sig` to the speaker's whole process group (daemon, ExaBGP, relay):
-        SIGSTOP freezes the node's BGP without closing its sessions, like a hung host."""
+        """Send `sig` to the speaker and every descendant (ExaBGP runs in its own session,
+        so the speaker's process group alone would miss it): SIGSTOP freezes the node's BGP
+        without closing its sessions, like a hung host; SIGKILL is a host that died."""
         sp = self.speakers[node_name]
         if sp.running:
-            os.killpg(sp.proc.pid, sig)
+            for pid in [sp.proc.pid] + _descendants(sp.proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
 
     def restart_speaker(self, node_name: str, sig: int = signal.SIGTERM, **overrides) -> Speaker:
         self.stop_speaker(node_name, sig)
@@ -807,4 +812,11 @@ def _children(pid: int) -> list[int]:
                 out += [int(x) for x in open(f"/proc/{pid}/task/{tid}/children").read().split()]
     except OSError:
         pass
+    return out
+
+
+def _descendants(pid: int) -> list[int]:
+    out: list[int] = []
+    for child in _children(pid):
+        out += [child] + _descendants(child)
     return out
