@@ -46,11 +46,13 @@ POOL_CIDRS: Mapping[str, tuple[str, ...]] = {
     "public": ("203.0.113.0/28", "2001:db8::/124"),
     "team-a": ("198.51.100.0/28",),
     "reserved": ("192.0.2.0/29",),
+    "team-b-static": ("192.0.2.64/29",),
 }
-POOL_NAMESPACES: Mapping[str, tuple[str, ...]] = {"public": (), "team-a": ("team-a",), "reserved": ()}
-POOL_AUTO: Mapping[str, bool] = {"public": True, "team-a": True, "reserved": False}
+POOL_NAMESPACES: Mapping[str, tuple[str, ...]] = {"public": (), "team-a": ("team-a",), "reserved": (),
+                                                  "team-b-static": ("team-b",)}
+POOL_AUTO: Mapping[str, bool] = {"public": True, "team-a": True, "reserved": False, "team-b-static": False}
 POOL_ALLOWED_COMMUNITIES: Mapping[str, tuple[str, ...]] = {
-    "public": ("64512:777", "64512:7:7"), "team-a": (), "reserved": (),
+    "public": ("64512:777", "64512:7:7"), "team-a": (), "reserved": (), "team-b-static": (),
 }
 TIER_COMMUNITIES = {Tier.PRIMARY: "64512:100", Tier.SECONDARY: "64512:200", Tier.TERTIARY: "64512:300"}
 ADVERTISED = {("public", "tor-a"): "64512:1"}  # advertisements: pool public to tor-a gets 64512:1
@@ -155,7 +157,7 @@ HOSTILE: tuple[str, ...] = (
     "203\u3002113\u30020\u30025", "203.0.113.05", "0203.0.113.5", "203.0.113.5/32", "203.0.113.0/24", "203.0.113.5 ",
     " 203.0.113.5", "203.0.113.5,", ",203.0.113.5", "203.0.113.5,,203.0.113.6", "0.0.0.0", "0.0.0.0/0", "::", "::/0",
     "255.255.255.255", "127.0.0.1", "10.0.0.1", "10.0.0.2", "8.8.8.8", "203.0.113.16", "203.0.113.15", "203.0.113.0",
-    "198.51.100.5", "198.51.100.6", "192.0.2.3", "2001:db8::10", "2001:db8::f", "2001:db8::1",
+    "198.51.100.5", "198.51.100.6", "192.0.2.3", "192.0.2.66", "team-b-static", "2001:db8::10", "2001:db8::f", "2001:db8::1",
     "203.0.113.5,8.8.8.8", "203.0.113.5, 2001:db8::5", "3405803781", "0xcb007105", "1e100", "-1", "0", "65536",
     "4294967296", "99999999999999999999", "1.5", "NaN", "inf", "true", "null",
     "65535:666", "65535:0", "0:0", "65535:65281", "65535:65282", "64512:777", "64512:7:7", "64512:777\n65535:666",
