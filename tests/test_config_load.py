@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import textwrap
 
 import pytest
@@ -250,9 +251,24 @@ def test_peer_address_errors(address, message):
         f"peers[0].address: {message} (line 4)"]
 
 
-def test_ipv6_peer_and_link_local_with_scope_are_accepted():
-    config = load_config_text(MINIMAL.replace("address: 10.99.1.1", "address: 'fe80::1%eth0'"))
+def test_ipv6_peer_is_accepted():
+    config = load_config_text(MINIMAL.replace("address: 10.99.1.1", "address: '2001:db8::1'"))
     assert config.peers[0].address.version == 6
+
+
+@pytest.mark.parametrize("where, replace, value", [
+    ("peers[0].address", "10.99.1.1", "fe80::1%eth0"),
+    ("peers[0].address", "10.99.1.1", "2001:db8::1%x\nannounce route 192.0.2.0/24 next-hop self"),
+    ("pools[0].addresses[0]", "203.0.113.0/28", "2001:db8::%x/128"),
+    ("pools[0].addresses[0]", "203.0.113.0/28", "2001:db8::1%a-2001:db8::5"),
+    ("metrics.address", "0.0.0.0:1", "[fe80::1%eth0]:7472"),
+])
+def test_scope_ids_cannot_smuggle_text_into_addresses(where, replace, value):
+    # ipaddress keeps any text after '%' (newlines too) and str() returns it: refuse it.
+    text = (MINIMAL + "metrics: {address: 0.0.0.0:1}\n").replace(replace, json.dumps(value))
+    (found,) = errors(text)
+    assert found.startswith(f"{where}: {value!r}: IPv6 scope ids (%...) are not supported")
+    assert "\n" not in found  # the newline is shown escaped, never printed
 
 
 @pytest.mark.parametrize("entry, message", [

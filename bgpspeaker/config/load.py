@@ -194,9 +194,21 @@ def load_balancer_class(issues: _Issues, path: str, node: Node) -> Any:
     return text
 
 
+def _ip_text(issues: _Issues, path: str, node: Node) -> Any:
+    """A string meant to hold IP addresses, refusing IPv6 scope ids (`fe80::1%eth0`).
+
+    ipaddress accepts any text after '%' (newlines included) and str() gives it back, so a
+    scope id would carry arbitrary text into ExaBGP commands and config (DESIGN.md invariant 4).
+    """
+    text = string(issues, path, node)
+    if text is not INVALID and "%" in text:
+        return issues.add(path, f"{_quote(text)}: IPv6 scope ids (%...) are not supported", node)
+    return text
+
+
 def ip_address(issues: _Issues, path: str, node: Node) -> Any:
     """An address we connect to or from: not loopback, unspecified or multicast."""
-    text = string(issues, path, node)
+    text = _ip_text(issues, path, node)
     if text is INVALID:
         return text
     try:
@@ -249,7 +261,7 @@ def password_env(issues: _Issues, path: str, node: Node) -> Any:
 
 
 def host_port(issues: _Issues, path: str, node: Node) -> Any:
-    text = string(issues, path, node)
+    text = _ip_text(issues, path, node)
     if text is INVALID:
         return text
     if text.startswith("["):
@@ -319,7 +331,7 @@ class _PoolEntry:
 
 
 def pool_entry(issues: _Issues, path: str, node: Node) -> Any:
-    text = string(issues, path, node)
+    text = _ip_text(issues, path, node)
     if text is INVALID:
         return text
     if "-" in text:
