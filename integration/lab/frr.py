@@ -343,8 +343,10 @@ class FrrRouter:
             conf = self._write("zebra.conf", f"hostname {self.config.hostname}\nlog file {self._p('zebra.log')}\n")
             self.zebra = self._spawn("zebra", [ZEBRA, "-f", conf, "-i", self._p("zebra.pid"), *common])
             # bgpd retries its zebra connection on a timer: start it once zserv.api is there
-            wait_until(lambda: self.zebra.poll() is not None or os.path.exists(self._p("zebra.vty")),
-                       timeout, f"zebra in {self.ns} to listen")
+            # both sockets: a bgpd that finds no zserv.api retries only on a slow timer
+            wait_until(lambda: self.zebra.poll() is not None or (
+                os.path.exists(self._p("zebra.vty")) and os.path.exists(self._p("zserv.api"))),
+                timeout, f"zebra in {self.ns} to listen")
             self._alive(self.zebra, "zebra")
         conf = self._write("bgpd.conf", render_bgpd_conf(self.config, self._p("bgpd.log")))
         argv = [BGPD, "-f", conf, "-i", self._p("bgpd.pid"), *common]

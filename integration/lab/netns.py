@@ -326,8 +326,10 @@ def add_route(ns: str, dst: str, via: str | None = None, dev: str | None = None,
     ip(ns, *args)
 
 
-def del_route(ns: str, dst: str) -> None:
-    ip(ns, *(["-6"] if ":" in dst else []), "route", "del", dst)
+def del_route(ns: str, dst: str, family: int | None = None) -> None:
+    """Delete a route; `family=6` for `default` of IPv6 (otherwise told from `dst`)."""
+    v6 = family == 6 or ":" in dst
+    ip(ns, *(["-6"] if v6 else []), "route", "del", dst)
 
 
 def set_forwarding(ns: str, on: bool = True) -> None:
