@@ -9,7 +9,7 @@ integration/bench/bench_kube.py) and the core wants slim frozen views anyway.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import kubernetes
 
@@ -42,24 +42,33 @@ def read_json(response: Any) -> Any:
         response.release_conn()
 
 
-def list_raw(list_fn: Callable[..., Any], page_size: int = 500, **query: Any) -> dict:
-    """One LIST, every page followed, as the raw `*List` dict holding the items of all pages.
+def iter_pages(list_fn: Callable[..., Any], page_size: int = 500, **query: Any) -> Iterator[dict]:
+    """One LIST as its raw `*List` pages, each fetched when the previous one is consumed.
 
-    Paged like client-go's pager (500 a page) so neither side builds one huge response;
-    all pages come from the first page's snapshot, so `metadata.resourceVersion` is
+    Paged like client-go's pager (500 a page) and consumed page by page: at 10,000
+    objects, holding every raw dict at once costs ~80 MB of RSS that Python keeps after
+    they are freed (measured: bench_kube.py), whereas one page is ~2 MB. All pages come
+    from the first page's snapshot, so the last page's `metadata.resourceVersion` is
     where a watch resumes. An expired continue token raises ApiException(410).
     """
-    items: list = []
     extra: dict = {}
     while True:
         page = read_json(list_fn(_preload_content=False, _request_timeout=REQUEST_TIMEOUT,
                                  limit=page_size, **query, **extra))
-        items.extend(page.get("items") or [])
         cont = (page.get("metadata") or {}).get("continue")
+        yield page
         if not cont:
-            page["items"] = items
-            return page
+            return
         extra = {"_continue": cont}
+
+
+def list_raw(list_fn: Callable[..., Any], page_size: int = 500, **query: Any) -> dict:
+    """One LIST, every page followed, as one raw `*List` dict holding the items of all pages."""
+    items: list = []
+    for page in iter_pages(list_fn, page_size, **query):
+        items.extend(page.get("items") or [])
+    page["items"] = items
+    return page
 
 
 def fetch_snapshot(kubeconfig: Optional[str] = None) -> Snapshot:

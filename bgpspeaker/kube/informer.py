@@ -33,7 +33,7 @@ from kubernetes.client.exceptions import ApiException
 from tenacity import Retrying, retry_if_exception, wait_random_exponential
 
 from bgpspeaker import views
-from bgpspeaker.kube.client import list_raw
+from bgpspeaker.kube.client import iter_pages
 from bgpspeaker.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -182,22 +182,24 @@ class Informer:
             self._on_lost(self.resource.name)
 
     def _relist(self) -> None:
-        page = list_raw(self._list, page_size=self.page_size)
         fresh: dict[str, Any] = {}
-        for obj in page["items"]:
-            key = self.resource.key(obj)
-            view = self._parse(key, obj)
-            if view is None:  # unparseable: keep what we had, if anything
-                if key in self._cache:
-                    fresh[key] = self._cache[key]
-                continue
-            fresh[key] = view
+        rv = None
+        for page in iter_pages(self._list, page_size=self.page_size):  # parsed page by page: see iter_pages
+            for obj in page.get("items") or ():
+                key = self.resource.key(obj)
+                view = self._parse(key, obj)
+                if view is None:  # unparseable: keep what we had, if anything
+                    if key in self._cache:
+                        fresh[key] = self._cache[key]
+                    continue
+                fresh[key] = view
+            rv = (page.get("metadata") or {}).get("resourceVersion")
         old = self._cache
         # Views are frozen dataclasses: == is "did anything the core reads change?".
         changes: list[Change] = [(k, v) for k, v in fresh.items() if old.get(k) != v]
         changes.extend((k, None) for k in old if k not in fresh)
         self._cache = fresh
-        self.resource_version = (page.get("metadata") or {}).get("resourceVersion")
+        self.resource_version = rv
         if self.stale or not self.synced or changes:
             log.info("%s: listed %d objects at resourceVersion %s, %d changed", self.resource.name, len(fresh),
                      self.resource_version, len(changes))
