@@ -267,8 +267,16 @@ def test_scope_ids_cannot_smuggle_text_into_addresses(where, replace, value):
     # ipaddress keeps any text after '%' (newlines too) and str() returns it: refuse it.
     text = (MINIMAL + "metrics: {address: 0.0.0.0:1}\n").replace(replace, json.dumps(value))
     (found,) = errors(text)
-    assert found.startswith(f"{where}: {value!r}: IPv6 scope ids (%...) are not supported")
+    reason = "contains a line break" if "\n" in value else ": IPv6 scope ids (%...) are not supported"
+    assert found.startswith(f"{where}: {value!r}") and reason in found
     assert "\n" not in found  # the newline is shown escaped, never printed
+
+
+def test_control_characters_never_reach_the_output():
+    found = errors(MINIMAL.replace("{name: east}", '{name: "east\\nspeaker.myASN: ok", "x\\ny": 1}'))
+    assert found == ["cluster.name: 'east\\nspeaker.myASN: ok' contains a line break or another control "
+                     "character (line 1)",
+                     "cluster.'x\\ny': unknown field (expected one of: name, defaultTier) (line 1)"]
 
 
 @pytest.mark.parametrize("entry, message", [

@@ -36,7 +36,7 @@ from bgpspeaker.config.schema import (
     DEFAULT_TIERS, Advertisement, ClusterConfig, Config, ExabgpConfig, MetricsConfig, PeerConfig,
     PoolConfig, SpeakerConfig, TierAttributes,
 )
-from bgpspeaker.config.source import Node, parse
+from bgpspeaker.config.source import Node, join, parse
 from bgpspeaker.config.warn import config_warnings
 from bgpspeaker.model import Community, LargeCommunity, Tier, freeze_pairs, parse_any_community
 
@@ -74,10 +74,6 @@ class _Issues:
 def _apply(rule: Rule, issues: _Issues, path: str, node: Node) -> Any:
     """rule(node), except for a scalar YAML could not construct: source.py reported it already."""
     return INVALID if node.kind == "broken" else rule(issues, path, node)
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
 
 
 def _show(node: Node) -> str:
@@ -152,6 +148,8 @@ def boolean(issues: _Issues, path: str, node: Node) -> Any:
 def string(issues: _Issues, path: str, node: Node) -> Any:
     if node.kind != "scalar" or (node.plain and node.value is None):
         return issues.add(path, f"must be a string, got {_show(node)}", node)
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in node.text):  # no field needs them; they forge output
+        return issues.add(path, f"{_quote(node.text)} contains a line break or another control character", node)
     return node.text  # as written: `name: no` is the string 'no', not false
 
 
@@ -402,9 +400,9 @@ def labels(issues: _Issues, path: str, node: Node) -> Any:
     result = {}
     for key, child in node.value.items():
         key_node = Node("scalar", node.key_lines[key], value=key, text=key)
-        if label_key(issues, _join(path, key), key_node) is INVALID:
+        if label_key(issues, join(path, key), key_node) is INVALID:
             continue
-        value = _apply(label_value, issues, _join(path, key), child)
+        value = _apply(label_value, issues, join(path, key), child)
         if value is not INVALID:
             result[key] = value
     return freeze_pairs(result)
@@ -438,15 +436,15 @@ def section(fields: Iterable[Field]) -> Rule:
         values: dict[str, Any] = {}
         for key, child in children.items():
             if key not in table:
-                issues.add(_join(path, key), f"unknown field ({_suggest(key, table)})",
+                issues.add(join(path, key), f"unknown field ({_suggest(key, table)})",
                            line=node.key_lines.get(key, child.line))
                 continue
-            value = _apply(table[key].rule, issues, _join(path, key), child)
+            value = _apply(table[key].rule, issues, join(path, key), child)
             if value is not INVALID:
                 values[table[key].attr] = value
         for f in table.values():
             if f.required and f.key not in children:
-                issues.add(_join(path, f.key), "required field is missing", node)
+                issues.add(join(path, f.key), "required field is missing", node)
         return values
     return rule
 

@@ -11,6 +11,7 @@ Syntax errors, duplicate keys and unknown tags become ConfigIssues like any othe
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -101,7 +102,7 @@ def _convert(loader: yaml.SafeLoader, node: yaml.Node, path: str, issues: list[C
         key_line = key_node.start_mark.line + 1
         if key_node.value in seen:
             # PyYAML keeps the last silently; a duplicate is almost always an editing mistake.
-            issues.append(ConfigIssue(_join(path, key_node.value),
+            issues.append(ConfigIssue(join(path, key_node.value),
                                       f"duplicate key (first at line {seen[key_node.value]})", key_line))
         seen.setdefault(key_node.value, key_line)
     try:
@@ -113,10 +114,16 @@ def _convert(loader: yaml.SafeLoader, node: yaml.Node, path: str, issues: list[C
             issues.append(ConfigIssue(path, "mapping keys must be plain names", key_node.start_mark.line + 1))
             continue
         key = key_node.value
-        result.value[key] = _convert(loader, value_node, _join(path, key), issues, memo)
+        result.value[key] = _convert(loader, value_node, join(path, key), issues, memo)
         result.key_lines[key] = key_node.start_mark.line + 1
     return result
 
 
-def _join(path: str, key: str) -> str:
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_./-]+")
+
+
+def join(path: str, key: str) -> str:
+    """`path.key`; a key that is not a plain name is quoted, so no message can hold raw control text."""
+    if not _PLAIN_KEY.fullmatch(key):
+        key = repr(key)
     return f"{path}.{key}" if path else key
