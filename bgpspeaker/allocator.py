@@ -414,7 +414,8 @@ def _check_address(state: _State, request: _Request, addr: Addr, what: str) -> t
     return pool, None
 
 
-def _keep_status(state: _State, request: _Request) -> tuple[dict[int, tuple[Addr, PoolConfig]], list[Refusal]]:
+def _keep_status(state: _State, request: _Request, given_up: Mapping[Addr, Refusal]) -> tuple[
+        dict[int, tuple[Addr, PoolConfig]], list[Refusal]]:
     """Phase 1: the status addresses this Service may keep, by family, and the others with why.
 
     Every Service keeps its valid status addresses before any Service gets a *new* one:
@@ -431,6 +432,8 @@ def _keep_status(state: _State, request: _Request) -> tuple[dict[int, tuple[Addr
             discarded.append(Refusal(INVALID_IP, f"status address {text!r} is not an IP address"))
             continue
         addr = (address.version, int(address))
+        if addr in given_up:
+            continue  # reported by the caller
         if request.requested:
             if addr not in request.requested:
                 continue  # replaced by the requested address: nothing suspicious
@@ -563,10 +566,7 @@ def allocate(config: Config, services: Iterable[ServiceView]) -> Allocation:
     Services not managed (other type or class) get nothing: their absence from
     `assigned` is the release.
     """
-    state = _State(config)
-    assigned: dict[str, Assignment] = {}
     refused: dict[str, Refusal] = {}
-    discarded: dict[str, tuple[Refusal, ...]] = {}
     managed = sorted((s for s in services if is_managed(config, s)), key=_order_key)
     requests = []
     for service in managed:
@@ -575,10 +575,36 @@ def allocate(config: Config, services: Iterable[ServiceView]) -> Allocation:
             refused[service.key] = request.refusal
         else:
             requests.append(request)
+    # A Service may give up a status address it kept in phase 1 (it had to move pools to
+    # get both families, or was refused after all). Others may already have been refused
+    # that address in this pass, so the pass is re-run with it given up from the start;
+    # each re-run gives up more, so this ends, and the last pass gives up nothing — which
+    # is what makes the result a fixpoint (re-running on the written-back status changes
+    # nothing). In practice this loop runs once.
+    given_up: dict[str, dict[Addr, Refusal]] = {}
+    while True:
+        result, released = _pass(config, requests, given_up)
+        if not released:
+            break
+        for key, notes in released.items():
+            given_up.setdefault(key, {}).update(notes)
+    assigned, more_refused, discarded = result
+    refused.update(more_refused)
+    return Allocation(assigned=assigned, refused=refused, discarded=discarded)
+
+
+def _pass(config: Config, requests: Sequence[_Request], given_up: Mapping[str, Mapping[Addr, Refusal]]):
+    state = _State(config)
+    assigned: dict[str, Assignment] = {}
+    refused: dict[str, Refusal] = {}
+    discarded: dict[str, tuple[Refusal, ...]] = {}
+    released: dict[str, dict[Addr, Refusal]] = {}
     kept_by: dict[str, dict[int, tuple[Addr, PoolConfig]]] = {}
     for request in requests:
-        kept, dropped = _keep_status(state, request)
         key = request.service.key
+        skip = given_up.get(key, {})
+        kept, dropped = _keep_status(state, request, skip)
+        dropped = list(skip.values()) + dropped
         if dropped:
             discarded[key] = tuple(dropped)
         kept_by[key] = kept
@@ -589,9 +615,14 @@ def allocate(config: Config, services: Iterable[ServiceView]) -> Allocation:
         kept = kept_by[key]
         result, refusal = _complete(state, request, kept)
         chosen = result[1] if result is not None else ()
-        for addr, _ in kept.values():
+        for addr, pool in kept.values():
             if addr not in chosen:
                 state.release(addr, request)
+                why = refusal if refusal is not None else Refusal(
+                    DUAL_STACK_UNAVAILABLE, f"pool {pool.name!r} cannot give it both IP families; moved to pool "
+                                            f"{result[0].name!r}")
+                released.setdefault(key, {})[addr] = Refusal(
+                    why.reason, f"status address {_ip(addr)} given up: {why.message}")
         if refusal is not None:
             refused[key] = refusal
             continue
@@ -600,4 +631,4 @@ def allocate(config: Config, services: Iterable[ServiceView]) -> Allocation:
             if not any(addr == held for held, _ in kept.values()):
                 state.claim(addr, request)
         assigned[key] = Assignment(pool.name, tuple(_ip(a) for a in addrs))
-    return Allocation(assigned=assigned, refused=refused, discarded=discarded)
+    return (assigned, refused, discarded), released
