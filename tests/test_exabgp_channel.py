@@ -211,3 +211,22 @@ def test_commands_must_be_single_lines(tmp_path):
             await ch.submit("announce\nclear adj-rib out")
         await ch.close()
     run(main())
+
+
+def test_barrier_answer_is_delivered_before_the_events_that_follow_it(tmp_path):
+    """A newer `up` event in the same read as the barrier's answer must be seen after it
+    (otherwise the older `fsm` snapshot would overwrite the newer event)."""
+    async def main():
+        order = []
+        ch = Channel(str(tmp_path / "h.sock"), on_event=lambda e: order.append(("event", e["state"])),
+                     on_ready=lambda n: order.append(("ready", neighbor_fsm(n)["10.0.0.1"])))
+        await ch.start()
+        relay = await FakeRelay.connect(ch.path)
+        assert await relay.line() == "show neighbor json"
+        await relay.send(json.dumps([{"fsm": "OPENCONFIRM", "peer": {"address": "10.0.0.1"}}]), "done",
+                         json.dumps({"type": "state", "state": "up"}))
+        await settle(lambda: len(order) == 2)
+        assert order == [("ready", "OPENCONFIRM"), ("event", "up")]
+        relay.close()
+        await ch.close()
+    run(main())

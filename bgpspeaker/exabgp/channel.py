@@ -68,6 +68,7 @@ class _Connection:
         self.closed = False
         self.ready = False  # barrier passed
         self.peer_pid: Optional[int] = None
+        self.barrier: Optional[_Pending] = None
         sock = writer.get_extra_info("socket")
         if sock is not None:
             try:  # who connected: the relay's pid, so tests and cleanup can act on it by PID
@@ -230,8 +231,7 @@ class Channel:
         self.connections += 1
         # the barrier goes first, before anything else can be sent on this connection
         self._unanswered_barriers += 1
-        barrier = self._send_now(conn, SHOW_NEIGHBOR_JSON)
-        barrier.future.add_done_callback(lambda f: self._barrier_done(conn, barrier, f))
+        conn.barrier = self._send_now(conn, SHOW_NEIGHBOR_JSON)
         self._notify()
         try:
             while True:
@@ -249,9 +249,11 @@ class Channel:
             self._lose(conn)
             writer.close()
 
-    def _barrier_done(self, conn: _Connection, entry: _Pending, future: asyncio.Future) -> None:
-        if future.cancelled() or future.exception() is not None or conn.closed:
-            return
+    def _barrier_passed(self, conn: _Connection, entry: _Pending) -> None:
+        # Called from the reader, synchronously, at the barrier's `done`: a future callback would
+        # run only after the lines that follow in the same read (an `up` event, say), and then
+        # the older `show neighbor json` answer would overwrite the newer event. Seen in the lab:
+        # FRR established, the driver still "down".
         conn.ready = True
         self._notify()
         try:
@@ -312,6 +314,8 @@ class Channel:
             entry = conn.pending.popleft()
             if not entry.future.done():
                 entry.future.set_result(line)
+            if entry is conn.barrier:
+                self._barrier_passed(conn, entry)
             self._notify()
             return
         if line == "shutdown":  # ExaBGP is exiting; the connection will close

@@ -275,6 +275,7 @@ class ExabgpDriver:
         if name is None:
             return
         state = neighbor.get("state")
+        log.debug("state event: %s %s", name, state)
         if state == "up":
             self._set_state(name, True)
             self._peer_replays.add(name)
@@ -290,6 +291,7 @@ class ExabgpDriver:
     def _on_ready(self, neighbors: list) -> None:
         """Barrier passed on a new relay connection: take peer state from `fsm`, then resync."""
         fsm = neighbor_fsm(neighbors)
+        log.debug("barrier passed: fsm %s", fsm)
         self._established = set()
         for address, name in self._by_address.items():
             up = fsm.get(str(address)) == "ESTABLISHED"
