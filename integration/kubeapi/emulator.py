@@ -31,6 +31,9 @@ from .store import Store
 
 
 class KubeEmulator:
+    """The emulator on the running event loop. Its hook methods are plain (non-async)
+    calls that must run on that loop; from another thread use EmulatorThread."""
+
     def __init__(self, *, history_limit: int = 100_000, watch_buffer: int = 20_000,
                  bookmark_interval: float = 30.0):
         self.store = Store(history_limit, watch_buffer)
@@ -173,13 +176,14 @@ class KubeEmulator:
             await self._listen(self.port)
 
 
-_HOOKS = ("set_object", "load_objects", "delete_object", "get_object", "snapshot", "compact",
+_HOOKS = ("set_object", "delete_object", "get_object", "snapshot", "compact",
           "close_watches", "bookmark", "pause_events", "resume_events", "fail_next", "delay",
           "events_for", "outage")
 
 
 class EmulatorThread:
-    """A KubeEmulator on its own event loop in a daemon thread; hooks are thread-safe."""
+    """A KubeEmulator on its own event loop in a daemon thread. The hooks (names in
+    `_HOOKS`, same signatures as KubeEmulator's) are forwarded to that loop: thread-safe."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, kubeconfig: str | None = None, **options: Any):
         self._host, self._port, self._options = host, port, options
@@ -223,6 +227,12 @@ class EmulatorThread:
     @property
     def requests(self) -> list[dict]:
         return self._call(lambda: self.emulator.requests)
+
+    def load_objects(self, objs: list[dict], chunk: int = 1000) -> int:
+        """Bulk set_object, a chunk per loop turn so open watches drain in between."""
+        for start in range(0, len(objs), chunk):
+            self._call(lambda part=objs[start:start + chunk]: self.emulator.load_objects(part))
+        return len(objs)
 
     def _run(self, coro) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=60)
