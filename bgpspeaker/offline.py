@@ -1,0 +1,200 @@
+"""`bgpspeaker plan` and `bgpspeaker explain`: the policy core run on a file of Kubernetes objects.
+
+Why it exists: an operator dry-runs a config or annotation change without a cluster or
+a router, and the whole core (config → allocate → plan) is tested end to end through
+the same entry point users have. This module is the thin I/O shell; every decision is
+made by the pure allocator and planner, and `explain` uses the planner's own trail, so
+the two commands can never disagree.
+
+Output: `plan --format json` prints exactly DESIGN.md's shape on stdout (warnings, which
+that shape has no place for, go to stderr); the text format is a table for humans.
+Exit codes: 0 ok, 2 bad config / objects / node, 3 Service not found (explain), 1 when
+the cluster cannot be read (explain --kubeconfig).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Optional, Sequence, TextIO
+
+import yaml
+
+from bgpspeaker.allocator import allocate
+from bgpspeaker.config.schema import Config
+from bgpspeaker.model import Snapshot
+from bgpspeaker.planner import Explanation, Plan, Skip, explain, plan
+from bgpspeaker.views import snapshot_from_objects
+
+
+class _Exit(Exception):
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def _load_config(path: str) -> Config:
+    # Imported lazily: the loader is its own room (bgpspeaker/config/load.py).
+    from bgpspeaker.config.load import ConfigError, load_config
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        raise _Exit(2, f"{path}: invalid config:\n{error}") from None
+    except OSError as error:
+        raise _Exit(2, f"{path}: cannot read config: {error.strerror or error}") from None
+
+
+def load_objects(path: str) -> Snapshot:
+    """A Snapshot from a multi-document YAML file or a `List` (as `kubectl get -o yaml` prints)."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            documents = list(yaml.safe_load_all(stream))
+    except OSError as error:
+        raise _Exit(2, f"{path}: cannot read objects: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise _Exit(2, f"{path}: not UTF-8 text: {error}") from None
+    except yaml.YAMLError as error:
+        raise _Exit(2, f"{path}: not valid YAML: {error}") from None
+    return snapshot_from_objects(documents)
+
+
+def _check_node(snapshot: Snapshot, node_name: str, source: str) -> None:
+    if node_name not in snapshot.nodes:
+        known = ", ".join(sorted(snapshot.nodes)) or "none"
+        raise _Exit(2, f"node {node_name!r} is not among the Nodes in {source} (known: {known})")
+
+
+# --- rendering -------------------------------------------------------------------------
+
+
+def plan_entries(result: Plan) -> list[dict[str, Any]]:
+    """DESIGN.md's route entries: one per (service, prefix, identical attributes), peers grouped."""
+    groups: dict[tuple, list[str]] = {}
+    for route in result.routes:
+        for service in route.services:
+            groups.setdefault((service, route.prefix, route.tier, route.attributes), []).append(route.peer)
+    entries = []
+    for (service, prefix, tier, attrs), peers in sorted(
+            groups.items(), key=lambda item: (item[0][0], item[0][1].version, int(item[0][1].network_address),
+                                              item[0][3].sort_key())):
+        entries.append({
+            "service": service,
+            "prefix": str(prefix),
+            "tier": tier.value,
+            "nextHop": str(attrs.next_hop),
+            "med": attrs.med,
+            "localPref": attrs.local_pref,
+            "asPath": list(attrs.as_path),
+            "communities": [str(c) for c in attrs.communities],
+            "largeCommunities": [str(c) for c in attrs.large_communities],
+            "peers": sorted(peers),
+        })
+    return entries
+
+
+def _skip_entry(skip: Skip) -> dict[str, str]:
+    return {"service": skip.service, "reason": skip.reason, "message": skip.message}
+
+
+def plan_json(node_name: str, result: Plan) -> dict[str, Any]:
+    return {"node": node_name, "routes": plan_entries(result), "skipped": [_skip_entry(s) for s in result.skipped]}
+
+
+def _table(rows: Sequence[Sequence[str]], out: TextIO, indent: str = "") -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        out.write(indent + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() + "\n")
+
+
+def _route_rows(entries: list[dict[str, Any]]) -> list[list[str]]:
+    rows = [["SERVICE", "PREFIX", "TIER", "NEXT-HOP", "MED", "LOCAL-PREF", "AS-PATH", "COMMUNITIES",
+             "LARGE-COMMUNITIES", "PEERS"]]
+    for e in entries:
+        rows.append([e["service"], e["prefix"], e["tier"], e["nextHop"],
+                     "-" if e["med"] is None else str(e["med"]),
+                     "-" if e["localPref"] is None else str(e["localPref"]),
+                     " ".join(map(str, e["asPath"])) or "-", ",".join(e["communities"]) or "-",
+                     ",".join(e["largeCommunities"]) or "-", ",".join(e["peers"])])
+    return rows
+
+
+def write_plan_text(node_name: str, result: Plan, out: TextIO) -> None:
+    entries = plan_entries(result)
+    out.write(f"node {node_name}: {len(entries)} route(s), {len(result.skipped)} skipped\n")
+    if entries:
+        out.write("\n")
+        _table(_route_rows(entries), out)
+    for title, items in (("Skipped", result.skipped), ("Warnings", result.warnings)):
+        if items:
+            out.write(f"\n{title}:\n")
+            _table([["SERVICE", "REASON", "MESSAGE"]] + [[s.service, s.reason, s.message] for s in items], out)
+
+
+def write_explanation(explanation: Explanation, out: TextIO) -> None:
+    verdict = "announced" if explanation.announced else "NOT announced"
+    out.write(f"Service {explanation.service} on node {explanation.node}: {verdict}\n\n")
+    rows = []
+    for step in explanation.steps:
+        mark = "ok" if step.ok else "NO"
+        rows.append([mark, step.name, (f"[{step.reason}] " if step.reason else "") + step.detail])
+    if rows:
+        _table(rows, out, indent="  ")
+    if explanation.routes:
+        out.write("\nRoutes:\n")
+        _table(_route_rows([e for e in plan_entries(Plan(explanation.routes, ()))
+                            if e["service"] == explanation.service]), out, indent="  ")
+
+
+# --- commands --------------------------------------------------------------------------
+
+
+def _run(body) -> int:
+    try:
+        return body()
+    except _Exit as error:
+        print(f"bgpspeaker: {error}", file=sys.stderr)
+        return error.code
+
+
+def plan_command(args) -> int:
+    def body() -> int:
+        config = _load_config(args.config)
+        snapshot = load_objects(args.objects)
+        _check_node(snapshot, args.node_name, args.objects)
+        allocation = allocate(config, snapshot.services.values())  # as the leader would
+        result = plan(config, snapshot, args.node_name, allocation)
+        if getattr(args, "format", "text") == "json":
+            json.dump(plan_json(args.node_name, result), sys.stdout, indent=2)
+            sys.stdout.write("\n")
+            for warning in result.warnings:
+                print(f"warning: {warning.service}: {warning.reason}: {warning.message}", file=sys.stderr)
+        else:
+            write_plan_text(args.node_name, result, sys.stdout)
+        return 0
+    return _run(body)
+
+
+def _fetch(kubeconfig: str) -> Snapshot:
+    # Imported lazily: the kubernetes client is slow to import and not needed for --objects.
+    from bgpspeaker.kube.client import fetch_snapshot
+    try:
+        return fetch_snapshot(kubeconfig)
+    except Exception as error:  # any client/transport failure: the cluster cannot be read
+        raise _Exit(1, f"cannot read the cluster with {kubeconfig}: {error}") from None
+
+
+def explain_command(args) -> int:
+    def body() -> int:
+        config = _load_config(args.config)
+        objects: Optional[str] = getattr(args, "objects", None)
+        if objects:
+            snapshot, source = load_objects(objects), objects
+        else:
+            snapshot, source = _fetch(args.kubeconfig), "the cluster"
+        _check_node(snapshot, args.node_name, source)
+        if args.service not in snapshot.services:
+            raise _Exit(3, f"Service {args.service!r} not found in {source} (give it as NAMESPACE/NAME)")
+        allocation = allocate(config, snapshot.services.values())
+        write_explanation(explain(config, snapshot, args.node_name, allocation, args.service), sys.stdout)
+        return 0
+    return _run(body)
