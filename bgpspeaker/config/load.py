@@ -364,6 +364,13 @@ def pool_entry(issues: _Issues, path: str, node: Node) -> Any:
 # --- composite rules ------------------------------------------------------------------
 
 
+def optional(rule: Rule) -> Rule:
+    """null is allowed and means "not set" (for tier attributes that are simply not sent)."""
+    def wrapped(issues: _Issues, path: str, node: Node) -> Any:
+        return None if node.kind == "scalar" and node.plain and node.value is None else rule(issues, path, node)
+    return wrapped
+
+
 def list_of(item: Rule, *, unique: bool = False, non_empty: bool = False) -> Rule:
     """A YAML list (null = empty). Keeps INVALID items, so indices still match the file."""
     def rule(issues: _Issues, path: str, node: Node) -> Any:
@@ -500,16 +507,9 @@ POOL = section([
 ])
 
 
-def _optional(rule: Rule) -> Rule:
-    """null is allowed and means "not set" (for tier attributes that are simply not sent)."""
-    def wrapped(issues: _Issues, path: str, node: Node) -> Any:
-        return None if node.kind == "scalar" and node.plain and node.value is None else rule(issues, path, node)
-    return wrapped
-
-
 TIER = section([
-    Field("med", "med", _optional(integer(0, U32))),
-    Field("localPref", "local_pref", _optional(integer(0, U32))),
+    Field("med", "med", optional(integer(0, U32))),
+    Field("localPref", "local_pref", optional(integer(0, U32))),
     Field("asPathPrepend", "as_path_prepend", integer(0, MAX_PREPEND)),
     Field("communities", "communities", list_of(community, unique=True)),
     Field("largeCommunities", "large_communities", list_of(large_community, unique=True)),
