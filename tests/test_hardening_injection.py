@@ -195,7 +195,7 @@ def _mutate(rng: random.Random, text: str) -> str:
     return text
 
 
-RANDOM_CASES = 8000
+RANDOM_CASES = 6000
 
 
 def test_random_mix_of_fields(capsys):
@@ -216,7 +216,7 @@ def test_random_mix_of_fields(capsys):
     assert COUNT["random"] == RANDOM_CASES
 
 
-HYPOTHESIS_CASES = 1500
+HYPOTHESIS_CASES = 800
 STRING_FIELDS = [f for f in FIELDS if f not in ("spec.ports[0].port", "endpoints[0].conditions.ready")]
 
 
