@@ -43,8 +43,11 @@ def test_prepends_toward_only_ibgp_peers():
 def test_med_with_peers_in_different_ases():
     tiers = DESIGN_TIERS.replace("localPref: 300, ", "").replace("localPref: 200, ", "").replace("localPref: 100, ", "")
     assert warnings_for(HEAD + MIXED_ASNS + POOL + tiers) == [
-        "tiers.primary.med: peers are in different ASes (64500, 64501): a router compares MED only between "
+        "tiers.primary.med: eBGP peers are in different ASes (64500, 64501): a router compares MED only between "
         "routes from the same neighbouring AS (unless always-compare-med), so MED alone may not order the tiers"]
+    # An iBGP peer beside eBGP peers of one AS is not "different ASes" for MED.
+    assert warnings_for(HEAD + EBGP + IBGP.replace("peers:\n", "").replace("10.0.0.1", "10.0.0.9")
+                        + POOL + tiers) == []
 
 
 def test_tiers_that_differ_only_in_ignored_attributes():

@@ -75,13 +75,15 @@ def _tier_warnings(config: Config) -> list[ConfigIssue]:
                                          f"every peer is iBGP (asn {my_asn}) and iBGP routes carry an empty "
                                          "AS_PATH: prepends have no effect here"))
                 break
-    peer_asns = sorted({p.asn for p in peers})
+    # Only eBGP peers count: iBGP peers get our routes with an empty AS_PATH, which routers
+    # treat as one (internal) neighbour, so MED is compared between those.
+    peer_asns = sorted({p.asn for p in peers if not p.is_ibgp(my_asn)})
     meds = {attributes.med for attributes in config.tiers.values()}
     if len(peer_asns) > 1 and len(meds) > 1:
         for tier, attributes in written.items():
             if attributes and attributes.med is not None:
                 found.append(ConfigIssue(f"tiers.{tier.value}.med",
-                                         f"peers are in different ASes ({', '.join(map(str, peer_asns))}): a "
+                                         f"eBGP peers are in different ASes ({', '.join(map(str, peer_asns))}): a "
                                          "router compares MED only between routes from the same neighbouring AS "
                                          "(unless always-compare-med), so MED alone may not order the tiers"))
                 break
