@@ -363,3 +363,27 @@ def test_frr_md5_password_ipv6_session_and_restart(lab):
     assert tor.bgpd.pid != old_pid and tor.running
     wait_until(lambda: tor.established("10.1.1.2"), 15, "session back after restart")
     wait_until(lambda: tor.routes("ipv6").get("2001:db8::7/128"), 15, "route back after restart")
+
+
+def test_ibgp_local_preference_decides_at_an_frr_tor(lab):
+    """iBGP (FRR node and BIRD node with `direct`): local-pref 200 beats 100 and a lower MED."""
+    from integration.lab.bird import BirdConfig, BirdRouter
+    tor_ns, n1, n2 = lab.netns("tor"), lab.netns("n1"), lab.netns("n2")
+    lab.veth(tor_ns, "e1", n1, "eth0")
+    lab.veth(tor_ns, "e2", n2, "eth0")
+    netns.add_addr(tor_ns, "e1", "10.1.1.1/24")
+    netns.add_addr(n1, "eth0", "10.1.1.2/24")
+    netns.add_addr(tor_ns, "e2", "10.1.2.1/24")
+    netns.add_addr(n2, "eth0", "10.1.2.2/24")
+    tor = FrrRouter(tor_ns, FrrConfig(asn=64500, router_id="10.1.1.1",
+                                      neighbors=(Neighbor("10.1.1.2", 64500), Neighbor("10.1.2.2", 64500))),
+                    lab=lab).start()
+    FrrRouter(n1, FrrConfig(asn=64500, router_id="10.1.1.2", neighbors=(Neighbor("10.1.1.1", 64500),),
+                            originate=(Originate("203.0.113.5/32", local_pref=100, med=1),)), lab=lab).start()
+    BirdRouter(n2, BirdConfig(asn=64500, router_id="10.1.2.2", neighbors=(Neighbor("10.1.2.1", 64500),),
+                              originate=(Originate("203.0.113.5/32", local_pref=200, med=2),)), lab=lab).start()
+    wait_until(lambda: len(tor.paths("203.0.113.5/32")) == 2, 10, "both iBGP paths")
+    wait_until(lambda: tor.best_path("203.0.113.5/32").localpref == 200, 5, "local-pref 200 wins")
+    best = tor.best_path("203.0.113.5/32")
+    assert (best.peer, best.med, best.aspath) == ("10.1.2.2", 2, [])
+    assert {p.localpref for p in tor.routes()["203.0.113.5/32"]} == {100, 200}

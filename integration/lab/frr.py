@@ -485,7 +485,7 @@ class FrrRouter:
         return None
 
     def count(self, afi: str = "ipv4") -> int:
-        """Number of prefixes in the BGP table (from the summary's pfxRcd sum + local)."""
+        """Number of prefixes in the BGP table (one table query)."""
         return len(self.prefixes(afi))
 
     def fib_routes(self, family: int = 4, protocol: str | None = "bgp") -> dict[str, list[str]]:
