@@ -343,6 +343,9 @@ def test_kubectl_raw_get_create_watch(emu, ns, tmp_path):
     got = json.loads(kubectl(emu, "-n", ns, "get", "svc", "web", "-o", "json").stdout)
     assert got["metadata"]["labels"] == {"app": "web", "x": "1", "y": "2"}
     assert got["status"]["loadBalancer"]["ingress"] == [{"ip": "198.51.100.1"}]
+    table = kubectl(emu, "-n", ns, "get", "svc", "web").stdout.split()     # served as a Table
+    assert table[:6] == ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]
+    assert table[6:11] == ["web", "LoadBalancer", "<none>", "198.51.100.1", "80/TCP"]
     # --raw watch: the stream ends with timeoutSeconds; each line is an event
     out = kubectl(emu, "get", "--raw", f"/api/v1/namespaces/{ns}/services?watch=true&timeoutSeconds=1").stdout
     assert sorted((e["type"], e["object"]["metadata"]["name"]) for e in map(json.loads, out.splitlines())) == \

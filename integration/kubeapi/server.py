@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from . import resources
+from . import resources, tables
 from .resources import BY_PATH, ApiError, Resource
 from .selectors import field_selector, label_selector
 
@@ -143,6 +143,8 @@ class _Routes:
                 return await self.watch(request, resource, namespace, label, field)
             rv, items, cont = self.store.list(resource, namespace, label, field,
                                               int(q.get("limit") or 0), q.get("continue", ""))
+            if tables.wants_table(request.headers.get("Accept", "")):
+                return json_response(tables.table(resource, [json.loads(i) for i in items], str(rv)))
             meta = {"resourceVersion": str(rv), **({"continue": cont} if cont else {})}
             head = json.dumps({"kind": f"{resource.kind}List", "apiVersion": resource.api_version,
                                "metadata": meta})[:-1].encode()
@@ -174,6 +176,7 @@ class _Routes:
         loop = asyncio.get_running_loop()
         timeout = float(q.get("timeoutSeconds") or 0)
         deadline = loop.time() + timeout if timeout > 0 else None
+        as_table = tables.wants_table(request.headers.get("Accept", ""))
         resp = web.StreamResponse(headers={"Content-Type": _JSON})
         resp.enable_chunked_encoding()
         try:
@@ -193,6 +196,8 @@ class _Routes:
                     lines = []
                     while watcher.buffer and len(lines) < 1000:
                         type_, obj = watcher.buffer.popleft()
+                        if as_table and type_ in ("ADDED", "MODIFIED", "DELETED"):
+                            obj = json.dumps(tables.table(resource, [json.loads(obj)])).encode()
                         lines.append(b'{"type":"%s","object":%s}\n' % (type_.encode(), obj))
                     await resp.write(b"".join(lines))
                     continue
