@@ -1,0 +1,196 @@
+"""Benchmark: the ExaBGP driver vs the best raw ExaBGP feeding, side by side, against one FRR.
+
+Prints (never asserts):
+- time for N /32s to be in FRR's RIB (all prefixes received) through `ExabgpDriver.apply`
+  vs a minimal raw feeder (same rendered ExaBGP config, same relay, `announce attributes
+  ... nlri` ×100 per command, window 32: the best pattern of exabgp-api.md §7), for
+  10,000 and 50,000 (1,000 and 5,000 with --small); the ratio driver/raw (goal ≤ 1.2);
+- ExaBGP's RSS after each run, and this process's CPU time for each run (the driver's
+  cost; the raw feeder's for comparison; both include the same RIB polling);
+- the latency of one announce, `apply()` call → prefix in FRR's RIB, p50/p99 over 200
+  tries (20 with --small), with the full table of the last run still announced.
+
+Method: same namespaces, same FRR, same run; each measurement starts from an empty
+router with an established session (ExaBGP restarted between runs), the order
+alternates raw/driver so drift hits both. FRR runs without zebra (control plane only):
+we measure BGP, not the kernel FIB. Run as root: `.venv/bin/python integration/bench/bench_driver.py [--small]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bgpspeaker.config.schema import ClusterConfig, Config, ExabgpConfig, PeerConfig, SpeakerConfig  # noqa: E402
+from bgpspeaker.exabgp import commands  # noqa: E402
+from bgpspeaker.exabgp.driver import ExabgpDriver  # noqa: E402
+from bgpspeaker.exabgp.render import exabgp_environment, render_config  # noqa: E402
+from bgpspeaker.metrics import Metrics  # noqa: E402
+from bgpspeaker.model import Community, NodeView, RouteAttributes, RouteIntent, Tier  # noqa: E402
+from integration.lab import netns  # noqa: E402
+from integration.lab.frr import FrrConfig, FrrRouter, Neighbor  # noqa: E402
+
+A = ipaddress.ip_address
+EXABGP = str(Path(sys.executable).parent / "exabgp")
+NODE_V4, TOR_V4 = "10.99.1.2", "10.99.1.1"
+NODE = NodeView("bench-node", addresses=(("InternalIP", NODE_V4),))
+CONFIG = Config(cluster=ClusterConfig("bench"), speaker=SpeakerConfig(my_asn=64512),
+                peers=(PeerConfig("tor", A(TOR_V4), 64500, hold_time=30),), exabgp=ExabgpConfig(graceful_restart=0))
+ATTRS = RouteAttributes(next_hop=A(NODE_V4), as_path=(64512,), med=100, communities=(Community(64512, 100),))
+WINDOW, BATCH = 32, 100
+
+
+def prefixes(n: int, base: str = "198.18.0.0") -> list:
+    start = int(A(base))
+    return [ipaddress.ip_network(f"{A(start + i)}/32") for i in range(n)]
+
+
+def rss_mib(pid) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, TypeError):
+        pass
+    return float("nan")
+
+
+class Bench:
+    def __init__(self, lab):
+        self.tor, self.node = lab.netns("tor"), lab.netns("node")
+        lab.veth(self.tor, "eth0", self.node, "eth0")
+        netns.add_addr(self.tor, "eth0", f"{TOR_V4}/24")
+        netns.add_addr(self.node, "eth0", f"{NODE_V4}/24")
+        self.router = FrrRouter(self.tor, FrrConfig(asn=64500, router_id=TOR_V4, hold_time=30,
+                                                    neighbors=(Neighbor(NODE_V4, 64512),)), lab=lab).start()
+        self.dir = Path(tempfile.mkdtemp(prefix=f"bench-exabgp-{os.getpid()}-"))
+        lab.on_close(lambda: shutil.rmtree(self.dir, ignore_errors=True))
+        self.argv = [netns.IP, "netns", "exec", self.node, EXABGP]
+
+    def received(self) -> int:
+        n = self.router.neighbors().get(NODE_V4)
+        return n.pfx_rcd if n and n.established else -1
+
+    async def until(self, condition, timeout=300.0, interval=0.02):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise RuntimeError("bench: timed out")
+            await asyncio.sleep(interval)
+
+    # --- raw: the minimal best feeder ---------------------------------------------------
+
+    async def raw(self, n: int) -> tuple[float, float, float]:
+        sock = str(self.dir / "raw.sock")
+        conf = self.dir / "raw.conf"
+        conf.write_text(render_config(CONFIG, NODE, sock, mask_secrets=False))
+        acks: asyncio.Queue = asyncio.Queue()
+        conn: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        async def on_relay(reader, writer):
+            conn.set_result(writer)
+            while line := await reader.readline():  # drain always; count acks
+                if line in (b"done\n", b"error\n"):
+                    acks.put_nowait(line)
+        if os.path.exists(sock):
+            os.unlink(sock)
+        server = await asyncio.start_unix_server(on_relay, path=sock, limit=1 << 24)
+        env = dict(os.environ, **exabgp_environment())
+        proc = await asyncio.create_subprocess_exec(*self.argv, str(conf), env=env, stdin=asyncio.subprocess.DEVNULL,
+                                                    stdout=asyncio.subprocess.DEVNULL,
+                                                    stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
+        try:
+            writer = await asyncio.wait_for(conn, 30)
+            await self.until(lambda: self.received() == 0)
+            cpu0, t0 = time.process_time(), time.monotonic()
+            nets = prefixes(n)
+            outstanding = 0
+            for i in range(0, n, BATCH):
+                if outstanding >= WINDOW:
+                    await acks.get()
+                    outstanding -= 1
+                line = commands.announce_line([A(TOR_V4)], ATTRS, nets[i:i + BATCH])
+                writer.write(line.encode() + b"\n")
+                outstanding += 1
+                await writer.drain()
+            await self.until(lambda: self.received() == n)
+            elapsed, cpu = time.monotonic() - t0, time.process_time() - cpu0
+            rss = rss_mib(proc.pid)
+        finally:
+            proc.kill()
+            await proc.wait()
+            server.close()
+        await self.until(lambda: self.received() <= 0)
+        return elapsed, cpu, rss
+
+    # --- the driver ------------------------------------------------------------------------
+
+    async def driver(self, n: int, latency_tries: int = 0) -> tuple[float, float, float, list[float]]:
+        d = ExabgpDriver(CONFIG, NODE, self.dir / "driver", Metrics(), window=WINDOW, batch_size=BATCH,
+                         exabgp_argv=self.argv)
+        await d.start()
+        try:
+            await self.until(lambda: self.received() == 0 and d.peer_states()["tor"].up)
+            routes = [RouteIntent(p, "tor", ATTRS, Tier.PRIMARY, ("bench/svc",)) for p in prefixes(n)]
+            cpu0, t0 = time.process_time(), time.monotonic()
+            await d.apply(routes)
+            await self.until(lambda: self.received() == n)
+            elapsed, cpu = time.monotonic() - t0, time.process_time() - cpu0
+            rss = rss_mib(d.exabgp_pid)
+            latencies = []
+            for i, p in enumerate(prefixes(latency_tries, "198.19.0.0")):
+                one = RouteIntent(p, "tor", ATTRS, Tier.PRIMARY, ("bench/one",))
+                t = time.monotonic()
+                await d.apply(routes + [one])
+                await self.until(lambda: self.received() == n + 1, interval=0.001)
+                latencies.append(time.monotonic() - t)
+                await d.apply(routes)
+                await self.until(lambda: self.received() == n, interval=0.005)
+        finally:
+            await d.stop(withdraw=False)
+        await self.until(lambda: self.received() <= 0)
+        return elapsed, cpu, rss, latencies
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+async def main(small: bool) -> None:
+    sizes = (1000, 5000) if small else (10_000, 50_000)
+    tries = 20 if small else 200
+    with netns.Lab(prefix="bgpb") as lab:
+        bench = Bench(lab)
+        print(f"bench_driver: FRR 8.4 (bgpd -Z) <- ExaBGP 5.0.15, window {WINDOW}, {BATCH} prefixes/command")
+        for n in sizes:
+            raw_t, raw_cpu, raw_rss = await bench.raw(n)
+            drv_t, drv_cpu, drv_rss, lat = await bench.driver(n, tries if n == sizes[0] else 0)
+            print(f"{n:>6} /32s to RIB: raw {raw_t:6.2f}s ({n / raw_t:6.0f}/s)  driver {drv_t:6.2f}s "
+                  f"({n / drv_t:6.0f}/s)  ratio driver/raw {drv_t / raw_t:4.2f} (goal <= 1.2)")
+            print(f"        ExaBGP RSS: raw {raw_rss:5.0f} MiB  driver {drv_rss:5.0f} MiB;  "
+                  f"CPU of this process: raw feeder {raw_cpu:5.2f}s  driver {drv_cpu:5.2f}s")
+            if lat:
+                ms = [x * 1000 for x in lat]
+                print(f"        single announce apply() -> FRR RIB ({len(ms)} tries, {n} routes up): "
+                      f"p50 {pct(ms, 0.5):.1f} ms  p99 {pct(ms, 0.99):.1f} ms  max {max(ms):.1f} ms")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="smoke run: 1,000 and 5,000 routes, 20 latency tries")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench_driver: needs root (network namespaces)")
+    asyncio.run(main(args.small))
