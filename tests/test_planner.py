@@ -1,0 +1,422 @@
+"""The planner: tiers, attributes, eligibility, safety re-check, sharing, drain, and explain == plan."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import random
+
+import pytest
+
+from bgpspeaker.allocator import Allocation, Assignment, Refusal, allocate
+from bgpspeaker.config.schema import (
+    Advertisement, ClusterConfig, Config, PeerConfig, PoolConfig, SpeakerConfig, TierAttributes,
+)
+from bgpspeaker.model import (
+    GRACEFUL_SHUTDOWN, Community, Endpoint, EndpointSliceView, LargeCommunity, NodeView, ServicePort, ServiceView,
+    Snapshot, Tier,
+)
+from bgpspeaker.planner import Plan, explain, parse_preference, plan
+
+ip = ipaddress.ip_address
+net = ipaddress.ip_network
+C = Community.parse
+PREF = "bgpspeaker.io/cluster-preference"
+COMM = "bgpspeaker.io/communities"
+
+TIERS = {
+    Tier.PRIMARY: TierAttributes(med=100, local_pref=300, as_path_prepend=0, communities=(C("64512:100"),)),
+    Tier.SECONDARY: TierAttributes(med=200, local_pref=200, as_path_prepend=1, communities=(C("64512:200"),)),
+    Tier.TERTIARY: TierAttributes(med=300, local_pref=100, as_path_prepend=2, communities=(C("64512:300"),),
+                                  large_communities=(LargeCommunity(64512, 3, 3),)),
+}
+
+
+def make_config(default_tier=Tier.PRIMARY, peers=None, pools=None, advertisements=()):
+    return Config(
+        cluster=ClusterConfig("east", default_tier=default_tier),
+        speaker=SpeakerConfig(64512),
+        peers=peers if peers is not None else (
+            PeerConfig("tor-a", ip("10.0.0.1"), 64500, node_selector=(("rack", "r1"),)),
+            PeerConfig("tor-b", ip("10.0.1.1"), 64501, node_selector=(("rack", "r2"),)),
+            PeerConfig("rr", ip("10.0.0.254"), 64512),
+        ),
+        pools=pools if pools is not None else (
+            PoolConfig("public", (net("203.0.113.0/28"), net("2001:db8::/124")),
+                       allowed_communities=(C("64512:777"), LargeCommunity(64512, 7, 7))),
+            PoolConfig("team", (net("192.0.2.0/28"),), namespaces=("team",)),
+        ),
+        tiers=TIERS,
+        advertisements=advertisements,
+    )
+
+
+CFG = make_config()
+
+
+def node(name="node-a", rack="r1", v4="10.0.0.2", v6="fd00::2", ready=True, labels=()):
+    addresses = tuple(("InternalIP", a) for a in (v4, v6) if a)
+    return NodeView(name, labels=tuple(sorted((("rack", rack),) + tuple(labels))), addresses=addresses, ready=ready)
+
+
+def service(name="web", namespace="default", ann=None, etp="Cluster", **kw):
+    return ServiceView(namespace=namespace, name=name, annotations=tuple(sorted((ann or {}).items())),
+                       external_traffic_policy=etp, ports=(ServicePort("", "TCP", 80),), **kw)
+
+
+def endpoints(svc, *nodes, ready=True):
+    return EndpointSliceView(svc.namespace, f"{svc.name}-x", svc.name,
+                             endpoints=tuple(Endpoint((f"10.244.0.{i}",), ready, n) for i, n in enumerate(nodes)))
+
+
+def run(services, nodes=None, slices=None, config=CFG, node_name="node-a", drained=False, allocation=None):
+    nodes = nodes if nodes is not None else [node(), node("node-b", "r2", "10.0.1.2", None)]
+    if slices is None:
+        slices = [endpoints(s, "node-a") for s in services]
+    snap = Snapshot.of(services, slices, nodes)
+    allocation = allocation if allocation is not None else allocate(config, services)
+    return plan(config, snap, node_name, allocation, drained=drained), snap, allocation
+
+
+def reasons(result: Plan):
+    return {(s.service, s.reason) for s in result.skipped}
+
+
+def routes_by_peer(result: Plan):
+    return {(str(r.prefix), r.peer): r for r in result.routes}
+
+
+# --- tiers and attributes ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("annotation, tier", [
+    ("east,west,central", Tier.PRIMARY),
+    ("west,east,central", Tier.SECONDARY),
+    ("west, central ,east", Tier.TERTIARY),
+    (None, Tier.PRIMARY),
+])
+def test_tier_from_preference(annotation, tier):
+    svc = service(ann={PREF: annotation} if annotation else {})
+    result, _, _ = run([svc])
+    assert {r.tier for r in result.routes} == {tier}
+    assert result.skipped == ()
+
+
+@pytest.mark.parametrize("text", ["", "east,", ",east", "east,east", "a,b,c,east", "east west", "east,w@st",
+                                  "-east", "east;west"])
+def test_malformed_preference_is_refused(text):
+    with pytest.raises(ValueError):
+        parse_preference(text)
+    result, _, _ = run([service(ann={PREF: text})])
+    assert result.routes == () and reasons(result) == {("default/web", "invalidPreference")}
+
+
+def test_not_listed_and_no_default_tier():
+    result, _, _ = run([service(ann={PREF: "west,central"})])
+    assert reasons(result) == {("default/web", "notListedInPreference")}
+    result, _, _ = run([service()], config=make_config(default_tier=None))
+    assert reasons(result) == {("default/web", "noDefaultTier")}
+    result, _, _ = run([service(ann={PREF: "west,east"})], config=make_config(default_tier=None))
+    assert {r.tier for r in result.routes} == {Tier.SECONDARY}
+
+
+def test_attributes_ebgp_vs_ibgp():
+    result, _, _ = run([service(ann={PREF: "central,west,east"})])
+    routes = routes_by_peer(result)
+    ebgp, ibgp = routes[("203.0.113.0/32", "tor-a")].attributes, routes[("203.0.113.0/32", "rr")].attributes
+    assert ebgp.as_path == (64512, 64512, 64512) and ebgp.local_pref is None and ebgp.med == 300
+    assert ibgp.as_path == () and ibgp.local_pref == 100 and ibgp.med == 300
+    assert ebgp.next_hop == ip("10.0.0.2")
+    assert ebgp.communities == (C("64512:300"),) and ebgp.large_communities == (LargeCommunity(64512, 3, 3),)
+    assert set(routes) == {("203.0.113.0/32", "tor-a"), ("203.0.113.0/32", "rr")}  # tor-b selects rack r2
+
+
+def test_advertisements_add_per_pool_and_peer():
+    config = make_config(advertisements=(
+        Advertisement(pools=("public",), peers=("tor-a",), communities=(C("64512:1"),),
+                      large_communities=(LargeCommunity(64512, 1, 1),)),
+        Advertisement(pools=("team",), communities=(C("64512:2"),)),
+    ))
+    result, _, _ = run([service()], config=config)
+    routes = routes_by_peer(result)
+    assert routes[("203.0.113.0/32", "tor-a")].attributes.communities == (C("64512:1"), C("64512:100"))
+    assert routes[("203.0.113.0/32", "tor-a")].attributes.large_communities == (LargeCommunity(64512, 1, 1),)
+    assert routes[("203.0.113.0/32", "rr")].attributes.communities == (C("64512:100"),)
+
+
+def test_service_communities_only_when_the_pool_allows_them():
+    svc = service(ann={COMM: "64512:777, 64512:666,banana,64512:7:7"})
+    result, _, _ = run([svc])
+    attrs = routes_by_peer(result)[("203.0.113.0/32", "tor-a")].attributes
+    assert attrs.communities == (C("64512:100"), C("64512:777"))
+    assert attrs.large_communities == (LargeCommunity(64512, 7, 7),)
+    assert {(w.service, w.reason) for w in result.warnings} == {
+        ("default/web", "communityNotAllowed"), ("default/web", "invalidCommunity")}
+    assert result.skipped == ()
+
+
+def test_peers_follow_node_selectors():
+    result, _, _ = run([service()], node_name="node-b")
+    assert {r.peer for r in result.routes} == {"tor-b", "rr"}
+    assert {r.attributes.next_hop for r in result.routes} == {ip("10.0.1.2")}
+    only_selective = make_config(peers=(PeerConfig("tor-a", ip("10.0.0.1"), 64500, node_selector=(("rack", "r1"),)),))
+    result, _, _ = run([service()], node_name="node-b", config=only_selective)
+    assert reasons(result) == {("default/web", "noPeers")}
+
+
+# --- eligibility ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("the_node, reason", [
+    (node(ready=False), "nodeNotReady"),
+    (node(labels=(("node.kubernetes.io/exclude-from-external-load-balancers", ""),)), "nodeExcluded"),
+])
+def test_node_eligibility(the_node, reason):
+    result, _, _ = run([service()], nodes=[the_node])
+    assert result.routes == () and reasons(result) == {("default/web", reason)}
+
+
+def test_unknown_node():
+    result, _, _ = run([service()], node_name="ghost")
+    assert reasons(result) == {("default/web", "nodeNotFound")}
+
+
+def test_external_traffic_policy():
+    local = service("local", etp="Local")
+    cluster = service("cluster")
+    slices = [endpoints(local, "node-b"), endpoints(cluster, "node-b")]
+    on_a, _, _ = run([local, cluster], slices=slices)
+    assert reasons(on_a) == {("default/local", "noLocalEndpoints")}
+    assert {r.services for r in on_a.routes} == {("default/cluster",)}
+    on_b, _, _ = run([local, cluster], slices=slices, node_name="node-b")
+    assert {r.services for r in on_b.routes} == {("default/cluster",), ("default/local",)}
+
+
+def test_no_ready_endpoints_anywhere():
+    svc = service()
+    for slices in ([], [endpoints(svc, "node-a", ready=False)]):
+        result, _, _ = run([svc], slices=slices)
+        assert reasons(result) == {("default/web", "noEndpoints")}
+
+
+def test_endpoint_slices_are_matched_by_service_name_label():
+    svc = service()
+    other_ns = EndpointSliceView("elsewhere", "web-x", "web", endpoints=(Endpoint(("10.1.1.1",), True, "node-a"),))
+    result, _, _ = run([svc], slices=[other_ns])
+    assert reasons(result) == {("default/web", "noEndpoints")}
+
+
+@pytest.mark.parametrize("v4, reason", [
+    (None, "noNodeAddress"), ("127.0.0.1", "invalidNextHop"), ("0.0.0.0", "invalidNextHop"),
+    ("169.254.1.1", "invalidNextHop"), ("224.0.0.5", "invalidNextHop"),
+])
+def test_next_hop_must_be_a_usable_node_address(v4, reason):
+    result, _, _ = run([service()], nodes=[node(v4=v4)])
+    assert result.routes == () and reasons(result) == {("default/web", reason)}
+
+
+def test_dual_stack_uses_each_family_next_hop_and_skips_a_missing_one():
+    svc = service(ip_family_policy="RequireDualStack")
+    result, _, _ = run([svc])
+    hops = {str(r.prefix): r.attributes.next_hop for r in result.routes}
+    assert hops == {"203.0.113.0/32": ip("10.0.0.2"), "2001:db8::/128": ip("fd00::2")}
+    result, _, _ = run([svc], nodes=[node(v6=None)])
+    assert {str(r.prefix) for r in result.routes} == {"203.0.113.0/32"}
+    assert reasons(result) == {("default/web", "noNodeAddress")}
+
+
+# --- drain and sharing ------------------------------------------------------------------------
+
+
+def test_drained_node_announces_lowest_tier_with_graceful_shutdown():
+    result, _, _ = run([service(ann={PREF: "east,west"})], drained=True)
+    for route in result.routes:
+        assert route.tier == Tier.TERTIARY
+        assert GRACEFUL_SHUTDOWN in route.attributes.communities
+        assert route.attributes.med == 300
+    assert routes_by_peer(result)[("203.0.113.0/32", "tor-a")].attributes.as_path == (64512,) * 3
+
+
+def test_shared_ip_one_route_most_preferred_tier_union_of_communities():
+    share = "bgpspeaker.io/allow-shared-ip"
+    tcp = dataclasses.replace(service("dns-tcp", ann={share: "dns", PREF: "west,east", COMM: "64512:777"}),
+                              ports=(ServicePort("", "TCP", 53),))
+    udp = dataclasses.replace(service("dns-udp", ann={share: "dns", PREF: "east", COMM: "64512:7:7"}),
+                              ports=(ServicePort("", "UDP", 53),))
+    result, _, allocation = run([tcp, udp])
+    assert allocation.assigned["default/dns-tcp"] == allocation.assigned["default/dns-udp"]
+    route = routes_by_peer(result)[("203.0.113.0/32", "tor-a")]
+    assert route.services == ("default/dns-tcp", "default/dns-udp")
+    assert route.tier == Tier.PRIMARY
+    assert C("64512:777") in route.attributes.communities
+    assert route.attributes.large_communities == (LargeCommunity(64512, 7, 7),)
+    assert len(result.routes) == 2  # one per peer, not per Service
+
+
+def test_shared_ip_still_announced_when_one_sharer_has_no_endpoints():
+    share = "bgpspeaker.io/allow-shared-ip"
+    a = service("a", ann={share: "k"})
+    b = dataclasses.replace(service("b", ann={share: "k"}), ports=(ServicePort("", "UDP", 80),))
+    result, _, _ = run([a, b], slices=[endpoints(a, "node-a")])
+    assert {r.services for r in result.routes} == {("default/a",)}
+    assert reasons(result) == {("default/b", "noEndpoints")}
+
+
+# --- safety (invariant 1) at the planner ----------------------------------------------------
+
+
+@pytest.mark.parametrize("assignment, reason", [
+    (Assignment("public", (ip("8.8.8.8"),)), "notInPool"),
+    (Assignment("team", (ip("192.0.2.1"),)), "poolNotAllowedForNamespace"),
+])
+def test_planner_rechecks_every_address_against_the_pools(assignment, reason):
+    svc = service()
+    forged = Allocation(assigned={svc.key: assignment}, refused={})
+    result, _, _ = run([svc], allocation=forged)
+    assert result.routes == ()
+    assert reasons(result) == {("default/web", reason)}
+
+
+@pytest.mark.parametrize("attacker, reason", [
+    (service("x", "evil", ann={"bgpspeaker.io/load-balancer-ips": "8.8.8.8"}), "notInPool"),
+    (service("x", "evil", ann={"bgpspeaker.io/load-balancer-ips": "192.0.2.3"}), "poolNotAllowedForNamespace"),
+    (service("x", "evil", ann={"bgpspeaker.io/address-pool": "team"}), "poolNotAllowedForNamespace"),
+    (service("x", "evil", ann={"bgpspeaker.io/allow-shared-ip": "k",
+                               "bgpspeaker.io/load-balancer-ips": "203.0.113.0"}), "sharingKeyMismatch"),
+])
+def test_tenant_requests_are_refused_and_never_planned(attacker, reason):
+    victim = service("v", "team", ann={"bgpspeaker.io/allow-shared-ip": "k"}, ingress_ips=("203.0.113.0",))
+    victim = dataclasses.replace(victim, ports=(ServicePort("", "UDP", 1),))
+    result, _, _ = run([victim, attacker])
+    assert ("evil/x", reason) in reasons(result)
+    assert all("evil/x" not in r.services for r in result.routes)
+    assert {str(r.prefix) for r in result.routes} == {"203.0.113.0/32"}
+
+
+@pytest.mark.parametrize("forged", ["8.8.8.8", "192.0.2.3", "203.0.113.0"])
+def test_forged_status_is_never_announced(forged):
+    owner = service("owner", "bank", created="1", ingress_ips=("203.0.113.0",))
+    evil = service("x", "evil", created="2", ingress_ips=(forged,))
+    result, _, allocation = run([owner, evil])
+    evil_prefixes = {str(r.prefix) for r in result.routes if "evil/x" in r.services}
+    assert f"{forged}/32" not in evil_prefixes
+    assert {r.services for r in result.routes if str(r.prefix) == "203.0.113.0/32"} == {("bank/owner",)}
+    assert allocation.discarded["evil/x"]
+
+
+def test_refused_service_carries_the_allocator_reason():
+    svc = service()
+    refused = Allocation(assigned={}, refused={svc.key: Refusal("poolExhausted", "no free address")})
+    result, _, _ = run([svc], allocation=refused)
+    assert result.skipped[0].reason == "poolExhausted" and result.skipped[0].message == "no free address"
+    nothing = Allocation(assigned={}, refused={})
+    result, _, _ = run([svc], allocation=nothing)
+    assert reasons(result) == {("default/web", "notAllocated")}
+
+
+def test_unmanaged_services_are_neither_routed_nor_skipped():
+    result, _, _ = run([service(type="ClusterIP"), service("o", load_balancer_class="other")])
+    assert result.routes == () and result.skipped == ()
+
+
+# --- broken Services beside good ones ---------------------------------------------------------
+
+LBIPS = "bgpspeaker.io/load-balancer-ips"
+BROKEN = [
+    (service("b01", ann={LBIPS: "203.0.113.999"}), "invalidIP"),
+    (service("b02", ann={LBIPS: "not an ip"}), "invalidIP"),
+    (service("b03", load_balancer_ip="203.0.113.1,"), "invalidIP"),
+    (service("b04", ann={LBIPS: "8.8.8.8"}), "notInPool"),
+    (service("b05", ann={LBIPS: "192.0.2.5"}), "poolNotAllowedForNamespace"),
+    (service("b06", ann={"bgpspeaker.io/address-pool": "nope"}), "unknownPool"),
+    (service("b07", ann={"metallb.io/address-pool": "team"}), "poolNotAllowedForNamespace"),
+    (service("b08", ann={LBIPS: "2001:db8::3"}, ip_families=("IPv4",)), "ipFamilyMismatch"),
+    (service("b09", ip_families=("IPv7",)), "invalidIPFamily"),
+    (service("b10", ip_family_policy="DualStackPlease"), "invalidIPFamily"),
+    (dataclasses.replace(service("b11"), ports=(ServicePort("", "TCP", -1),)), "invalidPort"),
+    (dataclasses.replace(service("b12"), ports=(ServicePort("", "QUIC", 443),)), "invalidPort"),
+    (service("b13", ann={PREF: "east,,west"}), "invalidPreference"),
+    (service("b14", ann={PREF: "east,east"}), "invalidPreference"),
+    (service("b15", ann={PREF: "a,b,c,east"}), "invalidPreference"),
+    (service("b16", ann={PREF: "ea st"}), "invalidPreference"),
+    (service("b17", ann={PREF: "west"}), "notListedInPreference"),
+    (service("b18", etp="Local"), "noLocalEndpoints"),
+    (service("b19"), "noEndpoints"),
+    (service("b20", ann={LBIPS: "203.0.113.0"}), "ipInUse"),
+    (service("b21", "team", ann={LBIPS: "203.0.113.4", "bgpspeaker.io/address-pool": "team"}), "notInPool"),
+    (service("b22", ann={LBIPS: "203.0.113.5"}, ip_family_policy="RequireDualStack"), "dualStackUnavailable"),
+]
+WARNED = [
+    (service("w01", ann={COMM: "64512:666"}), "communityNotAllowed"),
+    (service("w02", ann={COMM: "65536:1"}), "invalidCommunity"),
+    (service("w03", ann={COMM: "64512:777,;rm -rf"}), "invalidCommunity"),
+]
+
+
+def test_broken_services_get_precise_reasons_and_good_ones_are_planned():
+    good = [service("good", created="0", ingress_ips=("203.0.113.0",)),
+            service("good6", ip_families=("IPv6",)), service("goodteam", "team")]
+    services = good + [s for s, _ in BROKEN] + [s for s, _ in WARNED]
+    slices = [endpoints(s, "node-b") for s in services if s.name not in ("b19",)]
+    result, _, _ = run(services, slices=slices)
+    assert reasons(result) == {(s.key, reason) for s, reason in BROKEN}
+    assert {(w.service, w.reason) for w in result.warnings} == {(s.key, reason) for s, reason in WARNED}
+    announced = {k for r in result.routes for k in r.services}
+    assert announced == {s.key for s in good} | {s.key for s, _ in WARNED}
+    for route in result.routes:  # nothing from an annotation reaches a route unvalidated
+        assert all(c in (C("64512:100"), C("64512:777")) for c in route.attributes.communities)
+
+
+# --- determinism and explain -------------------------------------------------------------------
+
+
+def _scenario(seed):
+    rnd = random.Random(seed)
+    services, slices = [], []
+    for i in range(40):
+        ann = {}
+        if rnd.random() < 0.3:
+            ann[PREF] = rnd.choice(["east,west", "west,east", "west,central,east", "central", "x,,y"])
+        if rnd.random() < 0.2:
+            ann["bgpspeaker.io/allow-shared-ip"] = "k"
+        if rnd.random() < 0.2:
+            ann[COMM] = rnd.choice(["64512:777", "64512:1", "bad"])
+        svc = ServiceView(rnd.choice(["default", "team"]), f"s{i}", created=f"{rnd.randint(0, 5)}",
+                          annotations=tuple(sorted(ann.items())), external_traffic_policy=rnd.choice(
+                              ["Cluster", "Local"]), ports=(ServicePort("", rnd.choice(["TCP", "UDP"]), 53),),
+                          ip_family_policy=rnd.choice([None, "PreferDualStack"]))
+        services.append(svc)
+        if rnd.random() < 0.8:
+            slices.append(endpoints(svc, *rnd.sample(["node-a", "node-b"], rnd.randint(1, 2))))
+    return services, slices
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_plan_is_deterministic_and_explain_agrees(seed):
+    services, slices = _scenario(seed)
+    nodes = [node(), node("node-b", "r2", "10.0.1.2", None)]
+    result, snap, allocation = run(services, nodes=nodes, slices=slices)
+    shuffled = list(services)
+    random.Random(seed).shuffle(shuffled)
+    again, _, _ = run(shuffled, nodes=list(reversed(nodes)), slices=list(reversed(slices)))
+    assert again == result
+    for svc in services:
+        explanation = explain(CFG, snap, "node-a", allocation, svc.key)
+        assert explanation.routes == tuple(r for r in result.routes if svc.key in r.services)
+        assert explanation.skipped == tuple(s for s in result.skipped if s.service == svc.key)
+        assert explanation.warnings == tuple(s for s in result.warnings if s.service == svc.key)
+        assert explanation.announced == bool(explanation.routes)
+        failed = [s for s in explanation.steps if not s.ok]
+        for skip in explanation.skipped:
+            assert any(s.reason == skip.reason for s in failed)
+
+
+def test_explain_steps_for_a_skipped_service():
+    svc = service(ann={PREF: "west"})
+    _, snap, allocation = run([svc])
+    explanation = explain(CFG, snap, "node-a", allocation, "default/web")
+    assert not explanation.announced
+    assert [s.name for s in explanation.steps] == ["class", "allocation", "pool", "preference"]
+    assert explanation.steps[-1].reason == "notListedInPreference"
+    with pytest.raises(KeyError):
+        explain(CFG, snap, "node-a", allocation, "default/nope")
