@@ -150,7 +150,10 @@ class _Routes:
                                "metadata": meta})[:-1].encode()
             return web.Response(body=head + b',"items":[' + b",".join(items) + b"]}", content_type=_JSON)
         if method == "GET":
-            return web.Response(body=self.store.get(resource, namespace, name).json, content_type=_JSON)
+            change = self.store.get(resource, namespace, name)
+            if tables.wants_table(request.headers.get("Accept", "")):
+                return json_response(tables.table(resource, [change.obj]))
+            return web.Response(body=change.json, content_type=_JSON)
         if method == "POST" and name is None and (namespace is not None or not resource.namespaced):
             return json_response(self.store.create(resource, namespace, await self._body(request)), 201)
         if method in ("PUT", "PATCH") and name is not None:
