@@ -90,6 +90,9 @@ class FrrConfig:
     maximum_paths: int | None = None  # ECMP over eBGP paths; None = FRR default
     originate: tuple[Originate, ...] = ()
     listen_port: int | None = None   # bgpd -p; None = 179
+    # update-group coalesce time; FRR's default 1000 ms delayed every route an FRR
+    # *sends* by ~1.1 s after the session came up; 0 brings it to ~0.1 s (measured)
+    coalesce_time_ms: int | None = 0
     extra: str = ""                  # raw lines appended inside `router bgp`
     hostname: str = "frr"
 
@@ -127,6 +130,8 @@ def render_bgpd_conf(c: FrrConfig, log_file: str) -> str:
         out.append(" bgp graceful-restart-disable")
     if c.multipath_relax:
         out.append(" bgp bestpath as-path multipath-relax")
+    if c.coalesce_time_ms is not None:
+        out.append(f" coalesce-time {c.coalesce_time_ms}")
     for n in c.neighbors:
         a = n.address
         out.append(f" neighbor {a} remote-as {n.remote_as}")
