@@ -151,3 +151,16 @@ def test_render_bird_conf():
     assert "bgp_large_community.add((64512,1,1));" in conf
     ibgp = conf.split("protocol bgp n1")[1]
     assert "direct;" in ibgp  # iBGP to a directly connected peer
+
+
+def test_frr_ibgp_local_pref_in_both_views():
+    detail = {"aspath": {"string": "Local", "segments": [], "length": 0}, "origin": "IGP", "metric": 2,
+              "locPrf": 200, "valid": True, "bestpath": {"overall": True, "selectionReason": "Local Pref"},
+              "nexthops": [{"ip": "10.1.2.2", "afi": "ipv4", "metric": 0, "accessible": True, "used": True}],
+              "peer": {"peerId": "10.1.2.2", "routerId": "10.1.2.2", "type": "internal"}}
+    table = {"valid": True, "pathFrom": "internal", "prefix": "203.0.113.5", "prefixLen": 32, "metric": 1,
+             "locPrf": 100, "weight": 0, "peerId": "10.1.1.2", "path": "", "origin": "IGP",
+             "nexthops": [{"ip": "10.1.1.2", "hostname": "frr", "afi": "ipv4", "used": True}]}
+    d, t = parse_path("203.0.113.5/32", detail), parse_path("203.0.113.5/32", table)
+    assert (d.localpref, d.best, d.aspath, d.peer) == (200, True, [], "10.1.2.2")
+    assert (t.localpref, t.best, t.aspath, t.med) == (100, False, [], 1)

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         wait_until(lambda: tor.established(), 20, "FRR-FRR session")
         rows.append(("FRR-FRR session Established (both started)", _median_ms([time.perf_counter() - t])))
         wait_until(lambda: len(tor.prefixes()) == 10, 20, "10 routes")
-        rows.append(("FRR-FRR 10 routes in the RIB (FRR sender delay)", _median_ms([time.perf_counter() - t])))
+        rows.append(("FRR-FRR 10 routes in the RIB (coalesce-time 0)", _median_ms([time.perf_counter() - t])))
         rows.append(("vty: show bgp summary json", _median_ms(_time(lambda: tor.show_json("show bgp summary"), 200))))
         rows.append(("vty: best_path(prefix)", _median_ms(_time(lambda: tor.best_path("203.0.113.1/32"), 200))))
         rows.append(("vty: routes() with 10 prefixes", _median_ms(_time(tor.routes, 100))))
