@@ -52,6 +52,12 @@ class Demo:
         self.say("   router (tor, FRR) — BGP table, * = best path:")
         self.indent(self.lab.table(), "     ")
 
+    def show_fib(self) -> None:
+        hops = self.lab.fib_next_hops(VIP)
+        nodes = [self.lab.node_of_peer(h) or h for h in hops]
+        self.say(f"   tor kernel FIB (zebra): {VIP}/32 via " + (", ".join(f"{h} ({n})" for h, n in zip(hops, nodes))
+                                                          + (" — ECMP" if len(hops) > 1 else "") if hops else "nothing"))
+
     def show_curl(self) -> None:
         answers = [self.lab.curl_cli(VIP) for _ in range(self.requests)]
         self.say(f"   client$ curl http://{VIP}/   ×{self.requests} → " + ", ".join(answers))
@@ -93,7 +99,7 @@ class Demo:
   east-2    10.99.2.2 ─┤
   west-1    10.99.3.2 ─┼─ tor  FRR AS 64500, always-compare-med ── client 10.99.100.2
   central-1 10.99.4.2 ─┘  clusters west, central (AS 64512, APIs #2, #3)""")
-        self.lab = MultiClusterLab(log=lambda s: self.say("   " + s))
+        self.lab = MultiClusterLab(log=lambda s: self.say("   " + s), allocator=os.environ.get("LAB_NO_ALLOCATOR") != "1")
         self.lab.start()
         for name in self.lab.speakers:
             self.say(f"   {name:<10} bgpspeaker run pid {self.lab.speakers[name].proc.pid}: ready, session to "
@@ -107,6 +113,7 @@ class Demo:
         wait_until(lambda: len(self.lab.paths(VIP)) == 4, 15, "a path from each of the 4 nodes")
         self.lab.wait_served_by(VIP, "east")
         self.show_table()
+        self.show_fib()
         self.show_curl()
         self.say("   east-1's own view (`bgpspeaker status`):")
         out = subprocess.run([sys.executable, "-m", "bgpspeaker", "status", "--url", self.lab.speakers["east-1"].url],
@@ -128,13 +135,18 @@ class Demo:
     def failover_only(self, cluster: str, ready: bool, expect: str, title: str | None = None) -> None:
         if title:
             self.say(f"   {title}")
-        t0 = self.lab.set_cluster_ready("web", cluster, ready)
-        t1 = self.lab.wait_best_cluster(VIP, expect, timeout=15)
+        with self.lab.probe(VIP) as probe:  # the client keeps sending requests every 20 ms
+            t0 = self.lab.set_cluster_ready("web", cluster, ready)
+            t1 = self.lab.wait_best_cluster(VIP, expect, timeout=15)
+            self.lab.wait_served_by(VIP, expect)
         took = t1 - t0
         self.failovers.append((f"→{expect}", took))
         self.say(f"   router best path moved to {expect} {took * 1000:.0f} ms after the API write")
-        self.lab.wait_served_by(VIP, expect)
+        failed = probe.failures()
+        self.say(f"   client requests during the change: {len(probe.answers)}, failed: {len(failed)}, "
+                 f"served by: {' → '.join(c or 'nobody' for c in probe.clusters())}")
         self.show_table()
+        self.show_fib()
         self.show_curl()
 
 
