@@ -82,6 +82,7 @@ def test_sigterm_to_a_test_run_still_cleans_up_and_reap_stale_removes_sigkilled_
     import signal
     import subprocess
     import sys
+    import tempfile
     script = (
         "import sys, time\n"
         "from integration.lab import netns\n"
@@ -100,7 +101,9 @@ def test_sigterm_to_a_test_run_still_cleans_up_and_reap_stale_removes_sigkilled_
         child.wait(10)
         if sig == signal.SIGKILL:  # atexit never ran: the namespace and its process are left
             assert ns in netns.list_netns(prefix)
+            stale_dir = tempfile.mkdtemp(prefix=f"frr-{ns}-")  # as an FrrRouter would have left it
             assert netns.reap_stale(prefix) == [ns]
+            assert not os.path.exists(stale_dir)
         assert ns not in netns.list_netns(prefix)
         wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 3, f"sleep {pid} gone after {sig!r}")
 

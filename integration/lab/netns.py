@@ -31,8 +31,10 @@ import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from typing import Iterable, Sequence
@@ -223,7 +225,8 @@ def reap_stale(prefix: str = DEFAULT_PREFIX) -> list[str]:
     """Delete namespaces `<prefix>-<pid>-...` whose creator pid no longer exists.
 
     They are leftovers of a run that was SIGKILLed (atexit never ran). Processes still
-    inside are killed by PID. Namespaces of live processes are never touched.
+    inside are killed by PID; the routers' temp directories of that pid are removed.
+    Namespaces of live processes are never touched.
     """
     reaped = []
     for name in list_netns(prefix):
@@ -240,6 +243,12 @@ def reap_stale(prefix: str = DEFAULT_PREFIX) -> list[str]:
                 pass
         subprocess.run([IP, "netns", "del", name], capture_output=True)
         reaped.append(name)
+    # router directories (frr.py / bird.py name them `<kind>-<namespace>-XXXX` in the temp dir)
+    tmp = tempfile.gettempdir()
+    for entry in os.listdir(tmp):
+        m = re.match(r"(?:frr|bird)-" + re.escape(prefix) + r"-(\d+)-", entry)
+        if m and int(m.group(1)) != os.getpid() and not os.path.exists(f"/proc/{m.group(1)}"):
+            shutil.rmtree(os.path.join(tmp, entry), ignore_errors=True)
     return reaped
 
 
