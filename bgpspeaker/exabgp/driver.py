@@ -50,7 +50,7 @@ from bgpspeaker.exabgp.channel import Channel, ChannelClosed, neighbor_fsm
 from bgpspeaker.exabgp.render import exabgp_environment, families, render_config, selected_peers
 from bgpspeaker.metrics import Metrics
 from bgpspeaker.model import IPAddress, IPNetwork, NodeView, RouteIntent
-from bgpspeaker.reconciler import Batch, Key, diff
+from bgpspeaker.reconciler import Batch, Key, diff_indexed
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,8 @@ class ExabgpDriver:
 
     async def start(self, timeout: float = 30.0) -> None:
         """Spawn ExaBGP; return once the relay is connected and the barrier passed."""
+        if len(self.socket_path.encode()) > 100:  # sun_path is 108 bytes
+            raise ValueError(f"run_dir {self.run_dir} is too long for a unix socket path; use a shorter one")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._channel = Channel(self.socket_path, window=self.window, on_event=self._on_event,
                                 on_ready=self._on_ready, on_lost=self._on_lost)
@@ -199,6 +201,11 @@ class ExabgpDriver:
     async def stop(self, withdraw: bool) -> None:
         """`withdraw`: withdraw everything, wait for the acks and a settle, then SIGTERM.
         Otherwise SIGTERM only (graceful restart keeps the routes at the router)."""
+        if withdraw and not self.ready and self._tasks:
+            try:  # ExaBGP is (re)starting: give it a chance, SIGTERM alone would leave the routes stale
+                await asyncio.wait_for(self._wait(lambda: self.ready), self.ack_timeout)
+            except asyncio.TimeoutError:
+                log.warning("ExaBGP not ready: stopping without withdrawing")
         if withdraw and self.ready:
             try:
                 self._desired = {}
@@ -330,7 +337,7 @@ class ExabgpDriver:
             self._peer_replays.clear()
             # everything desired, plus withdraws of what is (or may be) announced and no longer wanted
             leftovers = {k: v for k, v in {**self._suspect, **self._announced}.items() if k not in desired}
-            batches = diff(desired.values(), (), self.batch_size) + diff((), leftovers.values(), self.batch_size)
+            batches = diff_indexed(desired, {}, self.batch_size) + diff_indexed({}, leftovers, self.batch_size)
             self._suspect.clear()
             await self._send(batches, desired)
             await self._send_eors(ups)
@@ -341,13 +348,12 @@ class ExabgpDriver:
                     view.pop(key, None)  # unknown: announce again
                 else:
                     view[key] = intent  # unknown: withdraw again
-            await self._send(diff(desired.values(), view.values(), self.batch_size), desired)
-            self._suspect = {k: v for k, v in self._suspect.items() if k in self._announced}
+            await self._send(diff_indexed(desired, view, self.batch_size), desired)
             ups = set(self._peer_replays)
             self._peer_replays.clear()
             for name in sorted(ups):
-                mine = [i for i in desired.values() if i.peer == name]
-                await self._send(diff(mine, (), self.batch_size), desired)
+                mine = {k: i for k, i in desired.items() if i.peer == name}
+                await self._send(diff_indexed(mine, {}, self.batch_size), desired)
             await self._send_eors(ups)
         if generation > self._acked_generation and desired is self._desired:
             self._acked_generation = generation
