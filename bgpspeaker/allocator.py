@@ -277,13 +277,22 @@ class _State:
                 return Refusal(SHARING_KEY_MISMATCH, f"{text} is shared by {by}; sharing keys only apply "
                                                      f"within one namespace")
             if holder.share_key != request.share_key:
-                return Refusal(SHARING_KEY_MISMATCH, f"{text} is used by {by} with sharing key "
-                                                     f"{holder.share_key!r}, not {request.share_key!r}")
+                return Refusal(SHARING_KEY_MISMATCH, f"{text} is used by {by} XX")
             overlap = holder.ports & request.ports
             if overlap:
                 ports = ", ".join(f"{proto}/{port}" for proto, port in sorted(overlap))
                 return Refusal(PORT_CONFLICT, f"{text} is shared with {by}, which already uses {ports}")
         return None
+
+
+def quote(value: object, limit: int = 64) -> str:
+    """repr() of an untrusted value for a message, cut to `limit` characters.
+
+    Messages end up in Events and logs: repr escapes newlines and control characters, and
+    the cut keeps a megabyte annotation from becoming a megabyte Event.
+    """
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 4] + "...'"
 
 
 def _ip(addr: Addr) -> IPAddress:
@@ -304,10 +313,11 @@ def _parse_request(config: Config, service: ServiceView) -> _Request:
     ports = []
     for port in service.ports:
         if port.protocol not in PROTOCOLS:
-            return refuse(INVALID_PORT, f"port {port.name or port.port}: protocol {port.protocol!r} is not one "
-                                        f"of {', '.join(PROTOCOLS)}")
+            return refuse(INVALID_PORT, f"port {quote(port.name or port.port)}: protocol {quote(port.protocol)} "
+                                        f"is not one of {', '.join(PROTOCOLS)}")
         if type(port.port) is not int or not 1 <= port.port <= 65535:
-            return refuse(INVALID_PORT, f"port {port.name or '?'}: {port.port!r} is not a port number (1..65535)")
+            return refuse(INVALID_PORT, f"port {quote(port.name or '?')}: {quote(port.port)} is not a port number "
+                                        f"(1..65535)")
         if (port.protocol, port.port) in ports:
             return refuse(INVALID_PORT, f"port {port.protocol}/{port.port} is listed twice")
         ports.append((port.protocol, port.port))
@@ -316,11 +326,11 @@ def _parse_request(config: Config, service: ServiceView) -> _Request:
     # IP families.
     policy = service.ip_family_policy or "SingleStack"
     if policy not in POLICIES:
-        return refuse(INVALID_IP_FAMILY, f"ipFamilyPolicy {policy!r} is not one of {', '.join(POLICIES)}")
+        return refuse(INVALID_IP_FAMILY, f"ipFamilyPolicy {quote(policy)} is not one of {', '.join(POLICIES)}")
     families = []
     for name in service.ip_families:
         if name not in FAMILY_NAMES:
-            return refuse(INVALID_IP_FAMILY, f"ipFamilies: {name!r} is not IPv4 or IPv6")
+            return refuse(INVALID_IP_FAMILY, f"ipFamilies: {quote(name)} is not IPv4 or IPv6")
         if FAMILY_NAMES[name] in families:
             return refuse(INVALID_IP_FAMILY, f"ipFamilies lists {name} twice")
         families.append(FAMILY_NAMES[name])
@@ -352,20 +362,20 @@ def _parse_request(config: Config, service: ServiceView) -> _Request:
             try:
                 address = ipaddress.ip_address(item)
             except ValueError:
-                return refuse(INVALID_IP, f"{source}: {item!r} is not an IP address")
+                return refuse(INVALID_IP, f"{source}: {quote(item)} is not an IP address")
             addr = (address.version, int(address))
             if any(v == address.version for v, _ in requested):
                 return refuse(INVALID_IP, f"{source}: more than one IPv{address.version} address requested")
             requested.append(addr)
         versions = [v for v, _ in requested]
         if service.ip_families and any(v not in families for v in versions):
-            return refuse(IP_FAMILY_MISMATCH, f"{source}: {text.strip()!r} does not match the Service's "
+            return refuse(IP_FAMILY_MISMATCH, f"{source}: {quote(text.strip())} does not match the Service's "
                                               f"ipFamilies {list(service.ip_families)}")
         if request.mode == "single" and len(requested) > 1:
             return refuse(IP_FAMILY_MISMATCH, f"{source}: a SingleStack Service cannot have two addresses")
         if request.mode == "require" and len(requested) < 2:
             return refuse(DUAL_STACK_UNAVAILABLE, f"{source}: a RequireDualStack Service needs one IPv4 and one "
-                                                  f"IPv6 address, only {text.strip()!r} requested")
+                                                  f"IPv6 address, only {quote(text.strip())} requested")
         request.requested = tuple(requested)
         request.families = tuple(versions)
 
@@ -375,7 +385,7 @@ def _parse_request(config: Config, service: ServiceView) -> _Request:
             wanted = annotations[name].strip()
             pool = next((p for p in config.pools if p.name == wanted), None)
             if pool is None:
-                return refuse(UNKNOWN_POOL, f"annotation {name}: there is no address pool {wanted!r}")
+                return refuse(UNKNOWN_POOL, f"annotation {name}: there is no address pool {quote(wanted)}")
             if not pool.allows_namespace(service.namespace):
                 return refuse(POOL_NOT_ALLOWED, f"annotation {name}: pool {wanted!r} may not be used by "
                                                 f"namespace {service.namespace!r}")
@@ -429,7 +439,7 @@ def _keep_status(state: _State, request: _Request, given_up: Mapping[Addr, Refus
         try:
             address = ipaddress.ip_address(text.strip())
         except ValueError:
-            discarded.append(Refusal(INVALID_IP, f"status address {text!r} is not an IP address"))
+            discarded.append(Refusal(INVALID_IP, f"status address {quote(text)} is not an IP address"))
             continue
         addr = (address.version, int(address))
         if addr in given_up:

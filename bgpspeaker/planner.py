@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Optional, Union
 
 from bgpspeaker.allocator import (
-    NOT_IN_POOL, POOL_NOT_ALLOWED, Allocation, is_managed, pool_of,
+    NOT_IN_POOL, POOL_NOT_ALLOWED, Allocation, is_managed, pool_of, quote,
 )
 from bgpspeaker.config.schema import Config, PeerConfig, PoolConfig
 from bgpspeaker.model import (
@@ -109,14 +109,14 @@ def parse_preference(text: str) -> tuple[str, ...]:
     """`"east,west,central"` → ("east", "west", "central"); ValueError says what is wrong."""
     names = [name.strip() for name in text.split(",")]
     if any(not name for name in names):
-        raise ValueError(f"{text!r} has an empty cluster name")
+        raise ValueError(f"{quote(text)} has an empty cluster name")
     for name in names:
         if not _CLUSTER_NAME.match(name):
-            raise ValueError(f"{name!r} is not a valid cluster name")
+            raise ValueError(f"{quote(name)} is not a valid cluster name")
     if len(set(names)) != len(names):
-        raise ValueError(f"{text!r} names a cluster twice")
+        raise ValueError(f"{quote(text)} names a cluster twice")
     if len(names) > len(TIERS_IN_ORDER):
-        raise ValueError(f"{text!r} names {len(names)} clusters; at most {len(TIERS_IN_ORDER)} "
+        raise ValueError(f"{quote(text)} names {len(names)} clusters; at most {len(TIERS_IN_ORDER)} "
                          f"(primary, secondary, tertiary)")
     return tuple(names)
 
@@ -136,9 +136,9 @@ def service_tier(config: Config, service: ServiceView) -> tuple[Optional[Tier], 
     except ValueError as error:
         return None, INVALID_PREFERENCE, f"annotation {PREFERENCE_ANNOTATION}: {error}"
     if cluster not in names:
-        return None, NOT_LISTED, f"cluster {cluster!r} is not listed in {PREFERENCE_ANNOTATION} {text!r}"
+        return None, NOT_LISTED, f"cluster {cluster!r} is not listed in {PREFERENCE_ANNOTATION} {quote(text)}"
     tier = TIERS_IN_ORDER[names.index(cluster)]
-    return tier, "", f"cluster {cluster!r} is #{names.index(cluster) + 1} in {text!r}: {tier.value}"
+    return tier, "", f"cluster {cluster!r} is #{names.index(cluster) + 1} in {quote(text)}: {tier.value}"
 
 
 def service_communities(service: ServiceView, pool: PoolConfig) -> tuple[
@@ -151,8 +151,9 @@ def service_communities(service: ServiceView, pool: PoolConfig) -> tuple[
     for item in (part.strip() for part in text.split(",")):
         try:
             community = parse_any_community(item)
-        except ValueError as error:
-            warnings.append((INVALID_COMMUNITY, f"annotation {COMMUNITIES_ANNOTATION}: {error}; not added"))
+        except ValueError:
+            warnings.append((INVALID_COMMUNITY, f"annotation {COMMUNITIES_ANNOTATION}: {quote(item)} is not a "
+                                                f"community (ASN:VALUE or GLOBAL:LOCAL1:LOCAL2); not added"))
             continue
         if community not in pool.allowed_communities:
             warnings.append((COMMUNITY_NOT_ALLOWED, f"annotation {COMMUNITIES_ANNOTATION}: {community} is not in "
@@ -284,7 +285,8 @@ def _decide(ctx: _Context, service: ServiceView, skips: list[Skip], warnings: li
         return skip("allocation", NOT_ALLOCATED, "the allocator has not assigned an address")
     for dropped in allocation.discarded.get(key, ()):
         step("allocation", True, f"ignored: {dropped.message}", dropped.reason)
-    step("allocation", True, lambda: f"assigned {', '.join(map(str, assignment.addresses))} from pool {assignment.pool!r}")
+    step("allocation", True,
+         lambda: f"assigned {', '.join(map(str, assignment.addresses))} from pool {assignment.pool!r}")
 
     # Invariant 1: re-check every address against the pools the namespace may use, from
     # the config itself, whatever the allocation or the Service status claims.
@@ -297,7 +299,8 @@ def _decide(ctx: _Context, service: ServiceView, skips: list[Skip], warnings: li
             skip("pool", POOL_NOT_ALLOWED, f"{address} is in pool {pool.name!r}, which namespace "
                                            f"{service.namespace!r} may not use: never announced")
         else:
-            step("pool", True, lambda address=address, pool=pool: f"{address} is in pool {pool.name!r}, which namespace {service.namespace!r} may use")
+            step("pool", True, lambda address=address, pool=pool: (
+                f"{address} is in pool {pool.name!r}, which namespace {service.namespace!r} may use"))
             addresses.append((address, pool))
     if not addresses:
         return []
@@ -315,7 +318,8 @@ def _decide(ctx: _Context, service: ServiceView, skips: list[Skip], warnings: li
             warnings.append(Skip(key, reason, message))
             step("communities", False, message, reason)
         if allowed:
-            step("communities", True, lambda allowed=allowed, pool=pool: f"adds {', '.join(map(str, allowed))} (allowed by pool {pool.name!r})")
+            step("communities", True, lambda allowed=allowed, pool=pool: (
+                f"adds {', '.join(map(str, allowed))} (allowed by pool {pool.name!r})"))
 
     if ctx.node_problem is not None:
         return skip("node", *ctx.node_problem)

@@ -446,3 +446,11 @@ def test_result_types_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         Refusal("a", "b").reason = "c"
     assert Allocation({}, {}).discarded == {}
+
+
+def test_untrusted_values_in_messages_are_quoted_and_cut():
+    huge = "1.2.3.4\nEvil: " + "x" * 100_000
+    result = allocate(CFG, [svc(ann={"bgpspeaker.io/load-balancer-ips": huge})])
+    refusal = result.refused["default/s"]
+    assert refusal.reason == "invalidIP"
+    assert len(refusal.message) < 200 and "\n" not in refusal.message

@@ -420,3 +420,10 @@ def test_explain_steps_for_a_skipped_service():
     assert explanation.steps[-1].reason == "notListedInPreference"
     with pytest.raises(KeyError):
         explain(CFG, snap, "node-a", allocation, "default/nope")
+
+
+def test_untrusted_preference_and_communities_in_messages_are_cut():
+    svc = service(ann={PREF: "east,\n" + "y" * 10_000, COMM: "1:2\n" + "z" * 10_000})
+    result, _, _ = run([svc])
+    for item in result.skipped + result.warnings:
+        assert len(item.message) < 250 and "\n" not in item.message

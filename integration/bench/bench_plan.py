@@ -65,7 +65,8 @@ def build(services: int, nodes: int, seed: int = 7) -> tuple[Config, Snapshot]:
         annotations = {}
         roll = rnd.random()
         if roll < 0.3:
-            annotations["bgpspeaker.io/cluster-preference"] = rnd.choice(["east,west", "west,east", "west,central,east"])
+            annotations["bgpspeaker.io/cluster-preference"] = rnd.choice(
+                ["east,west", "west,east", "west,central,east"])
         if rnd.random() < 0.1:
             annotations["bgpspeaker.io/communities"] = "64512:777"
         if i % 10 == 0 and namespace in ("ns-0", "ns-1"):
