@@ -390,3 +390,32 @@ def test_ibgp_local_preference_decides_at_an_frr_tor(lab):
     best = tor.best_path("203.0.113.5/32")
     assert (best.peer, best.med, best.aspath) == ("10.1.2.2", 2, [])
     assert {p.localpref for p in tor.routes()["203.0.113.5/32"]} == {100, 200}
+
+
+def test_node_link_down_is_noticed_at_once_and_isolation_after_the_hold_time(topology):
+    """`link(False)` drops carrier (FRR resets the session at once); `isolate(True)` is a
+    silent failure (the session only dies with the hold time); both come back."""
+    from integration.lab.topology import TopologySpec
+    topo = topology(TopologySpec(hold_time=3, ipv6=True))
+    tor = topo.router
+    e1, e2 = topo.node("east-1"), topo.node("east-2")
+    for n in (e1, e2):
+        n.add_vip("203.0.113.5")
+        n.serve_http()
+        FrrRouter(n.ns, FrrConfig(asn=n.asn, router_id=n.address, hold_time=3,
+                                  neighbors=(Neighbor(n.tor_address, topo.spec.tor_asn),),
+                                  originate=(Originate("203.0.113.5/32", med=100),)), lab=topo.lab).start()
+    wait_until(lambda: tor.fib_routes().get("203.0.113.5/32") == [e1.address, e2.address], 10, "ECMP over both")
+    e1.link(False)
+    wait_until(lambda: not tor.established(e1.address), 2, "session down well before the hold time")
+    wait_until(lambda: tor.fib_routes().get("203.0.113.5/32") == [e2.address], 3, "only east-2 left")
+    assert wait_until(lambda: topo.probe("203.0.113.5"), 3, "answer") == "east/east-2"
+    e1.link(True)
+    wait_until(lambda: tor.established(e1.address), 10, "east-1 back")
+    e2.isolate(True)
+    assert topo.probe("203.0.113.5", timeout=1) in ("east/east-1", None)  # ECMP: half the flows die
+    wait_until(lambda: not tor.established(e2.address), 5, "session down after the hold time")
+    wait_until(lambda: tor.fib_routes().get("203.0.113.5/32") == [e1.address], 3, "only east-1 left")
+    assert wait_until(lambda: topo.probe("203.0.113.5"), 3, "answer") == "east/east-1"
+    e2.isolate(False)
+    wait_until(lambda: tor.established(e2.address), 10, "east-2 back")

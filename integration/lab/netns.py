@@ -348,7 +348,13 @@ def set_forwarding(ns: str, on: bool = True) -> None:
 
 
 def set_link(ns: str, dev: str, up: bool) -> None:
-    """Bring a link up or down (a cable pull, for failover tests)."""
+    """Bring a link up or down (a cable pull, for failover tests).
+
+    Measured: `link set down` flushes the link's IPv6 addresses (they do not come back
+    with `up`), so `keep_addr_on_down` is set first. Routes through the link are deleted
+    and do not come back either: re-add them (topology's `Node.link` does)."""
+    if not up:
+        run(ns, ["sysctl", "-q", "-w", f"net.ipv6.conf.{dev}.keep_addr_on_down=1"])
     ip(ns, "link", "set", "dev", dev, "up" if up else "down")
 
 
