@@ -24,6 +24,7 @@ from bgpspeaker.allocator import allocate
 from bgpspeaker.config.schema import Config
 from bgpspeaker.model import Snapshot
 from bgpspeaker.planner import Explanation, Plan, Skip, explain, plan
+from bgpspeaker.routes_view import route_entries
 from bgpspeaker.views import snapshot_from_objects
 
 
@@ -68,28 +69,12 @@ def _check_node(snapshot: Snapshot, node_name: str, source: str) -> None:
 
 
 def plan_entries(result: Plan) -> list[dict[str, Any]]:
-    """DESIGN.md's route entries: one per (service, prefix, identical attributes), peers grouped."""
-    groups: dict[tuple, list[str]] = {}
-    for route in result.routes:
-        for service in route.services:
-            groups.setdefault((service, route.prefix, route.tier, route.attributes), []).append(route.peer)
-    entries = []
-    for (service, prefix, tier, attrs), peers in sorted(
-            groups.items(), key=lambda item: (item[0][0], item[0][1].version, int(item[0][1].network_address),
-                                              item[0][3].sort_key())):
-        entries.append({
-            "service": service,
-            "prefix": str(prefix),
-            "tier": tier.value,
-            "nextHop": str(attrs.next_hop),
-            "med": attrs.med,
-            "localPref": attrs.local_pref,
-            "asPath": list(attrs.as_path),
-            "communities": [str(c) for c in attrs.communities],
-            "largeCommunities": [str(c) for c in attrs.large_communities],
-            "peers": sorted(peers),
-        })
-    return entries
+    """DESIGN.md's route entries: one per (service, prefix, identical attributes), peers grouped.
+
+    The same function renders the running daemon's /status, so a prediction made with
+    `plan` compares line by line with what a node really announces.
+    """
+    return route_entries(result.routes)
 
 
 def _skip_entry(skip: Skip) -> dict[str, str]:
