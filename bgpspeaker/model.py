@@ -25,6 +25,19 @@ IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 Pairs = tuple[tuple[str, str], ...]
 
 
+def parse_ip(text: object) -> IPAddress:
+    """An IP address from untrusted text, strictly: ValueError unless plain IPv4 or IPv6.
+
+    `ipaddress` accepts IPv6 scope ids and keeps *any* text after `%` (newlines
+    included), and str() prints it back: `fd00::2%x\nannounce route ...` would reach an
+    ExaBGP command verbatim. Scoped addresses are link-local by nature and never a valid
+    VIP or next-hop here, so they are refused outright (DESIGN.md invariant 4).
+    """
+    if not isinstance(text, str) or "%" in text or not text.isascii():
+        raise ValueError(f"{text!r} is not an IP address")
+    return ipaddress.ip_address(text)
+
+
 def freeze_pairs(mapping: Optional[Mapping[str, str]]) -> Pairs:
     """A dict of labels or annotations as sorted (key, value) pairs."""
     return tuple(sorted((mapping or {}).items()))
@@ -195,7 +208,7 @@ class NodeView:
                 if kind != wanted:
                     continue
                 try:
-                    address = ipaddress.ip_address(text)
+                    address = parse_ip(text)
                 except ValueError:
                     continue
                 if address.version == version:

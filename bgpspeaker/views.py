@@ -62,12 +62,14 @@ def endpoint_slice_from_dict(obj: Mapping[str, Any]) -> EndpointSliceView:
             continue
         conditions = ep.get("conditions") or {}
         # Kubernetes: a nil `ready` means ready (EndpointSlice API docs, "conditions").
+        # Anything but a real boolean true is not ready: an objects file may say "false"
+        # as a string, and bool("false") is True.
         ready = conditions.get("ready")
         endpoints.append(Endpoint(
             addresses=tuple(str(a) for a in ep.get("addresses") or []),
-            ready=True if ready is None else bool(ready),
+            ready=ready is None or ready is True,
             node_name=ep.get("nodeName") if isinstance(ep.get("nodeName"), str) else None,
-            serving=conditions.get("serving"),
+            serving=conditions.get("serving") if isinstance(conditions.get("serving"), bool) else None,
             terminating=bool(conditions.get("terminating") or False),
         ))
     return EndpointSliceView(

@@ -88,9 +88,6 @@ def test_cli_plan_json_shows_the_same(name):
             assert m in run.stderr, run.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING (views.endpoint_slice_from_dict): conditions.ready is read with "
-                                       "bool(), so the string 'false' (possible in an objects file for `plan`, "
-                                       "not from the API server) counts as ready")
 def test_endpoint_ready_string_false_is_not_ready():
     view = endpoint_slice_from_dict({"metadata": {"name": "x", "namespace": "shop",
                                                   "labels": {"kubernetes.io/service-name": "web"}},

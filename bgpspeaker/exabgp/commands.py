@@ -58,6 +58,10 @@ def _int(value: object, low: int, high: int, what: str) -> int:
 def _address(value: object, what: str) -> IPAddress:
     if type(value) not in _ADDRESS_TYPES:
         raise TypeError(f"{what} must be an ipaddress IPv4Address/IPv6Address, got {type(value).__name__}")
+    # str() of a scoped IPv6 address prints the scope verbatim, whatever text it holds
+    # (newlines included): it must never reach a command line (found by the injection fuzz).
+    if getattr(value, "scope_id", None) is not None:
+        raise ValueError(f"{what} must not carry an IPv6 scope id")
     return value  # type: ignore[return-value]
 
 
@@ -87,6 +91,8 @@ def _prefixes(prefixes: Iterable[IPNetwork], version: Optional[int] = None) -> l
     for p in prefixes:
         if type(p) not in _NETWORK_TYPES:
             raise TypeError(f"prefix must be an ipaddress IPv4Network/IPv6Network, got {type(p).__name__}")
+        if getattr(p.network_address, "scope_id", None) is not None:  # same hazard as in _address
+            raise ValueError("a prefix must not carry an IPv6 scope id")
         result.append(p)
     if not result:
         raise ValueError("a command needs at least one prefix")
