@@ -289,6 +289,12 @@ class Prober:
         self._stop.set()
         self._thread.join(timeout=5)
 
+    def wait_cluster(self, cluster: str, timeout: float = 10.0) -> None:
+        """Wait until this probe's own latest answer comes from `cluster` (so a sequence
+        asserted afterwards with `clusters()` includes it)."""
+        wait_until(lambda: self.answers and self.answers[-1].cluster == cluster, timeout,
+                   f"the probe of {self.vip} answered by {cluster}")
+
     def failures(self) -> list[Answer]:
         return [a for a in self.answers if a.who is None]
 
