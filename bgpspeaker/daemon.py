@@ -36,6 +36,7 @@ from bgpspeaker.routes_view import route_entries
 
 log = logging.getLogger("bgpspeaker.daemon")
 
+LEASE_NAME = "bgpspeaker-allocator"
 CONFIG_POLL_SECONDS = 1.0  # a ConfigMap update lands as a symlink swap; polling catches it without inotify
 RECONCILE_RETRY_SECONDS = 1.0
 
@@ -48,6 +49,7 @@ class Options:
     allocator: bool
     dry_run: bool
     run_dir: Path
+    lease_namespace: str = "bgpspeaker-system"
 
 
 class DrainState:
@@ -66,7 +68,6 @@ class Daemon:
         self._drain_timer: Optional[asyncio.TimerHandle] = None
         self._dirty = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._first_change_at: Optional[float] = None
         self._config_fingerprint = _fingerprint(options.config_path)
         self._node: Optional[NodeView] = None  # the node view the driver was started/configured with
         self._last_plan: Optional[Plan] = None
@@ -114,15 +115,21 @@ class Daemon:
         from bgpspeaker.kube.watcher import KubeWatcher
 
         api = api_client(self.options.kubeconfig)
-        self.events = EventRecorder(api, component="bgpspeaker", instance=self.options.node_name)
+        self.events = EventRecorder(api, instance=self.options.node_name)
         self.watcher = KubeWatcher(api, self.loop, on_change=self._on_change, metrics=self.metrics)
         self.watcher.start()
         if self.options.allocator:
             from bgpspeaker.kube.leader import LeaderElector
             from bgpspeaker.kube.status import StatusWriter
 
-            self.status_writer = StatusWriter(api)
-            self.elector = LeaderElector(api, identity=self.options.node_name, on_change=self._on_change)
+            def from_elector_thread() -> None:
+                self.loop.call_soon_threadsafe(self._on_change)
+
+            # One allocator per cluster: the Lease holder writes Service status, the others only read.
+            self.elector = LeaderElector(api, self.options.lease_namespace, LEASE_NAME, self.options.node_name,
+                                         on_started_leading=from_elector_thread,
+                                         on_stopped_leading=from_elector_thread)
+            self.status_writer = StatusWriter(api, is_leader=lambda: self.elector.is_leader)
             self.elector.start()
 
     async def _shutdown(self) -> None:
@@ -147,16 +154,15 @@ class Daemon:
     # --- the reconcile loop --------------------------------------------------------------
 
     def _on_change(self) -> None:
-        """Called on the loop by the informers and the elector after each batch of real changes."""
-        if self._first_change_at is None:
-            self._first_change_at = time.monotonic()
+        """Called on the loop after real changes: informers, elector, drain, config reload."""
         self._dirty.set()
 
     async def _reconcile_loop(self) -> None:
         while True:
             await self._dirty.wait()
             self._dirty.clear()
-            started, self._first_change_at = self._first_change_at, None
+            # When the informer thread received the oldest change this reconcile covers.
+            started = self.watcher.changed_at if self.watcher is not None else None
             try:
                 await self.reconcile()
             except asyncio.CancelledError:
@@ -405,7 +411,8 @@ def run_command(args: argparse.Namespace) -> int:
         log.error("run directory is not writable", extra=fields(run_dir=str(run_dir), error=exc.strerror or str(exc)))
         return 1
     options = Options(config_path=args.config, node_name=args.node_name, kubeconfig=args.kubeconfig,
-                      allocator=not args.no_allocator, dry_run=args.dry_run, run_dir=run_dir)
+                      allocator=not args.no_allocator, dry_run=args.dry_run, run_dir=run_dir,
+                      lease_namespace=os.environ.get("POD_NAMESPACE") or "bgpspeaker-system")
     try:
         return asyncio.run(Daemon(options, config).run())
     except Exception:
