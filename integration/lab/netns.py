@@ -112,9 +112,9 @@ def popen(ns: str | None, argv: Sequence[str], *, stdout=None, stderr=None, stdi
     return proc
 
 
-def _signal(proc: subprocess.Popen, sig: int) -> None:
+def _signal(proc: subprocess.Popen, sig: int, group: bool = True) -> None:
     try:
-        if getattr(proc, "lab_group", False):
+        if group and getattr(proc, "lab_group", False):
             os.killpg(proc.pid, sig)
         else:
             os.kill(proc.pid, sig)
@@ -122,11 +122,14 @@ def _signal(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def stop(proc: subprocess.Popen, timeout: float = 3.0) -> int | None:
-    """SIGTERM, wait up to `timeout`, then SIGKILL. Returns the exit code. Idempotent."""
+def stop(proc: subprocess.Popen, timeout: float = 3.0, group: bool = True) -> int | None:
+    """SIGTERM, wait up to `timeout`, then SIGKILL. Returns the exit code. Idempotent.
+
+    `group=True` sends the SIGTERM to the whole process group; `group=False` only to the
+    process itself (let ExaBGP stop its own helpers), the group being killed after it exits."""
     try:
         if proc.poll() is None:
-            _signal(proc, signal.SIGTERM)
+            _signal(proc, signal.SIGTERM, group)
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
