@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Optional, Sequence
 
@@ -277,7 +278,8 @@ class _State:
                 return Refusal(SHARING_KEY_MISMATCH, f"{text} is shared by {by}; sharing keys only apply "
                                                      f"within one namespace")
             if holder.share_key != request.share_key:
-                return Refusal(SHARING_KEY_MISMATCH, f"{text} is used by {by} XX")
+                return Refusal(SHARING_KEY_MISMATCH, f"{text} is used by {by} with sharing key "
+                                                     f"{quote(holder.share_key)}, not {quote(request.share_key)}")
             overlap = holder.ports & request.ports
             if overlap:
                 ports = ", ".join(f"{proto}/{port}" for proto, port in sorted(overlap))
@@ -293,6 +295,14 @@ def quote(value: object, limit: int = 64) -> str:
     """
     text = repr(value)
     return text if len(text) <= limit else text[:limit - 4] + "...'"
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # used with fullmatch: "$" would accept a trailing newline
+
+
+def _name(value: object) -> str:
+    """A name as is when it is a plain token (the usual case), else quoted and cut."""
+    return value if isinstance(value, str) and _TOKEN.fullmatch(value) else quote(value)
 
 
 def _ip(addr: Addr) -> IPAddress:
@@ -313,10 +323,10 @@ def _parse_request(config: Config, service: ServiceView) -> _Request:
     ports = []
     for port in service.ports:
         if port.protocol not in PROTOCOLS:
-            return refuse(INVALID_PORT, f"port {quote(port.name or port.port)}: protocol {quote(port.protocol)} "
-                                        f"is not one of {', '.join(PROTOCOLS)}")
+            return refuse(INVALID_PORT, f"port {_name(port.name or str(port.port))}: protocol "
+                                        f"{quote(port.protocol)} is not one of {', '.join(PROTOCOLS)}")
         if type(port.port) is not int or not 1 <= port.port <= 65535:
-            return refuse(INVALID_PORT, f"port {quote(port.name or '?')}: {quote(port.port)} is not a port number "
+            return refuse(INVALID_PORT, f"port {_name(port.name or '?')}: {quote(port.port)} is not a port number "
                                         f"(1..65535)")
         if (port.protocol, port.port) in ports:
             return refuse(INVALID_PORT, f"port {port.protocol}/{port.port} is listed twice")

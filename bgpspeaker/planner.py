@@ -61,7 +61,7 @@ WARNINGS = (INVALID_COMMUNITY, COMMUNITY_NOT_ALLOWED)
 
 # A cluster name in the preference list: a DNS-label-like token. Anything else (spaces
 # inside, quotes, slashes...) is a typo we refuse rather than silently never match.
-_CLUSTER_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+_CLUSTER_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")  # fullmatch, not "$"
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def parse_preference(text: str) -> tuple[str, ...]:
     if any(not name for name in names):
         raise ValueError(f"{quote(text)} has an empty cluster name")
     for name in names:
-        if not _CLUSTER_NAME.match(name):
+        if not _CLUSTER_NAME.fullmatch(name):
             raise ValueError(f"{quote(name)} is not a valid cluster name")
     if len(set(names)) != len(names):
         raise ValueError(f"{quote(text)} names a cluster twice")
@@ -151,9 +151,10 @@ def service_communities(service: ServiceView, pool: PoolConfig) -> tuple[
     for item in (part.strip() for part in text.split(",")):
         try:
             community = parse_any_community(item)
-        except ValueError:
-            warnings.append((INVALID_COMMUNITY, f"annotation {COMMUNITIES_ANNOTATION}: {quote(item)} is not a "
-                                                f"community (ASN:VALUE or GLOBAL:LOCAL1:LOCAL2); not added"))
+        except ValueError as error:
+            # The model's message quotes the whole item: use it only when the item is short.
+            why = str(error) if len(item) <= 48 else f"{quote(item)} is not a community"
+            warnings.append((INVALID_COMMUNITY, f"annotation {COMMUNITIES_ANNOTATION}: {why}; not added"))
             continue
         if community not in pool.allowed_communities:
             warnings.append((COMMUNITY_NOT_ALLOWED, f"annotation {COMMUNITIES_ANNOTATION}: {community} is not in "

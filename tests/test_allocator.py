@@ -454,3 +454,22 @@ def test_untrusted_values_in_messages_are_quoted_and_cut():
     refusal = result.refused["default/s"]
     assert refusal.reason == "invalidIP"
     assert len(refusal.message) < 200 and "\n" not in refusal.message
+
+
+@pytest.mark.parametrize("second, message", [
+    (svc("b", ann={SHARE: "green", "bgpspeaker.io/load-balancer-ips": "203.0.113.0"}, ports=(("UDP", 1),)),
+     "requested address 203.0.113.0 is used by Service default/a with sharing key 'k', not 'green'"),
+    (svc("b", ann={SHARE: "k", "bgpspeaker.io/load-balancer-ips": "203.0.113.0"}),
+     "requested address 203.0.113.0 is shared with Service default/a, which already uses TCP/80"),
+    (svc("b", ann={"bgpspeaker.io/load-balancer-ips": "203.0.113.0"}),
+     "requested address 203.0.113.0 is already used by Service default/a"),
+    (ServiceView("default", "b", ports=(ServicePort("http", "TCP", -1),)),
+     "port http: -1 is not a port number (1..65535)"),
+    (ServiceView("default", "b", ports=(ServicePort("bad name\n", "TCP", 80), ServicePort("x", "TCP", 80))),
+     "port TCP/80 is listed twice"),
+    (ServiceView("default", "b", ports=(ServicePort("p\n", "ICMP", 80),)),
+     "port 'p\\n': protocol 'ICMP' is not one of TCP, UDP, SCTP"),
+])
+def test_refusal_messages(second, message):
+    result = allocate(CFG, [svc("a", ann={SHARE: "k"}, created="0"), dataclasses.replace(second, created="1")])
+    assert result.refused["default/b"].message == message
