@@ -307,13 +307,18 @@ def _api_outage(lab, seconds):
     with lab.probe(VIP, interval=0.05) as probe:
         lab.outage("east", seconds)
         end = time.monotonic() + seconds + 3  # the outage, then the watch's resync
+        saw_stale = set()
         while time.monotonic() < end:
             now = sorted((lab.node_of_peer(p.peer), p.med, tuple(p.communities)) for p in lab.paths(VIP))
             if now != paths_before:
                 changes.append(now)
+            saw_stale |= {n for n in EAST if lab.status(n)["kubernetes"]["stale"]}
             time.sleep(0.05)
         wait_until(lambda: all(lab.status(n)["kubernetes"]["synced"] and not lab.status(n)["kubernetes"]["stale"]
                                for n in EAST), 30, "east's speakers resynced after the outage")
+    # the outage did reach the speakers (they said their view was stale) ...
+    assert saw_stale == set(EAST), saw_stale
+    # ... and the router saw no change at all
     assert changes == [], changes[:3]
     assert probe.failures() == [] and probe.clusters() == ["east"], (probe.failures()[:3], probe.clusters())
     # the sessions were never reset, and the resync sent no BGP update (invariant 2)
