@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Optional, Sequence
 
 from bgpspeaker.config.schema import Config, PoolConfig
-from bgpspeaker.model import IPAddress, ServiceView
+from bgpspeaker.model import IPAddress, ServiceView, parse_ip
 
 # --- annotations (ours first, then MetalLB's, in precedence order) --------------------
 
@@ -370,7 +370,7 @@ def _parse_request(config: Config, service: ServiceView) -> _Request:
         items = [item.strip() for item in text.split(",")]
         for item in items:
             try:
-                address = ipaddress.ip_address(item)
+                address = parse_ip(item)  # strict: no scope ids (a "%..." tail survives str())
             except ValueError:
                 return refuse(INVALID_IP, f"{source}: {quote(item)} is not an IP address")
             addr = (address.version, int(address))
@@ -447,7 +447,7 @@ def _keep_status(state: _State, request: _Request, given_up: Mapping[Addr, Refus
     discarded: list[Refusal] = []
     for text in svc.ingress_ips:
         try:
-            address = ipaddress.ip_address(text.strip())
+            address = parse_ip(text.strip())
         except ValueError:
             discarded.append(Refusal(INVALID_IP, f"status address {quote(text)} is not an IP address"))
             continue

@@ -338,6 +338,9 @@ BROKEN = [
     (svc("b19", ann={"bgpspeaker.io/load-balancer-ips": "10.9.9.9"}), "notInPool"),
     (svc("b20", ann={"bgpspeaker.io/address-pool": "v6only"}), "noPoolForFamily"),
     (svc("b21", ann={"bgpspeaker.io/load-balancer-ips": "203.0.113.7"}), "ipInUse"),
+    (svc("b22", ann={"bgpspeaker.io/load-balancer-ips": "2001:db8::5%eth0\nannounce route 1.2.3.4/32"},
+         ip_families=("IPv6",)), "invalidIP"),
+    (svc("b23", ann={"bgpspeaker.io/load-balancer-ips": "２０３.0.113.5"}), "invalidIP"),
 ]
 
 
