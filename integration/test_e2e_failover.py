@@ -206,6 +206,32 @@ def test_cluster_speakers_sigkilled_traffic_follows_and_comes_back(lab):
     assert probe.clusters() == ["east", "west", "east"], probe.clusters()
 
 
+def test_cluster_speakers_sigkilled_with_graceful_restart_router_keeps_stale_routes(lab):
+    """The other side of graceful restart (the production default, 120 s): a speaker that
+    crashes closes its TCP sessions without a NOTIFICATION, so the router keeps its routes
+    (stale) for the restart time, past the hold time, whether or not the cluster still
+    serves. Operators choose `exabgp.gracefulRestart` knowing this; the test pins it."""
+    for node in EAST:
+        lab.restart_speaker(node, graceful_restart=120)
+    lab.wait_ready(30, EAST)
+    _serve(lab)
+    for node in EAST:
+        lab.stop_speaker(node, signal.SIGKILL)
+    wait_until(lambda: {lab.node_of_peer(p.peer) for p in lab.paths(VIP) if p.stale} == set(EAST), 5,
+               "east's paths kept as stale")
+    deadline = time.monotonic() + lab.hold_time * 2
+    while time.monotonic() < deadline:  # well past the hold time: still east, still stale
+        assert lab.best_cluster(VIP) == "east", lab.describe_paths(VIP)
+        time.sleep(0.1)
+    assert all(p.stale for p in lab.paths(VIP) if lab.cluster_of_peer(p.peer) == "east")
+    # the speakers come back, refresh their routes, and the stale marks go
+    for node in EAST:
+        lab.start_speaker(node)
+    lab.wait_ready(30, EAST)
+    wait_until(lambda: not any(p.stale for p in lab.paths(VIP)), 15, "east's routes refreshed")
+    assert lab.best_cluster(VIP) == "east"
+
+
 # --------------------------------------------------------------------------- restarts
 
 def test_speaker_restart_with_keep_and_graceful_restart_loses_no_request(lab):
