@@ -39,6 +39,7 @@ log = logging.getLogger("bgpspeaker.daemon")
 LEASE_NAME = "bgpspeaker-allocator"
 CONFIG_POLL_SECONDS = 1.0  # a ConfigMap update lands as a symlink swap; polling catches it without inotify
 RECONCILE_RETRY_SECONDS = 1.0
+SHUTDOWN_JOIN_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,8 @@ class Daemon:
                 self.loop.call_soon_threadsafe(self._on_change)
 
             # One allocator per cluster: the Lease holder writes Service status, the others only read.
-            self.elector = LeaderElector(api, self.options.lease_namespace, LEASE_NAME, self.options.node_name,
+            self.elector = LeaderElector(api, identity=self.options.node_name,
+                                         namespace=self.options.lease_namespace, name=LEASE_NAME,
                                          on_started_leading=from_elector_thread,
                                          on_stopped_leading=from_elector_thread)
             self.status_writer = StatusWriter(api, is_leader=lambda: self.elector.is_leader)
@@ -141,12 +143,17 @@ class Daemon:
                 await self.driver.stop(withdraw=withdraw)
             except Exception:
                 log.exception("stopping ExaBGP failed")
-        for component in (self.elector, self.watcher, self.events):
-            if component is not None:
-                try:
-                    await asyncio.to_thread(component.stop)
-                except Exception:
-                    log.exception("stopping a component failed", extra=fields(component=type(component).__name__))
+        # Bounded joins: informer threads sit in blocking watch reads and are daemon threads,
+        # so waiting long for them would only delay the exit (and the next pod's start).
+        # The elector releases its Lease (an immediate takeover) and events flush first.
+        stops = [(self.elector, {"timeout": SHUTDOWN_JOIN_SECONDS}), (self.watcher, {"timeout": 0.2}),
+                 (self.events, {"timeout": SHUTDOWN_JOIN_SECONDS})]
+        results = await asyncio.gather(*(asyncio.to_thread(component.stop, **kwargs)
+                                         for component, kwargs in stops if component is not None),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception):
+                log.error("stopping a component failed", extra=fields(error=repr(result)))
         if self.http is not None:
             self.http.stop()
         log.info("stopped")

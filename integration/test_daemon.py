@@ -1,0 +1,219 @@
+"""`bgpspeaker run` as an operator runs it: one node, a real FRR router, an emulated API.
+
+What the multi-cluster e2e tests do not look at closely: the daemon's own behaviours.
+Hot reload applies a valid config with the smallest change at the router (no ExaBGP
+restart when the neighbors are unchanged) and refuses garbage while keeping the old
+config; drain moves to the graceful-shutdown community and the lowest tier, then
+withdraws; /status and /metrics tell the truth; SIGTERM withdraws (or, with
+`shutdown: keep`, leaves the routes to graceful restart).
+
+    tor (FRR, AS 64500) 10.77.0.1 ── 10.77.0.2 node-a (bgpspeaker run, AS 64512)
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from integration.kubeapi import run_emulator
+from integration.lab import netns
+from integration.lab.fixtures import lab  # noqa: F401  (fixture)
+from integration.lab.frr import FrrConfig, FrrRouter, Neighbor
+from integration.lab.nsforward import Forwarder
+from integration.lab.wait import wait_until
+
+pytestmark = pytest.mark.lab
+
+VIP = "203.0.113.10"
+PREFIX = f"{VIP}/32"
+GSHUT = "graceful-shutdown"  # how FRR shows 65535:0
+
+
+def speaker_config(med_primary: int = 100, shutdown: str = "withdraw", hold_time: int = 9) -> dict:
+    return {
+        "cluster": {"name": "east", "defaultTier": "primary"},
+        "speaker": {"myASN": 64512, "routerID": "auto", "shutdown": shutdown, "drainSeconds": 1},
+        "exabgp": {"gracefulRestart": 0 if shutdown == "withdraw" else 30},
+        "peers": [{"name": "tor", "address": "10.77.0.1", "asn": 64500, "holdTime": hold_time}],
+        "pools": [{"name": "public", "addresses": ["203.0.113.0/28"]}],
+        "tiers": {
+            "primary": {"med": med_primary, "asPathPrepend": 0, "communities": ["64512:100"]},
+            "secondary": {"med": 200, "asPathPrepend": 1, "communities": ["64512:200"]},
+            "tertiary": {"med": 300, "asPathPrepend": 2, "communities": ["64512:300"]},
+        },
+        "metrics": {"address": "127.0.0.1:7472"},
+    }
+
+
+def service_objects() -> list[dict]:
+    node = {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "node-a", "labels": {"kubernetes.io/hostname": "node-a"}},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}],
+                       "addresses": [{"type": "InternalIP", "address": "10.77.0.2"}]}}
+    service = {"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "web", "namespace": "demo",
+                            "annotations": {"bgpspeaker.io/load-balancer-ips": VIP}},
+               "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}],
+                        "externalTrafficPolicy": "Cluster"}}
+    endpoints = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                 "metadata": {"name": "web-1", "namespace": "demo",
+                              "labels": {"kubernetes.io/service-name": "web"}},
+                 "addressType": "IPv4",
+                 "endpoints": [{"addresses": ["10.244.0.5"], "conditions": {"ready": True}, "nodeName": "node-a"}]}
+    return [node, service, endpoints]
+
+
+class Speaker:
+    """One `bgpspeaker run` in the node's namespace, its HTTP API reachable from the test."""
+
+    def __init__(self, lab, ns: str, workdir: Path, kubeconfig: str, config: dict) -> None:
+        self.lab, self.ns, self.workdir, self.kubeconfig = lab, ns, workdir, kubeconfig
+        self.config_path = workdir / "speaker.yaml"
+        self.write_config(config)
+        self.log_path = workdir / "speaker.log"
+        self.proc = None
+        self.api = Forwarder(None, ("127.0.0.1", 0), ns, ("127.0.0.1", 7472), name="speaker-api").start()
+        lab.on_close(self.api.close)
+
+    def write_config(self, config: dict | str) -> None:
+        text = config if isinstance(config, str) else yaml.safe_dump(config)
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.rename(self.config_path)  # atomic, as a ConfigMap update is
+
+    def start(self) -> "Speaker":
+        self.proc = self.lab.popen(
+            self.ns, [sys.executable, "-m", "bgpspeaker", "run", "--config", str(self.config_path),
+                      "--node-name", "node-a", "--kubeconfig", self.kubeconfig,
+                      "--run-dir", str(self.workdir / "run")],
+            stdout=open(self.log_path, "ab"), stderr=__import__("subprocess").STDOUT)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def http(self, path: str, method: str = "GET") -> tuple[int, str]:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.api.port}{path}", method=method,
+                                         data=b"" if method == "POST" else None)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def status(self) -> dict:
+        return json.loads(self.http("/status")[1])
+
+    def metric(self, name: str) -> float:
+        for line in self.http("/metrics")[1].splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{") and line.split(" ")[0] == name:
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+
+@pytest.fixture
+def world(lab, tmp_path):
+    tor, node = lab.netns("tor"), lab.netns("node")
+    lab.veth(tor, "eth0", node, "eth0")
+    netns.add_addr(tor, "eth0", "10.77.0.1/24")
+    netns.add_addr(node, "eth0", "10.77.0.2/24")
+    router = FrrRouter(tor, FrrConfig(asn=64500, router_id="10.77.0.1", hold_time=9,
+                                      neighbors=(Neighbor("10.77.0.2", 64512),)), lab=lab).start()
+    with run_emulator() as emu:
+        emu.load_objects(service_objects())
+        api_forward = Forwarder(node, ("127.0.0.1", 6443), None, ("127.0.0.1", emu.port), name="kubeapi").start()
+        lab.on_close(api_forward.close)
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(Path(emu.kubeconfig).read_text().replace(emu.url, "http://127.0.0.1:6443"))
+        yield router, emu, node, kubeconfig
+
+
+def start_speaker(lab, world, tmp_path, **config) -> Speaker:
+    router, emu, node, kubeconfig = world
+    speaker = Speaker(lab, node, tmp_path, str(kubeconfig), speaker_config(**config)).start()
+    try:
+        wait_until(lambda: router.best_path(PREFIX), 30, f"{PREFIX} at the router")
+    except AssertionError:
+        raise AssertionError("route never reached the router; speaker log:\n" + speaker.log()[-4000:])
+    return speaker
+
+
+def test_announces_reports_and_writes_status(lab, world, tmp_path):
+    router, emu, _, _ = world
+    speaker = start_speaker(lab, world, tmp_path)
+    best = router.best_path(PREFIX)
+    assert (best.nexthop, best.med, best.aspath, best.communities) == ("10.77.0.2", 100, [64512], ["64512:100"])
+
+    # The allocator (sole replica, so leader) wrote the address back to the Service.
+    def ingress():
+        service = emu.get_object("v1", "Service", "demo", "web")
+        return [i.get("ip") for i in (service.get("status", {}).get("loadBalancer", {}).get("ingress") or [])]
+    assert wait_until(ingress, 20, "status.loadBalancer.ingress") == [VIP]
+
+    wait_until(lambda: speaker.http("/readyz")[0] == 200, 10, "/readyz 200")
+    status = speaker.status()
+    assert status["peers"] == [{"name": "tor", "address": "10.77.0.1", "asn": 64500, "up": True,
+                                "since": status["peers"][0]["since"], "lastDownReason": None}]
+    assert [(r["service"], r["prefix"], r["tier"], r["med"]) for r in status["routes"]] == [
+        ("demo/web", PREFIX, "primary", 100)]
+    metrics = speaker.http("/metrics")[1]
+    assert 'bgpspeaker_bgp_session_up{peer="tor"} 1.0' in metrics
+    assert f'bgpspeaker_service_announced{{ip="{VIP}",namespace="demo",service="web",tier="primary"}} 1.0' in metrics
+    assert "bgpspeaker_event_to_ack_seconds_count" in metrics
+
+
+def test_reload_applies_the_smallest_change_and_refuses_garbage(lab, world, tmp_path):
+    router, _, _, _ = world
+    speaker = start_speaker(lab, world, tmp_path)
+    exabgp_restarts = speaker.metric("bgpspeaker_exabgp_restarts_total")
+    updates = speaker.metric('bgpspeaker_bgp_updates_sent_total{peer="tor"}')
+
+    speaker.write_config(speaker_config(med_primary=150))
+    wait_until(lambda: router.best_path(PREFIX).med == 150, 15, "MED 150 after reload")
+    assert speaker.metric('bgpspeaker_config_reloads_total{result="ok"}') == 1
+    # Same neighbors: ExaBGP kept running, one re-announce for the one route.
+    assert speaker.metric("bgpspeaker_exabgp_restarts_total") == exabgp_restarts
+    assert speaker.metric('bgpspeaker_bgp_updates_sent_total{peer="tor"}') == updates + 1
+
+    speaker.write_config("peers: [this is: {not valid")
+    wait_until(lambda: speaker.metric('bgpspeaker_config_reloads_total{result="invalid"}') == 1, 15,
+               "the garbage config refused")
+    assert "config reload refused" in speaker.log()
+    assert router.best_path(PREFIX).med == 150  # the old config keeps running
+    assert speaker.proc.poll() is None
+
+
+def test_drain_moves_to_gshut_and_lowest_tier_then_withdraws_and_undrain_restores(lab, world, tmp_path):
+    router, _, _, _ = world
+    speaker = start_speaker(lab, world, tmp_path)
+    assert speaker.http("/drain", "POST")[0] == 200
+    # FRR prints the well-known community 65535:0 by its name.
+    drained = wait_until(lambda: (p := router.best_path(PREFIX)) and GSHUT in p.communities and p, 10,
+                         "graceful-shutdown community")
+    assert drained.med == 300 and drained.aspath == [64512, 64512, 64512]
+    wait_until(lambda: router.best_path(PREFIX) is None, 10, "withdrawn after drainSeconds")
+    assert speaker.status()["drain"] == "withdrawn"
+    assert speaker.http("/undrain", "POST")[0] == 200
+    restored = wait_until(lambda: router.best_path(PREFIX), 10, "announced again")
+    assert restored.med == 100 and GSHUT not in restored.communities
+
+
+@pytest.mark.parametrize("shutdown", ["withdraw", "keep"])
+def test_sigterm_withdraws_or_keeps_per_config(lab, world, tmp_path, shutdown):
+    router, _, _, _ = world
+    speaker = start_speaker(lab, world, tmp_path, shutdown=shutdown)
+    if shutdown == "keep":  # the router keeps the route as stale only if GR was negotiated
+        wait_until(lambda: router.established("10.77.0.2"), 10, "session up")
+    speaker.proc.send_signal(signal.SIGTERM)
+    assert speaker.proc.wait(20) == 0, speaker.log()[-3000:]
+    if shutdown == "withdraw":
+        assert router.best_path(PREFIX) is None, "route still at the router after a withdraw shutdown"
+    else:
+        kept = router.best_path(PREFIX)
+        assert kept is not None and kept.stale, f"expected a stale route kept by graceful restart, got {kept}"
