@@ -390,10 +390,12 @@ def test_service_gets_ip_within_one_reconcile_and_delete_releases_it(emu, replic
     r = replicas(config("203.0.113.10/32"), "node-a", events=True)  # a pool of exactly one address
     wait_until(lambda: r.elector.is_leader and r.watcher.synced, 10, "leader and synced")
     emu.set_object(svc("first"))
-    wait_until(lambda: ingress_of(emu, "first") == ["203.0.113.10"], 10, "first's status")
-    assert pool_annotation_of(emu, "first") == "public"
+    # Two writes (status, then the annotation on the main resource): wait for both.
+    wait_until(lambda: ingress_of(emu, "first") == ["203.0.113.10"] and pool_annotation_of(emu, "first") == "public",
+               10, "first's status and annotation")
     # Within one reconcile: the first round that saw the Service wrote its status.
-    first_seen = next(result for keys, result in r.rounds if "default/first" in keys)
+    first_seen = wait_until(lambda: next((result for keys, result in r.rounds if "default/first" in keys), None),
+                            10, "the round that saw first")
     assert "default/first" in first_seen.written
 
     # The status comes back through the watch; the next round has nothing to write.
@@ -405,8 +407,8 @@ def test_service_gets_ip_within_one_reconcile_and_delete_releases_it(emu, replic
 
     emu.delete_object("v1", "Service", "default", "first")  # releases the address...
     wait_until(lambda: ingress_of(emu, "second") == ["203.0.113.10"], 10, "second gets the released address")
-    events = emu.events_for("default", "second")
-    assert any(e["reason"] == "IPAllocated" and "203.0.113.10" in e["message"] for e in events)
+    wait_until(lambda: any(e["reason"] == "IPAllocated" and "203.0.113.10" in e["message"]
+                           for e in emu.events_for("default", "second")), 10, "the IPAllocated Event")
 
 
 def test_type_change_and_refusal_clear_the_status(emu, replicas):
@@ -443,7 +445,8 @@ def test_no_write_when_status_already_matches(emu, replicas):
     emu.load_objects([svc(f"s{i}") for i in range(5)])
     r = replicas(config("203.0.113.0/29"), "node-a")
     wait_until(lambda: r.elector.is_leader and r.watcher.synced, 10, "leader and synced")
-    wait_until(lambda: all(ingress_of(emu, f"s{i}") for i in range(5)), 10, "every status")
+    wait_until(lambda: all(ingress_of(emu, f"s{i}") and pool_annotation_of(emu, f"s{i}") for i in range(5)), 10,
+               "every status and annotation")
     writes = lambda: [q for q in emu.requests if q["method"] in ("PATCH", "PUT") and "/services/" in q["path"]]
     settled = len(writes())
     for _ in range(3):  # reconciles with nothing to do send nothing

@@ -135,10 +135,12 @@ def test_two_replicas_never_both_write_and_assign_every_service_once(emu):
             ips = [ingress_of(emu, f"s{i:02d}") for i in range(40)]
             assert all(len(x) == 1 for x in ips)
             assert len({x[0] for x in ips}) == 40, "an address was assigned twice"
+            everything = {f"default/s{i:02d}" for i in range(40)}
+            # A round is recorded when its writes are done (after the last annotation patch).
+            wait_until(lambda: set(a.written()) | set(b.written()) == everything, 10, "every write recorded")
             wrote_a, wrote_b = set(a.written()), set(b.written())
             assert wrote_a and wrote_b, "the takeover did not happen mid-way"
             assert not wrote_a & wrote_b, "both replicas wrote the same Service"
-            assert wrote_a | wrote_b == {f"default/s{i:02d}" for i in range(40)}
         finally:
             b.close()
     finally:
