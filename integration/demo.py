@@ -99,7 +99,7 @@ class Demo:
   east-2    10.99.2.2 ─┤
   west-1    10.99.3.2 ─┼─ tor  FRR AS 64500, always-compare-med ── client 10.99.100.2
   central-1 10.99.4.2 ─┘  clusters west, central (AS 64512, APIs #2, #3)""")
-        self.lab = MultiClusterLab(log=lambda s: self.say("   " + s), allocator=os.environ.get("LAB_NO_ALLOCATOR") != "1")
+        self.lab = MultiClusterLab(log=lambda s: self.say("   " + s))
         self.lab.start()
         for name in self.lab.speakers:
             self.say(f"   {name:<10} bgpspeaker run pid {self.lab.speakers[name].proc.pid}: ready, session to "
@@ -112,6 +112,11 @@ class Demo:
         self.lab.wait_best_cluster(VIP, "east", timeout=20)
         wait_until(lambda: len(self.lab.paths(VIP)) == 4, 15, "a path from each of the 4 nodes")
         self.lab.wait_served_by(VIP, "east")
+        if self.lab.allocator:
+            wait_until(lambda: all(self.lab.service_ingress(c, "web") for c in self.lab.clusters), 15,
+                       "every cluster's allocator to write the Service's status")
+            self.say("   status.loadBalancer.ingress written by each cluster's allocator: "
+                     + ", ".join(f"{c} {','.join(self.lab.service_ingress(c, 'web'))}" for c in self.lab.clusters))
         self.show_table()
         self.show_fib()
         self.show_curl()

@@ -74,10 +74,7 @@ def test_preference_east_serves_with_each_tier_attributes(lab):
     assert [(r["prefix"], r["tier"], r["med"]) for r in routes] == [(f"{VIP}/32", "primary", 100)]
     if lab.allocator:
         # each cluster's allocator (the Lease holder) wrote the VIP into the Service's status
-        def ingress(cluster):
-            svc = lab.emulators[cluster].get_object("v1", "Service", "default", "web") or {}
-            return [i.get("ip") for i in ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []]
-        wait_until(lambda: all(ingress(c) == [VIP] for c in lab.clusters), 15,
+        wait_until(lambda: all(lab.service_ingress(c, "web") == [VIP] for c in lab.clusters), 15,
                    "status.loadBalancer.ingress written in every cluster")
 
 

@@ -616,6 +616,11 @@ class MultiClusterLab:
                 with contextlib.suppress(netns.LabError):
                     netns.del_lo_addr(self.ns[node.name], svc["vip"])
 
+    def service_ingress(self, cluster: str, name: str, namespace: str = "default") -> list[str]:
+        """status.loadBalancer.ingress IPs of the Service in `cluster`'s API (what its allocator wrote)."""
+        svc = self.emulators[cluster].get_object("v1", "Service", namespace, name) or {}
+        return [i.get("ip") for i in ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []]
+
     def set_node_ready(self, node_name: str, ready: bool) -> None:
         node = self.nodes[node_name]
         self.emulators[node.cluster].set_object(node_object(node, ready))
