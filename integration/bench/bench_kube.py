@@ -20,6 +20,7 @@ import asyncio
 import gc
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -182,6 +183,7 @@ def main() -> int:
     parser.add_argument("--small", action="store_true", help="500 + 500 objects: a smoke run")
     parser.add_argument("--services", type=int)
     parser.add_argument("--slices", type=int)
+    parser.add_argument("--repeat", type=int, help="runs of each path (default 3, --small 1)")
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--kubeconfig", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -207,24 +209,33 @@ def main() -> int:
                 remote.load_objects(objects[i:i + 2000])
             print(f"initial sync of {n_services} Services + {n_slices} EndpointSlices + 40 Nodes "
                   f"(emulator in its own process; each path in a fresh child process)\n")
-            results = {mode: run_child(mode, kubeconfig) for mode in ("views", "models", "parse")}
+            # Alternated, repeated, best and median kept: the machine is shared, and a
+            # single run swings by 2-3x under other load (seen: 1.4 s and 4.2 s).
+            runs: dict[str, list[dict]] = {"views": [], "models": []}
+            for _ in range(args.repeat or (1 if args.small else 3)):
+                for mode in runs:
+                    runs[mode].append(run_child(mode, kubeconfig))
+            results = {mode: min(found, key=lambda r: r["seconds"]) for mode, found in runs.items()}
+            medians = {mode: statistics.median(r["seconds"] for r in found) for mode, found in runs.items()}
+            results["parse"] = run_child("parse", kubeconfig)
         finally:
             emulator.terminate()
             emulator.wait(timeout=10)
 
     v, m, p = results["views"], results["models"], results["parse"]
     assert v["services"] == m["services"] == n_services and v["slices"] == m["slices"] == n_slices
-    print(f"{'path':<44}{'seconds':>9}{'RSS MB':>9}{'(+ over start)':>16}")
-    print(f"{'KubeWatcher: raw JSON -> views (daemon)':<44}{v['seconds']:>9.2f}{v['rss_mb']:>9.0f}"
-          f"{v['rss_mb'] - v['base_mb']:>+16.0f}")
-    print(f"{'client models: list_*() deserialised':<44}{m['seconds']:>9.2f}{m['rss_mb']:>9.0f}"
-          f"{m['rss_mb'] - m['base_mb']:>+16.0f}")
-    print(f"\nsync time ratio models/views: {m['seconds'] / v['seconds']:.1f}x; "
+    print(f"{'path':<42}{'best s':>8}{'median s':>10}{'RSS MB':>8}{'(+ over start)':>16}")
+    print(f"{'KubeWatcher: raw JSON -> views (daemon)':<42}{v['seconds']:>8.2f}{medians['views']:>10.2f}"
+          f"{v['rss_mb']:>8.0f}{v['rss_mb'] - v['base_mb']:>+16.0f}")
+    print(f"{'client models: list_*() deserialised':<42}{m['seconds']:>8.2f}{medians['models']:>10.2f}"
+          f"{m['rss_mb']:>8.0f}{m['rss_mb'] - m['base_mb']:>+16.0f}")
+    print(f"\nsync time ratio models/views (best): {m['seconds'] / v['seconds']:.1f}x, (median): "
+          f"{medians['models'] / medians['views']:.1f}x; "
           f"RSS growth ratio: {(m['rss_mb'] - m['base_mb']) / max(1e-9, v['rss_mb'] - v['base_mb']):.1f}x")
     print(f"(not counted above: importing/building the client's API classes, {v['setup']:.2f} s once per process)")
     print(f"parse only ({p['bytes'] / 1e6:.1f} MB of JSON): views {p['views_s']:.2f} s, client models "
           f"{p['models_s']:.2f} s ({p['models_s'] / p['views_s']:.1f}x)")
-    print(f"goal (10k + 10k): first snapshot < 5 s -> {'met' if v['seconds'] < 5 else 'NOT met'}; "
+    print(f"goal (10k + 10k): first snapshot < 5 s -> {'met' if medians['views'] < 5 else 'NOT met'} (median); "
           f"RSS < 150 MB -> {'met' if v['rss_mb'] < 150 else 'NOT met'}")
     return 0
 
