@@ -131,7 +131,8 @@ class Demo:
         self.step("west and east are ready again")
         self.lab.set_cluster_ready("web", "west", True)
         self.lab.wait_best_cluster(VIP, "west")
-        self.failover_only("east", True, "east", "all back: east is primary again")
+        self.say(f"   west is ready: it serves again (secondary), answer {self.lab.wait_served_by(VIP, 'west')}")
+        self.failover_only("east", True, "east", "east is ready: back to the primary")
 
     def failover(self, title: str, cluster: str, ready: bool, expect: str) -> None:
         self.step(title)
@@ -143,13 +144,18 @@ class Demo:
         with self.lab.probe(VIP) as probe:  # the client keeps sending requests every 20 ms
             t0 = self.lab.set_cluster_ready("web", cluster, ready)
             t1 = self.lab.wait_best_cluster(VIP, expect, timeout=15)
-            self.lab.wait_served_by(VIP, expect)
+            probe.wait_cluster(expect)
         took = t1 - t0
         self.failovers.append((f"→{expect}", took))
         self.say(f"   router best path moved to {expect} {took * 1000:.0f} ms after the API write")
         failed = probe.failures()
         self.say(f"   client requests during the change: {len(probe.answers)}, failed: {len(failed)}, "
                  f"served by: {' → '.join(c or 'nobody' for c in probe.clusters())}")
+        for answer in failed:
+            self.say(f"     failed request at +{(answer.at - t0) * 1000:.0f} ms: {answer.error}")
+        if failed and not probe.unexpected_failures([(t0, time.monotonic())]):
+            self.say("     (a connection in flight when the route moved: its next packets reached a node that never "
+                     "saw its SYN, which reset it; a retry is served)")
         self.show_table()
         self.show_fib()
         self.show_curl()
