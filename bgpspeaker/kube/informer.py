@@ -208,7 +208,9 @@ class Informer:
 
     def _watch(self) -> None:
         """Watch from self.resource_version, re-watching on a clean end, until an error."""
+        short = 0  # consecutive watches that ended at once with nothing in them
         while not self._stopping.is_set():
+            opened, lines = time.monotonic(), 0
             try:
                 response = self._list(
                     watch=True, resource_version=self.resource_version, allow_watch_bookmarks=True,
@@ -225,13 +227,25 @@ class Informer:
                 if self._stopping.is_set():  # stop() ran before _response was visible
                     return
                 for line in iter_lines(response):
+                    lines += 1
                     self._handle(json.loads(line))
             finally:
                 self._response = None
                 response.close()
                 response.release_conn()
-            if not self._stopping.is_set():
-                self._restarts.inc()  # a clean end: resume from the last resourceVersion
+            if self._stopping.is_set():
+                return
+            self._restarts.inc()  # a clean end: resume from the last resourceVersion
+            # A server (or proxy) that closes every watch at once would make this a busy
+            # loop; client-go calls it a "very short watch". Back off, without relisting.
+            short = short + 1 if lines == 0 and time.monotonic() - opened < 1.0 else 0
+            if short and self._stopping.wait(self._wait_seconds(short)):
+                return
+
+    def _wait_seconds(self, attempt: int) -> float:
+        class _State:  # what a tenacity wait strategy reads
+            attempt_number = attempt
+        return self._wait(_State())  # type: ignore[arg-type]
 
     def _handle(self, event: Mapping[str, Any]) -> None:
         kind, obj = event.get("type"), event.get("object") or {}
