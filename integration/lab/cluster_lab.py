@@ -9,6 +9,8 @@ processes, one emulated Kubernetes API per cluster, and a client that sends real
      └─ 10.99.100.0/24 ─ client
 
 Why it is built this way:
+- The namespaces, links and the FRR router come from `topology.Topology` (the lab's
+  shared picture); this module adds what makes them clusters: APIs, speakers, Services.
 - Each speaker runs exactly as an operator runs it (`python -m bgpspeaker run --config
   --node-name --kubeconfig --run-dir`), in its node's namespace, with its ExaBGP child;
   the tests judge it only from outside: the router's RIB/best path, real HTTP answers,
@@ -23,6 +25,15 @@ Why it is built this way:
   node the router picks answers, and the answer says which cluster is serving.
 - Everything started here is stopped by PID and every namespace deleted on `close()`,
   also when a test failed (the netns atexit hook is the safety net).
+
+Use:
+
+    with MultiClusterLab() as lab:                       # ~3-5 s; everything ready
+        lab.create_service("web", "203.0.113.5", "east,west,central")
+        lab.wait_best_cluster("203.0.113.5", "east")     # the router's own best path
+        lab.curl_from_client("203.0.113.5")              # -> "east/east-1"
+        t0 = lab.set_cluster_ready("web", "east", False) # EndpointSlice written in east's API
+        lab.wait_best_cluster("203.0.113.5", "west") - t0  # failover time
 
 Trade-off: responders and probes are threads of the test process (sockets created in
 the node/client namespaces), not processes: a probe every 20 ms costs no fork, and the
@@ -48,7 +59,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Mapping, Optional
+from typing import Callable, Iterable, Mapping, Optional
 
 import yaml
 
