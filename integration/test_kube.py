@@ -454,3 +454,36 @@ def test_no_write_when_status_already_matches(emu, replicas):
         r.loop.loop.call_soon_threadsafe(r.kick)
         wait_until(lambda: len(r.rounds) > rounds, 10, "one more reconcile")
     assert len(writes()) == settled
+
+
+def test_stop_ends_every_thread_promptly_even_mid_watch(emu):
+    w = Watching(emu)
+    try:
+        wait_until(lambda: w.state("synced"), 10, "initial sync")
+    finally:
+        w.close()  # the informers are blocked reading their watches: stop() must interrupt them
+    leftovers = [t.name for t in threading.enumerate() if t.name.startswith("informer-") and t.is_alive()]
+    assert leftovers == []
+
+
+def test_a_server_closing_every_watch_at_once_is_not_hammered(emu, watching):
+    w = watching()
+    wait_until(lambda: w.state("synced"), 10, "initial sync")
+    stop = threading.Event()
+
+    def closer():  # every watch is cut a few ms after it opens, with nothing in it
+        while not stop.wait(0.005):
+            emu.close_watches()
+    thread = threading.Thread(target=closer, daemon=True)
+    before = len(emu.requests)
+    thread.start()
+    try:
+        time.sleep(2.0)
+    finally:
+        stop.set()
+        thread.join()
+    watches = [q for q in emu.requests[before:] if q["path"] == "/api/v1/services"]
+    # Without backoff this is hundreds (one per cut); with it, a handful per second.
+    assert len(watches) < 30, len(watches)
+    emu.set_object(svc("after"))
+    wait_until(lambda: "default/after" in w.snapshot().services, 15, "the watch resumes afterwards")
