@@ -7,10 +7,15 @@ valid — so assignments survive restarts, and every node computes the same allo
 the leader without talking to it.
 
 Trade-offs:
-- Determinism over cleverness. Services are processed in one fixed order (status holders
-  first, then by creation time, namespace, name) and conflicts are decided by that
-  order, so the same inputs in any order give the same result, and re-running on the
-  written-back output changes nothing (both are property-tested).
+- Determinism over cleverness. First every Service keeps the status addresses we are
+  known to have handed out (the allocated-from-pool annotation names their pool): a
+  running assignment is never taken away. Then Services are served oldest first
+  (creation time, namespace, name), each keeping any other status address if still
+  free, else getting its request or the lowest free address. Conflicts are decided by
+  that order, so the same inputs in any order give the same result, and re-running on
+  the written-back output changes nothing (both are property-tested). A status address
+  we did not hand out is no stronger than a request: writing a Service's status cannot
+  take an address an older Service asked for.
 - Never enumerate a pool. An IPv6 /64 has 2**64 addresses: the lowest free address is
   found by walking the pool's networks lazily from a per-(pool, family) cursor that only
   moves forward (nothing is released within one run), skipping addresses in use.
@@ -40,6 +45,11 @@ SHARING_ANNOTATIONS = (
     "bgpspeaker.io/allow-shared-ip", "metallb.io/allow-shared-ip", "metallb.universe.tf/allow-shared-ip",
 )
 ALLOCATED_FROM_POOL_ANNOTATION = "bgpspeaker.io/ip-allocated-from-pool"
+# Written next to the status by the allocator's writer (and by MetalLB, for Services migrating
+# from it): the evidence that a status address was handed out, not written by someone else.
+ALLOCATED_FROM_POOL_ANNOTATIONS = (
+    ALLOCATED_FROM_POOL_ANNOTATION, "metallb.io/ip-allocated-from-pool", "metallb.universe.tf/ip-allocated-from-pool",
+)
 
 # --- reason codes ----------------------------------------------------------------------
 
@@ -434,26 +444,39 @@ def _check_address(state: _State, request: _Request, addr: Addr, what: str) -> t
     return pool, None
 
 
-def _keep_status(state: _State, request: _Request, given_up: Mapping[Addr, Refusal]) -> tuple[
-        dict[int, tuple[Addr, PoolConfig]], list[Refusal]]:
-    """Phase 1: the status addresses this Service may keep, by family, and the others with why.
+def _is_marked(service: ServiceView, pool: Optional[PoolConfig]) -> bool:
+    """Whether the Service carries the allocated-from-pool annotation naming `pool`."""
+    return pool is not None and any(service.annotation(name) == pool.name for name in ALLOCATED_FROM_POOL_ANNOTATIONS)
 
-    Every Service keeps its valid status addresses before any Service gets a *new* one:
-    otherwise an early Service adding a second family could take the address a later
-    Service already holds, and the allocation would not be a fixpoint.
+
+def _keep_status(state: _State, request: _Request, given_up: Mapping[Addr, Refusal], marked: bool,
+                 kept_before: Mapping[int, tuple[Addr, PoolConfig]]) -> tuple[
+        dict[int, tuple[Addr, PoolConfig]], list[Refusal]]:
+    """The status addresses this Service keeps, by family, and the ones it does not, with why.
+
+    Called twice. Phase 1 (`marked`): addresses we are known to have handed out (the
+    allocated-from-pool annotation names their pool) are kept by every Service before any
+    Service is served, so a running assignment is never taken by someone new — not even by
+    an older Service that asks for that address later. Phase 2 (not `marked`), at the
+    Service's own turn in age order: any other status address, which is therefore no
+    stronger than a request. Whoever can write a Service's status cannot use it to take an
+    address an older Service asked for (tests/test_hardening_attacks.py).
     """
     svc = request.service
-    kept: dict[int, tuple[Addr, PoolConfig]] = {}
+    kept: dict[int, tuple[Addr, PoolConfig]] = dict(kept_before)
     discarded: list[Refusal] = []
     for text in svc.ingress_ips:
         try:
             address = parse_ip(text.strip())
         except ValueError:
-            discarded.append(Refusal(INVALID_IP, f"status address {quote(text)} is not an IP address"))
+            if marked:  # reported once, in phase 1
+                discarded.append(Refusal(INVALID_IP, f"status address {quote(text)} is not an IP address"))
             continue
         addr = (address.version, int(address))
-        if addr in given_up:
-            continue  # reported by the caller
+        if addr in given_up or any(addr == held for held, _ in kept.values()):
+            continue  # given up: reported by the caller; kept: nothing to say
+        if _is_marked(svc, state.pool_of(addr)) != marked:
+            continue  # the other phase's business
         if request.requested:
             if addr not in request.requested:
                 continue  # replaced by the requested address: nothing suspicious
@@ -469,15 +492,12 @@ def _keep_status(state: _State, request: _Request, given_up: Mapping[Addr, Refus
         if refusal is not None:
             discarded.append(refusal)
             continue
+        if kept and pool.name != next(iter(kept.values()))[1].name:
+            # A Service's addresses come from one pool; the one kept first stays.
+            discarded.append(Refusal(DIFFERENT_POOLS, f"status address {address} is in another pool than "
+                                                      f"{_ip(next(iter(kept.values()))[0])}"))
+            continue
         kept[address.version] = (addr, pool)
-    if len({pool.name for _, pool in kept.values()}) > 1:
-        # A Service's addresses come from one pool; keep the first family's.
-        first = next(v for v in request.families if v in kept)
-        for version in list(kept):
-            if version != first:
-                discarded.append(Refusal(DIFFERENT_POOLS, f"status address {_ip(kept[version][0])} is in another "
-                                                          f"pool than {_ip(kept[first][0])}"))
-                del kept[version]
     return kept, discarded
 
 
@@ -575,9 +595,9 @@ def _why_not(state: _State, request: _Request, candidates: Sequence[PoolConfig])
 
 
 def _order_key(service: ServiceView) -> tuple:
-    # Status holders first: an address already handed out is kept before anyone new may
-    # claim it; then the oldest Service wins a conflict (RFC 3339 timestamps sort as text).
-    return (0 if service.ingress_ips else 1, service.created, service.namespace, service.name)
+    # The oldest Service wins a conflict (RFC 3339 timestamps sort as text); namespace and
+    # name make the order total, so the input order never matters.
+    return (service.created, service.namespace, service.name)
 
 
 def allocate(config: Config, services: Iterable[ServiceView]) -> Allocation:
@@ -617,32 +637,44 @@ def _pass(config: Config, requests: Sequence[_Request], given_up: Mapping[str, M
     state = _State(config)
     assigned: dict[str, Assignment] = {}
     refused: dict[str, Refusal] = {}
-    discarded: dict[str, tuple[Refusal, ...]] = {}
+    discarded: dict[str, list[Refusal]] = {}
     released: dict[str, dict[Addr, Refusal]] = {}
+    # Phase 1: addresses we handed out are kept first, whoever is older.
     kept_by: dict[str, dict[int, tuple[Addr, PoolConfig]]] = {}
     for request in requests:
         key = request.service.key
         skip = given_up.get(key, {})
-        kept, dropped = _keep_status(state, request, skip)
-        dropped = list(skip.values()) + dropped
-        if dropped:
-            discarded[key] = tuple(dropped)
+        kept, dropped = _keep_status(state, request, skip, True, {})
+        discarded[key] = list(skip.values()) + dropped
         kept_by[key] = kept
         for addr, _ in kept.values():
             state.claim(addr, request)
+    # Phase 2: in age order, every Service keeps its other status addresses if still free,
+    # then gets its request or new addresses.
     for request in requests:
         key = request.service.key
-        kept = kept_by[key]
+        marked = kept_by[key]
+        kept, dropped = _keep_status(state, request, given_up.get(key, {}), False, marked)
+        discarded[key] += dropped
+        for version, (addr, _) in kept.items():
+            if version not in marked:
+                state.claim(addr, request)
         result, refusal = _complete(state, request, kept)
         chosen = result[1] if result is not None else ()
-        for addr, pool in kept.values():
-            if addr not in chosen:
-                state.release(addr, request)
+        for version, (addr, pool) in kept.items():
+            if addr in chosen:
+                continue
+            state.release(addr, request)
+            if version in marked:
+                # Released after others were served: re-run the pass with it given up (see allocate).
                 why = refusal if refusal is not None else Refusal(
                     DUAL_STACK_UNAVAILABLE, f"pool {pool.name!r} cannot give it both IP families; moved to pool "
                                             f"{result[0].name!r}")
                 released.setdefault(key, {})[addr] = Refusal(
                     why.reason, f"status address {_ip(addr)} given up: {why.message}")
+            elif refusal is None:
+                discarded[key].append(Refusal(DUAL_STACK_UNAVAILABLE, f"status address {_ip(addr)} given up: pool "
+                                              f"{pool.name!r} cannot give it both IP families"))
         if refusal is not None:
             refused[key] = refusal
             continue
@@ -651,4 +683,4 @@ def _pass(config: Config, requests: Sequence[_Request], given_up: Mapping[str, M
             if not any(addr == held for held, _ in kept.values()):
                 state.claim(addr, request)
         assigned[key] = Assignment(pool.name, tuple(_ip(a) for a in addrs))
-    return (assigned, refused, discarded), released
+    return (assigned, refused, {k: tuple(v) for k, v in discarded.items() if v}), released

@@ -220,6 +220,7 @@ def test_pool_annotation_precedence():
 # --- sharing --------------------------------------------------------------------------------
 
 SHARE = "bgpspeaker.io/allow-shared-ip"
+MARK = "bgpspeaker.io/ip-allocated-from-pool"
 
 
 def test_sharing_key_converges_on_one_address_with_disjoint_ports():
@@ -293,7 +294,8 @@ def test_dual_stack_keeps_its_status_address_and_adds_the_other_family():
      "sharingKeyMismatch"),
 ])
 def test_tenant_cannot_take_what_it_is_not_entitled_to(attacker, reason):
-    victim = svc("v", "team", ann={SHARE: "k"}, ingress_ips=("203.0.113.0",), created="1")
+    # a legitimate holder: its status was written by us (the annotation says so)
+    victim = svc("v", "team", ann={SHARE: "k", MARK: "public"}, ingress_ips=("203.0.113.0",), created="1")
     result = allocate(CFG, [victim, attacker])
     assert result.refused["evil/x"].reason == reason
     assert addrs(result, "team/v") == ("203.0.113.0",)
@@ -345,7 +347,7 @@ BROKEN = [
 
 
 def test_broken_services_each_get_their_reason_and_good_ones_are_still_assigned():
-    holder = svc("holder", ingress_ips=("203.0.113.7",), created="0")
+    holder = svc("holder", ann={MARK: "public"}, ingress_ips=("203.0.113.7",), created="0")
     good = [svc("good1"), svc("good2", ip_family_policy="RequireDualStack")]
     result = allocate(CFG, [holder, *good, *(s for s, _ in BROKEN)])
     assert {k: r.reason for k, r in result.refused.items()} == {s.key: reason for s, reason in BROKEN}
@@ -408,14 +410,19 @@ def _check_invariants(cfg, service_list, result):
     assert not set(result.assigned) & set(result.refused)
 
 
-def _write_back(service_list, result):
+def _write_back(service_list, result, mark=False):
+    """What the status writer leaves: the addresses, and (mark=True) the allocated-from-pool annotation."""
     out = []
     for s in service_list:
+        annotations = dict(s.annotations)
+        annotations.pop("bgpspeaker.io/ip-allocated-from-pool", None)
         if s.key in result.assigned:
             status = tuple(str(a) for a in result.assigned[s.key].addresses)
+            if mark:
+                annotations["bgpspeaker.io/ip-allocated-from-pool"] = result.assigned[s.key].pool
         else:
             status = ()
-        out.append(dataclasses.replace(s, ingress_ips=status))
+        out.append(dataclasses.replace(s, ingress_ips=status, annotations=tuple(sorted(annotations.items()))))
     return out
 
 
@@ -428,11 +435,11 @@ def test_property_invariants_order_independence_and_fixpoint(service_list, rnd):
     rnd.shuffle(shuffled)
     again = allocate(PROP_CFG, shuffled)
     assert again.assigned == result.assigned and again.refused == result.refused
-    written = _write_back(service_list, result)
-    rerun = allocate(PROP_CFG, written)
-    assert rerun.assigned == result.assigned
-    assert set(rerun.refused) == set(result.refused)
-    assert not rerun.discarded
+    for mark in (False, True):
+        rerun = allocate(PROP_CFG, _write_back(service_list, result, mark))
+        assert rerun.assigned == result.assigned
+        assert set(rerun.refused) == set(result.refused)
+        assert not rerun.discarded
 
 
 def test_many_services_scale():
@@ -476,3 +483,20 @@ def test_untrusted_values_in_messages_are_quoted_and_cut():
 def test_refusal_messages(second, message):
     result = allocate(CFG, [svc("a", ann={SHARE: "k"}, created="0"), dataclasses.replace(second, created="1")])
     assert result.refused["default/b"].message == message
+
+
+def test_unmarked_status_yields_to_an_older_request_but_a_marked_one_stands():
+    older = svc("older", ann={"bgpspeaker.io/load-balancer-ips": "203.0.113.5"}, created="2024")
+    forged = svc("newer", "tenant", ingress_ips=("203.0.113.5",), created="2025")
+    result = allocate(CFG, [older, forged])
+    assert addrs(result, "default/older") == ("203.0.113.5",)
+    assert addrs(result, "tenant/newer") != ("203.0.113.5",)
+    assert [r.reason for r in result.discarded["tenant/newer"]] == ["ipInUse"]
+    # handed out by us earlier (the annotation the status writer adds): the older request waits
+    ours = dataclasses.replace(forged, annotations=(("bgpspeaker.io/ip-allocated-from-pool", "public"),))
+    result = allocate(CFG, [older, ours])
+    assert addrs(result, "tenant/newer") == ("203.0.113.5",)
+    assert result.refused["default/older"].reason == "ipInUse"
+    # an annotation naming another pool is no evidence
+    wrong = dataclasses.replace(forged, annotations=(("bgpspeaker.io/ip-allocated-from-pool", "manual"),))
+    assert addrs(allocate(CFG, [older, wrong]), "default/older") == ("203.0.113.5",)

@@ -285,7 +285,8 @@ def test_planner_rechecks_every_address_against_the_pools(assignment, reason):
                                "bgpspeaker.io/load-balancer-ips": "203.0.113.0"}), "sharingKeyMismatch"),
 ])
 def test_tenant_requests_are_refused_and_never_planned(attacker, reason):
-    victim = service("v", "team", ann={"bgpspeaker.io/allow-shared-ip": "k"}, ingress_ips=("203.0.113.0",))
+    victim = service("v", "team", ann={"bgpspeaker.io/allow-shared-ip": "k",
+                                       "bgpspeaker.io/ip-allocated-from-pool": "public"}, ingress_ips=("203.0.113.0",))
     victim = dataclasses.replace(victim, ports=(ServicePort("", "UDP", 1),))
     result, _, _ = run([victim, attacker])
     assert ("evil/x", reason) in reasons(result)
