@@ -24,7 +24,7 @@ import math
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
