@@ -42,6 +42,7 @@ speakers under test are the only real processes besides FRR.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ipaddress
 import json
@@ -404,6 +405,9 @@ class MultiClusterLab:
         if os.geteuid() != 0:
             raise LabStartError("the lab needs root (network namespaces, FRR)")
         netns.reap_stale()
+        # runs before netns's own atexit hook (LIFO): speakers get their SIGTERM (and
+        # withdraw) before their namespaces go, even when a script forgot close()
+        atexit.register(self.close)
         t0 = time.monotonic()
         self.topo.up()
         self.nodes = dict(self.topo.nodes)
@@ -561,6 +565,7 @@ class MultiClusterLab:
         if self._closed:
             return
         self._closed = True
+        atexit.unregister(self.close)
         errors = []
         for sp in self.speakers.values():
             if sp.running:
