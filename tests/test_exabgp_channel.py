@@ -230,3 +230,22 @@ def test_barrier_answer_is_delivered_before_the_events_that_follow_it(tmp_path):
         relay.close()
         await ch.close()
     run(main())
+
+
+def test_a_new_exabgp_owes_no_stale_barrier_answers(tmp_path):
+    async def main():
+        readies = []
+        ch = Channel(str(tmp_path / "i.sock"), on_ready=readies.append)
+        await ch.start()
+        relay = await FakeRelay.connect(ch.path)
+        assert await relay.line() == "show neighbor json"
+        relay.close()  # barrier never answered on this connection
+        await settle(lambda: not ch._conn)
+        ch.new_process()  # ... and the ExaBGP that owed the answer is gone
+        relay = await FakeRelay.connect(ch.path)
+        await relay.pass_barrier()
+        await ch.wait_ready(5)
+        assert neighbor_fsm(readies[0])["10.0.0.1"] == "ESTABLISHED"
+        relay.close()
+        await ch.close()
+    run(main())

@@ -198,3 +198,14 @@ def test_reconfigure_restarts_only_when_the_rendered_config_changes(tmp_path):
         assert "hold-time 6;" in d.config_path.read_text()
         assert await rib(d) == expected(routes(100))
     drive(tmp_path, body, config=config)
+
+
+def test_an_unusable_next_hop_affects_only_its_own_routes(tmp_path):
+    async def body(d: ExabgpDriver, m: Metrics):
+        bad = RouteAttributes(next_hop=A("127.0.0.1"), as_path=(64512,))
+        good = routes(5)
+        await d.apply(good + routes(3, attrs=bad, offset=100))  # returns: nothing waits forever
+        assert await rib(d) == expected(good)
+        assert set(d.announced()) == {i.key for i in good}
+        assert len(d.rejected) == 3 and all("next-hop" in why for why in d.rejected.values())
+    drive(tmp_path, body)

@@ -124,6 +124,13 @@ class Channel:
         except FileNotFoundError:
             pass
 
+    def new_process(self) -> None:
+        """A new ExaBGP is about to start: answers owed by the old one can never arrive.
+
+        Without this reset, one miscounted barrier (its answer lost with a dead relay) would
+        make every later connection skip its own answer: never ready, restart, forever."""
+        self._unanswered_barriers = 0
+
     def drop(self) -> None:
         """Close the current connection (its pending commands fail with ChannelClosed)."""
         conn = self._conn
@@ -224,9 +231,12 @@ class Channel:
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._conn is not None and not self._conn.closed:
-            log.warning("a new relay connected while one was active: replacing it")
+            # the old relay died and its EOF is not read yet (a busy loop), or ExaBGP replaced it
+            log.info("a new relay connected while one was active: replacing it")
             self.drop()
         conn = _Connection(reader, writer, self._unanswered_barriers)
+        log.debug("relay connected (pid %s), skipping %d stale barrier answers", conn.peer_pid,
+                  conn.skip_barriers)
         self._conn = conn
         self.connections += 1
         # the barrier goes first, before anything else can be sent on this connection

@@ -327,6 +327,11 @@ class ExabgpDriver:
                     await self._sync_once()
                 except ChannelClosed:
                     break  # the connection went; `_on_ready` of the next one wakes us
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # a bug here must not leave apply() waiting forever
+                    log.exception("exabgp worker failed; retrying in 1 s")
+                    await asyncio.sleep(1)
 
     async def _sync_once(self) -> None:
         generation = self._generation
@@ -364,13 +369,22 @@ class ExabgpDriver:
         futures = []
         try:
             for batch in batches:
-                addresses = [self._peers[p].address for p in batch.peers]
-                if batch.action == "announce":
-                    line = commands.announce_line(addresses, batch.attributes, batch.prefixes)
-                    intents = [desired[k] for k in batch.keys()]
-                else:
-                    line = commands.withdraw_line(addresses, batch.prefixes)
-                    intents = [self._announced.get(k) or self._suspect.get(k) for k in batch.keys()]
+                try:
+                    addresses = [self._peers[p].address for p in batch.peers]
+                    if batch.action == "announce":
+                        line = commands.announce_line(addresses, batch.attributes, batch.prefixes)
+                        intents = [desired[k] for k in batch.keys()]
+                    else:
+                        line = commands.withdraw_line(addresses, batch.prefixes)
+                        intents = [self._announced.get(k) or self._suspect.get(k) for k in batch.keys()]
+                except (KeyError, TypeError, ValueError) as exc:
+                    # e.g. a 127/8 next-hop: refused here, before it can make a router reset the
+                    # session forever (exabgp-api.md §9). Only this batch is affected.
+                    log.error("not sending %s of %d prefixes to %s: %s", batch.action, len(batch.prefixes),
+                              ",".join(batch.peers), exc)
+                    for key in batch.keys():
+                        self.rejected[key] = str(exc)
+                    continue
                 future = await channel.submit(line)
                 future.add_done_callback(lambda f, b=batch, i=intents, l=line: self._acked(b, i, l, f))
                 futures.append(future)
@@ -445,6 +459,7 @@ class ExabgpDriver:
         self._started_once = True
         self.config_path.write_text(self._rendered)
         os.chmod(self.config_path, 0o600)  # holds the MD5 secrets
+        self._channel.new_process()
         env = dict(os.environ, **exabgp_environment())
         logf = open(self.log_path, "ab")
         try:
