@@ -215,14 +215,27 @@ def test_status_written_by_the_tenant_is_not_trusted(ident, status, reason):
     ATTACKS_REFUSED.append(ident)
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING (allocator._order_key): status holders are served before "
-                                       "requests, whoever wrote the status, so a tenant that can write its own "
-                                       "status.loadBalancer.ingress takes an address an older Service requested "
-                                       "but has not been given yet")
 def test_tenant_status_does_not_beat_an_older_request():
+    """Was a finding (allocator._order_key served every status holder first): fixed in d9f0929."""
     older = service_obj("default", "older", {"bgpspeaker.io/load-balancer-ips": "203.0.113.9"},
                         created="2024-05-01T00:00:00Z")
     newer = service_obj("tenant", "newer", ingress=["203.0.113.9"], created="2025-05-01T00:00:00Z")
+    out = _run(older, slice_obj("default", "older"), newer, slice_obj("tenant", "newer"))
+    assert {r.services for r in out.routes if str(r.prefix) == "203.0.113.9/32"} == {("default/older",)}
+    ATTACKS_REFUSED.append("status written by the tenant vs an older request")
+
+
+@pytest.mark.xfail(strict=True, reason="FINDING (allocator, after d9f0929): the evidence that a status address was "
+                                       "handed out by us is the allocated-from-pool *annotation*, which lives in the "
+                                       "Service's metadata and is writable by the tenant like any annotation: forging "
+                                       "it along with the status still beats an older request")
+@pytest.mark.parametrize("annotation", ["bgpspeaker.io/ip-allocated-from-pool", "metallb.io/ip-allocated-from-pool",
+                                        "metallb.universe.tf/ip-allocated-from-pool"])
+def test_tenant_status_with_forged_allocated_from_pool_annotation(annotation):
+    older = service_obj("default", "older", {"bgpspeaker.io/load-balancer-ips": "203.0.113.9"},
+                        created="2024-05-01T00:00:00Z")
+    newer = service_obj("tenant", "newer", {annotation: "public"}, ingress=["203.0.113.9"],
+                        created="2025-05-01T00:00:00Z")
     out = _run(older, slice_obj("default", "older"), newer, slice_obj("tenant", "newer"))
     assert {r.services for r in out.routes if str(r.prefix) == "203.0.113.9/32"} == {("default/older",)}
 
