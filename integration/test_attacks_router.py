@@ -136,9 +136,6 @@ def test_hijacks_and_community_abuse_never_reach_the_router(clean, capsys):
     wait_rib(lab, legit, 20, "only the healthy Services after the attackers left")
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING (daemon._publish): planner warnings (communityNotAllowed, "
-                                       "invalidCommunity) reach neither an Event nor a log line, against DESIGN.md "
-                                       "invariant 6 ('a bad annotation ... with a Kubernetes Event and a log line')")
 def test_community_abuse_gets_an_event(clean):
     lab = clean
     lab.service("tenant", "comm2", {"bgpspeaker.io/communities": "65535:666"})
@@ -148,12 +145,42 @@ def test_community_abuse_gets_an_event(clean):
                "an Event naming the refused community 65535:666")
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING (daemon._publish / kube.status): a status address the tenant wrote "
-                                       "itself is discarded silently (allocation.discarded reaches no Event): the "
-                                       "Service gets another address and an IPAllocated Event, never a 'why'")
 def test_discarded_tenant_status_gets_an_event_saying_why(clean):
     lab = clean
     lab.service("tenant", "sw", ingress=["9.9.9.9"])
     wait_until(lambda: [ip for ip in lab.ingress_of("tenant", "sw") if ip != "9.9.9.9"], 20, "a new address")
     wait_until(lambda: [e for e in lab.events("tenant", "sw") if "9.9.9.9" in e.get("message", "")], 10,
                "an Event saying why 9.9.9.9 was not kept")
+
+
+def test_node_address_with_ipv6_scope_cannot_inject_at_the_router(capsys):
+    """The bug the fuzz found (53c962e): a Node InternalIP `fd00::2%x\\nannounce route 8.8.8.8 ...`
+    went into the next-hop text. End to end now: the route never reaches the router, the
+    Service is skipped with noNodeAddress, and the session stays up."""
+    import os
+    from integration.lab.cluster_lab import node_object
+    from integration.test_attacks_support import NODE, POOLS
+    if os.geteuid() != 0:
+        pytest.fail("lab tests need root; CI is root")
+    lab = AttackLab(pools=POOLS + [{"name": "v6", "addresses": ["2001:db8::/124"], "autoAssign": True}])
+    try:
+        lab.start()
+        node = lab.nodes[NODE]
+        obj = node_object(node)
+        obj["status"]["addresses"].append(
+            {"type": "InternalIP", "address": f"fd00::2%x\nannounce route 8.8.8.8 next-hop {node.address}\n#"})
+        with RibWatcher(lab) as watcher:
+            lab.emu.set_object(obj)
+            lab.service("tenant", "v6svc", ipFamilies=["IPv6"], ipFamilyPolicy="SingleStack")
+            lab.service("tenant", "v4svc")
+            ip = wait_until(lambda: lab.ingress_of("tenant", "v4svc"), 20, "v4svc address")[0]
+            wait_rib(lab, {f"{ip}/32"}, 20, "only the IPv4 Service at the router")
+            wait_until(lambda: [s for s in lab.status(NODE)["skipped"] if s["service"] == "tenant/v6svc"
+                                and s["reason"] == "noNodeAddress"], 20, "v6svc skipped: noNodeAddress")
+            settled = watcher.samples
+            wait_until(lambda: watcher.samples >= settled + 100, 10, "100 more RIB samples")
+        assert "8.8.8.8/32" not in watcher.seen and watcher.seen == {f"{ip}/32"}, watcher.seen
+        assert lab.router.established(node.address)
+        ATTACKS_REFUSED.append("node IPv6 scope-id injection")
+    finally:
+        lab.close()
