@@ -188,6 +188,8 @@ class _Request:
     share_key: Optional[str] = None
     ports: frozenset[tuple[str, int]] = frozenset()
     refusal: Optional[Refusal] = None
+    marker: Optional[str] = None  # the allocated-from-pool annotation: the pool we handed its status from
+    status: tuple[tuple[str, Optional[IPAddress]], ...] = ()  # (text, parsed or None), parsed once
 
 
 class _State:
@@ -323,6 +325,14 @@ def _ip(addr: Addr) -> IPAddress:
 def _parse_request(config: Config, service: ServiceView) -> _Request:
     request = _Request(service)
     annotations = dict(service.annotations)
+    request.marker = next((annotations[n] for n in ALLOCATED_FROM_POOL_ANNOTATIONS if n in annotations), None)
+    status = []
+    for text in service.ingress_ips:
+        try:
+            status.append((text, parse_ip(text.strip())))
+        except ValueError:
+            status.append((text, None))
+    request.status = tuple(status)
 
     def refuse(reason: str, message: str) -> _Request:
         request.refusal = Refusal(reason, message)
@@ -423,30 +433,24 @@ def _parse_request(config: Config, service: ServiceView) -> _Request:
 def _check_address(state: _State, request: _Request, addr: Addr, what: str) -> tuple[Optional[PoolConfig],
                                                                                      Optional[Refusal]]:
     """Whether `request` may hold `addr` (a requested or status address): (its pool, refusal)."""
-    text = str(_ip(addr))
     namespace = request.service.namespace
     pool = state.pool_of(addr)
     if pool is None:
-        return None, Refusal(NOT_IN_POOL, f"{what} {text} is not in any address pool")
+        return None, Refusal(NOT_IN_POOL, f"{what} {_ip(addr)} is not in any address pool")
     if not pool.allows_namespace(namespace):
-        return pool, Refusal(POOL_NOT_ALLOWED, f"{what} {text} is in pool {pool.name!r}, which namespace "
+        return pool, Refusal(POOL_NOT_ALLOWED, f"{what} {_ip(addr)} is in pool {pool.name!r}, which namespace "
                                                f"{namespace!r} may not use")
     if request.pool is not None and pool.name != request.pool.name:
-        return pool, Refusal(NOT_IN_POOL, f"{what} {text} is not in the requested pool {request.pool.name!r}")
+        return pool, Refusal(NOT_IN_POOL, f"{what} {_ip(addr)} is not in the requested pool {request.pool.name!r}")
     if not request.requested and request.pool is None and not pool.auto_assign:
-        return pool, Refusal(NOT_IN_POOL, f"{what} {text} is in pool {pool.name!r}, which is not auto-assigned "
-                                          f"and the Service does not ask for it")
+        return pool, Refusal(NOT_IN_POOL, f"{what} {_ip(addr)} is in pool {pool.name!r}, which is not "
+                                          f"auto-assigned and the Service does not ask for it")
     if pool.avoid_buggy_ips and _is_buggy(*addr):
-        return pool, Refusal(BUGGY_IP, f"{what} {text} ends in .0 or .255, which pool {pool.name!r} avoids")
+        return pool, Refusal(BUGGY_IP, f"{what} {_ip(addr)} ends in .0 or .255, which pool {pool.name!r} avoids")
     conflict = state.conflict(addr, request)
     if conflict is not None:
         return pool, Refusal(conflict.reason, f"{what} {conflict.message}")
     return pool, None
-
-
-def _is_marked(service: ServiceView, pool: Optional[PoolConfig]) -> bool:
-    """Whether the Service carries the allocated-from-pool annotation naming `pool`."""
-    return pool is not None and any(service.annotation(name) == pool.name for name in ALLOCATED_FROM_POOL_ANNOTATIONS)
 
 
 def _keep_status(state: _State, request: _Request, given_up: Mapping[Addr, Refusal], marked: bool,
@@ -465,17 +469,16 @@ def _keep_status(state: _State, request: _Request, given_up: Mapping[Addr, Refus
     svc = request.service
     kept: dict[int, tuple[Addr, PoolConfig]] = dict(kept_before)
     discarded: list[Refusal] = []
-    for text in svc.ingress_ips:
-        try:
-            address = parse_ip(text.strip())
-        except ValueError:
+    for text, address in request.status:
+        if address is None:
             if marked:  # reported once, in phase 1
                 discarded.append(Refusal(INVALID_IP, f"status address {quote(text)} is not an IP address"))
             continue
         addr = (address.version, int(address))
         if addr in given_up or any(addr == held for held, _ in kept.values()):
             continue  # given up: reported by the caller; kept: nothing to say
-        if _is_marked(svc, state.pool_of(addr)) != marked:
+        pool = state.pool_of(addr)
+        if (request.marker is not None and pool is not None and request.marker == pool.name) != marked:
             continue  # the other phase's business
         if request.requested:
             if addr not in request.requested:
