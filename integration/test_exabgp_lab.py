@@ -266,8 +266,11 @@ def test_relay_killed_repeatedly_and_past_respawn_limit(lab):
                 await until(lambda: d.ready or d.exabgp_pid not in (None, first_pid), 20, "relay back")
                 if d.exabgp_pid != first_pid:
                     break
+                seen = d._channel.connections
                 os.kill(d.relay_pid, signal.SIGKILL)
-                await until(lambda: not d.ready, 10, "relay gone")
+                # not "not ready": a respawned relay can pass its barrier between two polls
+                await until(lambda: d._channel.connections > seen or d.exabgp_pid != first_pid, 10,
+                            "a new relay or a new ExaBGP")
             await task
             assert bed.metrics.exabgp_restarts._value.get() == 1
             await d.apply(target + later)
