@@ -120,7 +120,7 @@ def write_explanation(explanation: Explanation, out: TextIO) -> None:
     out.write(f"Service {explanation.service} on node {explanation.node}: {verdict}\n\n")
     rows = []
     for step in explanation.steps:
-        mark = "ok" if step.ok else "NO"
+        mark = "NO" if not step.ok else "!!" if step.warning else "ok"
         rows.append([mark, step.name, (f"[{step.reason}] " if step.reason else "") + step.detail])
     if rows:
         _table(rows, out, indent="  ")

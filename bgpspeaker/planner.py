@@ -86,9 +86,10 @@ class Step:
     """One step of the decision for one Service, as `explain` prints it."""
 
     name: str  # class, allocation, pool, preference, communities, node, endpoints, nextHop, peers, sharing
-    ok: bool
+    ok: bool  # False: this step stopped (part of) the announcement
     detail: str
     reason: str = ""
+    warning: bool = False  # ok, but something the Service asked for was ignored (reason says what)
 
 
 @dataclass(frozen=True)
@@ -258,11 +259,11 @@ def _decide(ctx: _Context, service: ServiceView, skips: list[Skip], warnings: li
     """The candidates (address, tier, communities) this Service contributes from this node."""
     key = service.key
 
-    def step(name: str, ok: bool, detail, reason: str = "") -> None:
+    def step(name: str, ok: bool, detail, reason: str = "", warning: bool = False) -> None:
         # `detail` is a string or, on the hot path, a lambda: plan() keeps no trail, and
         # formatting ~10 messages per Service was a third of plan time at 10,000 Services.
         if trail is not None:
-            trail.append(Step(name, ok, detail() if callable(detail) else detail, reason))
+            trail.append(Step(name, ok, detail() if callable(detail) else detail, reason, warning))
 
     def skip(name: str, reason: str, message: str) -> list[_Candidate]:
         skips.append(Skip(key, reason, message))
@@ -285,7 +286,7 @@ def _decide(ctx: _Context, service: ServiceView, skips: list[Skip], warnings: li
     if assignment is None:
         return skip("allocation", NOT_ALLOCATED, "the allocator has not assigned an address")
     for dropped in allocation.discarded.get(key, ()):
-        step("allocation", True, f"ignored: {dropped.message}", dropped.reason)
+        step("allocation", True, f"ignored: {dropped.message}", dropped.reason, warning=True)
     step("allocation", True,
          lambda: f"assigned {', '.join(map(str, assignment.addresses))} from pool {assignment.pool!r}")
 
@@ -317,7 +318,7 @@ def _decide(ctx: _Context, service: ServiceView, skips: list[Skip], warnings: li
         extras[pool.name] = allowed
         for reason, message in problems:
             warnings.append(Skip(key, reason, message))
-            step("communities", False, message, reason)
+            step("communities", True, message, reason, warning=True)
         if allowed:
             step("communities", True, lambda allowed=allowed, pool=pool: (
                 f"adds {', '.join(map(str, allowed))} (allowed by pool {pool.name!r})"))

@@ -428,3 +428,13 @@ def test_untrusted_preference_and_communities_in_messages_are_cut():
     result, _, _ = run([svc])
     for item in result.skipped + result.warnings:
         assert len(item.message) < 250 and "\n" not in item.message
+
+
+def test_explain_marks_ignored_wishes_as_warnings():
+    svc = service(ann={COMM: "64512:666"}, ingress_ips=("8.8.8.8",))
+    _, snap, allocation = run([svc])
+    explanation = explain(CFG, snap, "node-a", allocation, "default/web")
+    assert explanation.announced
+    warned = {(s.name, s.reason) for s in explanation.steps if s.warning}
+    assert warned == {("allocation", "notInPool"), ("communities", "communityNotAllowed")}
+    assert all(s.ok for s in explanation.steps)
