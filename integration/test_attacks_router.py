@@ -76,6 +76,7 @@ STATUS_WRITERS = [  # the tenant writes status.loadBalancer.ingress itself
     ("status-taken", "203.0.113.3"),
 ]
 ABUSE = "65535:666,65535:0,0:0,65535:65281,64512:4294967295:1"
+ALLOWED = "64512:777"  # the one community pool public allows: it must get through (the filter is selective)
 
 
 def test_hijacks_and_community_abuse_never_reach_the_router(clean, capsys):
@@ -86,7 +87,7 @@ def test_hijacks_and_community_abuse_never_reach_the_router(clean, capsys):
             lab.service("tenant", name, annotations, ports=[{"name": "alt", "port": 8443, "protocol": "TCP"}], **spec)
         for name, ip in STATUS_WRITERS:
             lab.service("tenant", name, ingress=[ip])
-        lab.service("tenant", "comm", {"bgpspeaker.io/communities": ABUSE})
+        lab.service("tenant", "comm", {"bgpspeaker.io/communities": f"{ABUSE},{ALLOWED}"})
 
         # every refused hijack gets an Event that says why
         for name, _, _, _, words, _ in HIJACKS:
@@ -105,9 +106,9 @@ def test_hijacks_and_community_abuse_never_reach_the_router(clean, capsys):
             assert fresh[name] != wrote, f"tenant/{name} kept the status address {wrote} it wrote itself"
         expected = legit | {f"{ip}/32" for ip in fresh.values()}
         wait_rib(lab, expected, 20, "healthy Services + the attackers' own fresh addresses, nothing else")
-        # the abuser is announced with the tier's community only
+        # the abuser is announced with the tier's community and the allowed one only
         path = lab.router.best_path(f"{fresh['comm']}/32")
-        assert path is not None and path.communities == ["64512:100"], path
+        assert path is not None and path.communities == ["64512:100", ALLOWED], path
         assert path.large_communities == [], path
         # the healthy Services kept their paths
         assert lab.router.best_path("203.0.113.3/32").communities == ["64512:100"]
