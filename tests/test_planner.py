@@ -438,3 +438,36 @@ def test_explain_marks_ignored_wishes_as_warnings():
     warned = {(s.name, s.reason) for s in explanation.steps if s.warning}
     assert warned == {("allocation", "notInPool"), ("communities", "communityNotAllowed")}
     assert all(s.ok for s in explanation.steps)
+
+
+# --- property: invariant 1 whatever the allocation says ---------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+CANDIDATE_IPS = ["203.0.113.1", "203.0.113.2", "192.0.2.1", "192.0.2.2", "8.8.8.8", "2001:db8::1", "fd00::9"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["default", "team", "evil"]),
+                          st.lists(st.sampled_from(CANDIDATE_IPS), max_size=2),
+                          st.booleans(),
+                          st.lists(st.sampled_from(CANDIDATE_IPS), max_size=2)), max_size=8),
+       st.booleans())
+def test_property_nothing_outside_an_allowed_pool_is_ever_planned(specs, drained):
+    services, forged = [], {}
+    for i, (namespace, status, use_forged, fake) in enumerate(specs):
+        svc = service(f"s{i}", namespace, ingress_ips=tuple(status), created=str(i))
+        services.append(svc)
+        if use_forged and fake:
+            forged[svc.key] = Assignment("public", tuple(ip(a) for a in fake))
+    honest = allocate(CFG, services)
+    for allocation in (honest, Allocation(assigned={**honest.assigned, **forged}, refused={})):
+        result, _, _ = run(services, allocation=allocation, drained=drained)
+        by_key = {s.key: s for s in services}
+        for route in result.routes:
+            address = route.prefix.network_address
+            for key in route.services:
+                pools = [p for p in CFG.pools if p.contains(address)]
+                assert pools and pools[0].allows_namespace(by_key[key].namespace)
+                assert address in allocation.assigned[key].addresses
