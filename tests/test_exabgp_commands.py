@@ -185,3 +185,14 @@ def test_parse_line_is_strict():
                  "neighbor 10.0.0.1 withdraw attributes nlri 1.2.3.4/32 ; shutdown"]:
         with pytest.raises(ValueError):
             parse_line(junk)
+
+
+@pytest.mark.parametrize("scope", ["eth0", "x\nclear adj-rib out", "1 nlri 10.0.0.0"])
+def test_scoped_ipv6_values_are_refused(scope):
+    scoped = ipaddress.IPv6Address(f"2001:db8::1%{scope}")
+    with pytest.raises(ValueError, match="scope"):
+        announce_line([scoped], attrs(next_hop=A("2001:db8::2")), [N("2001:db8::5/128")])
+    with pytest.raises(ValueError, match="scope"):
+        announce_line([PEER_A], attrs(next_hop=scoped), [N("2001:db8::5/128")])
+    with pytest.raises(ValueError, match="scope"):
+        withdraw_line([PEER_A], [ipaddress.IPv6Network(f"2001:db8::%{scope}/128")])

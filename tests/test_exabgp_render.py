@@ -167,3 +167,10 @@ def test_render_command(tmp_path, capsys, monkeypatch):
     assert "peers[0].asn: bad" in capsys.readouterr().err
     assert render.render_command(argparse.Namespace(config="good.yaml", node_name="nope",
                                                     objects=str(objects))) == 2
+
+
+def test_scoped_ipv6_addresses_never_reach_the_config():
+    scoped = ipaddress.IPv6Address("fe80::1%eth0;}\nneighbor 6.6.6.6 {")
+    for peer in (PeerConfig("t", scoped, 1), PeerConfig("t", A("fd00::1"), 1, source_address=scoped)):
+        with pytest.raises(RenderError, match="scope id"):
+            render_config(config(peer), NODE, "/run/x.sock", mask_secrets=True)

@@ -52,6 +52,14 @@ class RenderError(ValueError):
     """The node cannot run this config; the message names the field (`peers[0].passwordFile: ...`)."""
 
 
+def _plain(address: IPAddress, where: str) -> IPAddress:
+    """An address whose text is only an address: str() of a scoped IPv6 address prints its
+    scope id verbatim (any text, newlines included), which would end up in the config."""
+    if getattr(address, "scope_id", None) is not None:
+        raise RenderError(f"{where}: {address.compressed} must not carry an IPv6 scope id")
+    return address
+
+
 def selected_peers(config: Config, node: NodeView) -> list[tuple[int, PeerConfig]]:
     """(index in config.peers, peer) for every peer whose nodeSelector matches the node."""
     return [(i, p) for i, p in enumerate(config.peers) if p.selects(node.labels)]
@@ -59,7 +67,7 @@ def selected_peers(config: Config, node: NodeView) -> list[tuple[int, PeerConfig
 
 def router_id(config: Config, node: NodeView) -> ipaddress.IPv4Address:
     if config.speaker.router_id is not None:
-        return config.speaker.router_id
+        return _plain(config.speaker.router_id, "speaker.routerID")
     address = node.address_of(4)
     if address is None:
         raise RenderError(f"speaker.routerID: auto needs an IPv4 address on node {node.name}, which has none")
@@ -68,7 +76,7 @@ def router_id(config: Config, node: NodeView) -> ipaddress.IPv4Address:
 
 def local_address(peer: PeerConfig, node: NodeView, index: int) -> IPAddress:
     if peer.source_address is not None:
-        return peer.source_address
+        return _plain(peer.source_address, f"peers[{index}].sourceAddress")
     address = node.address_of(peer.address.version)
     if address is None:
         raise RenderError(f"peers[{index}].sourceAddress: node {node.name} has no IPv{peer.address.version} "
@@ -121,7 +129,7 @@ def render_config(config: Config, node: NodeView, relay_socket: str, *, mask_sec
     gr = config.exabgp.graceful_restart
     for index, peer in selected_peers(config, node):
         out.append("")
-        out.append(f"neighbor {peer.address} {{")
+        out.append(f"neighbor {_plain(peer.address, f'peers[{index}].address')} {{")
         if _SAFE_WORD.match(peer.name):
             out.append(f'    description "{peer.name}";')
         out.append(f"    router-id {rid};")
