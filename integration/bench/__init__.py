@@ -1,0 +1,6 @@
+"""Benchmarks: component scripts (bench_driver, bench_kube, bench_plan) and the system suite.
+
+`python -m integration.bench [--small|--medium] [--only NAME] [--out DIR]` runs the system
+suite (system.py: the lab; scenarios.py: what is measured; report.py: the table and the
+plots) and writes results.md + PNG plots into integration/bench/results/.
+"""
