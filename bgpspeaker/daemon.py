@@ -74,6 +74,7 @@ class Daemon:
         self._last_plan: Optional[Plan] = None
         self._last_allocation: Optional[Allocation] = None
         self._announced_summary: dict[str, str] = {}
+        self._notices: set[tuple[str, str, str]] = set()  # (service, reason, message) last reported
         self._ready = False
         self.watcher: Any = None
         self.driver: Any = None
@@ -131,7 +132,8 @@ class Daemon:
                                          namespace=self.options.lease_namespace, name=LEASE_NAME,
                                          on_started_leading=from_elector_thread,
                                          on_stopped_leading=from_elector_thread)
-            self.status_writer = StatusWriter(api, is_leader=lambda: self.elector.is_leader)
+            # The writer reports allocations, refusals and releases as Events itself (deduplicated).
+            self.status_writer = StatusWriter(api, is_leader=lambda: self.elector.is_leader, events=self.events)
             self.elector.start()
 
     async def _shutdown(self) -> None:
@@ -245,15 +247,23 @@ class Daemon:
         for service in self._announced_summary.keys() - summary.keys():
             log.info("announcement removed", extra=fields(service=service))
         self._announced_summary = summary
+
+        # Something in the Service was ignored (a community its pool does not allow, a
+        # status address it wrote itself): an Event and a log line say why (invariant 6).
+        # Every node plans, so warnings are per node; discarded status addresses are an
+        # allocation outcome, reported by the leader only. Both only when they change.
+        notices = {(w.service, w.reason, w.message) for w in the_plan.warnings}
+        if self.elector is not None and self.elector.is_leader:
+            notices |= {(service, refusal.reason, refusal.message)
+                        for service, refusals in allocation.discarded.items() for refusal in refusals}
+        for service, reason, message in sorted(notices - self._notices):
+            log.warning("service setting ignored", extra=fields(service=service, reason=reason, message=message))
+            self._event(snapshot, service, _event_reason(reason), message, warning=True)
+        self._notices = notices
+
         for pool, (size, in_use) in pool_usage(self.config, allocation).items():
             self.metrics.allocator_addresses.labels(pool).set(size)
             self.metrics.allocator_in_use.labels(pool).set(in_use)
-        if self.elector is not None and self.elector.is_leader:
-            for service, refusal in allocation.refused.items():
-                self._event(snapshot, service, "AllocationFailed", refusal.message, warning=True)
-            for service, assignment in allocation.assigned.items():
-                addresses = ",".join(str(a) for a in assignment.addresses)
-                self._event(snapshot, service, "IPAllocated", f"assigned {addresses} from pool {assignment.pool}")
 
     def _event(self, snapshot: Snapshot, service_key: str, reason: str, message: str, warning: bool = False) -> None:
         service = snapshot.services.get(service_key)
@@ -299,10 +309,10 @@ class Daemon:
     async def reload_config(self, why: str) -> bool:
         try:
             new = load_config(self.options.config_path)
-        except (ConfigError, OSError) as exc:
+        except Exception as exc:  # ConfigError, and anything else: the watch loop must survive any file
             self.metrics.config_reloads.labels("invalid").inc()
             log.error("config reload refused; keeping the running config",
-                      extra=fields(why=why, errors=str(exc)))
+                      extra=fields(why=why, errors=str(exc) if isinstance(exc, ConfigError) else repr(exc)))
             return False
         self.metrics.config_reloads.labels("ok").inc()
         if new == self.config:
@@ -386,6 +396,11 @@ class _ThreadSafeControls:
 
     def undrain(self) -> dict[str, Any]:
         return self._on_loop(self.daemon.stop_drain)
+
+
+def _event_reason(reason_code: str) -> str:
+    """A reason code (communityNotAllowed) as an Event reason (CommunityNotAllowed), as Kubernetes spells them."""
+    return reason_code[:1].upper() + reason_code[1:]
 
 
 def _fingerprint(path: str) -> Optional[str]:

@@ -15,10 +15,24 @@ import time
 from typing import Any, Mapping
 
 
+def _escape(char: str) -> str:
+    if char in '"\\':
+        return "\\" + char
+    if char == "\n":
+        return "\\n"
+    if not char.isprintable():  # control characters, ESC, NUL, U+2028...: never raw in a log line
+        code = ord(char)
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+    return char
+
+
 def _quote(value: Any) -> str:
+    """A logfmt value: quoted when it holds a space, `=` or `"`, escaped so that hostile
+    text (a Service name, an annotation) can neither forge a second log line nor send
+    escape sequences to an operator's terminal."""
     text = str(value)
-    if text == "" or any(c in text for c in ' ="\n\t'):
-        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if text == "" or not text.isprintable() or any(c in text for c in ' ="\\'):
+        text = '"' + "".join(_escape(c) for c in text) + '"'
     return text
 
 

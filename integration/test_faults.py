@@ -392,10 +392,6 @@ def test_unwritable_run_directory_at_start(lab, kind):
     assert "Traceback" not in out, out
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (config/source.py parse): yaml.SafeLoader(text) is outside the try, so "
-                                       "a control character in the file raises yaml.reader.ReaderError past "
-                                       "load_config; Daemon.reload_config catches only ConfigError/OSError, the "
-                                       "config-watch task dies silently: no metric, no log, no later reload ever")
 def test_config_with_a_control_character_is_refused_and_reloads_continue(steady):
     lab, want = steady
     sp = lab.speakers[NODE]

@@ -95,10 +95,6 @@ def test_endpoint_ready_string_false_is_not_ready():
     assert view.endpoints[0].ready is False
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (config/source.py parse): yaml.SafeLoader(text) is constructed outside "
-                                       "the try, so a control character raises yaml.reader.ReaderError out of "
-                                       "load_config (check-config: traceback, exit 1 instead of 2; daemon: see "
-                                       "integration/test_faults.py)")
 @pytest.mark.parametrize("garbage", ["\x07", "\x00", "cluster: {name: east}\x1b[31m\n"])
 def test_config_with_a_control_character_is_a_config_error(tmp_path, garbage):
     from bgpspeaker.config.load import ConfigError

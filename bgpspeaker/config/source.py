@@ -44,8 +44,12 @@ class Node:
 
 def parse(text: str) -> tuple[Optional[Node], list[ConfigIssue]]:
     """The root node of the single YAML document in `text`, and any problems found."""
-    loader = yaml.SafeLoader(text)
     issues: list[ConfigIssue] = []
+    try:
+        # The reader rejects control characters already in the constructor.
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as error:
+        return None, [ConfigIssue("", f"not valid YAML: {error}")]
     try:
         root = loader.get_single_node()
         if root is None:
