@@ -121,6 +121,12 @@ def test_failover_times_endpoint_not_ready_to_router_best_path(lab):
     _serve(lab)
     away, back = [], []
     switches = []
+
+    def acks():  # the speaker's own share: Kubernetes event received → ExaBGP acked
+        return (lab.metric("east-1", "bgpspeaker_event_to_ack_seconds_sum") or 0.0,
+                lab.metric("east-1", "bgpspeaker_event_to_ack_seconds_count") or 0.0)
+
+    ack_sum0, ack_count0 = acks()
     with lab.probe(VIP, interval=0.05) as probe:
         for _ in range(12):
             t0 = lab.set_cluster_ready("web", "east", False)
@@ -131,6 +137,10 @@ def test_failover_times_endpoint_not_ready_to_router_best_path(lab):
             back.append(lab.wait_best_cluster(VIP, "east", timeout=10) - t0)
             probe.wait_cluster("east")
             switches.append((t0, time.monotonic()))
+    ack_sum, ack_count = acks()
+    if ack_count > ack_count0:
+        record_measurement("east-1 speaker event→ExaBGP ack, mean over the same changes",
+                           [(ack_sum - ack_sum0) / (ack_count - ack_count0)])
     record_measurement("failover east→west (endpoints not ready at the API → router best path)", away)
     record_measurement("failback west→east (endpoints ready at the API → router best path)", back)
     print(f"failover {summarize(away)}\nfailback {summarize(back)}\n"
