@@ -1,7 +1,7 @@
 """The driver against a real ExaBGP 5.0.15 on loopback (no router: ExaBGP keeps announced routes in
 its adj-rib-out while the session is down, exabgp-api.md §8, and `show adj-rib out` is the truth).
 
-What a router sees is tested in integration/test_exabgp_lab.py; here: bookkeeping, resync after
+What a router sees is tested in test_exabgp_lab.py; here: bookkeeping, resync after
 relay and ExaBGP deaths, the ack deadline, reconfigure, metrics.
 """
 
@@ -210,3 +210,27 @@ def test_an_unusable_next_hop_affects_only_its_own_routes(tmp_path):
         assert set(d.announced()) == {i.key for i in good}
         assert len(d.rejected) == 3 and all("next-hop" in why for why in d.rejected.values())
     drive(tmp_path, body)
+
+
+def test_orphaned_exabgp_exits_on_its_own(tmp_path):
+    """The daemon is gone (nobody listens on the socket): each relay gives up after a few
+    seconds, ExaBGP respawns it 5 times per 64 s window, then exits rc=1 (exabgp-api.md §8,
+    lab-notes). Without the relay's connect timeout it would linger for minutes."""
+    import subprocess
+    import sys
+
+    from bgpspeaker.exabgp.render import exabgp_environment, render_config
+
+    conf = tmp_path / "orphan.conf"
+    conf.write_text(render_config(make_config(), NODE, str(tmp_path / "nobody.sock"), mask_secrets=False))
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "exabgp"), str(conf)],
+                            env=dict(os.environ, **exabgp_environment()), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        # 6 deaths × ~3 s, twice if they straddle a 64 s window boundary. Measured here: it exits
+        # rc=0 in ~20 s when its helper keeps exiting 1 (exabgp-api.md saw rc=1 for SIGKILLed helpers).
+        proc.wait(90)  # TimeoutExpired if it lingers
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
