@@ -390,7 +390,7 @@ def test_service_gets_ip_within_one_reconcile_and_delete_releases_it(emu, replic
     r = replicas(config("203.0.113.10/32"), "node-a", events=True)  # a pool of exactly one address
     wait_until(lambda: r.elector.is_leader and r.watcher.synced, 10, "leader and synced")
     emu.set_object(svc("first"))
-    # Two writes (status, then the annotation on the main resource): wait for both.
+    # Two writes (the annotation on the main resource, then status): wait for both.
     wait_until(lambda: ingress_of(emu, "first") == ["203.0.113.10"] and pool_annotation_of(emu, "first") == "public",
                10, "first's status and annotation")
     # Within one reconcile: the first round that saw the Service wrote its status.
@@ -417,14 +417,24 @@ def test_type_change_and_refusal_clear_the_status(emu, replicas):
     emu.set_object(svc("web"))
     emu.set_object(svc("other", loadBalancerClass="example.com/other"))  # not ours: never touched
     wait_until(lambda: ingress_of(emu, "web"), 10, "web's status")
-    emu.set_object(svc("web", type="ClusterIP"))  # a type change releases...
+    changed = emu.get_object("v1", "Service", "default", "web")  # as `kubectl patch` would: status and
+    changed["spec"]["type"] = "ClusterIP"                          # annotations stay, only the type changes
+    emu.set_object(changed)  # a type change releases...
     wait_until(lambda: ingress_of(emu, "web") == [] and pool_annotation_of(emu, "web") is None, 10,
                "web's status and annotation cleared")
+    # The allocator trusts a status address only under our annotation: it is written
+    # before the address and removed after it.
+    web_patches = [q["path"].rsplit("/", 1)[-1] for q in emu.requests
+                   if q["method"] == "PATCH" and "/services/web" in q["path"]]
+    assert web_patches == ["web", "status", "status", "web"]
     emu.set_object(svc("asks", annotations={"bgpspeaker.io/load-balancer-ips": "203.0.113.3"}))
     wait_until(lambda: ingress_of(emu, "asks") == ["203.0.113.3"], 10, "the requested address")
     # ...and so does a request the pools refuse (a tenant cannot keep an address by asking).
-    emu.set_object(svc("asks", annotations={"bgpspeaker.io/load-balancer-ips": "198.51.100.1"}))
-    wait_until(lambda: ingress_of(emu, "asks") == [], 10, "the refused Service's status cleared")
+    asks = emu.get_object("v1", "Service", "default", "asks")
+    asks["metadata"]["annotations"]["bgpspeaker.io/load-balancer-ips"] = "198.51.100.1"
+    emu.set_object(asks)  # status and our annotation still there: the writer must clear them
+    wait_until(lambda: ingress_of(emu, "asks") == [] and pool_annotation_of(emu, "asks") is None, 10,
+               "the refused Service's status and annotation cleared")
     assert not any(key == "default/other" for key in r.written())
     assert ingress_of(emu, "other") == []
 

@@ -192,12 +192,19 @@ class StatusWriter:
             log.info("service %s: changed since the snapshot; leaving it to the next reconcile", seen.key)
             return "skipped"
         rv = obj["metadata"]["resourceVersion"]
-        if current.ingress != desired.ingress:
-            rv = self._patch(seen, rv, {"status": {"loadBalancer": {"ingress": [{"ip": ip} for ip in desired.ingress]
-                                                                    if desired.ingress else None}}}, status=True)
+        writes = []
         if current.pool != desired.pool:
-            self._patch(seen, rv, {"metadata": {"annotations": {ALLOCATED_FROM_POOL_ANNOTATION: desired.pool}}},
-                        status=False)
+            writes.append(({"metadata": {"annotations": {ALLOCATED_FROM_POOL_ANNOTATION: desired.pool}}}, False))
+        if current.ingress != desired.ingress:
+            ingress = [{"ip": ip} for ip in desired.ingress] or None
+            writes.append(({"status": {"loadBalancer": {"ingress": ingress}}}, True))
+        # The allocator trusts a status address only under the annotation naming its pool
+        # (allocator._keep_status): so the annotation goes first when addresses are set,
+        # and last when they are cleared — status is never left "unmarked" in between.
+        if not desired.ingress:
+            writes.reverse()
+        for body, status in writes:
+            rv = self._patch(seen, rv, body, status=status)
         log.info("service %s: status %s from pool %s", seen.key, list(desired.ingress) or "cleared", desired.pool)
         return "written"
 
