@@ -361,14 +361,14 @@ class MultiClusterLab:
 
     def __init__(self, asns: Optional[Mapping[str, int]] = None, always_compare_med: bool = True,
                  hold_time: int = 3, nodes: Iterable[tuple[str, str]] = DEFAULT_NODES,
-                 speaker_options: Optional[Mapping] = None, allocator: bool = True,
+                 speaker_options: Optional[Mapping] = None, allocator: bool = True, router: str = "frr",
                  log: Callable[[str], None] = lambda s: None):
         self.allocator = allocator  # False: `run --no-allocator` (announce only, never write Service status)
         self.asns = dict(DEFAULT_ASNS if asns is None else asns)
         self.always_compare_med = always_compare_med
         self.hold_time = hold_time
         self.spec = TopologySpec(nodes=tuple(nodes), tor_asn=ROUTER_ASN, cluster_asns=tuple(self.asns.items()),
-                                 always_compare_med=always_compare_med, hold_time=hold_time, router="frr",
+                                 always_compare_med=always_compare_med, hold_time=hold_time, router=router,
                                  ipv6=False)
         self.clusters = list(dict.fromkeys(c for _, c in self.spec.nodes))
         self.speaker_options = dict(speaker_options or {})
@@ -380,7 +380,7 @@ class MultiClusterLab:
         self.ns: dict[str, str] = {}
         self.tor = ""
         self.client = ""
-        self.router: Optional[FrrRouter] = None
+        self.router: Optional[FrrRouter] = None  # or a BirdRouter (router="bird"): the same query API
         self.emulators: dict[str, object] = {}
         self._emu_cms: list = []
         self.forwarders: list[nsforward.Forwarder] = []
@@ -413,7 +413,8 @@ class MultiClusterLab:
         self.nodes = dict(self.topo.nodes)
         self.ns = {name: n.ns for name, n in self.nodes.items()}
         self.tor, self.client, self.router = self.topo.tor_ns, self.topo.client_ns, self.topo.router
-        self.log(f"namespaces, links and FRR (bgpd + zebra) on the tor up in {time.monotonic() - t0:.1f}s: "
+        what = "FRR (bgpd + zebra)" if self.spec.router == "frr" else self.spec.router.upper()
+        self.log(f"namespaces, links and {what} on the tor up in {time.monotonic() - t0:.1f}s: "
                  f"AS {ROUTER_ASN}, always-compare-med {'on' if self.always_compare_med else 'off'}, "
                  f"hold time {self.hold_time}s")
         self._emulators()
@@ -837,7 +838,9 @@ class MultiClusterLab:
         except Exception as exc:
             out.append(f"(router unreadable: {exc})")
         if self.router is not None:
-            out.append(self.router.log_tail("bgpd", 15))
+            with contextlib.suppress(Exception):
+                out.append(self.router.log_tail("bgpd", 15) if isinstance(self.router, FrrRouter)
+                           else self.router.log_tail(15))
         for name, sp in self.speakers.items():
             state = "running" if sp.running else f"exited rc={sp.proc.returncode if sp.proc else None}"
             out.append(f"---- speaker {name} ({state}) log {sp.log_path} ----")
