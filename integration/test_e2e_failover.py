@@ -171,6 +171,22 @@ def test_etp_local_announcement_follows_the_ready_endpoint(lab):
     lab.wait_served_by(VIP, "west")
 
 
+def test_node_not_ready_withdraws_from_that_node_only(lab):
+    _serve(lab)
+    wait_until(lambda: lab.announcing_nodes(VIP) == {"east-1", "east-2", "west-1", "central-1"}, 10, "all announce")
+    lab.set_node_ready("east-1", False)
+    wait_until(lambda: lab.announcing_nodes(VIP) == {"east-2", "west-1", "central-1"}, 10, "east-1 withdrew")
+    lab.wait_best_cluster(VIP, "east")
+    wait_until(lambda: lab.curl_from_client(VIP) == "east/east-2", 10, "east-2 serves")
+    lab.set_node_ready("east-2", False)
+    lab.wait_best_cluster(VIP, "west")
+    lab.wait_served_by(VIP, "west")
+    lab.set_node_ready("east-1", True)
+    lab.set_node_ready("east-2", True)
+    lab.wait_best_cluster(VIP, "east")
+    lab.wait_served_by(VIP, "east")
+
+
 # --------------------------------------------------------------------------- a cluster dies
 
 @pytest.mark.parametrize("graceful_restart", [0, 120], ids=["no-graceful-restart", "graceful-restart"])
