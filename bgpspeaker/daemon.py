@@ -207,7 +207,10 @@ class Daemon:
         self._ready = node is not None and (self.driver is None or self.driver.ready)
         self._publish(snapshot, allocation, the_plan, desired)
         if self.elector is not None and self.elector.is_leader:
-            await asyncio.to_thread(self.status_writer.write, allocation, snapshot.services)
+            result = await asyncio.to_thread(self.status_writer.write, allocation, snapshot.services)
+            if result.failed:  # retried already inside; try again later rather than wait for an unrelated change
+                log.warning("status writes failed; retrying", extra=fields(services=len(result.failed)))
+                self.loop.call_later(RECONCILE_RETRY_SECONDS, self._on_change)
 
     async def _ensure_driver(self, node: NodeView) -> None:
         if self.options.dry_run:
