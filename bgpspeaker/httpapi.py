@@ -85,6 +85,9 @@ class HttpApi:
             def handle_one_request(self) -> None:
                 try:
                     super().handle_one_request()
+                except ConnectionError:  # the client hung up (a probe that timed out): nothing to answer
+                    log.debug("http client disconnected")
+                    self.close_connection = True
                 except Exception:  # a failing handler must not kill the server thread
                     log.exception("http handler failed")
                     try:

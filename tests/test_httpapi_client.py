@@ -123,3 +123,16 @@ def test_unreachable_daemon_exits_1_with_a_clear_message():
     result = cli("status", "--url", "http://127.0.0.1:9")
     assert result.returncode == 1
     assert "unreachable" in result.stderr
+
+
+def test_a_client_hanging_up_mid_answer_is_not_an_error(api, caplog):
+    """Probes time out and close; that must not log errors (operators alert on level=error)."""
+    import socket
+    server, _ = api
+    for _ in range(20):
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        # SO_LINGER 0: close sends RST, so the server's write fails with a connection error.
+    assert get(server, "/healthz")[0] == 200  # still serving
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
