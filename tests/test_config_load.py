@@ -443,7 +443,8 @@ def test_password_env(monkeypatch):
     assert errors(with_peer("passwordEnv: TOR_A_PASSWORD\n")) == [
         "peers[0].passwordEnv: environment variable TOR_A_PASSWORD is empty (line 7)"]
     assert errors(with_peer("passwordEnv: 'TOR-A'\n")) == [
-        "peers[0].passwordEnv: 'TOR-A' is not an environment variable name (line 7)"]
+        "peers[0].passwordEnv: must be the name of an environment variable holding the password "
+        "(the value is not shown: it may be the password itself) (line 7)"]
 
 
 def test_password_file_and_env_together_is_an_error(tmp_path, monkeypatch):

@@ -125,9 +125,6 @@ def test_password_with_a_quote_is_refused_without_showing_it(tmp_path, secret):
     assert not _leaks(secret, str(refused.value))
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING (config/load.py password_file/password_env): a password written "
-                                       "by mistake where its file path or variable name belongs is echoed in the "
-                                       "error (check-config output, and the daemon's start-up log line)")
 @pytest.mark.parametrize("field", ["passwordFile", "passwordEnv"])
 def test_password_written_in_the_wrong_field_is_not_echoed(tmp_path, secret, field):
     conf = tmp_path / "speaker.yaml"

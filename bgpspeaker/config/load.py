@@ -182,7 +182,6 @@ _NAME_PART = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
 _QUALIFIED = rf"({_LABEL}(\.{_LABEL})*/)?{_NAME_PART}"  # Kubernetes label keys, loadBalancerClass
 label_key = pattern(_QUALIFIED, "a label key ([prefix/]name)")
 label_value = pattern(rf"({_NAME_PART})?", "a label value (at most 63 letters, digits, '-', '_', '.')")
-env_name = pattern(r"[A-Za-z_][A-Za-z0-9_]*", "an environment variable name")
 
 
 def load_balancer_class(issues: _Issues, path: str, node: Node) -> Any:
@@ -238,8 +237,11 @@ def password_file(issues: _Issues, path: str, node: Node) -> Any:
     text = string(issues, path, node)
     if text is INVALID:
         return text
+    # The value is not echoed when it is not a path: it may be the password itself, typed
+    # in the wrong field, and this message reaches terminals and logs (invariant 5).
     if not os.path.isabs(text):  # the daemon's working directory is not something to rely on
-        return issues.add(path, f"{_quote(text)} must be an absolute path", node)
+        return issues.add(path, "must be an absolute path to the file holding the password "
+                                "(the value is not shown: it may be the password itself)", node)
     try:
         secrets.read_password_file(text)  # only to prove it can be read; the content is dropped
     except secrets.SecretError as error:
@@ -248,9 +250,15 @@ def password_file(issues: _Issues, path: str, node: Node) -> Any:
 
 
 def password_env(issues: _Issues, path: str, node: Node) -> Any:
-    name = env_name(issues, path, node)
+    # Never echo the value (see password_file): a password like `hunter2` is a valid name too.
+    name = string(issues, path, node)
     if name is INVALID:
         return name
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        return issues.add(path, "must be the name of an environment variable holding the password "
+                                "(the value is not shown: it may be the password itself)", node)
+    if name not in os.environ:
+        return issues.add(path, "the environment variable it names is not set", node)
     try:
         secrets.read_password_env(name)
     except secrets.SecretError as error:
