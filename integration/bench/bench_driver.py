@@ -12,8 +12,10 @@ Prints (never asserts):
   raw command written straight to the relay, which is the floor (FRR's own processing).
 
 Method: same namespaces, same FRR, same run; each measurement starts from an empty
-router with an established session (ExaBGP restarted between runs), the order
-alternates raw/driver so drift hits both. FRR runs without zebra (control plane only):
+router with an established session (ExaBGP restarted between runs); each method runs
+`--rounds` times per size in ABBA order (raw, driver, driver, raw) and the medians are
+compared, so drift and warm-up hit both alike (the machine is shared: single runs varied
+±40%). FRR runs without zebra (control plane only):
 we measure BGP, not the kernel FIB. Run as root: `.venv/bin/python integration/bench/bench_driver.py [--small]`.
 """
 
@@ -182,20 +184,34 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-async def main(small: bool) -> None:
+async def main(small: bool, rounds: int) -> None:
     sizes = (1000, 5000) if small else (10_000, 50_000)
     tries = 20 if small else 200
     with netns.Lab(prefix="bgpb") as lab:
         bench = Bench(lab)
-        print(f"bench_driver: FRR 8.4 (bgpd -Z) <- ExaBGP 5.0.15, window {WINDOW}, {BATCH} prefixes/command")
+        print(f"bench_driver: FRR 8.4 (bgpd -Z) <- ExaBGP 5.0.15, window {WINDOW}, {BATCH} prefixes/command, "
+              f"{rounds} round(s) per method in ABBA order, medians")
         for n in sizes:
-            raw_t, raw_cpu, raw_rss, raw_lat = await bench.raw(n, tries if n == sizes[0] else 0)
-            drv_t, drv_cpu, drv_rss, lat = await bench.driver(n, tries if n == sizes[0] else 0)
+            raw_runs, drv_runs = [], []
+            for r in range(rounds):
+                first_lat = tries if (n == sizes[0] and r == 0) else 0
+                # ABBA: raw, driver, driver, raw, ... so drift and warm-up hit both alike
+                order = ("raw", "driver") if r % 2 == 0 else ("driver", "raw")
+                for method in order:
+                    if method == "raw":
+                        raw_runs.append(await bench.raw(n, first_lat))
+                    else:
+                        drv_runs.append(await bench.driver(n, first_lat))
+            raw_t = statistics.median(x[0] for x in raw_runs)
+            drv_t = statistics.median(x[0] for x in drv_runs)
             print(f"{n:>6} /32s to RIB: raw {raw_t:6.2f}s ({n / raw_t:6.0f}/s)  driver {drv_t:6.2f}s "
-                  f"({n / drv_t:6.0f}/s)  ratio driver/raw {drv_t / raw_t:4.2f} (goal <= 1.2)")
-            print(f"        ExaBGP RSS: raw {raw_rss:5.0f} MiB  driver {drv_rss:5.0f} MiB;  "
-                  f"CPU of this process: raw feeder {raw_cpu:5.2f}s  driver {drv_cpu:5.2f}s")
-            for what, values in (("driver apply()", lat), ("raw command", raw_lat)):
+                  f"({n / drv_t:6.0f}/s)  ratio driver/raw {drv_t / raw_t:4.2f} (goal <= 1.2)  "
+                  f"[raw {' '.join(f'{x[0]:.2f}' for x in raw_runs)} | driver {' '.join(f'{x[0]:.2f}' for x in drv_runs)}]")
+            print(f"        ExaBGP RSS: raw {max(x[2] for x in raw_runs):5.0f} MiB  driver "
+                  f"{max(x[2] for x in drv_runs):5.0f} MiB;  CPU of this process (median): raw feeder "
+                  f"{statistics.median(x[1] for x in raw_runs):5.2f}s  driver {statistics.median(x[1] for x in drv_runs):5.2f}s")
+            for what, values in (("driver apply()", [v for x in drv_runs for v in x[3]]),
+                                 ("raw command", [v for x in raw_runs for v in x[3]])):
                 if values:
                     ms = [x * 1000 for x in values]
                     print(f"        single announce, {what} -> FRR RIB ({len(ms)} tries, {n} routes up): "
@@ -205,7 +221,8 @@ async def main(small: bool) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="smoke run: 1,000 and 5,000 routes, 20 latency tries")
+    parser.add_argument("--rounds", type=int, default=2, help="runs per method and size (ABBA order); default 2")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_driver: needs root (network namespaces)")
-    asyncio.run(main(args.small))
+    asyncio.run(main(args.small, max(1, args.rounds)))
