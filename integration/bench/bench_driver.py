@@ -146,7 +146,10 @@ class Bench:
         finally:
             proc.kill()
             await proc.wait()
+            if conn.done():
+                conn.result().close()  # the reader sees EOF and ends before the loop does
             server.close()
+            await asyncio.sleep(0.05)
         await self.until(lambda: self.received() <= 0)
         return elapsed, cpu, rss, latencies
 
