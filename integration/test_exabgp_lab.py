@@ -62,9 +62,10 @@ async def until(condition: Callable, timeout: float, what: str, interval: float 
         await asyncio.sleep(interval)
 
 
-def speaker_config(peer_asn=TOR_ASN, gr=0, hold_time=3, password_file=None) -> Config:
+def speaker_config(peer_asn=TOR_ASN, gr=0, hold_time=3, password_file=None, peer_address=TOR_V4) -> Config:
     return Config(cluster=ClusterConfig("east"), speaker=SpeakerConfig(my_asn=MY_ASN),
-                  peers=(PeerConfig("tor", A(TOR_V4), peer_asn, hold_time=hold_time, password_file=password_file),),
+                  peers=(PeerConfig("tor", A(peer_address), peer_asn, hold_time=hold_time,
+                                    password_file=password_file),),
                   exabgp=ExabgpConfig(graceful_restart=gr))
 
 
@@ -87,7 +88,8 @@ def hosts(n: int, base: str = "198.18.0.0") -> list:
 class Bed:
     """Two namespaces, FRR in one, the driver's ExaBGP in the other."""
 
-    def __init__(self, lab, frr_asn_of_us=MY_ASN, tor_asn=TOR_ASN, gr=False, password=None, hold=3):
+    def __init__(self, lab, frr_asn_of_us=MY_ASN, tor_asn=TOR_ASN, gr=False, password=None, hold=3,
+                 neighbor=NODE_V4):
         self.lab = lab
         self.tor, self.node = lab.netns("tor"), lab.netns("node")
         lab.veth(self.tor, "eth0", self.node, "eth0")
@@ -97,7 +99,7 @@ class Bed:
         netns.add_addr(self.node, "eth0", f"{NODE_V6}/64")
         self.router = FrrRouter(self.tor, FrrConfig(
             asn=tor_asn, router_id=TOR_V4, hold_time=hold, graceful_restart=gr,
-            neighbors=(Neighbor(NODE_V4, frr_asn_of_us, password=password),)), lab=lab).start()
+            neighbors=(Neighbor(neighbor, frr_asn_of_us, password=password),)), lab=lab).start()
         self.run_dir = Path(tempfile.mkdtemp(prefix=f"bgpl-exabgp-{os.getpid()}-"))
         lab.on_close(lambda: shutil.rmtree(self.run_dir, ignore_errors=True))
         self.metrics = Metrics()
@@ -161,6 +163,24 @@ def test_attributes_arrive_exactly_ebgp_and_ipv6(lab):
             p = await until(lambda: (lambda b: b if b and b.med == 300 else None)(
                 bed.router.best_path("203.0.113.5/32")), 10, "re-announced with new attributes")
             assert p.aspath == [MY_ASN] * 3
+    run(body())
+
+
+def test_ipv6_session_carries_both_families(lab):
+    bed = Bed(lab, neighbor=NODE_V6)
+
+    async def body():
+        async with running(bed.driver(speaker_config(peer_address="fd00:99:1::1"))) as d:
+            await until(lambda: bed.router.established(NODE_V6), 20, "IPv6 session up")
+            assert "local-address fd00:99:1::2;" in d.config_path.read_text()
+            await d.apply(intents(["2001:db8::7/128"], attrs(next_hop=A(NODE_V6), med=100)) +
+                          intents(["203.0.113.10/32"], attrs(med=100)))
+            p = await until(lambda: bed.router.best_path("2001:db8::7/128"), 10, "IPv6 route over IPv6")
+            assert (p.nexthop, p.med, p.aspath, p.peer) == (NODE_V6, 100, [MY_ASN], NODE_V6)
+            q = await until(lambda: bed.router.best_path("203.0.113.10/32"), 10, "IPv4 route over IPv6")
+            assert q.med == 100 and q.nexthop == NODE_V4
+            await d.apply([])
+            await until(lambda: not bed.v6() and not bed.v4(), 10, "withdrawn")
     run(body())
 
 
