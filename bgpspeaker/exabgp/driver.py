@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 HEALTHY_RUN = 60.0  # seconds; a child that ran this long restarts without accumulated backoff
 SETTLE = 1.0  # after the last withdraw ack, before SIGTERM (§8: "wait for done, plus ~1 s")
 STOP_GRACE = 5.0
+LOG_ROTATE_BYTES = 1 << 20  # ExaBGP logs at WARNING: a few lines per start
 
 
 @dataclass(frozen=True)
@@ -461,6 +462,11 @@ class ExabgpDriver:
         os.chmod(self.config_path, 0o600)  # holds the MD5 secrets
         self._channel.new_process()
         env = dict(os.environ, **exabgp_environment())
+        try:  # keep the previous run's log for diagnosis, but never let it grow without bound
+            if self.log_path.stat().st_size > LOG_ROTATE_BYTES:
+                os.replace(self.log_path, self.log_path.with_suffix(".log.1"))
+        except FileNotFoundError:
+            pass
         logf = open(self.log_path, "ab")
         try:
             self._proc = await asyncio.create_subprocess_exec(
