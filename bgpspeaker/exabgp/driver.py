@@ -25,7 +25,14 @@ The lifecycle, and the measurement behind each step (../shared/reference/exabgp-
   short settle, then SIGTERM. Shutdown `keep`: SIGTERM only; GR keeps the routes.
 
 Commands are only ever built by `commands.py` from typed values, and only for peers
-this node's config renders (ExaBGP answers `error` for an unknown neighbor).
+this node's config renders (ExaBGP answers `error` for an unknown neighbor). A batch
+that cannot be rendered (say a 127/8 next-hop) is logged and recorded in `rejected`;
+the rest of the diff proceeds.
+
+Session state: from the JSON `up`/`down`/`connected` events, corrected by `fsm` after
+every barrier. A relay reconnect alone does not reset `session_up` to 0 (exabgp-api.md
+§6 suggests it): ExaBGP's sessions do not depend on its helper, and the barrier that
+follows within milliseconds corrects any change; an ExaBGP exit does reset it.
 """
 
 from __future__ import annotations
