@@ -284,6 +284,23 @@ def test_watch_closed_every_second_for_10s(steady):
     _api_fault_keeps_the_router_quiet(lab, want, closes, "watch closed every 1 s for 10 s (last close → change seen)")
 
 
+def test_api_errors_500_and_429_on_relist(steady):
+    """Every watch cut, and the next 30 requests answered 500 / 429 (Retry-After): the
+    informers back off and relist; nothing is withdrawn, no UPDATE, then changes flow again."""
+    lab, want = steady
+
+    def errors():
+        start = len(lab.emu.requests)
+        lab.emu.fail_next("GET", "*", 500, n=15)
+        lab.emu.fail_next("GET", "*", 429, n=15, retry_after=1)
+        lab.emu.close_watches()
+        # 30 GETs answered with an error, then at least one served again
+        wait_until(lambda: sum(r["method"] == "GET" for r in list(lab.emu.requests)[start:]) > 30, 60,
+                   "the 30 injected errors to be used up")
+        return time.monotonic()
+    _api_fault_keeps_the_router_quiet(lab, want, errors, "API 500/429 x30 on relist (last error → change seen)")
+
+
 # --------------------------------------------------------------------------- the speaker itself
 
 

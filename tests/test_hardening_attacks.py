@@ -228,7 +228,8 @@ def test_tenant_status_does_not_beat_an_older_request():
 @pytest.mark.xfail(strict=True, reason="FINDING (allocator, after d9f0929): the evidence that a status address was "
                                        "handed out by us is the allocated-from-pool *annotation*, which lives in the "
                                        "Service's metadata and is writable by the tenant like any annotation: forging "
-                                       "it along with the status still beats an older request")
+                                       "it along with the status still beats an older request. Accepted and "
+                                       "documented as the services/status trust boundary (README, f720d68)")
 @pytest.mark.parametrize("annotation", ["bgpspeaker.io/ip-allocated-from-pool", "metallb.io/ip-allocated-from-pool",
                                         "metallb.universe.tf/ip-allocated-from-pool"])
 def test_tenant_status_with_forged_allocated_from_pool_annotation(annotation):
