@@ -183,7 +183,9 @@ def test_relay_killed_past_the_respawn_limit(steady):
     restarts = lab.metric(NODE, "bgpspeaker_exabgp_restarts_total") or 0
     killed, last = 0, None
     t0 = time.monotonic()
-    while killed < 7 and lab.exabgp_pid(NODE) == exabgp:
+    # 6 deaths in one 64 s wall-clock-aligned window end ExaBGP; a window boundary in the middle
+    # resets its count, so up to 12 kills may be needed
+    while killed < 12 and lab.exabgp_pid(NODE) == exabgp:
         pid = wait_until(lambda: (lambda p: p if p and p != last else None)(relay_pid(lab)), 15,
                          f"relay #{killed + 1}")
         if lab.exabgp_pid(NODE) != exabgp:
@@ -191,7 +193,7 @@ def test_relay_killed_past_the_respawn_limit(steady):
         t_kill = time.monotonic()
         os.kill(pid, signal.SIGKILL)
         killed, last = killed + 1, pid
-    assert killed >= 6 or lab.exabgp_pid(NODE) != exabgp, f"only {killed} relays killed"
+    assert killed >= 6, f"ExaBGP replaced after only {killed} relay deaths"
     wait_until(lambda: lab.exabgp_pid(NODE) not in (None, exabgp), 30, "a new ExaBGP after the respawn limit")
     done = wait_converged(lab, want, 30, "RIB after the relay deaths")
     record(f"relay killed {killed}x (past ExaBGP's respawn limit), from the last kill", done - t_kill)
