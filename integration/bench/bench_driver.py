@@ -80,6 +80,7 @@ class Bench:
         self.dir = Path(tempfile.mkdtemp(prefix=f"bench-exabgp-{os.getpid()}-"))
         lab.on_close(lambda: shutil.rmtree(self.dir, ignore_errors=True))
         self.argv = [netns.IP, "netns", "exec", self.node, EXABGP]
+        self.acked: list[float] = []  # apply() call -> returned (ExaBGP acked), latency tries
 
     def received(self) -> int:
         n = self.router.neighbors().get(NODE_V4)
@@ -172,6 +173,7 @@ class Bench:
                 one = RouteIntent(p, "tor", ATTRS, Tier.PRIMARY, ("bench/one",))
                 t = time.monotonic()
                 await d.apply(routes + [one])
+                self.acked.append(time.monotonic() - t)
                 await self.until(lambda: self.received() == n + 1, interval=0.001)
                 latencies.append(time.monotonic() - t)
                 await d.apply(routes)
@@ -219,6 +221,11 @@ async def main(small: bool, rounds: int) -> None:
                     ms = [x * 1000 for x in values]
                     print(f"        single announce, {what} -> FRR RIB ({len(ms)} tries, {n} routes up): "
                           f"p50 {pct(ms, 0.5):.1f} ms  p99 {pct(ms, 0.99):.1f} ms  max {max(ms):.1f} ms")
+            if bench.acked:
+                ms = [x * 1000 for x in bench.acked]
+                print(f"        of which apply() until acked (diff of the full set + ExaBGP ack): "
+                      f"p50 {pct(ms, 0.5):.1f} ms  p99 {pct(ms, 0.99):.1f} ms")
+                bench.acked.clear()
 
 
 if __name__ == "__main__":
