@@ -133,10 +133,6 @@ def test_raw_text_spliced_into_the_file(monkeypatch, capsys):
     assert COUNT["rendered"] > 0
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING (config/load.py, config/source.py): some issues are not one line: "
-                                       "the 'write [...]' suggestion repeats a raw value ('\\n' → a real newline) "
-                                       "and the YAML reader error keeps PyYAML's second line; check-config promises "
-                                       "one `path: message` line per error")
 @pytest.mark.parametrize("text", [
     yaml.safe_dump({**BASE, "pools": [{**BASE["pools"][0], "namespaces": "\n"}]}),
     "cluster: {name: east}\x00\n",

@@ -20,7 +20,10 @@ class ConfigIssue:
 
     def __str__(self) -> str:
         text = f"{self.path}: {self.message}" if self.path else self.message
-        return text if self.line is None else f"{text} (line {self.line})"
+        text = text if self.line is None else f"{text} (line {self.line})"
+        # One printable line per issue, whatever a message quotes from the file: check-config
+        # promises `path: message` lines, and these reach terminals and logs.
+        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class ConfigError(Exception):

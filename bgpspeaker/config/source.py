@@ -49,7 +49,7 @@ def parse(text: str) -> tuple[Optional[Node], list[ConfigIssue]]:
         # The reader rejects control characters already in the constructor.
         loader = yaml.SafeLoader(text)
     except yaml.YAMLError as error:
-        return None, [ConfigIssue("", f"not valid YAML: {error}")]
+        return None, [ConfigIssue("", f"not valid YAML: {_one_line(error)}")]
     try:
         root = loader.get_single_node()
         if root is None:
@@ -58,11 +58,16 @@ def parse(text: str) -> tuple[Optional[Node], list[ConfigIssue]]:
     except yaml.MarkedYAMLError as error:
         return None, [_syntax_issue(error)]
     except yaml.YAMLError as error:
-        return None, [ConfigIssue("", f"not valid YAML: {error}")]
+        return None, [ConfigIssue("", f"not valid YAML: {_one_line(error)}")]
     except RecursionError:  # PyYAML's composer recurses once per nesting level
         return None, [ConfigIssue("", "not valid YAML: nested too deeply")]
     finally:
         loader.dispose()
+
+
+def _one_line(error: Exception) -> str:
+    """PyYAML's messages span lines ("...\n  in <unicode string>, position 0"): fold them."""
+    return " ".join(str(error).split())
 
 
 def _syntax_issue(error: yaml.MarkedYAMLError) -> ConfigIssue:
