@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--no-profile", action="store_true", help="do not attach py-spy to the daemon")
     parser.add_argument("--profile", action="store_true", help="attach py-spy even in --small")
+    parser.add_argument("--profiles", type=Path, help="keep py-spy's raw profiles here (default: a temp dir)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("integration.bench: needs root (network namespaces, FRR, BIRD)", file=sys.stderr)
@@ -52,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         mode = dataclasses.replace(mode, profile=args.profile and not args.no_profile)
     only = {("resync" if n == "footprint" else n) for n in (args.only or NAMES)}
     out = args.out.resolve()
-    profile_dir = out / "profiles"
+    scenarios.SETTLE_TIMEOUT[0] = mode.settle_timeout
+    tmp = tempfile.TemporaryDirectory(prefix=f"bench-profiles-{os.getpid()}-")
+    profile_dir = args.profiles.resolve() if args.profiles else Path(tmp.name)
     profile_dir.mkdir(parents=True, exist_ok=True)
     netns.install_sigterm_cleanup()
     info = machine()
@@ -88,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     run("resync", scenarios.steady_and_resync)
     run("churn", scenarios.churn)
     seconds = time.monotonic() - started
+    info["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
 
     command = "make bench" if mode_name == "full" else f"python -m integration.bench --{mode_name}"
     text = report.write(sections, info, mode_name, seconds, out, command)
@@ -99,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAILED to run: {name}", file=sys.stderr)
     for k in bad:
         print(f"CHECK FAILED: {k}", file=sys.stderr)
+    tmp.cleanup()
     return 1 if failed or bad else 0
 
 

@@ -40,7 +40,7 @@ def profiles(sections: list[Section]) -> str:
     out = []
     for section in sections:
         for name, rows in section.profiles.items():
-            out.append(f"\n**{name}** — py-spy, % of busy samples (idle waits excluded)\n")
+            out.append(f"\n**{name}** — py-spy, % of the samples of running threads\n")
             out.append("| function (file) | self % | inclusive % |\n|---|---|---|")
             for fn, self_pct, incl in rows:
                 out.append(f"| `{fn.replace('|', '/')}` | {self_pct:.1f} | {incl:.1f} |")
@@ -55,8 +55,9 @@ def markdown(sections: list[Section], machine: dict, mode: str, seconds: float, 
         "",
         f"Mode `{mode}`, suite runtime {seconds / 60:.1f} min. Machine: {m['nproc']} × {m['cpu']}, "
         f"{m['memory']}, kernel {m['kernel']}, Python {m['python']}; {m.get('frr', 'FRR ?')}, "
-        f"{m.get('bird', 'BIRD ?')}, ExaBGP {m.get('exabgp', '?')}; load average at start "
-        f"{' '.join(m['loadavg'])}. Reproduce: `{command}` (as root).",
+        f"{m.get('bird', 'BIRD ?')}, ExaBGP {m.get('exabgp', '?')}; load average (1/5/15 min) at start "
+        f"{' '.join(m['loadavg'])}, at the end {' '.join(m.get('loadavg_end', ['?']))}. Source: bgpspeaker at {m.get('source', '?')}. "
+        f"Reproduce: `{command}` (as root).",
         "",
         "Every row is measured side by side with its reference in the same run, against the same "
         "FRR router (bgpd + zebra) in a network namespace; the daemon is a real `bgpspeaker run` "

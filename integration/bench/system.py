@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import ipaddress
+import itertools
 import json
 import os
 import queue
@@ -178,6 +179,20 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def source_state() -> str:
+    """The commit measured, and the files of the package that differ from it (the
+    working tree is shared: a benchmark measures what is on disk)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "bgpspeaker"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.split("\n")
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    changed = [line[3:] for line in dirty if line.strip()]
+    return head + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
+
+
 def machine() -> dict:
     model = "?"
     with contextlib.suppress(OSError):
@@ -197,7 +212,7 @@ def machine() -> dict:
             r = subprocess.run(argv, capture_output=True, text=True, timeout=20)
             text = (r.stdout + r.stderr).strip().splitlines()
             versions[name] = text[0] if text else "?"
-    return {"nproc": os.cpu_count(), "cpu": model, "kernel": os.uname().release, "memory": mem,
+    return {"nproc": os.cpu_count(), "cpu": model, "source": source_state(), "kernel": os.uname().release, "memory": mem,
             "python": sys.version.split()[0], **versions,
             "loadavg": open("/proc/loadavg").read().split()[:3]}
 
@@ -266,13 +281,16 @@ class NodeEmulator(RemoteEmulator):
 
 # --------------------------------------------------------------------------- the daemon
 
+_speakers = itertools.count(1)
+
+
 class SpeakerProcess:
     """One `bgpspeaker run` in a node's namespace, as an operator runs it."""
 
     def __init__(self, lab: netns.Lab, node: Node, workdir: Path, name: str = "speaker",
                  log_level: str = "INFO"):
         self.lab, self.node = lab, node
-        self.dir = workdir / f"{name}-{node.name}"
+        self.dir = workdir / f"{name}-{node.name}-{next(_speakers)}"  # one log per daemon run
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.dir / "speaker.yaml"
         self.config_path.write_text(yaml.safe_dump(speaker_config(node)))
@@ -601,35 +619,49 @@ class Profiler:
         return self.out if self.out.exists() and self.out.stat().st_size else None
 
 
+# py-spy (without --idle) records only threads the OS shows running, but it catches the
+# event loop's epoll now and then as it enters or leaves: those are not work
+IDLE_MARKERS = ("EpollSelector.select (selectors.py", "select (selectors.py")
+# frames every stack has: they say nothing about where the time goes
+WRAPPERS = ("<module>", "_run_code", "_run_module_as_main", "run_command", "main (bgpspeaker/cli.py",
+            "Thread.run", "Thread._bootstrap", "Runner.run", "run (asyncio/runners.py", "run_until_complete",
+            "run_forever", "_run_once", "Handle._run", "Daemon._reconcile_loop")
+
+
 def summarize_profile(path: Path, top: int = 12) -> list[tuple[str, float, float]]:
-    """(function at file:line-less location, self %, inclusive %) from py-spy raw output,
-    idle frames (waiting in select/epoll/locks/sleep) excluded from the total."""
-    idle_markers = ("select (selectors.py", "_run_once (asyncio/base_events.py", "wait (threading.py",
-                    "poll (selectors.py", "sleep", "accept (socket.py", "readinto (socket.py",
-                    "_worker (concurrent/futures/thread.py")
+    """[(function (file), self %, inclusive %)] from py-spy raw output: the project's own
+    functions by inclusive time first, then the hottest leaf functions anywhere; % of the
+    samples py-spy took of running threads (a lock or queue wait in that set is a spin,
+    not idle: measured in the EventRecorder)."""
     self_counts: dict[str, int] = {}
     incl_counts: dict[str, int] = {}
     total = 0
+
+    def name(frame: str) -> str:
+        return frame.rsplit(":", 1)[0] if frame.endswith(")") is False and ":" in frame else frame.split(":")[0] + (
+            ")" if ":" in frame else "")
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        frames = [f for f in stack.split(";") if f and not f.startswith("process ") and not f.startswith("thread ")]
-        if not frames:
-            continue
-        leaf = frames[-1]
-        if any(m in leaf for m in idle_markers):
+        frames = [f for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
+        if not frames or any(m in frames[-1] for m in IDLE_MARKERS):
             continue
         n = int(count)
         total += n
-        name = lambda f: f.rsplit(":", 1)[0] if f.count(":") else f  # drop the line number
-        self_counts[name(leaf)] = self_counts.get(name(leaf), 0) + n
-        for f in set(map(name, frames)):
+        names = [name(f) for f in frames]
+        self_counts[names[-1]] = self_counts.get(names[-1], 0) + n
+        for f in set(names):
             incl_counts[f] = incl_counts.get(f, 0) + n
     if not total:
         return []
-    rows = sorted(incl_counts.items(), key=lambda kv: -kv[1])
-    return [(f, 100 * self_counts.get(f, 0) / total, 100 * c / total) for f, c in rows[:top]]
+    ours = sorted(((f, c) for f, c in incl_counts.items()
+                   if "bgpspeaker/" in f and not any(w in f for w in WRAPPERS)), key=lambda kv: -kv[1])[:top]
+    hot = sorted(self_counts.items(), key=lambda kv: -kv[1])[:max(4, top // 2)]
+    rows = [(f, 100 * self_counts.get(f, 0) / total, 100 * incl_counts[f] / total) for f, _ in ours]
+    rows += [(f"(leaf) {f}", 100 * c / total, 100 * incl_counts[f] / total) for f, c in hot
+             if f not in dict(ours)]
+    return rows
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.02) -> object:
