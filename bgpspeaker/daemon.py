@@ -30,7 +30,7 @@ from bgpspeaker.config.schema import Config
 from bgpspeaker.httpapi import HttpApi
 from bgpspeaker.logs import fields, setup_logging
 from bgpspeaker.metrics import Metrics
-from bgpspeaker.model import NodeView, RouteIntent, Snapshot
+from bgpspeaker.model import NodeView, RouteIntent, Snapshot, is_dns_subdomain
 from bgpspeaker.planner import Plan, plan as make_plan
 from bgpspeaker.routes_view import route_entries
 
@@ -417,6 +417,10 @@ def run_command(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     if not args.node_name:
         log.error("no node name: pass --node-name or set NODE_NAME")
+        return 2
+    if not is_dns_subdomain(args.node_name):
+        log.error("the node name is not a Kubernetes Node name (an RFC 1123 DNS subdomain)",
+                  extra=fields(node_name=args.node_name[:80]))
         return 2
     try:
         config = load_config(args.config)

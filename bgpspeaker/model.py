@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Optional, Union
 
@@ -36,6 +37,14 @@ def parse_ip(text: object) -> IPAddress:
     if not isinstance(text, str) or "%" in text or not text.isascii():
         raise ValueError(f"{text!r} is not an IP address")
     return ipaddress.ip_address(text)
+
+
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def is_dns_subdomain(name: object) -> bool:
+    """RFC 1123 subdomain, what Kubernetes requires of Node names (≤ 253 characters)."""
+    return isinstance(name, str) and len(name) <= 253 and _DNS_SUBDOMAIN.fullmatch(name) is not None
 
 
 def freeze_pairs(mapping: Optional[Mapping[str, str]]) -> Pairs:

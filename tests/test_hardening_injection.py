@@ -332,10 +332,6 @@ def test_log_line_has_no_control_characters(value):
 # --- the rendered ExaBGP config: the node's name goes into a comment line -----------------------
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING (exabgp/render.py render_config): the node name is written "
-                                       "unchecked into the header comment, so a name with a newline adds "
-                                       "statements to ExaBGP's config. Node names are API-validated DNS "
-                                       "subdomains and --node-name is the operator's: defense in depth")
 def test_node_name_cannot_add_statements_to_the_exabgp_config():
     from bgpspeaker.config.load import load_config
     from bgpspeaker.exabgp.render import RenderError, render_config

@@ -35,7 +35,7 @@ import sys
 from typing import Optional
 
 from bgpspeaker.config.schema import Config, PeerConfig
-from bgpspeaker.model import IPAddress, NodeView
+from bgpspeaker.model import IPAddress, NodeView, is_dns_subdomain
 
 MASK = "********"
 PROCESS_NAME = "bgpspeaker"
@@ -123,6 +123,8 @@ def _process_block(relay_socket: str, python: str) -> list[str]:
 def render_config(config: Config, node: NodeView, relay_socket: str, *, mask_secrets: bool,
                   python: Optional[str] = None) -> str:
     """The ExaBGP config text for `node` (deterministic: equal inputs give equal text)."""
+    if not is_dns_subdomain(node.name):  # it goes into a comment line: a newline would add statements
+        raise RenderError(f"node name {node.name[:80]!r} is not a DNS subdomain (RFC 1123), as Kubernetes requires")
     out = [f"# bgpspeaker: ExaBGP config for node {node.name} (generated; do not edit)"]
     out += _process_block(relay_socket, python or sys.executable)
     rid = router_id(config, node)
