@@ -40,7 +40,7 @@ def profiles(sections: list[Section]) -> str:
     out = []
     for section in sections:
         for name, rows in section.profiles.items():
-            out.append(f"\n**{name}** — py-spy, % of the samples of running threads\n")
+            out.append(f"\n**{name}** — py-spy, % of the busy samples\n")
             out.append("| function (file) | self % | inclusive % |\n|---|---|---|")
             for fn, self_pct, incl in rows:
                 out.append(f"| `{fn.replace('|', '/')}` | {self_pct:.1f} | {incl:.1f} |")

@@ -31,6 +31,7 @@ import itertools
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -600,11 +601,12 @@ class Profiler:
     """`py-spy record` attached to a running daemon, in raw (collapsed stacks) format so the
     suite can say which functions took the time; an SVG flame graph beside it on demand."""
 
-    def __init__(self, pid: int, out: Path, rate: int = 100, svg: bool = False):
+    def __init__(self, pid: int, out: Path, rate: int = 100, svg: bool = False, idle: bool = False):
         self.out = out
         fmt = ["--format", "flamegraph"] if svg else ["--format", "raw"]
+        # --idle: sleeping threads too, so the event loop's share in epoll says how busy it is
         self.proc = subprocess.Popen([PYSPY, "record", "--pid", str(pid), "--rate", str(rate), "--threads",
-                                      "--nonblocking", "-o", str(out), *fmt],
+                                      "--nonblocking", "-o", str(out), *fmt, *(["--idle"] if idle else [])],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def stop(self) -> Optional[Path]:
@@ -628,7 +630,34 @@ WRAPPERS = ("<module>", "_run_code", "_run_module_as_main", "run_command", "main
             "run_forever", "_run_once", "Handle._run", "Daemon._reconcile_loop")
 
 
-def summarize_profile(path: Path, top: int = 12) -> list[tuple[str, float, float]]:
+def _stacks(path: Path, thread: Optional[str] = None):
+    """(frames without the process/thread header, count) per line of py-spy raw output;
+    only the thread named `thread` when given."""
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        parts = stack.split(";")
+        header = next((p for p in parts if p.startswith("thread ")), "")
+        if thread is not None and not header.endswith(f": {thread}"):
+            continue
+        frames = [f for f in parts if f and not f.startswith(("process ", "thread "))]
+        if frames:
+            yield frames, int(count)
+
+
+def loop_busy(path: Path) -> float:
+    """Share of the event loop thread's samples (profile taken with idle=True) outside
+    epoll: how much of the wall time the loop was working or waiting for the GIL."""
+    total = idle = 0
+    for frames, n in _stacks(path, "MainThread"):
+        total += n
+        if any(m in frames[-1] for m in IDLE_MARKERS):
+            idle += n
+    return (total - idle) / total if total else float("nan")
+
+
+def summarize_profile(path: Path, top: int = 12, thread: Optional[str] = None) -> list[tuple[str, float, float]]:
     """[(function (file), self %, inclusive %)] from py-spy raw output: the project's own
     functions by inclusive time first, then the hottest leaf functions anywhere; % of the
     samples py-spy took of running threads (a lock or queue wait in that set is a spin,
@@ -636,20 +665,11 @@ def summarize_profile(path: Path, top: int = 12) -> list[tuple[str, float, float
     self_counts: dict[str, int] = {}
     incl_counts: dict[str, int] = {}
     total = 0
-
-    def name(frame: str) -> str:
-        return frame.rsplit(":", 1)[0] if frame.endswith(")") is False and ":" in frame else frame.split(":")[0] + (
-            ")" if ":" in frame else "")
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
+    for frames, n in _stacks(path, thread):
+        if any(m in frames[-1] for m in IDLE_MARKERS):
             continue
-        frames = [f for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
-        if not frames or any(m in frames[-1] for m in IDLE_MARKERS):
-            continue
-        n = int(count)
         total += n
-        names = [name(f) for f in frames]
+        names = [re.sub(r":\d+\)$", ")", f) for f in frames]  # per function, not per line
         self_counts[names[-1]] = self_counts.get(names[-1], 0) + n
         for f in set(names):
             incl_counts[f] = incl_counts.get(f, 0) + n
