@@ -38,6 +38,8 @@ def format_status(status: dict[str, Any]) -> str:
     lines.append(f"{'PEER':<16} {'ADDRESS':<26} {'ASN':>10}  STATE")
     for peer in status.get("peers", []):
         state = "up" if peer.get("up") else f"down ({peer.get('lastDownReason') or 'never up'})"
+        if peer.get("routesHeldBack"):
+            state += ", routes held back: it kept resetting the session"
         lines.append(f"{peer['name']:<16} {peer['address']:<26} {peer['asn']:>10}  {state}")
     lines.append("")
     lines.append(f"{'SERVICE':<32} {'PREFIX':<24} {'TIER':<10} {'MED':>5} {'LPREF':>6}  AS-PATH / COMMUNITIES -> PEERS")

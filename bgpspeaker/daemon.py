@@ -347,11 +347,13 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         peers = []
         states = self.driver.peer_states() if self.driver is not None else {}
+        held = self.driver.held_peers() if self.driver is not None else frozenset()
         for peer in self.config.peers:
             state = states.get(peer.name)
             peers.append({"name": peer.name, "address": str(peer.address), "asn": peer.asn,
                           "up": bool(state and state.up), "since": state.since if state else None,
-                          "lastDownReason": state.last_down_reason if state else None})
+                          "lastDownReason": state.last_down_reason if state else None,
+                          "routesHeldBack": peer.name in held})
         announced = list(self.driver.announced().values()) if self.driver is not None else []
         return {
             "node": self.options.node_name,

@@ -159,7 +159,8 @@ def test_announces_reports_and_writes_status(lab, world, tmp_path):
     wait_until(lambda: speaker.http("/readyz")[0] == 200, 10, "/readyz 200")
     status = speaker.status()
     assert status["peers"] == [{"name": "tor", "address": "10.77.0.1", "asn": 64500, "up": True,
-                                "since": status["peers"][0]["since"], "lastDownReason": None}]
+                                "since": status["peers"][0]["since"], "lastDownReason": None,
+                                "routesHeldBack": False}]
     assert [(r["service"], r["prefix"], r["tier"], r["med"]) for r in status["routes"]] == [
         ("demo/web", PREFIX, "primary", 100)]
     metrics = speaker.http("/metrics")[1]

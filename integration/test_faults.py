@@ -560,10 +560,6 @@ def test_peer_resetting_on_every_update_low_cpu_clear_log_line(steady, capsys):
     assert r["down_lines"] and any("notification" in line.lower() for line in r["down_lines"]), r["down_lines"][-3:]
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING (exabgp/driver.py): ExaBGP reconnects at once after every reset "
-                                       "(~30 sessions/s measured) and the driver logs one line per flap; nothing "
-                                       "backs off a peer that keeps resetting (exabgp-api.md §9 asks the parent to "
-                                       "react to repeated downs)")
 def test_peer_resetting_on_every_update_retry_is_bounded(steady):
     lab, want = steady
     r = _resetting_peer_experiment(lab, want)

@@ -54,6 +54,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 from bgpspeaker.config.schema import Config, PeerConfig
 from bgpspeaker.exabgp import commands
 from bgpspeaker.exabgp.channel import Channel, ChannelClosed, neighbor_fsm
+from bgpspeaker.exabgp.damping import SessionDamping
 from bgpspeaker.exabgp.render import exabgp_environment, families, render_config, selected_peers
 from bgpspeaker.metrics import Metrics
 from bgpspeaker.model import IPAddress, IPNetwork, NodeView, RouteIntent
@@ -127,6 +128,7 @@ class ExabgpDriver:
         self._stopping = False
         self._started_once = False
         self.rejected: dict[Key, str] = {}  # keys whose command ExaBGP answered `error`
+        self._damping = SessionDamping()  # peers that reset after our UPDATEs get nothing for a while
 
     # --- public API -----------------------------------------------------------------------
 
@@ -148,6 +150,10 @@ class ExabgpDriver:
 
     def announced(self) -> dict[tuple[str, IPNetwork], RouteIntent]:
         return dict(self._announced)
+
+    def held_peers(self) -> frozenset[str]:
+        """Peers whose routes are held back because they kept resetting the session (damping.py)."""
+        return self._damping.held_peers(time.monotonic())
 
     async def start(self, timeout: float = 30.0) -> None:
         """Spawn ExaBGP; return once the relay is connected and the barrier passed."""
@@ -296,12 +302,33 @@ class ExabgpDriver:
             self._peer_replays.add(name)
             self._wake.set()
         elif state in ("down", "connected"):
+            was_up = name in self._states and self._states[name].up
             self._set_state(name, False, neighbor.get("reason") if state == "down" else None)
+            if state == "down" and was_up:
+                self._session_lost(name, str(neighbor.get("reason") or ""))
             if state == "down":
                 reason = str(neighbor.get("reason") or "")
                 if "notification received (3," in reason:
                     # UPDATE message error: the router rejects what we send (e.g. a next-hop, §9)
                     log.error("peer %s rejected our UPDATE: %s", name, reason)
+
+    def _session_lost(self, name: str, reason: str) -> None:
+        seconds = self._damping.session_lost(name, time.monotonic())
+        if seconds is None:
+            return
+        log.error("peer %s keeps resetting the session after our UPDATEs (last: %s); holding its routes back "
+                  "for %.0f s, then trying again", name, reason or "no reason given", seconds)
+        asyncio.get_running_loop().call_later(seconds, self._release_hold, name)
+        self._generation += 1  # the next sync withdraws this peer's routes from ExaBGP's adj-rib-out
+        self._wake.set()
+
+    def _release_hold(self, name: str) -> None:
+        if self._stopping or name not in self._peers:
+            return
+        log.info("peer %s: sending its routes again after holding them back", name)
+        self._generation += 1
+        self._peer_replays.add(name)
+        self._wake.set()
 
     def _on_ready(self, neighbors: list) -> None:
         """Barrier passed on a new relay connection: take peer state from `fsm`, then resync."""
@@ -343,7 +370,9 @@ class ExabgpDriver:
 
     async def _sync_once(self) -> None:
         generation = self._generation
-        desired = self._desired
+        source = self._desired
+        held = self._damping.held_peers(time.monotonic())
+        desired = {k: v for k, v in source.items() if v.peer not in held} if held else source
         if self._resync:
             self._resync = False
             ups = set(self._established) | self._peer_replays
@@ -353,7 +382,7 @@ class ExabgpDriver:
             batches = diff_indexed(desired, {}, self.batch_size) + diff_indexed({}, leftovers, self.batch_size)
             self._suspect.clear()
             await self._send(batches, desired)
-            await self._send_eors(ups)
+            await self._send_eors(ups - held)
         else:
             view = dict(self._announced)
             for key, intent in self._suspect.items():
@@ -367,8 +396,8 @@ class ExabgpDriver:
             for name in sorted(ups):
                 mine = {k: i for k, i in desired.items() if i.peer == name}
                 await self._send(diff_indexed(mine, {}, self.batch_size), desired)
-            await self._send_eors(ups)
-        if generation > self._acked_generation and desired is self._desired:
+            await self._send_eors(ups - held)
+        if generation > self._acked_generation and source is self._desired:
             self._acked_generation = generation
             self._progress()
 
