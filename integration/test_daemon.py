@@ -218,3 +218,27 @@ def test_sigterm_withdraws_or_keeps_per_config(lab, world, tmp_path, shutdown):
     else:
         kept = router.best_path(PREFIX)
         assert kept is not None and kept.stale, f"expected a stale route kept by graceful restart, got {kept}"
+
+
+def test_slow_status_writes_never_hold_back_a_withdraw(lab, world, tmp_path):
+    """The leader's status writes are API round trips; BGP changes must not queue behind them."""
+    router, emu, _, _ = world
+    start_speaker(lab, world, tmp_path)
+    wait_until(lambda: emu.get_object("v1", "Service", "demo", "web").get("status", {}).get("loadBalancer"),
+               20, "the first status write")
+    # Every single-Service request of the status writer (fresh GET, then PATCH) now takes 8 s;
+    # the informers' cluster-wide list/watch paths are not affected.
+    emu.delay("/api/v1/namespaces/*/services/*", 8)
+    second = dict(service_objects()[1], metadata={"name": "api", "namespace": "demo",
+                                                  "annotations": {"bgpspeaker.io/load-balancer-ips": "203.0.113.11"}})
+    emu.set_object(second)  # needs a status write, which now hangs
+    emu.set_object(dict(service_objects()[2], metadata={"name": "api-1", "namespace": "demo",
+                                                        "labels": {"kubernetes.io/service-name": "api"}}))
+    wait_until(lambda: router.best_path("203.0.113.11/32"), 10, "the second Service announced")
+    slice_ = service_objects()[2]
+    slice_["endpoints"][0]["conditions"]["ready"] = False
+    emu.set_object(slice_)  # web has no ready endpoint: withdraw
+    wait_until(lambda: router.best_path(PREFIX) is None, 6, "web withdrawn while a status write hangs")
+    status = emu.get_object("v1", "Service", "demo", "api").get("status", {}).get("loadBalancer", {})
+    assert not status.get("ingress"), "the status write finished first: this test proved nothing"
+    emu.delay("/api/v1/namespaces/*/services/*", 0)
