@@ -336,8 +336,8 @@ def cold_start(lab: s.SystemLab, mode: Mode, out: Path) -> Section:
         sec_.rows.append(Row("2 cold start", f"{n:,} Services → all routes in FRR (spawn → last route; {runs})",
                              sec(total), f"raw ExaBGP {sec(raw_total)}; BIRD {sec(bird_total)}",
                              f"{ratio:.2f}× raw", "≤ 1.2× raw", ratio <= 1.2,
-                             f"daemon{span(daemons, 'total')}, raw{span(raws, 'total')} s; "
-                             f"phases (last run): {d['phases']}"))
+                             (f"daemon{span(daemons, 'total')}, raw{span(raws, 'total')} s; " if repeats > 1 else "")
+                             + f"phases (last run): {d['phases']}"))
         sec_.rows.append(Row("2 cold start", f"{n:,}: BGP session up → last route (feeding only)", sec(feed),
                              f"raw ExaBGP {sec(raw_feed)}; BIRD {sec(bird_feed)}",
                              f"{feed / raw_feed:.2f}× raw", "—", None,
