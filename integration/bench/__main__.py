@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m integration.bench", description=__doc__.splitlines()[0])
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--small", action="store_true", help="smoke run: small N, seconds of churn")
-    size.add_argument("--medium", action="store_true", help="full latency/failover, cold start up to 10,000, 20 s churn")
+    size.add_argument("--medium", action="store_true",
+                      help="full latency/failover, cold start up to 10,000, 20 s churn")
     parser.add_argument("--only", action="append", choices=NAMES + ("footprint",),
                         help="run only this benchmark (repeatable; footprint = resync)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)

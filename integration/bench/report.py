@@ -56,7 +56,8 @@ def markdown(sections: list[Section], machine: dict, mode: str, seconds: float, 
         f"Mode `{mode}`, suite runtime {seconds / 60:.1f} min. Machine: {m['nproc']} × {m['cpu']}, "
         f"{m['memory']}, kernel {m['kernel']}, Python {m['python']}; {m.get('frr', 'FRR ?')}, "
         f"{m.get('bird', 'BIRD ?')}, ExaBGP {m.get('exabgp', '?')}; load average (1/5/15 min) at start "
-        f"{' '.join(m['loadavg'])}, at the end {' '.join(m.get('loadavg_end', ['?']))}. Source: bgpspeaker at {m.get('source', '?')}. "
+        f"{' '.join(m['loadavg'])}, at the end {' '.join(m.get('loadavg_end', ['?']))}. "
+        f"Source: bgpspeaker at {m.get('source', '?')}. "
         f"Reproduce: `{command}` (as root).",
         "",
         "Every row is measured side by side with its reference in the same run, against the same "

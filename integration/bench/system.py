@@ -30,7 +30,6 @@ import ipaddress
 import itertools
 import json
 import os
-import queue
 import re
 import shutil
 import signal
@@ -213,7 +212,8 @@ def machine() -> dict:
             r = subprocess.run(argv, capture_output=True, text=True, timeout=20)
             text = (r.stdout + r.stderr).strip().splitlines()
             versions[name] = text[0] if text else "?"
-    return {"nproc": os.cpu_count(), "cpu": model, "source": source_state(), "kernel": os.uname().release, "memory": mem,
+    return {"nproc": os.cpu_count(), "cpu": model, "source": source_state(), "kernel": os.uname().release,
+            "memory": mem,
             "python": sys.version.split()[0], **versions,
             "loadavg": open("/proc/loadavg").read().split()[:3]}
 
@@ -686,11 +686,3 @@ def summarize_profile(path: Path, top: int = 12, thread: Optional[str] = None) -
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.02) -> object:
     return wait_until(condition, timeout, what, interval=interval)
-
-
-def drain_queue(q: "queue.Queue") -> list:
-    out = []
-    with contextlib.suppress(queue.Empty):
-        while True:
-            out.append(q.get_nowait())
-    return out
