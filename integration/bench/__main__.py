@@ -3,13 +3,13 @@
 The system benchmark suite of issue 6 (as root): event → router latency, cold start at
 scale, failover, resync, footprint and churn, each beside its reference (raw ExaBGP,
 BIRD) in the same run. Prints the results table and writes results.md, results.json,
-latency.png and scale.png (and the py-spy profiles) into DIR (default
-integration/bench/results). Exit status 1 if a correctness check failed (a route
-missing, a resync that sent UPDATEs, a final RIB different from the desired state);
-timings never fail the run.
+latency.png and scale.png into DIR (default: integration/bench/results for the full
+run, a new temp dir for --small/--medium). Exit status 1 if a correctness check failed
+(a route missing, a resync that sent UPDATEs, a final RIB different from the desired
+state); timings never fail the run.
 
-Modes: full (default; ~10-15 min on 2 cores), --medium (no 50,000 cold start, 20 s of
-churn), --small (the smoke run: 1,000 Services at most, a few seconds of churn).
+Modes: full (default; ~6-8 min on 2 cores), --medium (no 50,000 cold start, 20 s of
+churn), --small (the smoke run: 1,000 Services at most, a few seconds of churn, ~40 s).
 """
 
 from __future__ import annotations
@@ -34,7 +34,10 @@ def main(argv: list[str] | None = None) -> int:
                       help="full latency/failover, cold start up to 10,000, 20 s churn")
     parser.add_argument("--only", action="append", choices=NAMES + ("footprint",),
                         help="run only this benchmark (repeatable; footprint = resync)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path,
+                        help="where to write the results (default: integration/bench/results for the full run, "
+                             "a new temp dir for --small/--medium, so a smoke run never overwrites the "
+                             "committed results)")
     parser.add_argument("--no-profile", action="store_true", help="do not attach py-spy to the daemon")
     parser.add_argument("--profile", action="store_true", help="attach py-spy even in --small")
     parser.add_argument("--profiles", type=Path, help="keep py-spy's raw profiles here (default: a temp dir)")
@@ -54,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_profile or args.profile:
         mode = dataclasses.replace(mode, profile=args.profile and not args.no_profile)
     only = {("resync" if n == "footprint" else n) for n in (args.only or NAMES)}
-    out = args.out.resolve()
+    out = (args.out or (DEFAULT_OUT if mode_name == "full" else
+                        Path(tempfile.mkdtemp(prefix=f"bgpspeaker-bench-{mode_name}-")))).resolve()
     scenarios.SETTLE_TIMEOUT[0] = mode.settle_timeout
     tmp = tempfile.TemporaryDirectory(prefix=f"bench-profiles-{os.getpid()}-")
     profile_dir = args.profiles.resolve() if args.profiles else Path(tmp.name)
