@@ -113,6 +113,7 @@ class ExabgpDriver:
         self._suspect: dict[Key, RouteIntent] = {}  # commands in flight when a connection died
         self._generation = 0
         self._acked_generation = 0
+        self._applied_once = False  # see _has_work
         self._resync = False
         self._peer_replays: set[str] = set()
         self._established: set[str] = set()  # peers ESTABLISHED per the last barrier
@@ -185,6 +186,7 @@ class ExabgpDriver:
         if unknown:
             log.warning("routes for peers this node has no session with are skipped: %s", sorted(unknown))
         self._desired = wanted
+        self._applied_once = True
         self._generation += 1
         generation = self._generation
         self._wake.set()
@@ -351,6 +353,12 @@ class ExabgpDriver:
     # --- the worker: the only task that sends announce/withdraw -----------------------------
 
     def _has_work(self) -> bool:
+        # Nothing before the first apply(): a session that comes up earlier would get an
+        # End-of-RIB after an empty replay, and a graceful-restart router would then flush
+        # the routes it kept stale for us (lab-notes.md, "Graceful restart trap"). Its
+        # replay and EOR stay queued until the desired set is known.
+        if not self._applied_once:
+            return False
         return self._resync or bool(self._peer_replays) or self._acked_generation < self._generation
 
     async def _worker(self) -> None:
