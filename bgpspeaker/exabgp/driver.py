@@ -208,10 +208,11 @@ class ExabgpDriver:
         self._request_restart("config changed")
         await self._wait(lambda: self._proc is None or self._restart_reason is None)
         await self._wait(lambda: self.ready or self._stopping)
-        self._generation += 1
-        generation = self._generation
-        self._wake.set()
-        await self._wait(lambda: self._acked_generation >= generation or self._stopping)
+        if self._applied_once:  # else nothing to replay yet (and the worker waits for the first apply)
+            self._generation += 1
+            generation = self._generation
+            self._wake.set()
+            await self._wait(lambda: self._acked_generation >= generation or self._stopping)
         return True
 
     async def stop(self, withdraw: bool) -> None:
