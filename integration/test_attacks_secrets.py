@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from integration.lab import netns
-from integration.lab.cluster_lab import REPO, _children
+from integration.lab.cluster_lab import REPO, process_tree
 from integration.lab.wait import wait_until
 from integration.test_attacks_support import NODE, AttackLab, wait_rib
 
@@ -32,14 +32,6 @@ SECRET = f"Md5-{uuid.uuid4().hex[:20]}"
 def _leaks(text: str) -> list[str]:
     return sorted({SECRET[i:i + 8] for i in range(len(SECRET) - 7) if SECRET[i:i + 8] in text})
 
-
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += _children(p)
-    return out
 
 
 def test_md5_session_up_and_password_never_shown(capsys):
@@ -95,7 +87,7 @@ def test_md5_session_up_and_password_never_shown(capsys):
             assert run.returncode == 0, run.stdout + run.stderr
             places[name] = run.stdout + run.stderr
         assert 'md5-password "********"' in places["render-exabgp"]
-        for pid in _descendants(sp.proc.pid):
+        for pid in process_tree(sp.proc.pid):
             try:
                 places[f"cmdline of pid {pid}"] = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
             except OSError:

@@ -26,7 +26,7 @@ import time
 import pytest
 
 from integration.lab import netns, nsforward
-from integration.lab.cluster_lab import REPO, _children, record_measurement
+from integration.lab.cluster_lab import REPO, process_tree, record_measurement
 from integration.lab.wait import wait_until
 from integration.test_attacks_support import NODE, AttackLab, RibWatcher
 
@@ -126,14 +126,6 @@ def quiet(lab: AttackLab, for_seconds: float = 1.5, timeout: float = 30.0) -> in
     return state["value"]
 
 
-def descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += _children(p)
-    return out
-
 
 def cmdline(pid: int) -> str:
     try:
@@ -144,7 +136,7 @@ def cmdline(pid: int) -> str:
 
 def relay_pid(lab: AttackLab):
     sp = lab.speakers[NODE]
-    for pid in descendants(sp.proc.pid):
+    for pid in process_tree(sp.proc.pid):
         if "bgpspeaker.exabgp.relay" in cmdline(pid):
             return pid
     return None
@@ -531,10 +523,10 @@ def _resetting_peer_experiment(lab, want) -> dict:
     peer = ResettingPeer(lab.tor, lab.nodes[NODE].tor_address)
     try:
         wait_until(lambda: peer.updates >= 1, 30, "the first UPDATE (and reset)")
-        pids = descendants(sp.proc.pid)
+        pids = process_tree(sp.proc.pid)
         cpu0, t0, n0, u0 = cpu_seconds(pids), time.monotonic(), len(peer.connections), peer.updates
         wait_until(lambda: time.monotonic() - t0 >= 15, 20, "15 s of a resetting peer")  # the observation window
-        pids = descendants(sp.proc.pid)
+        pids = process_tree(sp.proc.pid)
         seconds = time.monotonic() - t0
         RESETTING.update(cpu=(cpu_seconds(pids) - cpu0) / seconds, sessions=len(peer.connections) - n0,
                          updates=peer.updates - u0, seconds=seconds)

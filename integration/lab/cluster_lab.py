@@ -531,7 +531,7 @@ class MultiClusterLab:
         without closing its sessions, like a hung host; SIGKILL is a host that died."""
         sp = self.speakers[node_name]
         if sp.running:
-            for pid in [sp.proc.pid] + _descendants(sp.proc.pid):
+            for pid in process_tree(sp.proc.pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
 
@@ -864,3 +864,8 @@ def _descendants(pid: int) -> list[int]:
     for child in _children(pid):
         out += [child] + _descendants(child)
     return out
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process below it (a speaker, its ExaBGP, the relay): for signals and CPU counts."""
+    return [pid] + _descendants(pid)
