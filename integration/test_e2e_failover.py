@@ -112,7 +112,7 @@ def test_failover_east_west_central_and_back(lab):
     # route is already in the RIB when the best one is withdrawn: no gap), and the client
     # saw exactly the expected sequence
     assert probe.unexpected_failures(switches) == [], probe.unexpected_failures(switches)[:5]
-    assert probe.clusters() == ["east", "west", "central", "east"], probe.clusters()
+    assert probe.served_by() == ["east", "west", "central", "east"], probe.served_by()
 
 
 def test_failover_times_endpoint_not_ready_to_router_best_path(lab):
@@ -241,7 +241,7 @@ def test_cluster_speakers_sigkilled_traffic_follows_and_comes_back(lab):
         switches.append((t2, time.monotonic()))
     record_measurement("whole cluster SIGKILLed → router best path elsewhere", [t1 - t0])
     assert probe.unexpected_failures(switches) == [], probe.unexpected_failures(switches)[:5]
-    assert probe.clusters() == ["east", "west", "east"], probe.clusters()
+    assert probe.served_by() == ["east", "west", "east"], probe.served_by()
 
 
 def test_cluster_speakers_sigkilled_with_graceful_restart_router_keeps_stale_routes(lab):
@@ -336,7 +336,7 @@ def test_exabgp_sigkilled_is_restarted_and_nothing_is_lost(lab, graceful_restart
         assert probe.failures() == [], probe.failures()[:5]  # the router's forwarding never changed
     else:  # the ECMP set shrank to east-2 and grew back: connections in flight may be reset
         assert probe.unexpected_failures([(t0, t1)]) == [], probe.unexpected_failures([(t0, t1)])[:5]
-    assert probe.clusters() == ["east"], probe.clusters()
+    assert probe.served_by() == ["east"], probe.served_by()
     assert lab.best_cluster(VIP) == "east" and lab.best_cluster("203.0.113.6") == "west"
 
 
@@ -379,7 +379,7 @@ def test_drain_moves_traffic_to_west_before_east_withdraws_and_undrain_returns(l
     assert events == ["west best, east still announced", "east withdrawn"]
     # the withdrawal itself moved no traffic: no reset outside the two switches
     assert probe.unexpected_failures(switches) == [], probe.unexpected_failures(switches)[:5]
-    assert probe.clusters() == ["east", "west", "east"], probe.clusters()
+    assert probe.served_by() == ["east", "west", "east"], probe.served_by()
 
 
 # --------------------------------------------------------------------------- API outage
