@@ -73,7 +73,6 @@ class Daemon:
         self._config_fingerprint = _fingerprint(options.config_path)
         self._node: Optional[NodeView] = None  # the node view the driver was started/configured with
         self._last_plan: Optional[Plan] = None
-        self._last_allocation: Optional[Allocation] = None
         # Per Service: frozenset of (prefix, tier) announced, or the reason code it is not; None before the first plan.
         self._announced_state: Optional[dict[str, object]] = None
         self._announced_labels: set[tuple[str, ...]] = set()
@@ -278,7 +277,7 @@ class Daemon:
         profile). The first reconcile is not a change: it gets one summary line, not one
         Event per Service (10,000 queued Events took half an hour to drain at the API's rate).
         """
-        self._last_plan, self._last_allocation = the_plan, allocation
+        self._last_plan = the_plan
         by_service: dict[str, set] = defaultdict(set)
         for route in desired:
             for service in route.services:
