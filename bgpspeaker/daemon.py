@@ -111,7 +111,11 @@ class Daemon:
             log.info("stopping", extra=fields(shutdown=self.config.speaker.shutdown))
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # Bounded: a task that survives its cancellation must not keep the process (and the
+            # next pod) waiting; the shutdown below stops ExaBGP either way.
+            _, stuck = await asyncio.wait(tasks, timeout=SHUTDOWN_JOIN_SECONDS)
+            for task in stuck:
+                log.error("task still running after cancel; stopping anyway", extra=fields(task=task.get_name()))
         finally:
             await self._shutdown()
         return 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import sys
 import urllib.request
 from pathlib import Path
@@ -212,7 +213,11 @@ def test_sigterm_withdraws_or_keeps_per_config(lab, world, tmp_path, shutdown):
     if shutdown == "keep":  # the router keeps the route as stale only if GR was negotiated
         wait_until(lambda: router.established("10.77.0.2"), 10, "session up")
     speaker.proc.send_signal(signal.SIGTERM)
-    assert speaker.proc.wait(20) == 0, speaker.log()[-3000:]
+    try:
+        code = speaker.proc.wait(20)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("no exit 20 s after SIGTERM; speaker log:\n" + speaker.log()[-6000:]) from None
+    assert code == 0, speaker.log()[-3000:]
     if shutdown == "withdraw":
         assert router.best_path(PREFIX) is None, "route still at the router after a withdraw shutdown"
     else:

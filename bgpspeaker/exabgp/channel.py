@@ -225,7 +225,8 @@ class Channel:
             raise ChannelClosed(str(exc)) from None
 
     async def wait_ready(self, timeout: Optional[float] = None) -> None:
-        await asyncio.wait_for(self._wait_for(lambda: self.ready), timeout)
+        async with asyncio.timeout(timeout):  # not wait_for: see ExabgpDriver._wait
+            await self._wait_for(lambda: self.ready)
 
     # --- receiving ----------------------------------------------------------------------
 

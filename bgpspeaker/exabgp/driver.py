@@ -168,8 +168,9 @@ class ExabgpDriver:
                        asyncio.create_task(self._worker(), name="exabgp-worker"),
                        asyncio.create_task(self._watchdog(), name="exabgp-watchdog")]
         try:
-            await asyncio.wait_for(self._wait(lambda: self.ready), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                await self._wait(lambda: self.ready)
+        except TimeoutError:
             tail = self.log_tail()
             await self._shutdown_tasks()
             raise RuntimeError(f"ExaBGP not ready after {timeout:.0f}s; its log ends with:\n{tail}") from None
@@ -220,8 +221,9 @@ class ExabgpDriver:
         Otherwise SIGTERM only (graceful restart keeps the routes at the router)."""
         if withdraw and not self.ready and self._tasks:
             try:  # ExaBGP is (re)starting: give it a chance, SIGTERM alone would leave the routes stale
-                await asyncio.wait_for(self._wait(lambda: self.ready), self.ack_timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self.ack_timeout):
+                    await self._wait(lambda: self.ready)
+            except TimeoutError:
                 log.warning("ExaBGP not ready: stopping without withdrawing")
         if withdraw and self.ready:
             try:
@@ -229,11 +231,13 @@ class ExabgpDriver:
                 self._generation += 1
                 generation = self._generation
                 self._wake.set()
-                await asyncio.wait_for(self._wait(lambda: self._acked_generation >= generation), self.ack_timeout)
+                async with asyncio.timeout(self.ack_timeout):
+                    await self._wait(lambda: self._acked_generation >= generation)
                 # belt and braces for anything whose fate was unknown: one more queued command
-                await asyncio.wait_for(self._channel.exclusive(commands.CLEAR_ADJ_RIB_OUT), self.ack_timeout)
+                async with asyncio.timeout(self.ack_timeout):
+                    await self._channel.exclusive(commands.CLEAR_ADJ_RIB_OUT)
                 await asyncio.sleep(self.settle)
-            except (asyncio.TimeoutError, ChannelClosed) as exc:
+            except (TimeoutError, ChannelClosed) as exc:
                 log.warning("withdraw before stop incomplete: %s", exc.__class__.__name__)
         self._stopping = True
         self._progress()
@@ -566,8 +570,9 @@ class ExabgpDriver:
         except ProcessLookupError:
             return
         try:
-            await asyncio.wait_for(proc.wait(), STOP_GRACE)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(STOP_GRACE):
+                await proc.wait()
+        except TimeoutError:
             try:
                 os.kill(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -590,10 +595,13 @@ class ExabgpDriver:
     async def _wait(self, predicate) -> None:
         while not predicate():
             event = self._progress_event
-            # progress is signalled by acks, readiness and exits; the timeout is only a safety net
+            # progress is signalled by acks, readiness and exits; the timeout is only a safety net.
+            # asyncio.timeout, never wait_for: on 3.11 wait_for drops a cancellation that lands
+            # as the event fires (gh-86296), and a lost cancel kept the daemon alive after SIGTERM.
             try:
-                await asyncio.wait_for(event.wait(), 0.5)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(0.5):
+                    await event.wait()
+            except TimeoutError:
                 pass
 
     async def _shutdown_tasks(self) -> None:
