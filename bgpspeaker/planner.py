@@ -359,19 +359,67 @@ def _decide(ctx: _Context, service: ServiceView, skips: list[Skip], warnings: li
     return candidates
 
 
+class PlanMemo:
+    """What the last plan decided, per Service and per address, for `plan` to reuse.
+
+    Why: an endpoint event changes one Service, but a plan walks them all; at 1,000
+    Services re-deciding every one was most of an event's path to the router (bench
+    profile). A decision is a pure function of its inputs, so it is reused only while
+    every input is the same: the node-wide ones (config, this node's view, drain) and the
+    Service's own (its view, its EndpointSlices, its allocation entries). Views are frozen
+    and replaced on change, so the comparisons are mostly identity checks. The result is
+    the one a fresh `plan` gives (the tests check the two side by side).
+    """
+
+    def __init__(self) -> None:
+        self._scope: Optional[tuple] = None
+        self._decisions: dict[str, tuple] = {}  # key -> (inputs, candidates, skips, warnings)
+        self._routes: dict[IPAddress, tuple] = {}  # address -> (candidates, routes, order)
+
+    def _enter(self, config: Config, ctx: "_Context") -> None:
+        scope = (ctx.node, ctx.node_name, ctx.drained)
+        if self._scope is None or self._scope[0] is not config or self._scope[1:] != scope:
+            self._scope = (config, *scope)
+            self._decisions, self._routes = {}, {}
+
+
 def _run(config: Config, snapshot: Snapshot, node_name: str, allocation: Allocation, drained: bool,
-         trace: Optional[str] = None) -> tuple[Plan, list[Step]]:
+         trace: Optional[str] = None, memo: Optional[PlanMemo] = None) -> tuple[Plan, list[Step]]:
     ctx = _Context(config, snapshot, node_name, allocation, drained)
+    if memo is not None:
+        memo._enter(config, ctx)
     skips: list[Skip] = []
     warnings: list[Skip] = []
     trail: list[Step] = []
     by_address: dict[IPAddress, list[_Candidate]] = {}
+    decisions: dict[str, tuple] = {}
     for key in sorted(snapshot.services):
-        for candidate in _decide(ctx, snapshot.services[key], skips, warnings, trail if key == trace else None):
+        service = snapshot.services[key]
+        if memo is None or key == trace:
+            candidates = _decide(ctx, service, skips, warnings, trail if key == trace else None)
+        else:
+            inputs = (service, tuple(ctx.slices.get(key, ())), allocation.refused.get(key),
+                      allocation.assigned.get(key), allocation.discarded.get(key))
+            decided = memo._decisions.get(key)
+            if decided is None or decided[0] != inputs:
+                own_skips: list[Skip] = []
+                own_warnings: list[Skip] = []
+                decided = (inputs, _decide(ctx, service, own_skips, own_warnings, None), own_skips, own_warnings)
+            decisions[key] = decided
+            candidates = decided[1]
+            skips.extend(decided[2])
+            warnings.extend(decided[3])
+        for candidate in candidates:
             by_address.setdefault(candidate.address, []).append(candidate)
 
-    routes = []
+    # address -> (its candidates, its routes in peer-name order, its sort key)
+    built: dict[IPAddress, tuple] = {}
     for address, candidates in by_address.items():
+        if memo is not None:
+            found = memo._routes.get(address)
+            if found is not None and found[0] == candidates:
+                built[address] = found
+                continue
         # Services sharing an IP: one route, the most preferred tier among them, and the
         # union of their (already pool-checked) communities.
         tier = min((c.tier for c in candidates), key=lambda t: t.rank)
@@ -384,19 +432,30 @@ def _run(config: Config, snapshot: Snapshot, node_name: str, allocation: Allocat
         if trace is not None and trace in services and len(services) > 1:
             trail.append(Step("sharing", True, f"{address} is shared by {', '.join(services)}: announced once with "
                                                f"the most preferred tier among them, {tier.value}"))
-        for peer in ctx.peers:
-            routes.append(RouteIntent(prefix=prefix, peer=peer.name, tier=tier, services=services,
-                                      attributes=ctx.attributes(tier, pool, peer, next_hop, extra)))
-    routes.sort(key=lambda r: (r.prefix.version, int(r.prefix.network_address), r.peer))
+        own = [RouteIntent(prefix=prefix, peer=peer.name, tier=tier, services=services,
+                           attributes=ctx.attributes(tier, pool, peer, next_hop, extra))
+               for peer in sorted(ctx.peers, key=lambda p: p.name)]
+        built[address] = (candidates, own, (address.version, int(address)))
+    if memo is not None:  # only what this plan used: gone Services and addresses are forgotten
+        memo._decisions, memo._routes = decisions, built
+    # Routes in (family, address, peer) order; the key is computed once per address (and
+    # kept in the memo): a key per route was most of an incremental plan at 10,000 Services.
+    routes: list[RouteIntent] = []
+    for _, own, _ in sorted(built.values(), key=lambda entry: entry[2]):
+        routes.extend(own)
     order = (lambda s: (s.service, s.reason, s.message))
     plan_ = Plan(routes=tuple(routes), skipped=tuple(sorted(skips, key=order)),
                  warnings=tuple(sorted(warnings, key=order)))
     return plan_, trail
 
 
-def plan(config: Config, snapshot: Snapshot, node_name: str, allocation: Allocation, drained: bool = False) -> Plan:
-    """The routes node `node_name` announces, and the Services it does not, with why."""
-    return _run(config, snapshot, node_name, allocation, drained)[0]
+def plan(config: Config, snapshot: Snapshot, node_name: str, allocation: Allocation, drained: bool = False,
+         memo: Optional[PlanMemo] = None) -> Plan:
+    """The routes node `node_name` announces, and the Services it does not, with why.
+
+    With a `memo` (one per caller, kept between calls), decisions whose inputs did not
+    change since the last call are reused; the result is the same either way."""
+    return _run(config, snapshot, node_name, allocation, drained, memo=memo)[0]
 
 
 def explain(config: Config, snapshot: Snapshot, node_name: str, allocation: Allocation, service_key: str,

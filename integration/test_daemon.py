@@ -170,6 +170,27 @@ def test_announces_reports_and_writes_status(lab, world, tmp_path):
     assert "bgpspeaker_event_to_ack_seconds_count" in metrics
 
 
+def test_status_wiped_after_endpoint_events_is_written_again(lab, world, tmp_path):
+    """The leader skips status checks while the allocation is reused (endpoint-only events);
+    a status changed behind its back is a Service change, and must be put right."""
+    router, emu, _, _ = world
+    speaker = start_speaker(lab, world, tmp_path)
+
+    def ingress():
+        service = emu.get_object("v1", "Service", "demo", "web")
+        return [i.get("ip") for i in (service.get("status", {}).get("loadBalancer", {}).get("ingress") or [])]
+    wait_until(lambda: ingress() == [VIP], 20, "the first status write")
+    for ready in (False, True):  # endpoint-only events: the allocation is reused
+        slice_ = service_objects()[2]
+        slice_["endpoints"][0]["conditions"]["ready"] = ready
+        emu.set_object(slice_)
+        wait_until(lambda: (router.best_path(PREFIX) is not None) == ready, 10, f"route there: {ready}")
+    wiped = emu.get_object("v1", "Service", "demo", "web")
+    wiped["status"] = {}
+    emu.set_object(wiped)
+    assert wait_until(ingress, 20, "the status written again") == [VIP]
+
+
 def test_reload_applies_the_smallest_change_and_refuses_garbage(lab, world, tmp_path):
     router, _, _, _ = world
     speaker = start_speaker(lab, world, tmp_path)

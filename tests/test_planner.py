@@ -16,7 +16,7 @@ from bgpspeaker.model import (
     GRACEFUL_SHUTDOWN, Community, Endpoint, EndpointSliceView, LargeCommunity, NodeView, ServicePort, ServiceView,
     Snapshot, Tier,
 )
-from bgpspeaker.planner import Plan, explain, parse_preference, plan
+from bgpspeaker.planner import Plan, PlanMemo, explain, parse_preference, plan
 
 ip = ipaddress.ip_address
 net = ipaddress.ip_network
@@ -471,3 +471,65 @@ def test_property_nothing_outside_an_allowed_pool_is_ever_planned(specs, drained
                 pools = [p for p in CFG.pools if p.contains(address)]
                 assert pools and pools[0].allows_namespace(by_key[key].namespace)
                 assert address in allocation.assigned[key].addresses
+
+
+# --- the incremental plan (PlanMemo) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_memo_plan_equals_a_fresh_plan_through_random_changes(seed):
+    """What the daemon runs on every event (plan with a memo kept between events) must give
+    exactly what a fresh plan gives, whatever changed in between."""
+    rnd = random.Random(seed)
+    services, slices = _scenario(seed)
+    by_service = {s.key: s for s in services}
+    slice_of = {(v.namespace, v.service_name): v for v in slices}
+    nodes = [node(), node("node-b", "r2", "10.0.1.2", None)]
+    config, drained = CFG, False
+    memo = PlanMemo()
+    reused = 0
+    for step in range(60):
+        change = rnd.choice(["endpoints"] * 6 + ["service", "remove", "drain", "node", "config", "nothing"])
+        if change == "endpoints":
+            svc = rnd.choice(list(by_service.values()))
+            ready = rnd.random() < 0.5
+            nodes_for = rnd.sample(["node-a", "node-b"], rnd.randint(1, 2))
+            slice_of[(svc.namespace, svc.name)] = endpoints(svc, *nodes_for, ready=ready)
+        elif change == "service":
+            svc = rnd.choice(list(by_service.values()))
+            ann = dict(svc.annotations)
+            ann[PREF] = rnd.choice(["east,west", "west,east", "central", "bad pref"])
+            by_service[svc.key] = dataclasses.replace(svc, annotations=tuple(sorted(ann.items())))
+        elif change == "remove" and len(by_service) > 5:
+            key = rnd.choice(sorted(by_service))
+            gone = by_service.pop(key)
+            slice_of.pop((gone.namespace, gone.name), None)
+        elif change == "drain":
+            drained = not drained
+        elif change == "node":
+            nodes[0] = node(ready=rnd.random() < 0.7, v6=rnd.choice(["fd00::2", None]))
+        elif change == "config":
+            config = make_config(default_tier=rnd.choice([Tier.PRIMARY, Tier.SECONDARY, None]))
+        snap = Snapshot.of(list(by_service.values()), list(slice_of.values()), nodes)
+        allocation = allocate(config, by_service.values())
+        fresh = plan(config, snap, "node-a", allocation, drained=drained)
+        before = dict(memo._decisions)
+        assert plan(config, snap, "node-a", allocation, drained=drained, memo=memo) == fresh, (step, change)
+        reused += sum(1 for key, decided in memo._decisions.items() if before.get(key) is decided)
+    assert reused > 0, "the memo never reused a decision: this test proved nothing"
+
+
+def test_a_memo_recomputes_only_the_service_whose_endpoints_changed():
+    services = [service(f"s{i}") for i in range(10)]  # the public pool has 16 v4 addresses
+    slices = [endpoints(s, "node-a") for s in services]
+    nodes = [node()]
+    allocation = allocate(CFG, services)
+    memo = PlanMemo()
+    plan(CFG, Snapshot.of(services, slices, nodes), "node-a", allocation, memo=memo)
+    first = dict(memo._decisions)
+    slices[3] = endpoints(services[3], "node-a", ready=False)
+    result = plan(CFG, Snapshot.of(services, slices, nodes), "node-a", allocation, memo=memo)
+    changed = sorted(key for key, decided in memo._decisions.items() if first[key] is not decided)
+    assert changed == [services[3].key]
+    assert services[3].key not in {s for r in result.routes for s in r.services}
+    assert [s.reason for s in result.skipped] == ["noEndpoints"]
