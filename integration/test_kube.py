@@ -262,6 +262,8 @@ def test_relist_after_410_of_1000_unchanged_services_yields_no_change(emu, watch
     w = watching()
     wait_until(lambda: w.state("synced"), 20, "initial sync")
     assert len(w.snapshot().services) == 1000
+    services_informer = next(i for i in w.watcher._informers if i.resource.name == "services")
+    views = dict(services_informer._cache)
     before, lists_before = w.changes, len(service_lists(emu))
 
     compacted = emu.compact()  # every resourceVersion handed out so far is now too old
@@ -271,6 +273,10 @@ def test_relist_after_410_of_1000_unchanged_services_yields_no_change(emu, watch
     assert len(service_lists(emu)) > lists_before, "no relist happened"
     assert w.restarts("services") >= 1
     assert w.changes == before, "a relist of unchanged objects produced a downstream change"
+    # ...and kept the very same view objects: one copy of the cache during a relist (peak
+    # RSS), and the daemon's identity-keyed caches stay valid.
+    relisted = dict(services_informer._cache)
+    assert relisted.keys() == views.keys() and all(v is views[k] for k, v in relisted.items())
 
     # The pipeline is alive after the relist: one real change is exactly one change.
     emu.set_object(svc("s0000", annotations={"x": "y"}))

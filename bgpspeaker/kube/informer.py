@@ -182,21 +182,30 @@ class Informer:
             self._on_lost(self.resource.name)
 
     def _relist(self) -> None:
+        old = self._cache
         fresh: dict[str, Any] = {}
+        changes: list[Change] = []
         rv = None
         for page in iter_pages(self._list, page_size=self.page_size):  # parsed page by page: see iter_pages
             for obj in page.get("items") or ():
                 key = self.resource.key(obj)
                 view = self._parse(key, obj)
+                known = old.get(key)
                 if view is None:  # unparseable: keep what we had, if anything
-                    if key in self._cache:
-                        fresh[key] = self._cache[key]
+                    if known is not None:
+                        fresh[key] = known
                     continue
-                fresh[key] = view
+                # Views are frozen dataclasses: == is "did anything the core reads change?".
+                # An unchanged object keeps its old view, and the new one is freed at once:
+                # a relist holds one copy of the cache, not two (peak RSS at 10,000
+                # Services was 157 MB with both, bench), and the daemon's caches, which
+                # compare views by identity first, stay valid.
+                if known is not None and known == view:
+                    fresh[key] = known
+                else:
+                    fresh[key] = view
+                    changes.append((key, view))
             rv = (page.get("metadata") or {}).get("resourceVersion")
-        old = self._cache
-        # Views are frozen dataclasses: == is "did anything the core reads change?".
-        changes: list[Change] = [(k, v) for k, v in fresh.items() if old.get(k) != v]
         changes.extend((k, None) for k in old if k not in fresh)
         self._cache = fresh
         self.resource_version = rv
