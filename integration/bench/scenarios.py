@@ -532,7 +532,8 @@ def steady_and_resync(lab: s.SystemLab, mode: Mode, out: Path) -> tuple[Section,
     hwm = _hwm(sp.pid)
     foot.rows.append(Row("5 footprint", "daemon peak RSS (VmHWM) after cold start / after the resync",
                          f"{hwm_start:.0f} / {hwm:.0f} MB", "—", "—", "≤ 150 MB", hwm <= 150,
-                         "the relist builds its fresh cache beside the old one (informer._relist)"))
+                         "a relist keeps the old view of every unchanged object (informer._relist): "
+                         "one copy of the cache plus the page being read"))
     foot.numbers["hwm_start_mb"] = hwm_start
     foot.numbers["hwm_mb"] = hwm
     foot.numbers["exabgp_idle_cpu"] = xidle
