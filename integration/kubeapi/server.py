@@ -204,9 +204,10 @@ class _Routes:
                         lines.append(b'{"type":"%s","object":%s}\n' % (type_.encode(), obj))
                     await resp.write(b"".join(lines))
                     continue
-                try:
-                    await asyncio.wait_for(wait_for, remaining)
-                except asyncio.TimeoutError:
+                try:  # asyncio.timeout, not wait_for: 3.11's wait_for can drop a cancellation (gh-86296)
+                    async with asyncio.timeout(remaining):
+                        await wait_for
+                except TimeoutError:
                     break
             await resp.write_eof()
         except (ConnectionError, RuntimeError):
