@@ -20,8 +20,10 @@ import hashlib
 import logging
 import os
 import signal
+import sys
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -89,6 +91,9 @@ class Daemon:
         self._dry_run_entries: list[dict[str, Any]] = []
         self._status_pending: Optional[tuple[Allocation, Any]] = None
         self._status_task: Optional[asyncio.Task] = None
+        # Not the loop's default executor: asyncio.run() joins that one at exit, and a
+        # write stuck on a slow API (30 s read timeout) would hold the shutdown.
+        self._status_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="status-writer")
         self._node_seen = False
         self.watcher: Any = None
         self.driver: Any = None
@@ -177,6 +182,7 @@ class Daemon:
                 log.error("stopping a component failed", extra=fields(error=repr(result)))
         if self._status_task is not None:
             self._status_task.cancel()
+        self._status_executor.shutdown(wait=False, cancel_futures=True)  # a write in flight is abandoned
         if self.http is not None:
             self.http.stop()
         log.info("stopped")
@@ -290,7 +296,8 @@ class Daemon:
         while self._status_pending is not None:
             (allocation, services), self._status_pending = self._status_pending, None
             try:
-                result = await asyncio.to_thread(self.status_writer.write, allocation, services)
+                result = await self.loop.run_in_executor(self._status_executor, self.status_writer.write,
+                                                         allocation, services)
             except Exception:
                 log.exception("status write failed")
                 result = None
@@ -565,7 +572,14 @@ def run_command(args: argparse.Namespace) -> int:
                       allocator=not args.no_allocator, dry_run=args.dry_run, run_dir=run_dir,
                       lease_namespace=os.environ.get("POD_NAMESPACE") or "bgpspeaker-system")
     try:
-        return asyncio.run(Daemon(options, config).run())
+        code = asyncio.run(Daemon(options, config).run())
     except Exception:
         log.exception("fatal error")
-        return 1
+        code = 1
+    # Exit now. By here ExaBGP is stopped, the Lease released and the Events flushed (each
+    # bounded); what may remain are API requests in worker threads (a status write, an
+    # Event) stuck on a slow API, which the interpreter's exit would join for up to their
+    # 30 s read timeout, past a pod's grace period. The next leader redoes the writes.
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(code)

@@ -16,6 +16,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -244,6 +245,30 @@ def test_sigterm_withdraws_or_keeps_per_config(lab, world, tmp_path, shutdown):
     else:
         kept = router.best_path(PREFIX)
         assert kept is not None and kept.stale, f"expected a stale route kept by graceful restart, got {kept}"
+
+
+def test_sigterm_exits_promptly_while_a_status_write_hangs(lab, world, tmp_path):
+    """A status write stuck on a slow API (30 s read timeout) must not hold the exit: the
+    pod's grace period is 30 s, and the next pod waits for this one."""
+    router, emu, _, _ = world
+    speaker = start_speaker(lab, world, tmp_path)
+    wait_until(lambda: emu.get_object("v1", "Service", "demo", "web").get("status", {}).get("loadBalancer"),
+               20, "the first status write")
+    emu.delay("/api/v1/namespaces/*/services/*", 25)
+    emu.set_object(dict(service_objects()[1], metadata={"name": "api", "namespace": "demo"}))  # needs a write
+    wait_until(lambda: any(r["path"].startswith("/api/v1/namespaces/demo/services/api") for r in emu.requests),
+               10, "the status write's request is in flight")
+    started = time.monotonic()
+    speaker.proc.send_signal(signal.SIGTERM)
+    try:
+        code = speaker.proc.wait(10)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("no exit 10 s after SIGTERM with a status write in flight; log:\n"
+                             + speaker.log()[-4000:]) from None
+    finally:
+        emu.delay("/api/v1/namespaces/*/services/*", 0)
+    assert code == 0, speaker.log()[-3000:]
+    assert time.monotonic() - started < 10
 
 
 def test_slow_status_writes_never_hold_back_a_withdraw(lab, world, tmp_path):
