@@ -522,6 +522,7 @@ class SystemLab:
         self.emulators: dict[str, NodeEmulator] = {}
         self.rib: Optional[Rib] = None
         self.established_seen: Optional[float] = None  # set by wait_count: session first seen up
+        self.first_route_seen: Optional[float] = None  # set by wait_count: the first route seen
 
     def __enter__(self) -> "SystemLab":
         try:
@@ -579,12 +580,15 @@ class SystemLab:
         address = self.node(node_name).address
         deadline = time.monotonic() + timeout
         self.established_seen = None
+        self.first_route_seen = None
         while True:
             now = time.monotonic()
             got = self.rib.received(address)
             if got >= 0 and self.established_seen is None:
                 # FRR's peerUptimeMsec has a resolution of 1 s (measured): poll instead
                 self.established_seen = now
+            if got > 0 and self.first_route_seen is None:
+                self.first_route_seen = now
             if got == n:
                 return now
             if proc is not None and proc.poll() is not None:
