@@ -373,8 +373,8 @@ class PlanMemo:
 
     def __init__(self) -> None:
         self._scope: Optional[tuple] = None
-        self._decisions: dict[str, tuple] = {}  # key -> (inputs, candidates, skips, warnings)
-        self._routes: dict[IPAddress, tuple] = {}  # address -> (candidates, routes, order)
+        self._decisions: dict[str, tuple] = {}  # key -> (inputs, keyed candidates, skips, warnings)
+        self._routes: dict[tuple[int, int], tuple] = {}  # (version, int address) -> (candidates, routes)
 
     def _enter(self, config: Config, ctx: "_Context") -> None:
         scope = (ctx.node, ctx.node_name, ctx.drained)
@@ -391,12 +391,15 @@ def _run(config: Config, snapshot: Snapshot, node_name: str, allocation: Allocat
     skips: list[Skip] = []
     warnings: list[Skip] = []
     trail: list[Step] = []
-    by_address: dict[IPAddress, list[_Candidate]] = {}
+    # Keyed by (version, int): also the routes' sort order, and hashed in C; an IPAddress
+    # hashes in Python (hash(hex(int))), three times per address per plan at 10,000 Services.
+    by_address: dict[tuple[int, int], list[_Candidate]] = {}
     decisions: dict[str, tuple] = {}
-    for key in sorted(snapshot.services):
-        service = snapshot.services[key]
+    # Any order: routes and reasons are sorted at the end, so the result does not depend on it.
+    for key, service in snapshot.services.items():
         if memo is None or key == trace:
-            candidates = _decide(ctx, service, skips, warnings, trail if key == trace else None)
+            keyed = [((c.address.version, int(c.address)), c)
+                     for c in _decide(ctx, service, skips, warnings, trail if key == trace else None)]
         else:
             inputs = (service, tuple(ctx.slices.get(key, ())), allocation.refused.get(key),
                       allocation.assigned.get(key), allocation.discarded.get(key))
@@ -404,22 +407,25 @@ def _run(config: Config, snapshot: Snapshot, node_name: str, allocation: Allocat
             if decided is None or decided[0] != inputs:
                 own_skips: list[Skip] = []
                 own_warnings: list[Skip] = []
-                decided = (inputs, _decide(ctx, service, own_skips, own_warnings, None), own_skips, own_warnings)
+                keyed = [((c.address.version, int(c.address)), c)
+                         for c in _decide(ctx, service, own_skips, own_warnings, None)]
+                decided = (inputs, keyed, own_skips, own_warnings)
             decisions[key] = decided
-            candidates = decided[1]
+            keyed = decided[1]
             skips.extend(decided[2])
             warnings.extend(decided[3])
-        for candidate in candidates:
-            by_address.setdefault(candidate.address, []).append(candidate)
+        for address_key, candidate in keyed:
+            by_address.setdefault(address_key, []).append(candidate)
 
-    # address -> (its candidates, its routes in peer-name order, its sort key)
-    built: dict[IPAddress, tuple] = {}
-    for address, candidates in by_address.items():
+    # (version, int address) -> (its candidates, its routes in peer-name order)
+    built: dict[tuple[int, int], tuple] = {}
+    for order, candidates in by_address.items():
         if memo is not None:
-            found = memo._routes.get(address)
+            found = memo._routes.get(order)
             if found is not None and found[0] == candidates:
-                built[address] = found
+                built[order] = found
                 continue
+        address = candidates[0].address
         # Services sharing an IP: one route, the most preferred tier among them, and the
         # union of their (already pool-checked) communities.
         tier = min((c.tier for c in candidates), key=lambda t: t.rank)
@@ -435,17 +441,17 @@ def _run(config: Config, snapshot: Snapshot, node_name: str, allocation: Allocat
         own = [RouteIntent(prefix=prefix, peer=peer.name, tier=tier, services=services,
                            attributes=ctx.attributes(tier, pool, peer, next_hop, extra))
                for peer in sorted(ctx.peers, key=lambda p: p.name)]
-        built[address] = (candidates, own, (address.version, int(address)))
+        built[order] = (candidates, own)
     if memo is not None:  # only what this plan used: gone Services and addresses are forgotten
         memo._decisions, memo._routes = decisions, built
-    # Routes in (family, address, peer) order; the key is computed once per address (and
-    # kept in the memo): a key per route was most of an incremental plan at 10,000 Services.
+    # Routes in (family, address, peer) order, sorted by the dict's keys: a sort key per
+    # route was most of an incremental plan at 10,000 Services.
     routes: list[RouteIntent] = []
-    for _, own, _ in sorted(built.values(), key=lambda entry: entry[2]):
-        routes.extend(own)
-    order = (lambda s: (s.service, s.reason, s.message))
-    plan_ = Plan(routes=tuple(routes), skipped=tuple(sorted(skips, key=order)),
-                 warnings=tuple(sorted(warnings, key=order)))
+    for order in sorted(built):
+        routes.extend(built[order][1])
+    by_text = (lambda s: (s.service, s.reason, s.message))
+    plan_ = Plan(routes=tuple(routes), skipped=tuple(sorted(skips, key=by_text)),
+                 warnings=tuple(sorted(warnings, key=by_text)))
     return plan_, trail
 
 
