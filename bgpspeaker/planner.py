@@ -383,6 +383,11 @@ class PlanMemo:
             self._decisions, self._routes = {}, {}
 
 
+def _keyed(candidates: list[_Candidate]) -> list[tuple[tuple[int, int], _Candidate]]:
+    """Each candidate with its address as (version, int): the key `_run` groups and sorts by."""
+    return [((c.address.version, int(c.address)), c) for c in candidates]
+
+
 def _run(config: Config, snapshot: Snapshot, node_name: str, allocation: Allocation, drained: bool,
          trace: Optional[str] = None, memo: Optional[PlanMemo] = None) -> tuple[Plan, list[Step]]:
     ctx = _Context(config, snapshot, node_name, allocation, drained)
@@ -398,8 +403,7 @@ def _run(config: Config, snapshot: Snapshot, node_name: str, allocation: Allocat
     # Any order: routes and reasons are sorted at the end, so the result does not depend on it.
     for key, service in snapshot.services.items():
         if memo is None or key == trace:
-            keyed = [((c.address.version, int(c.address)), c)
-                     for c in _decide(ctx, service, skips, warnings, trail if key == trace else None)]
+            keyed = _keyed(_decide(ctx, service, skips, warnings, trail if key == trace else None))
         else:
             inputs = (service, tuple(ctx.slices.get(key, ())), allocation.refused.get(key),
                       allocation.assigned.get(key), allocation.discarded.get(key))
@@ -407,8 +411,7 @@ def _run(config: Config, snapshot: Snapshot, node_name: str, allocation: Allocat
             if decided is None or decided[0] != inputs:
                 own_skips: list[Skip] = []
                 own_warnings: list[Skip] = []
-                keyed = [((c.address.version, int(c.address)), c)
-                         for c in _decide(ctx, service, own_skips, own_warnings, None)]
+                keyed = _keyed(_decide(ctx, service, own_skips, own_warnings, None))
                 decided = (inputs, keyed, own_skips, own_warnings)
             decisions[key] = decided
             keyed = decided[1]
@@ -419,6 +422,7 @@ def _run(config: Config, snapshot: Snapshot, node_name: str, allocation: Allocat
 
     # (version, int address) -> (its candidates, its routes in peer-name order)
     built: dict[tuple[int, int], tuple] = {}
+    peers = sorted(ctx.peers, key=lambda p: p.name)
     for order, candidates in by_address.items():
         if memo is not None:
             found = memo._routes.get(order)
@@ -440,7 +444,7 @@ def _run(config: Config, snapshot: Snapshot, node_name: str, allocation: Allocat
                                                f"the most preferred tier among them, {tier.value}"))
         own = [RouteIntent(prefix=prefix, peer=peer.name, tier=tier, services=services,
                            attributes=ctx.attributes(tier, pool, peer, next_hop, extra))
-               for peer in sorted(ctx.peers, key=lambda p: p.name)]
+               for peer in peers]
         built[order] = (candidates, own)
     if memo is not None:  # only what this plan used: gone Services and addresses are forgotten
         memo._decisions, memo._routes = decisions, built

@@ -70,7 +70,3 @@ class SessionDamping:
 
     def held_peers(self, now: float) -> frozenset[str]:
         return frozenset(name for name, state in self._peers.items() if now < state.held_until)
-
-    def held_until(self, peer: str) -> Optional[float]:
-        state = self._peers.get(peer)
-        return state.held_until if state is not None and state.held_until else None

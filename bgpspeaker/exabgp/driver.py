@@ -311,10 +311,10 @@ class ExabgpDriver:
         elif state in ("down", "connected"):
             was_up = name in self._states and self._states[name].up
             self._set_state(name, False, neighbor.get("reason") if state == "down" else None)
-            if state == "down" and was_up:
-                self._session_lost(name, str(neighbor.get("reason") or ""))
             if state == "down":
                 reason = str(neighbor.get("reason") or "")
+                if was_up:
+                    self._session_lost(name, reason)
                 if "notification received (3," in reason:
                     # UPDATE message error: the router rejects what we send (e.g. a next-hop, §9)
                     log.error("peer %s rejected our UPDATE: %s", name, reason)
