@@ -1,23 +1,34 @@
-"""Kubernetes client setup and the one-shot read behind `bgpspeaker explain --kubeconfig`.
+"""Kubernetes client setup, raw reads, and the one-shot read behind `bgpspeaker explain --kubeconfig`.
 
 The official client is used for transport, auth and URLs only: responses are read raw
-(`_preload_content=False`) and parsed by `bgpspeaker.views`, because the client's model
-deserialisation costs several times the parse itself at 10,000 objects (measured in
+and parsed by `bgpspeaker.views`, because the client's model deserialisation costs
+several times the parse itself at 10,000 objects (measured in
 integration/bench/bench_kube.py) and the core wants slim frozen views anyway.
+
+Reads go through the ApiClient's own `param_serialize` + `call_api` (what every generated
+method calls), not through the generated `CoreV1Api`: importing that class loads 254
+model modules, 0.29 s of CPU before the first request, which was most of what a
+1,000-Service cold start spent before its BGP session came up (bench). The writers
+(status, Events) still use the generated API, imported on their first write.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import kubernetes
+from kubernetes.client.exceptions import ApiException
 
 from bgpspeaker import views
 from bgpspeaker.model import Snapshot
 
 # (connect, read) seconds for ordinary requests: a hung API must not hang a thread forever.
 REQUEST_TIMEOUT = (5.0, 30.0)
+
+SERVICES_PATH = "/api/v1/services"
+ENDPOINT_SLICES_PATH = "/apis/discovery.k8s.io/v1/endpointslices"
+NODES_PATH = "/api/v1/nodes"
 
 
 def api_client(kubeconfig: Optional[str] = None) -> kubernetes.client.ApiClient:
@@ -34,6 +45,21 @@ def api_client(kubeconfig: Optional[str] = None) -> kubernetes.client.ApiClient:
     return kubernetes.client.ApiClient(configuration)
 
 
+def get_raw(client: kubernetes.client.ApiClient, path: str, request_timeout: Any = REQUEST_TIMEOUT,
+            **query: Any) -> Any:
+    """GET `path` (`query` in the API's own names: `resourceVersion`, `watch`, ...): the
+    unread urllib3 response, as a generated method returns it with `_preload_content=False`.
+    A non-2xx answer raises ApiException, as those methods do."""
+    request = client.param_serialize(
+        method="GET", resource_path=path, query_params=[(k, v) for k, v in query.items() if v is not None],
+        header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+    response = client.call_api(*request, _request_timeout=request_timeout)
+    if not 200 <= response.status <= 299:
+        response.read()
+        raise ApiException.from_response(http_resp=response, body=None, data=None)
+    return response.response
+
+
 def read_json(response: Any) -> Any:
     """The JSON body of a raw (`_preload_content=False`) response, which is then released."""
     try:
@@ -42,7 +68,7 @@ def read_json(response: Any) -> Any:
         response.release_conn()
 
 
-def iter_pages(list_fn: Callable[..., Any], page_size: int = 500, **query: Any) -> Iterator[dict]:
+def iter_pages(client: kubernetes.client.ApiClient, path: str, page_size: int = 500) -> Iterator[dict]:
     """One LIST as its raw `*List` pages, each fetched when the previous one is consumed.
 
     Paged like client-go's pager (500 a page) and consumed page by page: at 10,000
@@ -51,21 +77,19 @@ def iter_pages(list_fn: Callable[..., Any], page_size: int = 500, **query: Any) 
     from the first page's snapshot, so the last page's `metadata.resourceVersion` is
     where a watch resumes. An expired continue token raises ApiException(410).
     """
-    extra: dict = {}
+    cont = None
     while True:
-        page = read_json(list_fn(_preload_content=False, _request_timeout=REQUEST_TIMEOUT,
-                                 limit=page_size, **query, **extra))
+        page = read_json(get_raw(client, path, limit=page_size, **{"continue": cont}))
         cont = (page.get("metadata") or {}).get("continue")
         yield page
         if not cont:
             return
-        extra = {"_continue": cont}
 
 
-def list_raw(list_fn: Callable[..., Any], page_size: int = 500, **query: Any) -> dict:
+def list_raw(client: kubernetes.client.ApiClient, path: str, page_size: int = 500) -> dict:
     """One LIST, every page followed, as one raw `*List` dict holding the items of all pages."""
     items: list = []
-    for page in iter_pages(list_fn, page_size, **query):
+    for page in iter_pages(client, path, page_size):
         items.extend(page.get("items") or [])
     page["items"] = items
     return page
@@ -75,13 +99,11 @@ def fetch_snapshot(kubeconfig: Optional[str] = None) -> Snapshot:
     """Services, EndpointSlices and Nodes, listed once and parsed into a Snapshot."""
     client = api_client(kubeconfig)
     try:
-        core = kubernetes.client.CoreV1Api(client)
-        discovery = kubernetes.client.DiscoveryV1Api(client)
         return Snapshot.of(
-            services=[views.service_from_dict(o) for o in list_raw(core.list_service_for_all_namespaces)["items"]],
+            services=[views.service_from_dict(o) for o in list_raw(client, SERVICES_PATH)["items"]],
             endpoint_slices=[views.endpoint_slice_from_dict(o) for o in
-                             list_raw(discovery.list_endpoint_slice_for_all_namespaces)["items"]],
-            nodes=[views.node_from_dict(o) for o in list_raw(core.list_node)["items"]],
+                             list_raw(client, ENDPOINT_SLICES_PATH)["items"]],
+            nodes=[views.node_from_dict(o) for o in list_raw(client, NODES_PATH)["items"]],
         )
     finally:
         client.close()

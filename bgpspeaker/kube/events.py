@@ -17,6 +17,7 @@ Event is better than stalling announcements.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
@@ -74,7 +75,7 @@ class EventRecorder:
     def __init__(self, api_client: kubernetes.client.ApiClient, instance: str, *, component: str = COMPONENT,
                  interval: float = 10.0, qps: float = 5.0, burst: int = 25, queue_size: int = 10_000,
                  remember: int = 4096) -> None:
-        self._api = kubernetes.client.CoreV1Api(api_client)
+        self._client = api_client
         self.instance, self.component = instance, component
         self.interval, self.qps, self.burst = interval, qps, burst
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
@@ -92,6 +93,12 @@ class EventRecorder:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="events", daemon=True)
         self._thread.start()
+
+    @functools.cached_property
+    def _api(self) -> kubernetes.client.CoreV1Api:
+        # Built on the first write: importing CoreV1Api costs 0.29 s of CPU (kube/client.py),
+        # which a cold start should not spend before its first route.
+        return kubernetes.client.CoreV1Api(self._client)
 
     def record(self, obj: Union[ServiceView, ObjectRef], reason: str, message: str, *, warning: bool = False) -> None:
         """Queue one occurrence of `reason` on `obj` (a ServiceView or an ObjectRef); returns at once.

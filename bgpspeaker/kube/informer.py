@@ -33,7 +33,7 @@ from kubernetes.client.exceptions import ApiException
 from tenacity import Retrying, retry_if_exception, wait_random_exponential
 
 from bgpspeaker import views
-from bgpspeaker.kube.client import iter_pages
+from bgpspeaker.kube.client import ENDPOINT_SLICES_PATH, NODES_PATH, SERVICES_PATH, get_raw, iter_pages
 from bgpspeaker.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ Change = tuple[str, Optional[Any]]
 @dataclass(frozen=True)
 class Resource:
     name: str  # the `resource` label of watch_restarts, and the batch's name
-    list_fn: Callable[[kubernetes.client.ApiClient], Callable[..., Any]]  # the client's list-all method
+    path: str  # the list-all URL path, e.g. /api/v1/services
     parse: Callable[[Mapping[str, Any]], Any]  # raw dict -> view
 
     def key(self, obj: Mapping[str, Any]) -> str:
@@ -54,12 +54,9 @@ class Resource:
         return f"{namespace}/{meta.get('name')}" if namespace else str(meta.get("name"))
 
 
-SERVICES = Resource("services", lambda c: kubernetes.client.CoreV1Api(c).list_service_for_all_namespaces,
-                    views.service_from_dict)
-ENDPOINT_SLICES = Resource(
-    "endpointslices", lambda c: kubernetes.client.DiscoveryV1Api(c).list_endpoint_slice_for_all_namespaces,
-    views.endpoint_slice_from_dict)
-NODES = Resource("nodes", lambda c: kubernetes.client.CoreV1Api(c).list_node, views.node_from_dict)
+SERVICES = Resource("services", SERVICES_PATH, views.service_from_dict)
+ENDPOINT_SLICES = Resource("endpointslices", ENDPOINT_SLICES_PATH, views.endpoint_slice_from_dict)
+NODES = Resource("nodes", NODES_PATH, views.node_from_dict)
 
 
 class WatchError(Exception):
@@ -102,7 +99,7 @@ class Informer:
                  watch_timeout: float = 60.0, backoff_initial: float = 0.2, backoff_max: float = 10.0,
                  healthy_after: float = 1.0, page_size: int = 500) -> None:
         self.resource = resource
-        self._list = resource.list_fn(api_client)
+        self._client = api_client
         self._on_batch, self._on_lost = on_batch, on_lost
         self._restarts = metrics.watch_restarts.labels(resource=resource.name)
         self.watch_timeout, self.page_size = watch_timeout, page_size
@@ -186,7 +183,7 @@ class Informer:
         fresh: dict[str, Any] = {}
         changes: list[Change] = []
         rv = None
-        for page in iter_pages(self._list, page_size=self.page_size):  # parsed page by page: see iter_pages
+        for page in iter_pages(self._client, self.resource.path, self.page_size):  # parsed page by page: see iter_pages
             for obj in page.get("items") or ():
                 key = self.resource.key(obj)
                 view = self._parse(key, obj)
@@ -221,12 +218,12 @@ class Informer:
         while not self._stopping.is_set():
             opened, lines = time.monotonic(), 0
             try:
-                response = self._list(
-                    watch=True, resource_version=self.resource_version, allow_watch_bookmarks=True,
-                    timeout_seconds=int(self.watch_timeout), _preload_content=False,
+                response = get_raw(
+                    self._client, self.resource.path, watch=True, resourceVersion=self.resource_version,
+                    allowWatchBookmarks=True, timeoutSeconds=int(self.watch_timeout),
                     # The server ends the stream after timeoutSeconds; a read that blocks
                     # much longer than that means a dead peer (half-open TCP).
-                    _request_timeout=(5.0, self.watch_timeout + 15.0))
+                    request_timeout=(5.0, self.watch_timeout + 15.0))
             except ApiException as exc:
                 if exc.status == 410:
                     raise _Expired(f"watch from {self.resource_version}: 410 Gone") from None

@@ -18,6 +18,7 @@ mid-batch stops writing at once.
 
 from __future__ import annotations
 
+import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -95,12 +96,18 @@ class StatusWriter:
 
     def __init__(self, api_client: kubernetes.client.ApiClient, is_leader: Callable[[], bool], *,
                  events: Optional[EventRecorder] = None, workers: int = 4, attempts: int = 5) -> None:
-        self._api = kubernetes.client.CoreV1Api(api_client)
+        self._client = api_client
         self._is_leader = is_leader
         self._events = events
         self._workers, self._attempts = workers, attempts
         # The refusal last reported per Service: an Event only when it is new or changed.
         self._refusals: dict[str, Refusal] = {}
+
+    @functools.cached_property
+    def _api(self) -> kubernetes.client.CoreV1Api:
+        # Built on the first write: importing CoreV1Api costs 0.29 s of CPU (kube/client.py),
+        # which a cold start should not spend before its first route.
+        return kubernetes.client.CoreV1Api(self._client)
 
     def pending(self, allocation: Allocation, services: Mapping[str, ServiceView]) -> dict[str, Desired]:
         """The Services whose status differs from the allocation (pure: no request)."""

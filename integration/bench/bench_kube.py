@@ -144,12 +144,11 @@ def child_parse(kubeconfig: str) -> dict:
     import kubernetes
 
     from bgpspeaker import views
-    from bgpspeaker.kube.client import list_raw
+    from bgpspeaker.kube.client import ENDPOINT_SLICES_PATH, SERVICES_PATH, list_raw
 
     api = kubernetes.config.new_client_from_config(config_file=kubeconfig)
-    core, discovery = kubernetes.client.CoreV1Api(api), kubernetes.client.DiscoveryV1Api(api)
-    raw_services = json.dumps(list_raw(core.list_service_for_all_namespaces, page_size=100_000))
-    raw_slices = json.dumps(list_raw(discovery.list_endpoint_slice_for_all_namespaces, page_size=100_000))
+    raw_services = json.dumps(list_raw(api, SERVICES_PATH, page_size=100_000))
+    raw_slices = json.dumps(list_raw(api, ENDPOINT_SLICES_PATH, page_size=100_000))
 
     def best(fn, repeat=3) -> float:
         times = []
