@@ -257,6 +257,27 @@ def test_watcher_syncs_then_follows_changes_and_drops_noise(emu, watching):
     assert w.changes == before + 4
 
 
+def test_the_node_is_listed_before_services_and_slices(emu, watching):
+    """ExaBGP's config depends on this Node: its list goes first, so the BGP session can come
+    up while the big lists are read. Side by side, the Services (not delayed) would arrive first."""
+    emu.load_objects([svc("web"), endpoint_slice("web-1", "web"), node("node-a")])
+    emu.delay("/api/v1/nodes", 0.5)
+    w = watching()
+    wait_until(lambda: w.state("synced"), 10, "initial sync")
+    first = w.loop.call(lambda: w.snapshots[0])
+    assert set(first.nodes) == {"node-a"} and not first.services and not first.endpoint_slices
+
+
+def test_services_and_slices_are_listed_while_the_node_list_hangs(emu, watching):
+    """The wait for the Node list is bounded (NODES_FIRST_WAIT): a hung Node list delays them, never stops them."""
+    emu.load_objects([svc("web"), endpoint_slice("web-1", "web"), node("node-a")])
+    emu.delay("/api/v1/nodes", 6)
+    w = watching()
+    wait_until(lambda: "default/web" in w.snapshot().services and "default/web-1" in w.snapshot().endpoint_slices,
+               5, "the Service and its slice, with the Node list still hanging")
+    assert not w.state("synced")
+
+
 def test_relist_after_410_of_1000_unchanged_services_yields_no_change(emu, watching):
     emu.load_objects([svc(f"s{i:04d}") for i in range(1000)])
     w = watching()

@@ -114,13 +114,20 @@ class Informer:
         self.synced = False  # the first LIST was delivered
         self.stale = False  # the watch is lost; cleared when a relist is delivered
         self._stopping = threading.Event()
+        self.first_list_tried = threading.Event()  # set when the first list delivered or failed
         self._response: Any = None
         self._thread: Optional[threading.Thread] = None
 
     # ---- lifecycle ----------------------------------------------------------------------
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"informer-{self.resource.name}", daemon=True)
+    def start(self, after: Optional[threading.Event] = None, wait: float = 0.0) -> None:
+        """Start the thread; with `after`, its first list waits up to `wait` seconds for that event."""
+        def run() -> None:
+            if after is not None:
+                after.wait(wait)
+            self._run()
+
+        self._thread = threading.Thread(target=run, name=f"informer-{self.resource.name}", daemon=True)
         self._thread.start()
 
     def request_stop(self) -> None:
@@ -156,7 +163,10 @@ class Informer:
         """Relist, then watch until the stream expires (410), fails, or we stop."""
         if self._stopping.is_set():
             return
-        self._relist()
+        try:
+            self._relist()
+        finally:
+            self.first_list_tried.set()
         started = time.monotonic()
         try:
             self._watch()

@@ -23,6 +23,10 @@ from bgpspeaker.model import Snapshot
 log = logging.getLogger(__name__)
 
 RESOURCES: tuple[Resource, ...] = (SERVICES, ENDPOINT_SLICES, NODES)
+# The Service and EndpointSlice lists wait this long at most for the Node list: ExaBGP's
+# config depends on this Node, so its session can come up while they are read. Listed
+# side by side, the one-object Node list queued behind them (1.3 s at 50,000 Services, bench).
+NODES_FIRST_WAIT = 2.0
 
 
 class KubeWatcher:
@@ -47,8 +51,11 @@ class KubeWatcher:
                                     on_lost=self._lost_from_thread, **informer_options) for r in RESOURCES]
 
     def start(self) -> None:
+        nodes = next(i for i in self._informers if i.resource is NODES)
+        nodes.start()
         for informer in self._informers:
-            informer.start()
+            if informer is not nodes:
+                informer.start(after=nodes.first_list_tried, wait=NODES_FIRST_WAIT)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop every informer thread (blocking, up to `timeout` each); the cache stands."""
