@@ -277,7 +277,7 @@ def _feed_raw(lab: s.SystemLab, n: int) -> dict:
     feeder.join(60)
     result = {"total": done - spawned, "feed": done - est, "session": est - spawned,
               "first": lab.first_route_seen - spawned, "first_to_last": done - lab.first_route_seen,
-              "exabgp_rss": s.proc_rss_mb(raw.pid)}
+              "exabgp_rss": s.proc_rss_mb(raw.pid), "exabgp_cpu": s.proc_cpu_seconds(raw.pid)}
     raw.stop()
     lab.wait_empty()
     return result
@@ -302,7 +302,8 @@ def _daemon_cold(lab: s.SystemLab, n: int, profile: Optional[Path], section: Sec
     result = {"total": done - sp.started_at, "feed": done - lab.established_seen,
               "session": lab.established_seen - sp.started_at, "first": lab.first_route_seen - sp.started_at,
               "first_to_last": done - lab.first_route_seen, "cpu": sp.cpu(),
-              "rss": sp.rss(), "exabgp_rss": s.proc_rss_mb(sp.exabgp_pid())}
+              "rss": sp.rss(), "exabgp_rss": s.proc_rss_mb(sp.exabgp_pid()),
+              "exabgp_cpu": s.proc_cpu_seconds(sp.exabgp_pid())}
     profile_rows(profiler, section, f"cold start, {n:,} Services (daemon, spawn → all routes)")
     result["phases"] = _phases(sp.log_path, wall0)
     result["complete"] = lab.rib.received(node.address) == n
@@ -346,13 +347,16 @@ def cold_start(lab: s.SystemLab, mode: Mode, out: Path) -> Section:
         sec_.rows.append(Row("2 cold start", f"{n:,}: BGP session up → last route (feeding only)", sec(feed),
                              f"raw ExaBGP {sec(raw_feed)}; BIRD {sec(bird_feed)}",
                              f"{feed / raw_feed:.2f}× raw", "—", None,
-                             f"daemon CPU {d['cpu']:.1f} s, RSS {d['rss']:.0f} MB; ExaBGP RSS {d['exabgp_rss']:.0f} MB "
-                             f"(raw ExaBGP {raws[-1]['exabgp_rss']:.0f} MB)"))
+                             f"daemon CPU {d['cpu']:.1f} s, RSS {d['rss']:.0f} MB; its ExaBGP CPU "
+                             f"{d['exabgp_cpu']:.1f} s, RSS {d['exabgp_rss']:.0f} MB (raw ExaBGP CPU "
+                             f"{raws[-1]['exabgp_cpu']:.1f} s of its {raws[-1]['total']:.1f} s run, RSS "
+                             f"{raws[-1]['exabgp_rss']:.0f} MB)"))
         for k, v in (("N", n), ("daemon", total), ("daemon feed", feed), ("raw", raw_total),
                      ("raw feed", raw_feed), ("bird", bird_total), ("bird feed", bird_feed)):
             curve[k].append(float(v))
         sec_.numbers.update({f"daemon_{n}": total, f"raw_{n}": raw_total, f"bird_{n}": bird_total,
-                             f"daemon_feed_{n}": feed, f"raw_feed_{n}": raw_feed, f"cpu_{n}": d["cpu"]})
+                             f"daemon_feed_{n}": feed, f"raw_feed_{n}": raw_feed, f"cpu_{n}": d["cpu"],
+                             f"exabgp_cpu_{n}": d["exabgp_cpu"], f"raw_exabgp_cpu_{n}": raws[-1]["exabgp_cpu"]})
     sec_.samples.update(curve)
     return sec_
 
