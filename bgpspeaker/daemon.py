@@ -144,6 +144,10 @@ class Daemon:
         self.events = EventRecorder(api, instance=self.options.node_name)
         self.watcher = KubeWatcher(api, self.loop, on_change=self._on_change, metrics=self.metrics)
         self.watcher.start()
+        if not self.options.dry_run:
+            # Imported while the Node list is in flight, rather than between that list and
+            # ExaBGP's spawn, where it queued behind the other lists' parsing for the GIL.
+            import bgpspeaker.exabgp.driver  # noqa: F401
         if self.options.allocator:
             from bgpspeaker.kube.leader import LeaderElector
             from bgpspeaker.kube.status import StatusWriter
