@@ -5,17 +5,18 @@ and parsed by `bgpspeaker.views`, because the client's model deserialisation cos
 several times the parse itself at 10,000 objects (measured in
 integration/bench/bench_kube.py) and the core wants slim frozen views anyway.
 
-Reads go through the ApiClient's own `param_serialize` + `call_api` (what every generated
-method calls), not through the generated `CoreV1Api`: importing that class loads 254
-model modules, 0.29 s of CPU before the first request, which was most of what a
-1,000-Service cold start spent before its BGP session came up (bench). The writers
-(status, Events) still use the generated API, imported on their first write.
+Requests go through the ApiClient's own `param_serialize` + `call_api` (what every generated
+method calls; `request_raw` below), not through the generated `CoreV1Api`: importing that
+class loads 254 model modules, 0.29 s of CPU. Before the first request, that was most of
+what a 1,000-Service cold start spent before its BGP session came up (bench); deferred to
+the first status write, it became a CPU burst in the middle of a failover test.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any, Iterator, Optional
+from urllib.parse import quote
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
@@ -26,9 +27,12 @@ from bgpspeaker.model import Snapshot
 # (connect, read) seconds for ordinary requests: a hung API must not hang a thread forever.
 REQUEST_TIMEOUT = (5.0, 30.0)
 
+CORE = "/api/v1"
 SERVICES_PATH = "/api/v1/services"
 ENDPOINT_SLICES_PATH = "/apis/discovery.k8s.io/v1/endpointslices"
 NODES_PATH = "/api/v1/nodes"
+LEASES = "/apis/coordination.k8s.io/v1"
+MERGE_PATCH = "application/merge-patch+json"
 
 
 def api_client(kubeconfig: Optional[str] = None) -> kubernetes.client.ApiClient:
@@ -45,14 +49,27 @@ def api_client(kubeconfig: Optional[str] = None) -> kubernetes.client.ApiClient:
     return kubernetes.client.ApiClient(configuration)
 
 
-def get_raw(client: kubernetes.client.ApiClient, path: str, request_timeout: Any = REQUEST_TIMEOUT,
-            **query: Any) -> Any:
-    """GET `path` (`query` in the API's own names: `resourceVersion`, `watch`, ...): the
-    unread urllib3 response, as a generated method returns it with `_preload_content=False`.
-    A non-2xx answer raises ApiException, as those methods do."""
+def object_path(api: str, plural: str, namespace: Optional[str] = None, name: Optional[str] = None,
+                subresource: Optional[str] = None) -> str:
+    """`/api/v1/namespaces/ns/services/web/status` from its parts (`api`: "/api/v1",
+    "/apis/coordination.k8s.io/v1", ...); names are quoted, whatever they hold."""
+    parts = [api] + (["namespaces", quote(namespace, safe="")] if namespace else []) + [plural]
+    parts += [quote(name, safe="")] if name else []
+    parts += [subresource] if subresource else []
+    return "/".join(parts)
+
+
+def request_raw(client: kubernetes.client.ApiClient, method: str, path: str, body: Any = None,
+                content_type: Optional[str] = None, request_timeout: Any = REQUEST_TIMEOUT, **query: Any) -> Any:
+    """`method` `path` (`query` in the API's own names: `resourceVersion`, `watch`, ...) with
+    a JSON `body`: the unread urllib3 response, as a generated method returns it with
+    `_preload_content=False`. A non-2xx answer raises ApiException, as those methods do."""
+    headers = {"Accept": "application/json"}
+    if body is not None:
+        headers["Content-Type"] = content_type or "application/json"
     request = client.param_serialize(
-        method="GET", resource_path=path, query_params=[(k, v) for k, v in query.items() if v is not None],
-        header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+        method=method, resource_path=path, query_params=[(k, v) for k, v in query.items() if v is not None],
+        header_params=headers, body=body, auth_settings=["BearerToken"])
     response = client.call_api(*request, _request_timeout=request_timeout)
     if not 200 <= response.status <= 299:
         response.read()
@@ -79,7 +96,7 @@ def iter_pages(client: kubernetes.client.ApiClient, path: str, page_size: int = 
     """
     cont = None
     while True:
-        page = read_json(get_raw(client, path, limit=page_size, **{"continue": cont}))
+        page = read_json(request_raw(client, "GET", path, limit=page_size, **{"continue": cont}))
         cont = (page.get("metadata") or {}).get("continue")
         yield page
         if not cont:

@@ -17,7 +17,6 @@ Event is better than stalling announcements.
 
 from __future__ import annotations
 
-import functools
 import heapq
 import itertools
 import logging
@@ -32,7 +31,7 @@ from typing import Union
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from bgpspeaker.kube.client import REQUEST_TIMEOUT, read_json
+from bgpspeaker.kube.client import CORE, MERGE_PATCH, object_path, read_json, request_raw
 from bgpspeaker.model import ServiceView
 
 log = logging.getLogger(__name__)
@@ -93,12 +92,6 @@ class EventRecorder:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="events", daemon=True)
         self._thread.start()
-
-    @functools.cached_property
-    def _api(self) -> kubernetes.client.CoreV1Api:
-        # Built on the first write: importing CoreV1Api costs 0.29 s of CPU (kube/client.py),
-        # which a cold start should not spend before its first route.
-        return kubernetes.client.CoreV1Api(self._client)
 
     def record(self, obj: Union[ServiceView, ObjectRef], reason: str, message: str, *, warning: bool = False) -> None:
         """Queue one occurrence of `reason` on `obj` (a ServiceView or an ObjectRef); returns at once.
@@ -212,8 +205,7 @@ class EventRecorder:
             "reportingComponent": self.component, "reportingInstance": self.instance,
         }
         self.writes += 1
-        created = read_json(self._api.create_namespaced_event(ref.namespace, body, _preload_content=False,
-                                                              _request_timeout=REQUEST_TIMEOUT))
+        created = read_json(request_raw(self._client, "POST", object_path(CORE, "events", ref.namespace), body))
         return _Posted(created["metadata"]["name"], pending.type, pending.message, pending.count)
 
     def _patch_count(self, ref: ObjectRef, posted: _Posted, more: int) -> bool:
@@ -221,8 +213,8 @@ class EventRecorder:
         count = posted.count + more
         self.writes += 1
         try:
-            self._api.patch_namespaced_event(posted.name, ref.namespace, {"count": count, "lastTimestamp": _now()},
-                                             _preload_content=False, _request_timeout=REQUEST_TIMEOUT).release_conn()
+            request_raw(self._client, "PATCH", object_path(CORE, "events", ref.namespace, posted.name),
+                        {"count": count, "lastTimestamp": _now()}, MERGE_PATCH).release_conn()
         except ApiException as exc:
             if exc.status == 404:
                 return False

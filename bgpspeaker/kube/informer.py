@@ -33,7 +33,7 @@ from kubernetes.client.exceptions import ApiException
 from tenacity import Retrying, retry_if_exception, wait_random_exponential
 
 from bgpspeaker import views
-from bgpspeaker.kube.client import ENDPOINT_SLICES_PATH, NODES_PATH, SERVICES_PATH, get_raw, iter_pages
+from bgpspeaker.kube.client import ENDPOINT_SLICES_PATH, NODES_PATH, SERVICES_PATH, iter_pages, request_raw
 from bgpspeaker.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -228,8 +228,8 @@ class Informer:
         while not self._stopping.is_set():
             opened, lines = time.monotonic(), 0
             try:
-                response = get_raw(
-                    self._client, self.resource.path, watch=True, resourceVersion=self.resource_version,
+                response = request_raw(
+                    self._client, "GET", self.resource.path, watch=True, resourceVersion=self.resource_version,
                     allowWatchBookmarks=True, timeoutSeconds=int(self.watch_timeout),
                     # The server ends the stream after timeoutSeconds; a read that blocks
                     # much longer than that means a dead peer (half-open TCP).

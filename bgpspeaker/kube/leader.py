@@ -29,7 +29,7 @@ from typing import Callable, Optional
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from bgpspeaker.kube.client import REQUEST_TIMEOUT, read_json
+from bgpspeaker.kube.client import LEASES, object_path, read_json, request_raw
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,9 @@ class LeaderElector:
                              f"{renew_interval}, {renew_deadline}, {lease_duration}")
         if not identity:
             raise ValueError("leader election: identity (the node name) must not be empty")
-        self._api = kubernetes.client.CoordinationV1Api(api_client)
+        self._client = api_client
         self.namespace, self.name, self.identity = namespace, name, identity
+        self._path = object_path(LEASES, "leases", namespace, name)
         self.lease_duration, self.renew_deadline = lease_duration, renew_deadline
         self.renew_interval, self.retry_period = renew_interval, retry_period
         self._loop = loop
@@ -142,8 +143,7 @@ class LeaderElector:
         """One round: True when we hold the Lease after it."""
         now = _micro_time()
         try:
-            lease = read_json(self._api.read_namespaced_lease(self.name, self.namespace, _preload_content=False,
-                                                              _request_timeout=REQUEST_TIMEOUT))
+            lease = read_json(request_raw(self._client, "GET", self._path))
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -170,12 +170,10 @@ class LeaderElector:
                 "metadata": {"name": self.name, "namespace": self.namespace}, "spec": spec}
         try:
             if lease is None:
-                self._api.create_namespaced_lease(self.namespace, body, _preload_content=False,
-                                                  _request_timeout=REQUEST_TIMEOUT).release_conn()
+                request_raw(self._client, "POST", object_path(LEASES, "leases", self.namespace), body).release_conn()
             else:
                 body["metadata"]["resourceVersion"] = lease["metadata"]["resourceVersion"]
-                self._api.replace_namespaced_lease(self.name, self.namespace, body, _preload_content=False,
-                                                   _request_timeout=REQUEST_TIMEOUT).release_conn()
+                request_raw(self._client, "PUT", self._path, body).release_conn()
         except ApiException as exc:
             if exc.status == 409:  # AlreadyExists or Conflict: another replica wrote first; re-read next round
                 return False
@@ -183,8 +181,7 @@ class LeaderElector:
         return True
 
     def _release(self) -> None:
-        lease = read_json(self._api.read_namespaced_lease(self.name, self.namespace, _preload_content=False,
-                                                          _request_timeout=REQUEST_TIMEOUT))
+        lease = read_json(request_raw(self._client, "GET", self._path))
         spec = lease.get("spec") or {}
         if spec.get("holderIdentity") != self.identity:
             return

@@ -18,7 +18,6 @@ mid-batch stops writing at once.
 
 from __future__ import annotations
 
-import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -30,13 +29,12 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_rand
 
 from bgpspeaker import views
 from bgpspeaker.allocator import ALLOCATED_FROM_POOL_ANNOTATION, Allocation, Refusal
-from bgpspeaker.kube.client import REQUEST_TIMEOUT, read_json
+from bgpspeaker.kube.client import CORE, MERGE_PATCH, object_path, read_json, request_raw
 from bgpspeaker.kube.events import EventRecorder
 from bgpspeaker.model import ServiceView
 
 log = logging.getLogger(__name__)
 
-MERGE_PATCH = "application/merge-patch+json"
 
 
 @dataclass(frozen=True)
@@ -102,12 +100,6 @@ class StatusWriter:
         self._workers, self._attempts = workers, attempts
         # The refusal last reported per Service: an Event only when it is new or changed.
         self._refusals: dict[str, Refusal] = {}
-
-    @functools.cached_property
-    def _api(self) -> kubernetes.client.CoreV1Api:
-        # Built on the first write: importing CoreV1Api costs 0.29 s of CPU (kube/client.py),
-        # which a cold start should not spend before its first route.
-        return kubernetes.client.CoreV1Api(self._client)
 
     def pending(self, allocation: Allocation, services: Mapping[str, ServiceView]) -> dict[str, Desired]:
         """The Services whose status differs from the allocation (pure: no request)."""
@@ -183,8 +175,7 @@ class StatusWriter:
     def _attempt(self, seen: ServiceView, desired: Desired) -> str:
         """One read-check-write round; 'written' or 'skipped'."""
         try:
-            obj = read_json(self._api.read_namespaced_service(seen.name, seen.namespace, _preload_content=False,
-                                                              _request_timeout=REQUEST_TIMEOUT))
+            obj = read_json(request_raw(self._client, "GET", object_path(CORE, "services", seen.namespace, seen.name)))
         except ApiException as exc:
             if exc.status == 404:
                 return "skipped"  # deleted since the snapshot: nothing to release
@@ -220,10 +211,9 @@ class StatusWriter:
         if not self._is_leader():
             raise _NotLeader()
         body.setdefault("metadata", {})["resourceVersion"] = rv
-        call = self._api.patch_namespaced_service_status if status else self._api.patch_namespaced_service
+        path = object_path(CORE, "services", service.namespace, service.name, "status" if status else None)
         # merge-patch: the ingress list is replaced as a whole and `null` deletes the annotation.
-        answer = read_json(call(service.name, service.namespace, body, _content_type=MERGE_PATCH,
-                                _preload_content=False, _request_timeout=REQUEST_TIMEOUT))
+        answer = read_json(request_raw(self._client, "PATCH", path, body, MERGE_PATCH))
         return answer["metadata"]["resourceVersion"]
 
 
