@@ -134,3 +134,13 @@ def test_event_recorder_waits_for_tokens_instead_of_spinning():
         assert spent < 0.1, f"the recorder thread used {spent:.2f} s of CPU in 2 s while waiting for tokens"
     finally:
         recorder.stop(timeout=0.5)
+
+
+def test_object_path_quotes_names_whatever_they_hold():
+    from bgpspeaker.kube.client import CORE, LEASES, object_path
+
+    assert object_path(CORE, "services", "ns", "web", "status") == "/api/v1/namespaces/ns/services/web/status"
+    assert object_path(CORE, "events", "ns") == "/api/v1/namespaces/ns/events"
+    assert object_path(LEASES, "leases", "kube-system", "x") == "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/x"
+    # a name can never leave its path segment (names are validated elsewhere; this is the last line)
+    assert object_path(CORE, "services", "a/b", "../x?y#z") == "/api/v1/namespaces/a%2Fb/services/..%2Fx%3Fy%23z"

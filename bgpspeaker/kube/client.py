@@ -1,4 +1,4 @@
-"""Kubernetes client setup, raw reads, and the one-shot read behind `bgpspeaker explain --kubeconfig`.
+"""Kubernetes client setup, raw requests, and the one-shot read behind `bgpspeaker explain --kubeconfig`.
 
 The official client is used for transport, auth and URLs only: responses are read raw
 and parsed by `bgpspeaker.views`, because the client's model deserialisation costs
@@ -28,10 +28,10 @@ from bgpspeaker.model import Snapshot
 REQUEST_TIMEOUT = (5.0, 30.0)
 
 CORE = "/api/v1"
-SERVICES_PATH = "/api/v1/services"
-ENDPOINT_SLICES_PATH = "/apis/discovery.k8s.io/v1/endpointslices"
-NODES_PATH = "/api/v1/nodes"
 LEASES = "/apis/coordination.k8s.io/v1"
+SERVICES_PATH = f"{CORE}/services"
+NODES_PATH = f"{CORE}/nodes"
+ENDPOINT_SLICES_PATH = "/apis/discovery.k8s.io/v1/endpointslices"
 MERGE_PATCH = "application/merge-patch+json"
 
 

@@ -36,7 +36,6 @@ from bgpspeaker.model import ServiceView
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class Desired:
     """What our part of a Service should say: the ingress IPs and the pool (None: neither)."""
