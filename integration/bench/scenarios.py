@@ -264,6 +264,12 @@ def event_latency(lab: s.SystemLab, mode: Mode, out: Path) -> Section:
 
 # --------------------------------------------------------------------------- 2. cold start
 
+def _seen(lab: s.SystemLab, spawned: float, done: float) -> dict:
+    """A cold start's times as FRR saw them, from spawn (wait_count just recorded them)."""
+    return {"total": done - spawned, "feed": done - lab.established_seen, "session": lab.established_seen - spawned,
+            "first": lab.first_route_seen - spawned, "first_to_last": done - lab.first_route_seen}
+
+
 def _feed_raw(lab: s.SystemLab, n: int) -> dict:
     node = lab.node("east-1")
     raw = s.RawExabgp(lab.lab, node, lab.workdir).start()
@@ -273,11 +279,9 @@ def _feed_raw(lab: s.SystemLab, n: int) -> dict:
     feeder = threading.Thread(target=raw.announce, args=([s.prefix(i) for i in range(n)],), daemon=True)
     feeder.start()
     done = lab.wait_count("east-1", n, 600, "raw routes", interval=0.01)
-    est = lab.established_seen
     feeder.join(60)
-    result = {"total": done - spawned, "feed": done - est, "session": est - spawned,
-              "first": lab.first_route_seen - spawned, "first_to_last": done - lab.first_route_seen,
-              "exabgp_rss": s.proc_rss_mb(raw.pid), "exabgp_cpu": s.proc_cpu_seconds(raw.pid)}
+    result = {**_seen(lab, spawned, done), "exabgp_rss": s.proc_rss_mb(raw.pid),
+              "exabgp_cpu": s.proc_cpu_seconds(raw.pid)}
     raw.stop()
     lab.wait_empty()
     return result
@@ -299,11 +303,8 @@ def _daemon_cold(lab: s.SystemLab, n: int, profile: Optional[Path], section: Sec
     node = lab.node("east-1")
     wall0 = time.time()
     sp, done, profiler = start_speaker(lab, n, timeout=900, profile_to=profile)
-    result = {"total": done - sp.started_at, "feed": done - lab.established_seen,
-              "session": lab.established_seen - sp.started_at, "first": lab.first_route_seen - sp.started_at,
-              "first_to_last": done - lab.first_route_seen, "cpu": sp.cpu(),
-              "rss": sp.rss(), "exabgp_rss": s.proc_rss_mb(sp.exabgp_pid()),
-              "exabgp_cpu": s.proc_cpu_seconds(sp.exabgp_pid())}
+    result = {**_seen(lab, sp.started_at, done), "cpu": sp.cpu(), "rss": sp.rss(),
+              "exabgp_rss": s.proc_rss_mb(sp.exabgp_pid()), "exabgp_cpu": s.proc_cpu_seconds(sp.exabgp_pid())}
     profile_rows(profiler, section, f"cold start, {n:,} Services (daemon, spawn → all routes)")
     result["phases"] = _phases(sp.log_path, wall0)
     result["complete"] = lab.rib.received(node.address) == n
