@@ -485,6 +485,34 @@ def test_list_paging(emu, core, ns):
     assert (err.value.status, json.loads(err.value.body)["reason"]) == (410, "Expired")
 
 
+
+def test_list_pages_come_from_the_first_pages_snapshot(emu, core, ns):
+    """Later pages show the objects as they were at the first page, though each page is
+    encoded only when asked for (a write in between makes a new version, not a new page)."""
+    emu.load_objects([svc(f"s{i:02d}", ns) for i in range(6)])
+    first = core.list_namespaced_service(ns, limit=3)
+    core.patch_namespaced_service("s04", ns, {"metadata": {"labels": {"changed": "yes"}}})
+    core.delete_namespaced_service("s05", ns)
+    core.create_namespaced_service(ns, svc("s06", ns))
+    rest = core.list_namespaced_service(ns, limit=3, _continue=first.metadata._continue)
+    assert [s.metadata.name for s in rest.items] == ["s03", "s04", "s05"]
+    assert "changed" not in (rest.items[1].metadata.labels or {})
+    assert rest.metadata.resource_version == first.metadata.resource_version
+
+
+def test_a_list_page_encodes_only_its_own_items():
+    """A real API server encodes a page's items, not the whole list, per request: the
+    emulator encoding all of them at the first page held a 50,000-object list back 0.45 s."""
+    from integration.kubeapi.resources import resource_for
+    from integration.kubeapi.store import Store
+    store, services = Store(), resource_for("v1", "Service")
+    for i in range(5):
+        store.set_object(svc(f"s{i}", "default"))
+    _, items, cont = store.list(services, None, None, None, limit=2)
+    assert len(items) == 2 and cont
+    encoded = [c._json is not None for c in store.matching(services, None, None, None)]
+    assert encoded == [True, True, False, False, False]
+
 def test_events_and_leases(emu, api_client, core, ns):
     event = {"metadata": {"generateName": "web.", "namespace": ns}, "reason": "IPAllocated",
              "message": "assigned 203.0.113.5", "type": "Normal", "count": 1,

@@ -113,7 +113,7 @@ class Store:
         self.objects: dict[tuple, dict[Key, Change]] = {r.key: {} for r in RESOURCES}
         self.history: deque[Change] = deque()
         self.watchers: dict[tuple, set[Watcher]] = {r.key: set() for r in RESOURCES}
-        self._pages: OrderedDict[str, tuple[int, list[bytes]]] = OrderedDict()
+        self._pages: OrderedDict[str, tuple[int, list[Change]]] = OrderedDict()
 
     # ---- reads -------------------------------------------------------------------------
 
@@ -138,7 +138,11 @@ class Store:
     def list(self, resource: Resource, namespace: str | None, label: Predicate | None,
              field: Predicate | None, limit: int = 0, cont: str = "") -> tuple[int, list[bytes], str]:
         """(resourceVersion, item JSONs, continue token). Pages come from a snapshot taken
-        at the first page, so paging is consistent; an unknown token is 410 Expired."""
+        at the first page, so paging is consistent; an unknown token is 410 Expired.
+
+        The snapshot holds the objects' Changes (a write makes a new one, so they never
+        change) and each page encodes only its own items, as the real API server does:
+        encoding all 50,000 at the first page held it back 0.45 s per resource (bench)."""
         if cont:
             try:
                 page_id, offset = base64.urlsafe_b64decode(cont.encode()).decode().split(":")
@@ -150,15 +154,15 @@ class Store:
                                                "the continue parameter.") from None
         else:
             rv, offset = self.rv, 0
-            items = [c.json for c in self.matching(resource, namespace, label, field)]
+            items = self.matching(resource, namespace, label, field)
         if not limit or len(items) - offset <= limit:
-            return rv, items[offset:], ""
+            return rv, [c.json for c in items[offset:]], ""
         page_id = uuid.uuid4().hex
         self._pages[page_id] = (rv, items)
         while len(self._pages) > 32:
             self._pages.popitem(last=False)
         token = base64.urlsafe_b64encode(f"{page_id}:{offset + limit}".encode()).decode()
-        return rv, items[offset:offset + limit], token
+        return rv, [c.json for c in items[offset:offset + limit]], token
 
     # ---- writes through the API ---------------------------------------------------------
 
