@@ -119,9 +119,12 @@ def poll(condition: Callable[[], bool], timeout: float, what: str, interval: flo
 
 
 def start_speaker(lab: s.SystemLab, n_routes: int, node: str = "east-1", timeout: float = 300.0,
-                  profile_to: Optional[Path] = None) -> tuple[s.SpeakerProcess, float, Optional[s.Profiler]]:
-    """Spawn the daemon and wait until FRR holds `n_routes` from it; (speaker, time seen, profiler)."""
+                  profile_to: Optional[Path] = None, spawned: Callable[[s.SpeakerProcess], None] = lambda sp: None,
+                  ) -> tuple[s.SpeakerProcess, float, Optional[s.Profiler]]:
+    """Spawn the daemon (`spawned(it)` right after) and wait until FRR holds `n_routes` from it;
+    (speaker, time seen, profiler)."""
     sp = lab.speaker(node).start()
+    spawned(sp)
     profiler = None
     if profile_to is not None:
         time.sleep(0.3)  # py-spy attaches to a Python process: let `ip netns exec` finish its exec
@@ -301,12 +304,24 @@ def _feed_bird(lab: s.SystemLab, n: int) -> dict:
 
 def _daemon_cold(lab: s.SystemLab, n: int, profile: Optional[Path], section: Section) -> dict:
     node = lab.node("east-1")
+    api_pid = lab.emulators["east-1"].proc.pid
+    running: list[s.SpeakerProcess] = []
+
+    def pids() -> dict[str, Optional[int]]:
+        sp_ = running[0] if running else None
+        return {"daemon": sp_.pid if sp_ else None, "ExaBGP": sp_.exabgp_pid() if sp_ else None,
+                "API server": api_pid}
+
     wall0 = time.time()
-    sp, done, profiler = start_speaker(lab, n, timeout=900, profile_to=profile)
+    with s.CpuTimeline(pids) as cpu:
+        sp, done, profiler = start_speaker(lab, n, timeout=900, profile_to=profile, spawned=running.append)
     result = {**_seen(lab, sp.started_at, done), "cpu": sp.cpu(), "rss": sp.rss(),
               "exabgp_rss": s.proc_rss_mb(sp.exabgp_pid()), "exabgp_cpu": s.proc_cpu_seconds(sp.exabgp_pid())}
     profile_rows(profiler, section, f"cold start, {n:,} Services (daemon, spawn → all routes)")
-    result["phases"] = _phases(sp.log_path, wall0)
+    marks = _log_marks(sp.log_path, wall0)
+    result["phases"] = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(marks.items(), key=lambda kv: kv[1])) or "?"
+    listed = max((marks[k] for k in ("services listed", "slices listed") if k in marks), default=None)
+    result["cores"] = _cores_by_phase(cpu, sp.started_at, listed, lab.first_route_seen, done)
     result["complete"] = lab.rib.received(node.address) == n
     sp.stop()
     lab.wait_empty()
@@ -345,7 +360,8 @@ def cold_start(lab: s.SystemLab, mode: Mode, out: Path) -> Section:
                              f"{ratio:.2f}× raw", "≤ 1.2× raw", ratio <= 1.2,
                              (f"daemon{span(daemons, 'total')}, raw{span(raws, 'total')} s; " if repeats > 1 else "")
                              + f"phases (last run): {d['phases']}; "
-                             + _timeline("daemon", d) + "; " + _timeline("raw ExaBGP", raws[-1])))
+                             + _timeline("daemon", d) + "; " + _timeline("raw ExaBGP", raws[-1])
+                             + f"; daemon run's {d['cores']}"))
         sec_.rows.append(Row("2 cold start", f"{n:,}: BGP session up → last route (feeding only)", sec(feed),
                              f"raw ExaBGP {sec(raw_feed)}; BIRD {sec(bird_feed)}",
                              f"{feed / raw_feed:.2f}× raw", "—", None,
@@ -370,29 +386,42 @@ def _timeline(who: str, run: dict) -> str:
             f"first → last route {run['first_to_last']:.2f} s")
 
 
-def _phases(log_path: Path, wall0: float) -> str:
-    """From the daemon's logfmt log: when its first Kubernetes list finished, when ExaBGP
-    started (seconds after spawn): where a cold start's time goes."""
+def _log_marks(log_path: Path, wall0: float) -> dict[str, float]:
+    """From the daemon's logfmt log: when its first Kubernetes lists finished and when ExaBGP
+    started, in seconds after `wall0` (its spawn): where a cold start's time goes."""
     import re
-    from datetime import datetime
-    marks = {}
+    from datetime import datetime, timezone
+    marks: dict[str, float] = {}
     try:
         lines = log_path.read_text(errors="replace").splitlines()
     except OSError:
-        return "?"
+        return marks
     for line in lines:
         m = re.match(r"ts=(\S+)", line)
         if not m:
             continue
-        ts = datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%fZ").replace(
-            tzinfo=__import__("datetime").timezone.utc).timestamp()
+        ts = datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
         if "listed" in line and "endpointslices" in line and "slices listed" not in marks:
             marks["slices listed"] = ts - wall0
         if "listed" in line and "services" in line and "services listed" not in marks:
             marks["services listed"] = ts - wall0
         if "exabgp started" in line and "ExaBGP started" not in marks:
             marks["ExaBGP started"] = ts - wall0
-    return ", ".join(f"{k} {v:.1f} s" for k, v in sorted(marks.items(), key=lambda kv: kv[1])) or "?"
+    return marks
+
+
+def _cores_by_phase(cpu: s.CpuTimeline, spawned: float, listed: Optional[float], first: float,
+                    done: float) -> str:
+    """Cores each process kept busy in the phases of a cold start: who bounds each phase."""
+    names = ("daemon", "ExaBGP", "API server", "other")
+    bounds = [("spawn → lists read", spawned, spawned + listed), ("lists read → first route", spawned + listed, first),
+              ("first → last route", first, done)] if listed is not None else [("spawn → first route", spawned, first),
+                                                                                 ("first → last route", first, done)]
+    parts = []
+    for label, start, end in bounds:
+        cores = cpu.busy(start, end)
+        parts.append(f"{label} ({end - start:.2f} s) " + " / ".join(f"{cores.get(n, 0.0):.2f}" for n in names))
+    return f"cores busy ({' / '.join(names)}): " + "; ".join(parts)
 
 
 # --------------------------------------------------------------------------- 3. failover

@@ -163,6 +163,53 @@ def proc_rss_mb(pid: Optional[int]) -> float:
     return float("nan")
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds every core together spent busy since boot (/proc/stat: all but idle and iowait)."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuTimeline:
+    """Each named process's CPU and the whole machine's, sampled every `interval` s in a
+    thread: which process kept the cores busy in each phase of a run. `pids()` names the
+    processes to read at each sample (a process not started yet is left out)."""
+
+    def __init__(self, pids: Callable[[], dict[str, Optional[int]]], interval: float = 0.05):
+        self._pids, self._interval = pids, interval
+        self.samples: list[tuple[float, float, dict[str, float]]] = []  # (monotonic, machine busy s, {name: cpu s})
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-timeline", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            cpu = {name: proc_cpu_seconds(pid) for name, pid in self._pids().items() if pid is not None}
+            self.samples.append((time.monotonic(), machine_busy_seconds(),
+                                 {name: value for name, value in cpu.items() if value == value}))  # not NaN
+            if self._stop.wait(self._interval):
+                return
+
+    def __enter__(self) -> "CpuTimeline":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def busy(self, start: float, end: float) -> dict[str, float]:
+        """Average cores each process kept busy from `start` to `end` (monotonic), and "other"
+        (the rest of the machine: FRR, the bench itself)."""
+        before = [x for x in self.samples if x[0] <= start] or self.samples[:1]
+        after = [x for x in self.samples if x[0] >= end] or self.samples[-1:]
+        (t0, busy0, cpu0), (t1, busy1, cpu1) = before[-1], after[0]
+        if t1 <= t0:
+            return {}
+        cores = {name: (value - cpu0.get(name, 0.0)) / (t1 - t0) for name, value in cpu1.items()}
+        cores["other"] = max(0.0, (busy1 - busy0) / (t1 - t0) - sum(cores.values()))
+        return cores
+
+
 def children(pid: int) -> list[int]:
     out: list[int] = []
     with contextlib.suppress(OSError):
