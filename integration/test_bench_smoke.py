@@ -54,6 +54,9 @@ def test_bench_smoke_produces_a_sane_table(tmp_path):
     assert sections["resync"]["numbers"]["updates_frr"] == 0, "a resync of unchanged Services sent UPDATEs"
     assert sections["churn"]["checks"]["churn: FRR's final state equals the desired state"]
     assert sections["cold"]["checks"]["cold start 1000: all routes in FRR"]
+    cold_note = next(r["note"] for r in sections["cold"]["rows"] if "→ all routes in FRR" in r["measure"])
+    assert re.search(r"cores busy \(daemon / ExaBGP / API server / other\): spawn → lists read \([\d.]+ s\) "
+                     r"[\d.]+ / [\d.]+ / [\d.]+ / [\d.]+", cold_note), cold_note
     assert len(sections["event"]["samples"]["raw ExaBGP: announce → RIB"]) == 20
     assert all(v > 0 for v in sections["event"]["samples"]["daemon, 100 Services: ready → RIB"])
     assert data["machine"]["nproc"] and data["machine"]["kernel"]
@@ -65,3 +68,15 @@ def test_bench_smoke_produces_a_sane_table(tmp_path):
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
     # everything the suite started is gone (its namespaces are named bgpb-<its pid>-...)
     assert [ns for ns in netns.list_netns("bgpb") if ns.startswith(f"bgpb-{proc.pid}-")] == []
+
+
+def test_cpu_timeline_shares_the_busy_cores_by_process():
+    """The cold start's "cores busy" figures: each process's CPU over the wall time between
+    the samples around a phase, and the rest of the machine's as "other"."""
+    from integration.bench.system import CpuTimeline
+    timeline = CpuTimeline(lambda: {})
+    timeline.samples = [(10.0, 100.0, {"daemon": 5.0}), (10.5, 100.9, {"daemon": 5.5, "ExaBGP": 0.1}),
+                        (11.0, 101.8, {"daemon": 5.6, "ExaBGP": 0.5})]
+    assert timeline.busy(10.0, 10.5) == pytest.approx({"daemon": 1.0, "ExaBGP": 0.2, "other": 0.6})
+    assert timeline.busy(10.2, 10.7) == pytest.approx({"daemon": 0.6, "ExaBGP": 0.5, "other": 0.7})  # widened
+    assert timeline.busy(10.5, 10.5) == {}

@@ -550,6 +550,10 @@ class Rib:
         data = self.router.show_json(f"show bgp neighbors {address}").get(address, {})
         return int((data.get("messageStats") or {}).get("updatesRecv", 0))
 
+    def fib_routes_via(self, gateway: str) -> int:
+        """How many routes the router's kernel FIB holds via `gateway` (installed by zebra)."""
+        return netns.ip(self.router.ns, "-4", "route", "show", "proto", "bgp", "via", gateway).count("\n")
+
     def fib_gateway(self, pfx: str) -> Optional[str]:
         out = netns.ip(self.router.ns, "-j", "route", "show", pfx)
         routes = json.loads(out or "[]")
@@ -616,10 +620,15 @@ class SystemLab:
         return SpeakerProcess(self.lab, self.node(node_name), self.workdir, **kw)
 
     def wait_empty(self, node_name: str = "east-1", timeout: float = 60.0) -> None:
-        """Until FRR holds nothing from the node (its speaker is gone or announces nothing)."""
+        """Until FRR holds nothing from the node (its speaker is gone or announces nothing):
+        not in bgpd's RIB, and not in the kernel FIB either. zebra removes a withdrawn
+        table from the kernel after bgpd has dropped it (50,000 routes BIRD withdrew: 0.8 s
+        later, two cores busy), and a run started meanwhile paid for it."""
         address = self.node(node_name).address
         wait_until(lambda: self.rib.received(address) <= 0, timeout, f"FRR empty of {node_name}'s routes",
                    interval=0.05)
+        wait_until(lambda: not self.rib.fib_routes_via(address), timeout,
+                   f"the router's kernel FIB empty of {node_name}'s routes", interval=0.05)
 
     def wait_count(self, node_name: str, n: int, timeout: float, what: str = "routes",
                    interval: float = 0.01, proc: Optional[subprocess.Popen] = None) -> float:
