@@ -414,11 +414,13 @@ def _cores_by_phase(cpu: s.CpuTimeline, spawned: float, listed: Optional[float],
                     done: float) -> str:
     """Cores each process kept busy in the phases of a cold start: who bounds each phase."""
     names = ("daemon", "ExaBGP", "API server", "other")
-    bounds = [("spawn → lists read", spawned, spawned + listed), ("lists read → first route", spawned + listed, first),
-              ("first → last route", first, done)] if listed is not None else [("spawn → first route", spawned, first),
-                                                                                 ("first → last route", first, done)]
+    if listed is None:  # the log did not say
+        phases = [("spawn → first route", spawned, first)]
+    else:
+        phases = [("spawn → lists read", spawned, spawned + listed), ("lists read → first route", spawned + listed, first)]
+    phases.append(("first → last route", first, done))
     parts = []
-    for label, start, end in bounds:
+    for label, start, end in phases:
         cores = cpu.busy(start, end)
         parts.append(f"{label} ({end - start:.2f} s) " + " / ".join(f"{cores.get(n, 0.0):.2f}" for n in names))
     return f"cores busy ({' / '.join(names)}): " + "; ".join(parts)
