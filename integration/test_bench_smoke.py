@@ -80,3 +80,11 @@ def test_cpu_timeline_shares_the_busy_cores_by_process():
     assert timeline.busy(10.0, 10.5) == pytest.approx({"daemon": 1.0, "ExaBGP": 0.2, "other": 0.6})
     assert timeline.busy(10.2, 10.7) == pytest.approx({"daemon": 0.6, "ExaBGP": 0.5, "other": 0.7})  # widened
     assert timeline.busy(10.5, 10.5) == {}
+
+
+def test_cold_path_component_bench_runs():
+    """bench_cold_path.py at small N: it runs and plans one route per Service (no lab needed)."""
+    out = subprocess.run([sys.executable, "integration/bench/bench_cold_path.py", "--services", "300", "--repeat", "1"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert re.search(r"total +[\d.]+ s +[\d.]+ µs per Service", out.stdout), out.stdout

@@ -417,7 +417,8 @@ def _cores_by_phase(cpu: s.CpuTimeline, spawned: float, listed: Optional[float],
     if listed is None:  # the log did not say
         phases = [("spawn → first route", spawned, first)]
     else:
-        phases = [("spawn → lists read", spawned, spawned + listed), ("lists read → first route", spawned + listed, first)]
+        phases = [("spawn → lists read", spawned, spawned + listed),
+                  ("lists read → first route", spawned + listed, first)]
     phases.append(("first → last route", first, done))
     parts = []
     for label, start, end in phases:
