@@ -306,10 +306,13 @@ def _daemon_cold(lab: s.SystemLab, n: int, profile: Optional[Path], section: Sec
     node = lab.node("east-1")
     api_pid = lab.emulators["east-1"].proc.pid
     running: list[s.SpeakerProcess] = []
+    exabgp: list[int] = []  # found once: exabgp_pid() scans /proc, and this runs 20 times a second
 
     def pids() -> dict[str, Optional[int]]:
         sp_ = running[0] if running else None
-        return {"daemon": sp_.pid if sp_ else None, "ExaBGP": sp_.exabgp_pid() if sp_ else None,
+        if sp_ is not None and not exabgp and (found := sp_.exabgp_pid()) is not None:
+            exabgp.append(found)
+        return {"daemon": sp_.pid if sp_ else None, "ExaBGP": exabgp[0] if exabgp else None,
                 "API server": api_pid}
 
     wall0 = time.time()
