@@ -88,3 +88,15 @@ def test_cold_path_component_bench_runs():
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert re.search(r"total +[\d.]+ s +[\d.]+ µs per Service", out.stdout), out.stdout
+
+
+@pytest.mark.timeout(180)
+def test_window_component_bench_runs():
+    """bench_window.py at small N: every (window, batch) pair fed all routes to FRR and was printed."""
+    _require_root()
+    out = subprocess.run([sys.executable, "integration/bench/bench_window.py", "--services", "300", "--rounds", "1",
+                          "--pairs", "8:100,32:50"], cwd=REPO, capture_output=True, text=True, timeout=170)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert re.search(r"window +8 × +100 prefixes +[\d.]+ s +1\.00×", out.stdout) or \
+        re.search(r"window +32 × +50 prefixes +[\d.]+ s +1\.00×", out.stdout), out.stdout
+    assert len(re.findall(r"window +\d+ × +\d+ prefixes +[\d.]+ s", out.stdout)) == 2, out.stdout

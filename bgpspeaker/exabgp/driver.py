@@ -66,6 +66,14 @@ HEALTHY_RUN = 60.0  # seconds; a child that ran this long restarts without accum
 SETTLE = 1.0  # after the last withdraw ack, before SIGTERM (§8: "wait for done, plus ~1 s")
 STOP_GRACE = 5.0
 LOG_ROTATE_BYTES = 1 << 20  # ExaBGP logs at WARNING: a few lines per start
+# Commands in flight, and prefixes per command. ExaBGP runs 50 NLRI steps per reactor loop,
+# sleeps between loops, and scans its whole command queue every loop (exabgp-api.md §7):
+# a deep queue slows it down. Measured in the bench lab (integration/bench/bench_window.py,
+# raw ExaBGP, 10,000 routes into FRR, medians of 3): windows 4-10 x 100 prefixes 1.38-1.42 s,
+# 16 x 50 1.42 s, 32 x 100 1.71 s, 64 x 100 2.18 s, 8 x 200 2.1 s. DESIGN.md's "about
+# 20-50" is slower here: the daemon's cold start at 10,000 took 2.08 s with 8, 2.32 s with 32.
+WINDOW = 8
+BATCH_SIZE = 100
 
 
 @dataclass(frozen=True)
@@ -86,8 +94,8 @@ class _HealthyExit(RuntimeError):
 
 
 class ExabgpDriver:
-    def __init__(self, config: Config, node: NodeView, run_dir: Path, metrics: Metrics, *, window: int = 32,
-                 batch_size: int = 100, ack_timeout: float = 30.0, exabgp_argv: Optional[list[str]] = None,
+    def __init__(self, config: Config, node: NodeView, run_dir: Path, metrics: Metrics, *, window: int = WINDOW,
+                 batch_size: int = BATCH_SIZE, ack_timeout: float = 30.0, exabgp_argv: Optional[list[str]] = None,
                  settle: float = SETTLE):
         self.config = config
         self.node = node

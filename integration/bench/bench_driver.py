@@ -3,7 +3,7 @@
 Prints (never asserts):
 - time for N /32s to be in FRR's RIB (all prefixes received) through `ExabgpDriver.apply`
   vs a minimal raw feeder (same rendered ExaBGP config, same relay, `announce attributes
-  ... nlri` ×100 per command, window 32: the best pattern of exabgp-api.md §7), for
+  ... nlri` ×100 per command, window 8: the best pattern measured, bench_window.py), for
   10,000 and 50,000 (1,000 and 5,000 with --small); the ratio driver/raw (goal ≤ 1.2);
 - ExaBGP's RSS after each run, and this process's CPU time for each run (the driver's
   cost; the raw feeder's for comparison; both include the same RIB polling);
@@ -50,7 +50,7 @@ NODE = NodeView("bench-node", addresses=(("InternalIP", NODE_V4),))
 CONFIG = Config(cluster=ClusterConfig("bench"), speaker=SpeakerConfig(my_asn=64512),
                 peers=(PeerConfig("tor", A(TOR_V4), 64500, hold_time=30),), exabgp=ExabgpConfig(graceful_restart=0))
 ATTRS = RouteAttributes(next_hop=A(NODE_V4), as_path=(64512,), med=100, communities=(Community(64512, 100),))
-WINDOW, BATCH = 32, 100
+WINDOW, BATCH = 8, 100  # the best feeding measured here (bench_window.py), as the driver's defaults
 # Pause between the steps of a latency try, the same for both methods. Measured: when the
 # withdraw of the previous try follows its announce within ~2 ms, the next announce reaches
 # FRR in ~2 ms; when it follows 8 ms or more later, the next one takes ~40 ms, through the

@@ -10,7 +10,8 @@ profile summaries. What each one measures, and against what:
    ExaBGP on the same node, to the same FRR. Withdraw (→ not ready) is measured the same way.
 2. cold start: N Services with endpoints at the API, `bgpspeaker run` spawned → all N
    routes in FRR; reference: a bare ExaBGP spawned and fed ×100 prefixes per command
-   with a window of 32 (the best feeding measured); BIRD from static config: the native limit.
+   with a window of 8 (the best feeding measured, bench_window.py); BIRD from static
+   config: the native limit.
 3. failover: the primary's endpoints become not ready at its API → FRR's best path (then
    its FIB) on the secondary cluster's node; reference: a bare ExaBGP on the primary
    node withdrawing the route by hand, with the same secondary daemon running.

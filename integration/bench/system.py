@@ -424,7 +424,7 @@ class SpeakerProcess:
 class RawExabgp:
     """A bare ExaBGP on a node, fed by hand: the reference. Same rendered config and relay
     as the daemon's child, commands built by the same `commands` module, a bounded window
-    of WINDOW commands of ≤ BATCH prefixes (bench_driver's best pattern, exabgp-api.md §7).
+    of WINDOW commands of ≤ BATCH prefixes (the best feeding measured, bench_window.py).
     The relay's socket is served by two plain threads here (accept + a reader that always
     drains), so feeding never waits on this process's other work."""
 
