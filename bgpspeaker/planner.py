@@ -17,9 +17,12 @@ equality; identical attribute sets are built once and shared through a cache.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
+import operator
 import re
 from dataclasses import dataclass
+from itertools import chain
 from typing import Iterable, Mapping, Optional, Union
 
 from bgpspeaker.allocator import (
@@ -216,9 +219,7 @@ class _Context:
                                                                    f"{address} is {problem}: not a next-hop")
             else:
                 self.next_hops[version] = (address, "", f"next-hop {address}")
-        self.slices: dict[str, list[EndpointSliceView]] = {}
-        for view in snapshot.endpoint_slices.values():
-            self.slices.setdefault(view.service_key, []).append(view)
+        self.slices: Mapping[str, list[EndpointSliceView]] = {}  # by Service key: PlanMemo.update sets it
         self._attributes: dict[tuple, RouteAttributes] = {}
 
     def attributes(self, tier: Tier, pool: PoolConfig, peer: PeerConfig, next_hop: IPAddress,
@@ -359,104 +360,180 @@ def _decide(ctx: _Context, service: ServiceView, skips: list[Skip], warnings: li
     return candidates
 
 
-class PlanMemo:
-    """What the last plan decided, per Service and per address, for `plan` to reuse.
+Addr = tuple[int, int]  # (version, int address): the routes' sort order, and hashed in C
 
-    Why: an endpoint event changes one Service, but a plan walks them all; at 1,000
-    Services re-deciding every one was most of an event's path to the router (bench
-    profile). A decision is a pure function of its inputs, so it is reused only while
-    every input is the same: the node-wide ones (config, this node's view, drain) and the
-    Service's own (its view, its EndpointSlices, its allocation entries). Views are frozen
-    and replaced on change, so the comparisons are mostly identity checks. The result is
-    the one a fresh `plan` gives (the tests check the two side by side).
+
+class PlanMemo:
+    """What the last plan decided, per Service and per address, for the next plan to start from.
+
+    Why: an endpoint event changes one Service, but a plan that walks them all cost 28 ms
+    per event with 10,000 Services (bench). A decision is a pure function of its inputs:
+    the node-wide ones (config, this node's view, drain) and the Service's own (its view,
+    its EndpointSlices, its allocation entries). The snapshot's dicts and the allocation
+    are replaced, never mutated, when they change (kube/watcher.py), and so are the views
+    in them. So when only the EndpointSlices changed, the Services to look at again are
+    those whose slices are not the same objects as last time, found by identity in C;
+    when the Services or the allocation changed, every Service's inputs are compared
+    (mostly identity checks); when a node-wide input changed, everything is decided
+    afresh. Routes and skips of unchanged Services are the very same objects as in the
+    last plan, which lets the daemon and the driver diff plans by identity too. The result
+    is the one a fresh plan gives (tests/test_planner.py checks the two side by side).
+    `plan` without a memo uses a fresh one: one code path.
     """
 
     def __init__(self) -> None:
         self._scope: Optional[tuple] = None
+        self._services: Optional[Mapping] = None  # the snapshot dicts and allocation of the last plan
+        self._slices: Mapping[str, EndpointSliceView] = {}
+        self._allocation: Optional[Allocation] = None
+        self._slices_of: dict[str, list[EndpointSliceView]] = {}  # Service key -> its EndpointSlices
         self._decisions: dict[str, tuple] = {}  # key -> (inputs, keyed candidates, skips, warnings)
-        self._routes: dict[tuple[int, int], tuple] = {}  # (version, int address) -> (candidates, routes)
+        self._candidates: dict[Addr, list[_Candidate]] = {}  # every Service's, by address
+        self._routes: dict[Addr, tuple] = {}  # address -> (its candidates, its routes in peer-name order)
+        self._order: list[Addr] = []  # the addresses with routes, sorted
+        self._noted: set[str] = set()  # the Services with skips or warnings
 
-    def _enter(self, config: Config, ctx: "_Context") -> None:
-        scope = (ctx.node, ctx.node_name, ctx.drained)
-        if self._scope is None or self._scope[0] is not config or self._scope[1:] != scope:
-            self._scope = (config, *scope)
-            self._decisions, self._routes = {}, {}
+    def _dirty(self, config: Config, ctx: "_Context", snapshot: Snapshot, allocation: Allocation) -> Iterable[str]:
+        """The Service keys to look at again, with the slice index brought up to date.
+        All of them in the snapshot's order when starting afresh: the cold start's plan
+        walks memory in the order it was allocated (a set's order cost it 20 %, measured)."""
+        scope = (config, ctx.node, ctx.node_name, ctx.drained)
+        fresh = (self._scope is None or self._scope[0] is not config or self._scope[1:] != scope[1:])
+        if fresh:
+            self.__init__()
+            self._scope = scope
+            for view in snapshot.endpoint_slices.values():
+                self._slices_of.setdefault(view.service_key, []).append(view)
+            self._services, self._slices, self._allocation = snapshot.services, snapshot.endpoint_slices, allocation
+            return snapshot.services.keys()
+        else:
+            dirty = set()
+            if snapshot.services is not self._services or allocation is not self._allocation:
+                dirty = set(self._decisions).union(snapshot.services)
+            if snapshot.endpoint_slices is not self._slices:
+                for key in _replaced(self._slices, snapshot.endpoint_slices):
+                    old, new = self._slices.get(key), snapshot.endpoint_slices.get(key)
+                    if old is not None:
+                        self._slices_of[old.service_key].remove(old)
+                        dirty.add(old.service_key)
+                    if new is not None:
+                        self._slices_of.setdefault(new.service_key, []).append(new)
+                        dirty.add(new.service_key)
+        self._services, self._slices, self._allocation = snapshot.services, snapshot.endpoint_slices, allocation
+        return dirty
 
 
-def _keyed(candidates: list[_Candidate]) -> list[tuple[tuple[int, int], _Candidate]]:
-    """Each candidate with its address as (version, int): the key `_run` groups and sorts by."""
+def _replaced(old: Mapping, new: Mapping) -> set:
+    """The keys whose value is not the same object in `old` and `new` (added, removed, replaced).
+    Built in C but for the differing keys: ~1 ms for 10,000 EndpointSlices."""
+    before = dict(zip(old.keys(), map(id, old.values())))
+    after = dict(zip(new.keys(), map(id, new.values())))
+    return {key for key, _ in before.items() ^ after.items()}  # a replaced key is in both sides
+
+
+def _keyed(candidates: list[_Candidate]) -> list[tuple[Addr, _Candidate]]:
+    """Each candidate with its address as (version, int): the key the routes are grouped and sorted by."""
     return [((c.address.version, int(c.address)), c) for c in candidates]
 
 
 def _run(config: Config, snapshot: Snapshot, node_name: str, allocation: Allocation, drained: bool,
          trace: Optional[str] = None, memo: Optional[PlanMemo] = None) -> tuple[Plan, list[Step]]:
+    memo = memo if memo is not None else PlanMemo()
     ctx = _Context(config, snapshot, node_name, allocation, drained)
-    if memo is not None:
-        memo._enter(config, ctx)
-    skips: list[Skip] = []
-    warnings: list[Skip] = []
+    dirty = memo._dirty(config, ctx, snapshot, allocation)
+    ctx.slices = memo._slices_of
     trail: list[Step] = []
-    # Keyed by (version, int): also the routes' sort order, and hashed in C; an IPAddress
-    # hashes in Python (hash(hex(int))), three times per address per plan at 10,000 Services.
-    by_address: dict[tuple[int, int], list[_Candidate]] = {}
-    decisions: dict[str, tuple] = {}
-    # Any order: routes and reasons are sorted at the end, so the result does not depend on it.
-    for key, service in snapshot.services.items():
-        if memo is None or key == trace:
-            keyed = _keyed(_decide(ctx, service, skips, warnings, trail if key == trace else None))
-        else:
-            inputs = (service, tuple(ctx.slices.get(key, ())), allocation.refused.get(key),
-                      allocation.assigned.get(key), allocation.discarded.get(key))
-            decided = memo._decisions.get(key)
-            if decided is None or decided[0] != inputs:
-                own_skips: list[Skip] = []
-                own_warnings: list[Skip] = []
-                keyed = _keyed(_decide(ctx, service, own_skips, own_warnings, None))
-                decided = (inputs, keyed, own_skips, own_warnings)
-            decisions[key] = decided
-            keyed = decided[1]
-            skips.extend(decided[2])
-            warnings.extend(decided[3])
+    if trace is not None and trace not in dirty:
+        dirty = [*dirty, trace]
+    touched: dict[Addr, None] = {}  # addresses whose candidates changed, in the order met
+    for key in dirty:
+        service = snapshot.services.get(key)
+        old = memo._decisions.get(key)
+        inputs = None if service is None else (
+            service, tuple(memo._slices_of.get(key, ())), allocation.refused.get(key),
+            allocation.assigned.get(key), allocation.discarded.get(key))
+        if old is not None and old[0] == inputs and key != trace:
+            continue
+        if old is not None:
+            for address_key, candidate in old[1]:
+                memo._candidates[address_key].remove(candidate)
+                touched[address_key] = None
+            del memo._decisions[key]
+            memo._noted.discard(key)
+        if service is None:
+            continue  # gone: forgotten
+        skips: list[Skip] = []
+        warnings: list[Skip] = []
+        keyed = _keyed(_decide(ctx, service, skips, warnings, trail if key == trace else None))
+        memo._decisions[key] = (inputs, keyed, skips, warnings)
+        if skips or warnings:
+            memo._noted.add(key)
         for address_key, candidate in keyed:
-            by_address.setdefault(address_key, []).append(candidate)
+            memo._candidates.setdefault(address_key, []).append(candidate)
+            touched[address_key] = None
 
-    # (version, int address) -> (its candidates, its routes in peer-name order)
-    built: dict[tuple[int, int], tuple] = {}
     peers = sorted(ctx.peers, key=lambda p: p.name)
-    for order, candidates in by_address.items():
-        if memo is not None:
-            found = memo._routes.get(order)
-            if found is not None and found[0] == candidates:
-                built[order] = found
-                continue
-        address = candidates[0].address
-        # Services sharing an IP: one route, the most preferred tier among them, and the
-        # union of their (already pool-checked) communities.
-        tier = min((c.tier for c in candidates), key=lambda t: t.rank)
-        extra = tuple(sorted({x for c in candidates for x in c.communities}, key=lambda x: (type(x).__name__, x)))
-        services = tuple(sorted({c.service for c in candidates}))
-        pool = candidates[0].pool
-        next_hop = ctx.next_hops[address.version][0]
-        prefix = (ipaddress.IPv4Network if address.version == 4 else ipaddress.IPv6Network)(
-            (int(address), address.max_prefixlen))  # /32 or /128; the tuple form skips text parsing
-        if trace is not None and trace in services and len(services) > 1:
-            trail.append(Step("sharing", True, f"{address} is shared by {', '.join(services)}: announced once with "
-                                               f"the most preferred tier among them, {tier.value}"))
-        own = [RouteIntent(prefix=prefix, peer=peer.name, tier=tier, services=services,
-                           attributes=ctx.attributes(tier, pool, peer, next_hop, extra))
-               for peer in peers]
-        built[order] = (candidates, own)
-    if memo is not None:  # only what this plan used: gone Services and addresses are forgotten
-        memo._decisions, memo._routes = decisions, built
-    # Routes in (family, address, peer) order, sorted by the dict's keys: a sort key per
-    # route was most of an incremental plan at 10,000 Services.
-    routes: list[RouteIntent] = []
-    for order in sorted(built):
-        routes.extend(built[order][1])
+    appeared, vanished = [], []
+    for order in touched:
+        candidates = memo._candidates.get(order)
+        if not candidates:
+            memo._candidates.pop(order, None)
+            if memo._routes.pop(order, None) is not None:
+                vanished.append(order)
+            continue
+        found = memo._routes.get(order)
+        if found is not None and found[0] == candidates and trace is None:
+            continue  # decided again, the same way: keep the very same route objects
+        if found is None:
+            appeared.append(order)
+        memo._routes[order] = (list(candidates), _routes_for(ctx, candidates, peers, trace, trail))
+    _keep_sorted(memo._order, appeared, vanished)
+    # Routes in (family, address, peer) order: the addresses are kept sorted between plans
+    # (a sort key per route was most of an incremental plan at 10,000 Services), and the
+    # routes are gathered in C.
+    routes = tuple(chain.from_iterable(map(_ROUTES, map(memo._routes.__getitem__, memo._order))))
     by_text = (lambda s: (s.service, s.reason, s.message))
-    plan_ = Plan(routes=tuple(routes), skipped=tuple(sorted(skips, key=by_text)),
-                 warnings=tuple(sorted(warnings, key=by_text)))
+    noted = [memo._decisions[key] for key in memo._noted]
+    plan_ = Plan(routes=routes, skipped=tuple(sorted(chain.from_iterable(d[2] for d in noted), key=by_text)),
+                 warnings=tuple(sorted(chain.from_iterable(d[3] for d in noted), key=by_text)))
     return plan_, trail
+
+
+_ROUTES = operator.itemgetter(1)
+
+
+def _keep_sorted(order: list[Addr], appeared: list[Addr], vanished: list[Addr]) -> None:
+    """`order` (sorted) without `vanished` and with `appeared`: a bisect for an event's few, a sort for many."""
+    if len(appeared) + len(vanished) > 64:
+        gone = set(vanished)
+        order[:] = sorted([a for a in order if a not in gone] + appeared)
+        return
+    for address in vanished:
+        i = bisect.bisect_left(order, address)
+        if i < len(order) and order[i] == address:
+            del order[i]
+    for address in appeared:
+        bisect.insort(order, address)
+
+
+def _routes_for(ctx: _Context, candidates: list[_Candidate], peers: list[PeerConfig], trace: Optional[str],
+                trail: list[Step]) -> list[RouteIntent]:
+    """One address's routes, one per peer. Services sharing the address: one route, the most
+    preferred tier among them, and the union of their (already pool-checked) communities."""
+    address = candidates[0].address
+    tier = min((c.tier for c in candidates), key=lambda t: t.rank)
+    extra = tuple(sorted({x for c in candidates for x in c.communities}, key=lambda x: (type(x).__name__, x)))
+    services = tuple(sorted({c.service for c in candidates}))
+    pool = candidates[0].pool
+    next_hop = ctx.next_hops[address.version][0]
+    prefix = (ipaddress.IPv4Network if address.version == 4 else ipaddress.IPv6Network)(
+        (int(address), address.max_prefixlen))  # /32 or /128; the tuple form skips text parsing
+    if trace is not None and trace in services and len(services) > 1:
+        trail.append(Step("sharing", True, f"{address} is shared by {', '.join(services)}: announced once with "
+                                           f"the most preferred tier among them, {tier.value}"))
+    return [RouteIntent(prefix=prefix, peer=peer.name, tier=tier, services=services,
+                        attributes=ctx.attributes(tier, pool, peer, next_hop, extra))
+            for peer in peers]
 
 
 def plan(config: Config, snapshot: Snapshot, node_name: str, allocation: Allocation, drained: bool = False,
