@@ -15,15 +15,15 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Optional, Sequence, TypeVar, Union
+from typing import Optional, Sequence, Union
 
 from bgpspeaker.model import IPNetwork, RouteIntent, Tier
+from bgpspeaker.reconciler import by_identity
 
 Item = tuple[IPNetwork, Tier]
 # A Service's state: the (prefix, tier) pairs announced for it, or the reason code it is not.
 State = Union[frozenset[Item], str]
 Label = tuple[str, str, str, str]  # namespace, name, address, tier: the metric's labels
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,8 @@ class AnnouncementLedger:
 
     def update(self, routes: Sequence[RouteIntent], skipped: Sequence) -> LedgerChanges:
         """Take the plan's routes and skips (`planner.Skip`: service, reason, message); say what changed."""
-        added, removed = _by_identity(self._routes, routes)
-        skips_added, skips_removed = _by_identity(self._skips, skipped)
+        added, removed = by_identity(self._routes, routes)
+        skips_added, skips_removed = by_identity(self._skips, skipped)
         self._routes, self._skips = routes, skipped
         items_before: dict[tuple[str, Item], bool] = {}
         for route, step in [(r, -1) for r in removed] + [(r, 1) for r in added]:
@@ -96,14 +96,6 @@ class AnnouncementLedger:
         if reasons:
             return min(reasons)[0]  # the plan lists skips by (service, reason, message): its first one
         return None
-
-
-def _by_identity(before: Sequence[T], after: Sequence[T]) -> tuple[list[T], list[T]]:
-    """(the objects in `after` only, the objects in `before` only). Built in C: no
-    per-object Python code runs, which is what makes this cheaper than comparing values.
-    An object listed twice counts once (a plan lists each route and each skip once)."""
-    old, new = dict(zip(map(id, before), before)), dict(zip(map(id, after), after))
-    return [new[i] for i in new.keys() - old.keys()], [old[i] for i in old.keys() - new.keys()]
 
 
 def _label(service: str, item: Item) -> Label:

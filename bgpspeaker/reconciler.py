@@ -30,9 +30,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Iterable, Literal, Mapping, Optional
+from typing import Iterable, Literal, Mapping, Optional, Sequence, TypeVar
 
 from bgpspeaker.model import IPNetwork, RouteAttributes, RouteIntent
+
+T = TypeVar("T")
 
 Action = Literal["announce", "withdraw"]
 Key = tuple[str, IPNetwork]
@@ -140,3 +142,12 @@ def apply(state: Mapping[Key, RouteAttributes], batches: Iterable[Batch]) -> dic
             else:
                 result.pop(key, None)
     return result
+
+
+def by_identity(before: Sequence[T], after: Sequence[T]) -> tuple[list[T], list[T]]:
+    """(the objects in `after` only, the objects in `before` only), by identity. Built in C:
+    no per-object Python code runs, so it costs far less than comparing values (a 10,000
+    route diff by key hashes every prefix in Python). An object listed twice counts once.
+    The planner hands out the very same objects for what did not change (PlanMemo)."""
+    old, new = dict(zip(map(id, before), before)), dict(zip(map(id, after), after))
+    return [new[i] for i in new.keys() - old.keys()], [old[i] for i in old.keys() - new.keys()]

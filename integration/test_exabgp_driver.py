@@ -101,6 +101,42 @@ def test_apply_announces_changes_and_withdraws(tmp_path):
     drive(tmp_path, body)
 
 
+def test_random_applies_leave_exactly_the_desired_routes(tmp_path):
+    """apply() diffs only what changed since the last one (by identity, like the planner hands
+    routes over); whatever the sequence, ExaBGP must hold exactly the desired routes."""
+    import random
+    rnd = random.Random(7)
+    bad = RouteAttributes(next_hop=A("127.0.0.1"), as_path=(64512,))  # rejected before it is sent
+
+    async def body(d: ExabgpDriver, m: Metrics):
+        current = routes(120)
+        fresh = iter(range(1000, 100000))
+        for step in range(30):
+            change = rnd.choice(["add", "remove", "attrs", "equal", "unknown", "bad", "same", "empty"])
+            keep = [r for r in current if r.attributes is not bad or rnd.random() < 0.5]
+            if change == "add":
+                keep += routes(rnd.randint(1, 30), offset=next(fresh) * 40)
+            elif change == "remove":
+                keep = rnd.sample(keep, max(0, len(keep) - rnd.randint(1, 30)))
+            elif change in ("attrs", "equal"):  # new objects for the same keys
+                for i in rnd.sample(range(len(keep)), min(len(keep), 20)):
+                    r = keep[i]
+                    attrs = (ATTRS2 if r.attributes == ATTRS else ATTRS) if change == "attrs" else r.attributes
+                    keep[i] = RouteIntent(r.prefix, r.peer, attrs, r.tier, r.services)
+            elif change == "unknown":
+                keep += routes(3, peer="nope", offset=next(fresh) * 40)
+            elif change == "bad":
+                keep += routes(2, attrs=bad, offset=next(fresh) * 40)
+            elif change == "empty":
+                keep = []
+            current = keep
+            await d.apply(tuple(current) if rnd.random() < 0.5 else iter(current))
+            good = [r for r in current if r.peer == "tor-a" and r.attributes is not bad]
+            assert await rib(d) == expected(good), (step, change)
+            assert {k: v.attributes for k, v in d.announced().items()} == {r.key: r.attributes for r in good}, step
+    drive(tmp_path, body)
+
+
 def test_routes_for_unknown_peers_are_skipped(tmp_path):
     async def body(d, m):
         await d.apply(routes(3) + routes(3, peer="nope"))
