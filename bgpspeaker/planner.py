@@ -219,7 +219,7 @@ class _Context:
                                                                    f"{address} is {problem}: not a next-hop")
             else:
                 self.next_hops[version] = (address, "", f"next-hop {address}")
-        self.slices: Mapping[str, list[EndpointSliceView]] = {}  # by Service key: PlanMemo.update sets it
+        self.slices: Mapping[str, list[EndpointSliceView]] = {}  # by Service key: _run sets the memo's index
         self._attributes: dict[tuple, RouteAttributes] = {}
 
     def attributes(self, tier: Tier, pool: PoolConfig, peer: PeerConfig, next_hop: IPAddress,
@@ -399,13 +399,13 @@ class PlanMemo:
         walks memory in the order it was allocated (a set's order cost it 20 %, measured)."""
         scope = (config, ctx.node, ctx.node_name, ctx.drained)
         fresh = (self._scope is None or self._scope[0] is not config or self._scope[1:] != scope[1:])
+        dirty: Iterable[str]
         if fresh:
-            self.__init__()
+            self.__init__()  # forget everything
             self._scope = scope
             for view in snapshot.endpoint_slices.values():
                 self._slices_of.setdefault(view.service_key, []).append(view)
-            self._services, self._slices, self._allocation = snapshot.services, snapshot.endpoint_slices, allocation
-            return snapshot.services.keys()
+            dirty = snapshot.services.keys()
         else:
             dirty = set()
             if snapshot.services is not self._services or allocation is not self._allocation:
@@ -414,7 +414,10 @@ class PlanMemo:
                 for key in _replaced(self._slices, snapshot.endpoint_slices):
                     old, new = self._slices.get(key), snapshot.endpoint_slices.get(key)
                     if old is not None:
-                        self._slices_of[old.service_key].remove(old)
+                        siblings = self._slices_of[old.service_key]
+                        siblings.remove(old)
+                        if not siblings:
+                            del self._slices_of[old.service_key]
                         dirty.add(old.service_key)
                     if new is not None:
                         self._slices_of.setdefault(new.service_key, []).append(new)
