@@ -14,8 +14,6 @@ import signal
 import socket
 from pathlib import Path
 
-import pytest
-
 from bgpspeaker.config.schema import ClusterConfig, Config, ExabgpConfig, PeerConfig, SpeakerConfig
 from bgpspeaker.exabgp.driver import ExabgpDriver
 from bgpspeaker.metrics import Metrics
