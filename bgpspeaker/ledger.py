@@ -55,20 +55,10 @@ class AnnouncementLedger:
         for route, step in [(r, -1) for r in removed] + [(r, 1) for r in added]:
             item = (route.prefix, route.tier)
             for service in route.services:
-                counts = self._items.setdefault(service, Counter())
-                items_before.setdefault((service, item), counts[item] > 0)
-                counts[item] += step
-                if counts[item] <= 0:
-                    del counts[item]
-                    if not counts:
-                        del self._items[service]
+                items_before.setdefault((service, item), item in self._items.get(service, ()))
+                _count(self._items, service, item, step)
         for skip, step in [(s, -1) for s in skips_removed] + [(s, 1) for s in skips_added]:
-            counts = self._skip_reasons.setdefault(skip.service, Counter())
-            counts[(skip.reason, skip.message)] += step
-            if counts[(skip.reason, skip.message)] <= 0:
-                del counts[(skip.reason, skip.message)]
-                if not counts:
-                    del self._skip_reasons[skip.service]
+            _count(self._skip_reasons, skip.service, (skip.reason, skip.message), step)
 
         labels_added, labels_removed = set(), set()
         for (service, item), was in items_before.items():
@@ -96,6 +86,16 @@ class AnnouncementLedger:
         if reasons:
             return min(reasons)[0]  # the plan lists skips by (service, reason, message): its first one
         return None
+
+
+def _count(table: dict[str, Counter], service: str, entry: object, step: int) -> None:
+    """Add `step` to the Service's count of `entry`; a count that reaches 0 goes, and so does an empty Service."""
+    counts = table.setdefault(service, Counter())
+    counts[entry] += step
+    if counts[entry] <= 0:
+        del counts[entry]
+        if not counts:
+            del table[service]
 
 
 def _label(service: str, item: Item) -> Label:

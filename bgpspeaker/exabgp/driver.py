@@ -471,10 +471,12 @@ class ExabgpDriver:
 
     def _in_sync(self, key: Key, desired: dict[Key, RouteIntent]) -> bool:
         """ExaBGP holds what is desired for `key` (the diff's own test: equal attributes need no command)."""
+        if key in self._suspect:
+            return False
         want, have = desired.get(key), self._announced.get(key)
         if want is None or have is None:
-            return want is have and key not in self._suspect
-        return key not in self._suspect and (want is have or want.attributes == have.attributes)
+            return want is have
+        return want is have or want.attributes == have.attributes
 
     async def _send(self, batches: Iterable[Batch], desired: dict[Key, RouteIntent]) -> None:
         channel = self._channel
