@@ -121,6 +121,16 @@ def is_managed(config: Config, service: ServiceView) -> bool:
     return service.load_balancer_class == wanted
 
 
+def sharing_key(service: ServiceView) -> Optional[str]:
+    """The Service's allow-shared-ip key (the first sharing annotation present), or None.
+
+    An empty key shares with nobody (MetalLB reads it the same way). The allocator and
+    the offline audit (which judges sharing across clusters) read it here.
+    """
+    value = service.annotation(*SHARING_ANNOTATIONS)
+    return None if value is None else (value.strip() or None)
+
+
 def pool_of(config: Config, address: IPAddress) -> Optional[PoolConfig]:
     """The configured pool that contains `address` (pools do not overlap: config validation)."""
     for pool in config.pools:
@@ -422,11 +432,7 @@ def _parse_request(config: Config, service: ServiceView) -> _Request:
             request.pool = pool
             break
 
-    for name in SHARING_ANNOTATIONS:
-        if name in annotations:
-            # An empty key shares with nobody (MetalLB reads it the same way).
-            request.share_key = annotations[name].strip() or None
-            break
+    request.share_key = sharing_key(service)
     return request
 
 

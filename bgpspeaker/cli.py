@@ -4,7 +4,7 @@ The parser lives here so the whole contract of DESIGN.md ("Command line") reads 
 place; the handlers are imported lazily so `check-config` or `plan` never pays for (or
 depends on) the kubernetes client or ExaBGP.
 
-Exit codes: 0 ok, 1 fatal/unreachable, 2 bad config or input, 3 not found (explain).
+Exit codes: 0 ok, 1 fatal/unreachable (audit: findings), 2 bad config or input, 3 not found (explain).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ HANDLERS = {
     "render-exabgp": "bgpspeaker.exabgp.render:render_command",
     "plan": "bgpspeaker.offline:plan_command",
     "explain": "bgpspeaker.offline:explain_command",
+    "audit": "bgpspeaker.offline:audit_command",
     "status": "bgpspeaker.client:status_command",
     "drain": "bgpspeaker.client:drain_command",
     "undrain": "bgpspeaker.client:undrain_command",
@@ -66,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--objects")
     source.add_argument("--kubeconfig")
 
+    audit = commands.add_parser("audit", help="offline: addresses held by two Services, Services with two "
+                                                   "addresses, across clusters")
+    audit.add_argument("--cluster", action="append", required=True, type=_cluster_pair, metavar="CONFIG=OBJECTS",
+                       help="one cluster's config and object dump; give it once per cluster")
+    audit.add_argument("--format", choices=("text", "json"), default="text")
+
     status = commands.add_parser("status", help="a running daemon's sessions and routes")
     status.add_argument("--url", default=DEFAULT_URL)
     drain = commands.add_parser("drain", help="move traffic away from this node, then withdraw")
@@ -74,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     undrain = commands.add_parser("undrain", help="undo drain")
     undrain.add_argument("--url", default=DEFAULT_URL)
     return parser
+
+
+def _cluster_pair(text: str) -> tuple[str, str]:
+    config, sep, objects = text.partition("=")
+    if not (sep and config and objects):
+        raise argparse.ArgumentTypeError(f"{text!r}: give CONFIG=OBJECTS (a config file and that cluster's "
+                                         f"object dump)")
+    return config, objects
 
 
 def _handler(command: str) -> Callable[[argparse.Namespace], int]:

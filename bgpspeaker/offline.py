@@ -1,4 +1,4 @@
-"""`bgpspeaker plan` and `bgpspeaker explain`: the policy core run on a file of Kubernetes objects.
+"""`bgpspeaker plan`, `explain` and `audit`: the policy core run on files of Kubernetes objects.
 
 Why it exists: an operator dry-runs a config or annotation change without a cluster or
 a router, and the whole core (config → allocate → plan) is tested end to end through
@@ -6,10 +6,13 @@ the same entry point users have. This module is the thin I/O shell; every decisi
 made by the pure allocator and planner, and `explain` uses the planner's own trail, so
 the two commands can never disagree.
 
+`audit` runs the same core on one config and object dump per cluster and compares the
+clusters (bgpspeaker/audit.py decides; this module only loads and prints).
+
 Output: `plan --format json` prints exactly DESIGN.md's shape on stdout (warnings, which
 that shape has no place for, go to stderr); the text format is a table for humans.
 Exit codes: 0 ok, 2 bad config / objects / node, 3 Service not found (explain), 1 when
-the cluster cannot be read (explain --kubeconfig).
+the cluster cannot be read (explain --kubeconfig); audit: 0 clean, 1 findings, 2 bad input.
 """
 
 from __future__ import annotations
@@ -182,4 +185,31 @@ def explain_command(args) -> int:
         allocation = allocate(config, snapshot.services.values())
         write_explanation(explain(config, snapshot, args.node_name, allocation, args.service), sys.stdout)
         return 0
+    return _run(body)
+
+
+def audit_command(args) -> int:
+    # Imported here: plan and explain do not need it.
+    from bgpspeaker.audit import ClusterInput, audit, report_json, report_text
+
+    def body() -> int:
+        inputs = []
+        for config_path, objects_path in args.cluster:
+            config = _load_config(config_path)
+            inputs.append(ClusterInput(config, load_objects(objects_path), f"{config_path}={objects_path}"))
+        try:
+            report = audit(inputs)
+        except ValueError as error:
+            raise _Exit(2, str(error)) from None
+        if getattr(args, "format", "text") == "json":
+            json.dump(report_json(report), sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            sys.stdout.write(report_text(report))
+        for summary in report.clusters:
+            if summary.basis != "nodes":
+                print(f"note: {summary.name}: no Nodes in {summary.source.partition('=')[2]}: an assigned "
+                      f"address counts as announced when the cluster's tier for the Service is not none",
+                      file=sys.stderr)
+        return 0 if report.clean else 1
     return _run(body)

@@ -61,6 +61,10 @@ REASONS = (
     NODE_NOT_READY, NODE_EXCLUDED, NO_LOCAL_ENDPOINTS, NO_ENDPOINTS, NO_NODE_ADDRESS, INVALID_NEXT_HOP, NO_PEERS,
 )
 WARNINGS = (INVALID_COMMUNITY, COMMUNITY_NOT_ALLOWED)
+# Reasons decided without looking at the node (noEndpoints counts the whole cluster's
+# endpoints): a Service skipped for one of them on one node is announced by no node. The
+# offline audit stops planning more nodes on them.
+CLUSTER_WIDE_REASONS = (INVALID_PREFERENCE, NOT_LISTED, NO_DEFAULT_TIER, NO_ENDPOINTS)
 
 # A cluster name in the preference list: a DNS-label-like token. Anything else (spaces
 # inside, quotes, slashes...) is a typo we refuse rather than silently never match.
