@@ -1,14 +1,16 @@
 # The two commands a newcomer runs on a fresh Debian machine (as root):
 #   make demo   - the multi-cluster failover lab, end to end, with live traffic
 #   make test   - the whole test suite (what CI runs, through .ci/run)
-# Both set everything up first: Debian packages (frr, bird2, ...) and the Python venv.
+#   make image  - the container image (Containerfile), built here without a registry; prints its size
+# Each sets everything up first: Debian packages (frr, bird2, ...) and the Python venv.
 
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
-DEBS    := frr bird2 iproute2 curl procps
+# podman and debootstrap: `make image` and the image test (integration/test_image.py).
+DEBS    := frr bird2 iproute2 curl procps podman debootstrap
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup system-packages test demo bench bench-smoke clean
+.PHONY: setup system-packages test demo bench bench-smoke image clean
 
 setup: system-packages $(STAMP)
 
@@ -18,10 +20,11 @@ system-packages:
 	  echo "installing Debian packages: $(DEBS)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS) >/dev/null; }
 
-$(STAMP): setup.cfg pyproject.toml
+# Every Python dependency is pinned by constraints.txt (the image uses the same file).
+$(STAMP): setup.cfg pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
 test: setup
@@ -36,5 +39,10 @@ bench: setup
 bench-smoke: setup
 	$(PY) -m integration.bench --small
 
+# BASE=docker.io/library/python:3.11-slim-bookworm builds on the public base instead of the
+# Debian-made one (made once with debootstrap and kept in podman's store).
+image: setup
+	$(PY) -m integration.image $(if $(BASE),--base $(BASE))
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info .cache/image
