@@ -211,7 +211,7 @@ def test_md5_session_needs_the_password_from_the_file(lab, tmp_path):
             with pytest.raises(AssertionError):
                 await until(bed.established, 9, "session without MD5 (must not come up)")
             assert "md5-password" not in d.config_path.read_text()
-            assert await d.reconfigure(speaker_config(password_file=str(secret)), NODE) is True
+            assert await d.reconfigure(speaker_config(password_file=str(secret)), NODE) is False  # reloaded
             await until(bed.established, 20, "session with MD5")
             await d.apply(intents(["203.0.113.9/32"]))
             await until(lambda: bed.v4() == {"203.0.113.9/32"}, 10, "route over MD5 session")

@@ -42,6 +42,8 @@ FAMILIES = ("ipv4 unicast", "ipv6 unicast")
 
 SHOW_NEIGHBOR_JSON = "show neighbor json"
 CLEAR_ADJ_RIB_OUT = "clear adj-rib out"
+RELOAD = "reload"  # re-read the config file (as SIGUSR1); answered at once, so sent alone (reload.py)
+SHOW_NEIGHBOR_CONFIGURATION = "show neighbor configuration"  # queued; the configured neighbors as text
 
 _ADDRESS_TYPES = (ipaddress.IPv4Address, ipaddress.IPv6Address)
 _NETWORK_TYPES = (ipaddress.IPv4Network, ipaddress.IPv6Network)

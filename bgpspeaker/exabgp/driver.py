@@ -20,6 +20,8 @@ The lifecycle, and the measurement behind each step (../shared/reference/exabgp-
 - ExaBGP exits (also when its helper died 6× in 64 s, §8): restart with backoff
   (tenacity; the attempt count resets after a healthy run); its RIB starts empty, so
   everything desired is replayed and the EOR removes the router's stale leftovers.
+- A config change (`reconfigure`): ExaBGP's live `reload` where it touches only the
+  peers that changed, else a restart (reload.py says which changes are which).
 - Shutdown `withdraw`: SIGTERM alone does not withdraw (it closes without NOTIFICATION
   and a GR helper keeps the routes, §8), so withdraw everything, wait for the acks and a
   short settle, then SIGTERM. Shutdown `keep`: SIGTERM only; GR keeps the routes.
@@ -55,7 +57,10 @@ from bgpspeaker.config.schema import Config, PeerConfig
 from bgpspeaker.exabgp import commands
 from bgpspeaker.exabgp.channel import Channel, ChannelClosed, neighbor_fsm
 from bgpspeaker.exabgp.damping import SessionDamping
+from bgpspeaker.exabgp.reload import ReloadPlan, plan_reload
+from bgpspeaker.exabgp.reload import loaded as reload_loaded
 from bgpspeaker.exabgp.render import exabgp_environment, families, render_config, selected_peers
+from bgpspeaker.logs import fields
 from bgpspeaker.metrics import Metrics
 from bgpspeaker.model import IPAddress, IPNetwork, NodeView, RouteIntent
 from bgpspeaker.reconciler import Batch, Key, by_identity, diff_indexed
@@ -65,6 +70,7 @@ log = logging.getLogger(__name__)
 HEALTHY_RUN = 60.0  # seconds; a child that ran this long restarts without accumulated backoff
 SETTLE = 1.0  # after the last withdraw ack, before SIGTERM (§8: "wait for done, plus ~1 s")
 STOP_GRACE = 5.0
+RELOAD_TIMEOUT = 10.0  # seconds of retrying a dropped `reload` before restarting ExaBGP instead (_send_reload)
 LOG_ROTATE_BYTES = 1 << 20  # ExaBGP logs at WARNING: a few lines per start
 # Commands in flight, and prefixes per command. ExaBGP runs 50 NLRI steps per reactor loop,
 # sleeps between loops, and scans its whole command queue every loop (exabgp-api.md §7):
@@ -96,7 +102,7 @@ class _HealthyExit(RuntimeError):
 class ExabgpDriver:
     def __init__(self, config: Config, node: NodeView, run_dir: Path, metrics: Metrics, *, window: int = WINDOW,
                  batch_size: int = BATCH_SIZE, ack_timeout: float = 30.0, exabgp_argv: Optional[list[str]] = None,
-                 settle: float = SETTLE):
+                 settle: float = SETTLE, reload_timeout: float = RELOAD_TIMEOUT):
         self.config = config
         self.node = node
         self.run_dir = Path(run_dir)
@@ -105,6 +111,7 @@ class ExabgpDriver:
         self.batch_size = batch_size
         self.ack_timeout = ack_timeout
         self.settle = settle
+        self.reload_timeout = reload_timeout
         self.exabgp_argv = list(exabgp_argv) if exabgp_argv else [str(Path(sys.executable).parent / "exabgp")]
         self.socket_path = str(self.run_dir / "exabgp.sock")
         self.config_path = self.run_dir / "exabgp.conf"
@@ -236,13 +243,23 @@ class ExabgpDriver:
         self._diff_all = True
 
     async def reconfigure(self, config: Config, node: NodeView) -> bool:
-        """Restart ExaBGP only if the rendered config changed; the desired set is replayed."""
+        """Apply a new config or node: nothing if the rendered config is the same, a live
+        reload that touches only the added, removed or changed peers' sessions where ExaBGP
+        can (reload.py says which changes those are), else a restart. The desired set is
+        replayed either way. Returns whether ExaBGP was restarted."""
         text = render_config(config, node, self.socket_path, mask_secrets=False)
         if text == self._rendered:
             self.config, self.node = config, node
             self._set_peers(config, node)
             self._intents = None  # the peers may have been renamed: the next apply filters afresh
             return False
+        plan = plan_reload(self._rendered, text)
+        if plan.restart is None and self.ready and self._started_once:
+            if await self._reload(config, node, plan):
+                return False
+            plan = ReloadPlan(restart="ExaBGP did not take the reloaded config")
+        log.warning("exabgp config changed: restarting it (every session resets)",
+                    extra=fields(reason=plan.restart or "ExaBGP not running"))
         self.config, self.node = config, node
         old = set(self._peers)
         self._set_peers(config, node)
@@ -252,12 +269,85 @@ class ExabgpDriver:
         self._request_restart("config changed")
         await self._wait(lambda: self._proc is None or self._restart_reason is None)
         await self._wait(lambda: self.ready or self._stopping)
+        await self._resync_desired()
+        return True
+
+    async def _reload(self, config: Config, node: NodeView, plan: ReloadPlan) -> bool:
+        """ExaBGP's `reload` (= SIGUSR1): only the peers in `plan` see their session touched.
+
+        The bookkeeping moves first, so that an `up` of a new peer (it may come within
+        milliseconds) finds its name. Routes of a changed peer become suspect: ExaBGP may
+        have started that peer's adj-rib-out afresh (a new peer ASN or source address is a
+        new neighbor to it), so the next sync announces them again (ExaBGP deduplicates
+        what it still holds) and withdraws what is no longer desired. A removed peer's
+        adj-rib-out is dropped by ExaBGP with its session: nothing to withdraw."""
+        # let a sync in flight finish first, so its acks land in the bookkeeping we now rewrite
+        generation = self._generation
+        await self._wait(lambda: self._acked_generation >= generation or self._stopping or not self.ready)
+        text = render_config(config, node, self.socket_path, mask_secrets=False)
+        old_peers = dict(self._peers)
+        self.config, self.node = config, node
+        self._set_peers(config, node)
+        gone = set(old_peers) - set(self._peers)
+        changed = {name for name, peer in self._peers.items() if str(peer.address) in plan.changed}
+        for name in gone:
+            self._forget_peer(name)
+        for key in [k for k in {**self._announced, **self._suspect, **self.rejected} if k[0] in gone]:
+            if self._announced.pop(key, None) is not None:
+                self._counts[key[0]] -= 1
+            self._suspect.pop(key, None)
+            self.rejected.pop(key, None)
+        self._suspect.update({k: v for k, v in self._announced.items() if v.peer in changed})
+        self._replace_desired({k: v for k, v in self._desired.items() if v.peer in self._peers})
+        self._write_config()
+        try:
+            applied = await self._send_reload(text)
+        except ChannelClosed:
+            applied = False
+        if not applied:
+            log.error("exabgp did not apply the reloaded config; restarting it", extra=fields(**plan.describe()))
+            return False
+        log.info("exabgp reloaded: only these peers' sessions are touched", extra=fields(**plan.describe()))
+        await self._resync_desired()
+        return True
+
+    async def _send_reload(self, text: str) -> bool:
+        """`reload` until `show neighbor configuration` shows `text`'s neighbors.
+
+        ExaBGP 5.0.15 *drops* a reload that arrives while UPDATEs are still queued for any
+        peer (reactor/loop.py re-arms the signal, then skips the reload while
+        `_pending_adjribout()`): right after our own commands that lasts a few loops; for a
+        peer that is down it lasts until its next connection attempt (ExaBGP's back-off
+        grows to 60 s). So: send it again every 0.2 s; a repeated reload of the same file
+        changes nothing. Past `reload_timeout` the driver restarts ExaBGP instead."""
+        deadline = time.monotonic() + self.reload_timeout
+        while True:
+            ack, _ = await self._channel.exclusive(commands.RELOAD)
+            if ack == "done":
+                ack, shown = await self._channel.exclusive(commands.SHOW_NEIGHBOR_CONFIGURATION)
+                if ack == "done" and reload_loaded(text, shown):
+                    return True
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.2)
+
+    async def _resync_desired(self) -> None:
+        """One more sync of the whole desired set (after a reload or restart); returns when acked."""
         if self._applied_once:  # else nothing to replay yet (and the worker waits for the first apply)
             self._generation += 1
             generation = self._generation
             self._wake.set()
             await self._wait(lambda: self._acked_generation >= generation or self._stopping)
-        return True
+
+    def _write_config(self) -> None:
+        """The rendered config, for ExaBGP to (re)read: mode 0600 (it holds the MD5 secrets),
+        replaced atomically (a reload must never read half a file)."""
+        partial = self.config_path.with_suffix(".conf.new")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self._rendered)
+        os.chmod(partial, 0o600)
+        os.replace(partial, self.config_path)
 
     async def stop(self, withdraw: bool) -> None:
         """`withdraw`: withdraw everything, wait for the acks and a settle, then SIGTERM.
@@ -525,6 +615,8 @@ class ExabgpDriver:
         for key, intent in zip(keys, intents):
             self._suspect.pop(key, None)
             self.rejected.pop(key, None)
+            if key[0] not in self._peers:  # removed by a reload while this was in flight: ExaBGP dropped it
+                continue
             if batch.action == "announce":
                 if key not in self._announced:
                     self._counts[key[0]] += 1
@@ -571,8 +663,7 @@ class ExabgpDriver:
         if self._started_once:
             self.metrics.exabgp_restarts.inc()
         self._started_once = True
-        self.config_path.write_text(self._rendered)
-        os.chmod(self.config_path, 0o600)  # holds the MD5 secrets
+        self._write_config()
         self._channel.new_process()
         env = dict(os.environ, **exabgp_environment())
         try:  # keep the previous run's log for diagnosis, but never let it grow without bound
