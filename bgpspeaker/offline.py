@@ -1,4 +1,4 @@
-"""`bgpspeaker plan`, `explain` and `audit`: the policy core run on files of Kubernetes objects.
+"""The offline commands: `check-config`, `render-exabgp`, `plan`, `explain` and `audit`.
 
 Why it exists: an operator dry-runs a config or annotation change without a cluster or
 a router, and the whole core (config → allocate → plan) is tested end to end through
@@ -9,6 +9,11 @@ the two commands can never disagree.
 `audit` runs the same core on one config and object dump per cluster and compares the
 clusters (bgpspeaker/audit.py decides; this module only loads and prints).
 
+One loader for all of them: `load_config` and `load_objects` turn a bad file (unreadable,
+not UTF-8, not YAML, an invalid config) into one `bgpspeaker: ...` line on stderr and exit
+code 2, whatever the command. `check-config` is the exception by design: its report *is*
+its output (stdout), see check_config_command.
+
 Output: `plan --format json` prints exactly DESIGN.md's shape on stdout (warnings, which
 that shape has no place for, go to stderr); the text format is a table for humans.
 Exit codes: 0 ok, 2 bad config / objects / node, 3 Service not found (explain), 1 when
@@ -17,31 +22,36 @@ the cluster cannot be read (explain --kubeconfig); audit: 0 clean, 1 findings, 2
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
-from typing import Any, Optional, Sequence, TextIO
+from typing import Any, Callable, Optional, Sequence, TextIO
 
 import yaml
 
 from bgpspeaker.allocator import allocate
+from bgpspeaker.config.load import ConfigError, config_warnings
+from bgpspeaker.config.load import load_config as load_config_file
 from bgpspeaker.config.schema import Config
-from bgpspeaker.model import Snapshot
+from bgpspeaker.exabgp.render import DEFAULT_SOCKET, RenderError, render_config
+from bgpspeaker.model import NodeView, Snapshot
 from bgpspeaker.planner import Explanation, Plan, Skip, explain, plan
 from bgpspeaker.routes_view import route_entries
 from bgpspeaker.views import snapshot_from_objects
 
 
 class _Exit(Exception):
+    """Stop the command: `message` goes to stderr as `bgpspeaker: message`, `code` is the exit code."""
+
     def __init__(self, code: int, message: str):
         super().__init__(message)
         self.code = code
 
 
-def _load_config(path: str) -> Config:
-    # Imported lazily: the loader is its own room (bgpspeaker/config/load.py).
-    from bgpspeaker.config.load import ConfigError, load_config
+def load_config(path: str) -> Config:
+    """The Config in the file at `path`, or _Exit(2) naming every problem."""
     try:
-        return load_config(path)
+        return load_config_file(path)
     except ConfigError as error:
         raise _Exit(2, f"{path}: invalid config:\n{error}") from None
     except OSError as error:
@@ -62,10 +72,11 @@ def load_objects(path: str) -> Snapshot:
     return snapshot_from_objects(documents)
 
 
-def _check_node(snapshot: Snapshot, node_name: str, source: str) -> None:
+def _check_node(snapshot: Snapshot, node_name: str, source: str) -> NodeView:
     if node_name not in snapshot.nodes:
         known = ", ".join(sorted(snapshot.nodes)) or "none"
         raise _Exit(2, f"node {node_name!r} is not among the Nodes in {source} (known: {known})")
+    return snapshot.nodes[node_name]
 
 
 # --- rendering -------------------------------------------------------------------------
@@ -136,7 +147,7 @@ def write_explanation(explanation: Explanation, out: TextIO) -> None:
 # --- commands --------------------------------------------------------------------------
 
 
-def _run(body) -> int:
+def _run(body: Callable[[], int]) -> int:
     try:
         return body()
     except _Exit as error:
@@ -144,9 +155,45 @@ def _run(body) -> int:
         return error.code
 
 
-def plan_command(args) -> int:
+def check_config_command(args: argparse.Namespace) -> int:
+    """`bgpspeaker check-config F`: the report on stdout; exit 0 valid (warnings allowed), 2 not.
+
+    Unlike the other commands, a bad config is not an error message here but the report
+    itself (one `path: message (line N)` per problem, then a summary), so it can be piped
+    and grepped.
+    """
+    try:
+        config = load_config_file(args.config)
+    except ConfigError as error:
+        for issue in error.issues:
+            print(issue)
+        print(f"invalid: {args.config}: {len(error.issues)} error{'s' if len(error.issues) != 1 else ''}")
+        sys.stdout.flush()
+        return 2
+    for warning in config_warnings(config):
+        print(f"warning: {warning}")
+    addresses = sum(net.num_addresses for pool in config.pools for net in pool.addresses)
+    print(f"ok: {args.config}: {len(config.peers)} peers, {len(config.pools)} pools ({addresses} addresses)")
+    return 0
+
+
+def render_command(args: argparse.Namespace) -> int:
+    """`bgpspeaker render-exabgp`: the ExaBGP config the node would run, secrets masked."""
     def body() -> int:
-        config = _load_config(args.config)
+        config = load_config(args.config)
+        node = _check_node(load_objects(args.objects), args.node_name, args.objects)
+        try:
+            text = render_config(config, node, DEFAULT_SOCKET, mask_secrets=True)
+        except RenderError as error:
+            raise _Exit(2, str(error)) from None
+        sys.stdout.write(text)
+        return 0
+    return _run(body)
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    def body() -> int:
+        config = load_config(args.config)
         snapshot = load_objects(args.objects)
         _check_node(snapshot, args.node_name, args.objects)
         allocation = allocate(config, snapshot.services.values())  # as the leader would
@@ -171,9 +218,9 @@ def _fetch(kubeconfig: str) -> Snapshot:
         raise _Exit(1, f"cannot read the cluster with {kubeconfig}: {error}") from None
 
 
-def explain_command(args) -> int:
+def explain_command(args: argparse.Namespace) -> int:
     def body() -> int:
-        config = _load_config(args.config)
+        config = load_config(args.config)
         objects: Optional[str] = getattr(args, "objects", None)
         if objects:
             snapshot, source = load_objects(objects), objects
@@ -188,14 +235,14 @@ def explain_command(args) -> int:
     return _run(body)
 
 
-def audit_command(args) -> int:
+def audit_command(args: argparse.Namespace) -> int:
     # Imported here: plan and explain do not need it.
     from bgpspeaker.audit import ClusterInput, audit, report_json, report_text
 
     def body() -> int:
         inputs = []
         for config_path, objects_path in args.cluster:
-            config = _load_config(config_path)
+            config = load_config(config_path)
             inputs.append(ClusterInput(config, load_objects(objects_path), f"{config_path}={objects_path}"))
         try:
             report = audit(inputs)

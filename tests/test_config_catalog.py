@@ -14,7 +14,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from bgpspeaker.config.load import ConfigError, check_config_command, config_warnings, load_config
+from bgpspeaker.config.load import ConfigError, config_warnings, load_config
+from bgpspeaker.offline import check_config_command
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((ROOT / "configs").glob("*.yaml"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import os
 import subprocess
@@ -12,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from bgpspeaker.config.schema import ClusterConfig, Config, ExabgpConfig, PeerConfig, SpeakerConfig
-from bgpspeaker.exabgp import render
 from bgpspeaker.exabgp.render import RenderError, exabgp_environment, render_config
 from bgpspeaker.model import NodeView, freeze_pairs
 
@@ -129,44 +127,6 @@ def test_exabgp_validates_the_rendered_config(tmp_path):
     env = dict(os.environ, **exabgp_environment())
     proc = subprocess.run([EXABGP, "validate", str(conf)], capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
-def test_render_command(tmp_path, capsys, monkeypatch):
-    """The CLI shell: masked output for a node from an objects file; 2 on a bad config or unknown node."""
-    import types
-
-    secret = tmp_path / "pw"
-    secret.write_text("do-not-print")
-    cfg = config(PeerConfig("tor-a", A("10.0.0.1"), 64500, password_file=str(secret)))
-
-    class ConfigError(Exception):
-        errors = ["peers[0].asn: bad"]
-
-    def load_config(path):
-        if path == "bad.yaml":
-            raise ConfigError("bad")
-        return cfg
-
-    fake = types.ModuleType("bgpspeaker.config.load")
-    fake.ConfigError, fake.load_config = ConfigError, load_config
-    try:  # the real loader when it exists, wrapped so the test controls the Config
-        import bgpspeaker.config.load as real
-        monkeypatch.setattr(real, "load_config", load_config)
-        monkeypatch.setattr(real, "ConfigError", ConfigError)
-    except ImportError:
-        monkeypatch.setitem(sys.modules, "bgpspeaker.config.load", fake)
-    objects = tmp_path / "objects.yaml"
-    objects.write_text("apiVersion: v1\nkind: Node\nmetadata: {name: node-1, labels: {rack: r1}}\n"
-                       "status: {addresses: [{type: InternalIP, address: 10.0.0.10}]}\n")
-    ns = argparse.Namespace(config="good.yaml", node_name="node-1", objects=str(objects))
-    assert render.render_command(ns) == 0
-    out = capsys.readouterr().out
-    assert "neighbor 10.0.0.1 {" in out and "********" in out and "do-not-print" not in out
-    assert render.render_command(argparse.Namespace(config="bad.yaml", node_name="node-1",
-                                                    objects=str(objects))) == 2
-    assert "peers[0].asn: bad" in capsys.readouterr().err
-    assert render.render_command(argparse.Namespace(config="good.yaml", node_name="nope",
-                                                    objects=str(objects))) == 2
 
 
 def test_scoped_ipv6_addresses_never_reach_the_config():

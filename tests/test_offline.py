@@ -214,3 +214,59 @@ def test_load_objects_ignores_other_kinds(tmp_path):
     objects.write_text("kind: ConfigMap\nmetadata: {name: x}\n---\n---\nkind: Node\nmetadata: {name: n}\n")
     snapshot = offline.load_objects(str(objects))
     assert isinstance(snapshot, Snapshot) and set(snapshot.nodes) == {"n"} and not snapshot.services
+
+
+def render_args(config, objects, node="node-a"):
+    return ("render-exabgp", "--config", config, "--node-name", node, "--objects", objects)
+
+
+def test_render_exabgp_prints_the_masked_config_of_the_node(tmp_path):
+    secret = tmp_path / "pw"
+    secret.write_text("do-not-print")
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG.read_text().replace("asn: 64500, nodeSelector: {rack: r1}}",
+                                                 f"asn: 64500, passwordFile: {secret}, nodeSelector: {{rack: r1}}}}"))
+    done = cli(*render_args(config, EXAMPLE))
+    assert done.returncode == 0, done.stderr
+    assert "neighbor 10.0.0.1 {" in done.stdout and "********" in done.stdout
+    assert "do-not-print" not in done.stdout + done.stderr
+    done = cli(*render_args(config, EXAMPLE, node="nope"))
+    assert done.returncode == 2 and done.stderr.startswith("bgpspeaker: node 'nope' is not among the Nodes")
+
+
+# Every offline command that reads the objects file, with what it needs besides.
+OBJECT_COMMANDS = {
+    "render-exabgp": lambda objects: render_args(CONFIG, objects),
+    "plan": lambda objects: ("plan", "--config", CONFIG, "--node-name", "node-a", "--objects", objects),
+    "explain": lambda objects: ("explain", "shop/web", "--config", CONFIG, "--node-name", "node-a",
+                                "--objects", objects),
+}
+
+
+@pytest.mark.parametrize("command", sorted(OBJECT_COMMANDS))
+def test_every_offline_command_reports_a_bad_objects_file_the_same_way(command, tmp_path):
+    """One loader: not UTF-8, not YAML or missing gives one `bgpspeaker: FILE: ...` line and exit code 2
+    (render-exabgp used to crash with a traceback, exit code 1, on a non-UTF-8 file)."""
+    latin1, broken = tmp_path / "latin1.yaml", tmp_path / "broken.yaml"
+    latin1.write_bytes(b"kind: Node\nmetadata: {name: n\xe9}\n")
+    broken.write_text("kind: [Node\n")
+    for path, what in ((latin1, "not UTF-8 text"), (broken, "not valid YAML"),
+                       (tmp_path / "missing.yaml", "cannot read objects")):
+        done = cli(*OBJECT_COMMANDS[command](path))
+        assert done.returncode == 2, (path, done.stderr)
+        assert done.stderr.startswith(f"bgpspeaker: {path}: {what}"), done.stderr
+        assert "Traceback" not in done.stderr and not done.stdout
+
+
+@pytest.mark.parametrize("command", sorted(OBJECT_COMMANDS))
+def test_every_offline_command_reports_a_bad_config_the_same_way(command, tmp_path):
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(b"cluster: {name: \xe9ast}\n")
+    invalid = tmp_path / "invalid.yaml"
+    invalid.write_text(CONFIG.read_text().replace("myASN: 64512", "myASN: 0"))
+    for path, what in ((latin1, "is not UTF-8 text"), (invalid, "speaker.myASN: must be 1..4294967295, got 0")):
+        args = [str(path) if arg == CONFIG else arg for arg in OBJECT_COMMANDS[command](EXAMPLE)]
+        done = cli(*args)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith(f"bgpspeaker: {path}: invalid config:\n"), done.stderr
+        assert what in done.stderr and "Traceback" not in done.stderr and not done.stdout

@@ -18,17 +18,12 @@ This file holds the schema tables, the checks across fields and the building of 
 Config; the rules toolkit they are written with is rules.py, the value rules that know
 BGP and Kubernetes are values.py. A new field is a row here and, if no rule fits, a rule
 in values.py.
-
-`check-config` writes its whole report to stdout (errors, `warning: ` lines, then an
-`ok:` or `invalid:` summary): the report *is* the command's output, so it can be piped
-and grepped; the exit code says valid (0) or not (2).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-import sys
 from typing import Any, Optional
 
 from bgpspeaker.config.issues import ConfigError, ConfigIssue
@@ -47,8 +42,7 @@ from bgpspeaker.config.values import (
 from bgpspeaker.config.warn import config_warnings
 from bgpspeaker.model import Tier
 
-__all__ = ["ConfigError", "ConfigIssue", "load_config", "load_config_text", "config_warnings",
-           "check_config_command"]
+__all__ = ["ConfigError", "ConfigIssue", "load_config", "load_config_text", "config_warnings"]
 
 U32 = 2**32 - 1
 # Each prepend makes the path one AS longer; beyond a few the route is already the least
@@ -292,20 +286,3 @@ def load_config(path: str | os.PathLike) -> Config:
         raise ConfigError([ConfigIssue("", f"{os.fspath(path)} is not UTF-8 text (byte {error.start})")],
                           source=os.fspath(path)) from None
     return load_config_text(text, source=os.fspath(path))
-
-
-def check_config_command(args: Any) -> int:
-    """`bgpspeaker check-config F`: the report on stdout; exit 0 valid (warnings allowed), 2 not."""
-    try:
-        config = load_config(args.config)
-    except ConfigError as error:
-        for issue in error.issues:
-            print(issue)
-        print(f"invalid: {args.config}: {len(error.issues)} error{'s' if len(error.issues) != 1 else ''}")
-        sys.stdout.flush()
-        return 2
-    for warning in config_warnings(config):
-        print(f"warning: {warning}")
-    addresses = sum(net.num_addresses for pool in config.pools for net in pool.addresses)
-    print(f"ok: {args.config}: {len(config.peers)} peers, {len(config.pools)} pools ({addresses} addresses)")
-    return 0

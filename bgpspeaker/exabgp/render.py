@@ -1,4 +1,4 @@
-"""The ExaBGP configuration and environment for one node, and `bgpspeaker render-exabgp`.
+"""The ExaBGP configuration and environment for one node (what `bgpspeaker render-exabgp` prints).
 
 Why a pure renderer: the same text is what the driver runs and what an operator sees
 (`render-exabgp`, secrets masked), and "did the config change?" is a string comparison
@@ -26,7 +26,6 @@ Choices, with the measurement behind each (../shared/reference/exabgp-api.md):
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import os
 import pwd
@@ -173,35 +172,3 @@ def exabgp_environment(user: Optional[str] = None, log_level: str = DEFAULT_LOG_
         "exabgp_log_destination": "stderr",
         "exabgp_log_level": log_level,
     }
-
-
-def render_command(args: argparse.Namespace) -> int:
-    """`bgpspeaker render-exabgp --config F --node-name N --objects O`: 0, or 2 on bad input."""
-    import yaml
-
-    from bgpspeaker.config.load import ConfigError, load_config
-    from bgpspeaker.views import snapshot_from_objects
-
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for line in getattr(exc, "errors", None) or [str(exc)]:
-            print(str(line), file=sys.stderr)
-        return 2
-    try:
-        with open(args.objects, encoding="utf-8") as f:
-            snapshot = snapshot_from_objects(list(yaml.safe_load_all(f)))
-    except (OSError, yaml.YAMLError) as exc:
-        print(f"{args.objects}: {exc}", file=sys.stderr)
-        return 2
-    node = snapshot.nodes.get(args.node_name)
-    if node is None:
-        print(f"{args.objects}: no Node named {args.node_name!r}", file=sys.stderr)
-        return 2
-    try:
-        text = render_config(config, node, DEFAULT_SOCKET, mask_secrets=True)
-    except RenderError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
-    sys.stdout.write(text)
-    return 0
