@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional, Sequence, TextIO
 import yaml
 
 from bgpspeaker.allocator import allocate
+from bgpspeaker.audit import BASIS_NODES, ClusterInput, audit, report_json, report_text
 from bgpspeaker.config.load import ConfigError, config_warnings
 from bgpspeaker.config.load import load_config as load_config_file
 from bgpspeaker.config.schema import Config
@@ -236,9 +237,6 @@ def explain_command(args: argparse.Namespace) -> int:
 
 
 def audit_command(args: argparse.Namespace) -> int:
-    # Imported here: plan and explain do not need it.
-    from bgpspeaker.audit import ClusterInput, audit, report_json, report_text
-
     def body() -> int:
         inputs = []
         for config_path, objects_path in args.cluster:
@@ -254,7 +252,7 @@ def audit_command(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(report_text(report))
         for summary in report.clusters:
-            if summary.basis != "nodes":
+            if summary.basis != BASIS_NODES:
                 print(f"note: {summary.name}: no Nodes in {summary.source.partition('=')[2]}: an assigned "
                       f"address counts as announced when the cluster's tier for the Service is not none",
                       file=sys.stderr)

@@ -17,11 +17,11 @@ from typing import Optional
 import pytest
 import yaml
 
+from bgpspeaker.allocator import allocate
 from bgpspeaker.audit import (
     BASIS_NODES, BASIS_TIER, ClusterInput, Holder, Placement, audit, conflict_line, report_from_json, report_json,
     report_text, split_line,
 )
-from bgpspeaker.allocator import allocate
 from bgpspeaker.config.load import load_config
 from bgpspeaker.planner import plan
 from bgpspeaker.views import snapshot_from_objects
