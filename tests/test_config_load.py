@@ -312,8 +312,9 @@ def test_unknown_fields_suggest_the_right_name():
     assert errors(with_peer("HoldTime: 9\nsourceadress: 10.0.0.1\nfoo: 1\n")) == [
         "peers[0].HoldTime: unknown field (did you mean holdTime?) (line 7)",
         "peers[0].sourceadress: unknown field (did you mean sourceAddress?) (line 8)",
-        "peers[0].foo: unknown field (expected one of: name, address, asn, port, holdTime, passwordFile, "
-        "passwordEnv, ebgpMultiHop, sourceAddress, nodeSelector) (line 9)",
+        "peers[0].foo: unknown field (expected one of: name, address, asn, port, holdTime, keepaliveTime, "
+        "connectTime, gracefulRestart, passwordFile, passwordEnv, ebgpMultiHop, sourceAddress, nodeSelector, "
+        "nodeSelectors) (line 9)",
     ]
 
 

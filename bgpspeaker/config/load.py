@@ -29,15 +29,15 @@ from typing import Any, Optional
 from bgpspeaker.config.issues import ConfigError, ConfigIssue
 from bgpspeaker.config.schema import (
     DEFAULT_TIERS, Advertisement, ClusterConfig, Config, ExabgpConfig, MetricsConfig, PeerConfig,
-    PoolConfig, SpeakerConfig, TierAttributes,
+    PoolConfig, SpeakerConfig, TierAttributes, effective_selectors, may_overlap,
 )
 from bgpspeaker.config.rules import (
-    INVALID, Field, Issues, boolean, integer, list_of, one_of, optional, quote, section, seconds, show,
+    INVALID, Field, Issues, boolean, integer, list_of, one_of, optional, quote, refused, section, seconds, show,
 )
 from bgpspeaker.config.source import Node, parse
 from bgpspeaker.config.values import (
-    any_community, community, dns_label, hold_time, host_port, ip_address, labels, large_community,
-    load_balancer_class, password_env, password_file, pool_entry, router_id,
+    any_community, community, dns_label, hold_time, host_port, ip_address, label_selector, labels,
+    large_community, load_balancer_class, password_env, password_file, pool_entry, router_id,
 )
 from bgpspeaker.config.warn import config_warnings
 from bgpspeaker.model import Tier
@@ -71,17 +71,25 @@ SPEAKER = section([
 EXABGP = section([
     Field("gracefulRestart", "graceful_restart", integer(0, MAX_GRACEFUL_RESTART)),
 ])
+# ExaBGP 5.0.15 retries a connection on its own schedule (reactor/delay.py: at once, then
+# 1, 2, 3, 4, 5, 7, 9, ... seconds, growing to at most 60) and no setting changes it.
+NO_CONNECT_TIME = ("ExaBGP 5.0 has no connect-retry setting: it retries at once, then after 1, 2, 3, 4, 5, 7, 9, ... "
+                   "seconds, growing to at most 60 between attempts; remove connectTime")
 PEER = section([
     Field("name", "name", dns_label, required=True),
     Field("address", "address", ip_address, required=True),
     Field("asn", "asn", ASN, required=True),
     Field("port", "port", integer(1, 65535)),
     Field("holdTime", "hold_time", hold_time),
+    Field("keepaliveTime", "keepalive_time", integer(0, 65535)),
+    Field("connectTime", "connect_time", refused(NO_CONNECT_TIME)),
+    Field("gracefulRestart", "graceful_restart", integer(0, MAX_GRACEFUL_RESTART)),
     Field("passwordFile", "password_file", password_file),
     Field("passwordEnv", "password_env", password_env),
     Field("ebgpMultiHop", "ebgp_multihop", integer(1, 255)),
     Field("sourceAddress", "source_address", ip_address),
     Field("nodeSelector", "node_selector", labels),
+    Field("nodeSelectors", "node_selectors", list_of(label_selector)),
 ])
 POOL = section([
     Field("name", "name", dns_label, required=True),
@@ -148,6 +156,10 @@ def _check_peers(issues: Issues, root: Node, values: dict) -> None:
     for i, peer in peers:
         if "password_file" in peer and "password_env" in peer:
             issues.add(f"peers[{i}]", "set passwordFile or passwordEnv, not both", line=_line(root, "peers", i))
+        if "node_selector" in peer and "node_selectors" in peer:
+            issues.add(f"peers[{i}].nodeSelectors", "set nodeSelector (matchLabels) or nodeSelectors, not both",
+                       line=_line(root, "peers", i, "nodeSelectors"))
+        _check_keepalive(issues, root, i, peer)
         address, source = peer.get("address"), peer.get("source_address")
         if address is not None and source is not None:
             if source.version != address.version:
@@ -168,7 +180,7 @@ def _check_peers(issues: Issues, root: Node, values: dict) -> None:
             for j in addresses.get(address, []):
                 # Two racks may reach "the same" router address on different links; a node
                 # that both selectors can match would get two sessions to one address.
-                if not _disjoint(peer.get("node_selector", ()), by_index[j].get("node_selector", ())):
+                if not _disjoint(peer, by_index[j]):
                     issues.add(f"peers[{i}].address", f"{address} is already the address of peers[{j}] "
                                                       f"(give them nodeSelectors that cannot match the same node)",
                                line=_line(root, "peers", i, "address"))
@@ -176,10 +188,28 @@ def _check_peers(issues: Issues, root: Node, values: dict) -> None:
             addresses.setdefault(address, []).append(i)
 
 
-def _disjoint(a: tuple, b: tuple) -> bool:
-    """True when no node can match both matchLabels selectors: one key, two values."""
-    left = dict(a)
-    return any(key in left and left[key] != value for key, value in b)
+def _disjoint(a: dict, b: dict) -> bool:
+    """True when no node can match both peers' node selectors (invalid selectors: assume not)."""
+    if INVALID in a.get("node_selectors", ()) or INVALID in b.get("node_selectors", ()):
+        return False
+    left, right = (effective_selectors(peer.get("node_selector", ()), peer.get("node_selectors", ()))
+                   for peer in (a, b))
+    return not any(may_overlap(x, y) for x in left for y in right)
+
+
+def _check_keepalive(issues: Issues, root: Node, i: int, peer: dict) -> None:
+    """keepaliveTime must say what ExaBGP does: keepalives every third of the hold time."""
+    keepalive = peer.get("keepalive_time")
+    if keepalive is None:
+        return
+    hold = peer.get("hold_time", PeerConfig.hold_time)
+    if keepalive != hold // 3:  # ExaBGP: int(negotiated hold time / 3); a lower router hold time lowers it
+        issues.add(f"peers[{i}].keepaliveTime",
+                   f"ExaBGP 5.0 sends keepalives every third of the hold time and cannot be told otherwise: "
+                   f"with holdTime {hold} that is {hold // 3}; write {hold // 3}"
+                   + (f", or set holdTime to {3 * keepalive}" if 1 <= keepalive <= 21845 else "")
+                   + ", or leave keepaliveTime out",
+                   line=_line(root, "peers", i, "keepaliveTime"))
 
 
 def _check_pools(issues: Issues, root: Node, values: dict) -> None:

@@ -176,6 +176,13 @@ def list_of(item: Rule, *, unique: bool = False, non_empty: bool = False) -> Rul
     return rule
 
 
+def refused(why: str) -> Rule:
+    """A field we know (another tool has it) but cannot honour: an error saying why, never ignored."""
+    def rule(issues: Issues, path: str, node: Node) -> Any:
+        return issues.add(path, why, node)
+    return rule
+
+
 @dataclass(frozen=True)
 class Field:
     """One row of a field table: YAML key, dataclass attribute, rule, required or defaulted."""

@@ -38,24 +38,105 @@ class ExabgpConfig:
 
 
 @dataclass(frozen=True)
+class LabelRequirement:
+    """One matchExpressions entry, with Kubernetes' meaning of each operator."""
+
+    key: str
+    operator: str  # In | NotIn | Exists | DoesNotExist
+    values: tuple[str, ...] = ()  # non-empty for In/NotIn, empty otherwise (the loader enforces it)
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        if self.operator == "In":
+            return self.key in labels and labels[self.key] in self.values
+        if self.operator == "NotIn":  # a node without the label matches, as in Kubernetes
+            return labels.get(self.key) not in self.values
+        if self.operator == "Exists":
+            return self.key in labels
+        return self.key not in labels  # DoesNotExist
+
+
+@dataclass(frozen=True)
+class LabelSelector:
+    """A Kubernetes LabelSelector: every matchLabels pair and every expression must hold (empty = all)."""
+
+    match_labels: Pairs = ()
+    match_expressions: tuple[LabelRequirement, ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        return (all(labels.get(k) == v for k, v in self.match_labels)
+                and all(e.matches(labels) for e in self.match_expressions))
+
+    def requirements(self) -> tuple[LabelRequirement, ...]:
+        """matchLabels as `In [value]` requirements, then the expressions: one form to reason about."""
+        return tuple(LabelRequirement(k, "In", (v,)) for k, v in self.match_labels) + self.match_expressions
+
+
+def may_overlap(a: LabelSelector, b: LabelSelector) -> bool:
+    """False only when no set of labels can match both selectors (exact: keys are independent).
+
+    Per key, the requirements of both selectors must be satisfiable together: a value that
+    every In allows and no NotIn forbids, or, when nothing needs the key present, its absence.
+    """
+    by_key: dict[str, list[LabelRequirement]] = {}
+    for requirement in a.requirements() + b.requirements():
+        by_key.setdefault(requirement.key, []).append(requirement)
+    for requirements in by_key.values():
+        present = any(r.operator in ("In", "Exists") for r in requirements)
+        absent = any(r.operator == "DoesNotExist" for r in requirements)
+        if present and absent:
+            return False
+        allowed: Optional[set[str]] = None
+        for r in requirements:
+            if r.operator == "In":
+                allowed = set(r.values) if allowed is None else allowed & set(r.values)
+        forbidden = {v for r in requirements if r.operator == "NotIn" for v in r.values}
+        if allowed is not None and not allowed - forbidden:
+            return False
+    return True
+
+
+def effective_selectors(match_labels: Pairs, selectors: tuple[LabelSelector, ...]) -> tuple[LabelSelector, ...]:
+    if not selectors:
+        return (LabelSelector(match_labels),)
+    return tuple(LabelSelector(tuple(sorted(set(match_labels) | set(s.match_labels))), s.match_expressions)
+                 for s in selectors)
+
+
+@dataclass(frozen=True)
 class PeerConfig:
     name: str
     address: IPAddress
     asn: int
     port: int = 179
     hold_time: int = 90  # 0 or 3..65535
+    # ExaBGP 5.0 always sends keepalives every third of the negotiated hold time; the loader
+    # accepts keepaliveTime only when it says exactly that (None = not written).
+    keepalive_time: Optional[int] = None
+    graceful_restart: Optional[int] = None  # seconds, 0 = off; None = exabgp.gracefulRestart
     password_file: Optional[str] = None  # TCP MD5; the secret itself is never held in config
     password_env: Optional[str] = None  # TCP MD5 from this environment variable (instead of a file)
     ebgp_multihop: Optional[int] = None  # TTL
     source_address: Optional[IPAddress] = None  # default: the node's address of the peer's family
-    node_selector: Pairs = ()  # matchLabels; empty = every node
+    node_selector: Pairs = ()  # `nodeSelector`: matchLabels shorthand; empty = every node
+    node_selectors: tuple[LabelSelector, ...] = ()  # `nodeSelectors` (MetalLB's shape): any may match
 
     def is_ibgp(self, my_asn: int) -> bool:
         return self.asn == my_asn
 
+    def selectors(self) -> tuple[LabelSelector, ...]:
+        """The node selectors in one form: a node is selected when any of them matches.
+
+        The loader refuses nodeSelector and nodeSelectors together; code building a
+        PeerConfig directly with both gets the shorthand added to every selector.
+        """
+        return effective_selectors(self.node_selector, self.node_selectors)
+
     def selects(self, node_labels: Pairs) -> bool:
         labels = dict(node_labels)
-        return all(labels.get(k) == v for k, v in self.node_selector)
+        return any(selector.matches(labels) for selector in self.selectors())
+
+    def graceful_restart_time(self, default: int) -> int:
+        return default if self.graceful_restart is None else self.graceful_restart
 
 
 @dataclass(frozen=True)

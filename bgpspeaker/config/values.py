@@ -15,8 +15,10 @@ from typing import Any
 
 from bgpspeaker.config import secrets
 from bgpspeaker.config.rules import (
-    DECIMAL, INVALID, Issues, apply_rule, integer_value, pattern, quote, show, string,
+    DECIMAL, INVALID, Field, Issues, apply_rule, integer_value, list_of, one_of, pattern, quote, section, show,
+    string,
 )
+from bgpspeaker.config.schema import LabelRequirement, LabelSelector
 from bgpspeaker.config.source import Node, join
 from bgpspeaker.model import Community, LargeCommunity, freeze_pairs, parse_any_community
 
@@ -238,3 +240,39 @@ def labels(issues: Issues, path: str, node: Node) -> Any:
             result[key] = value
     return freeze_pairs(result)
 
+
+_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+_REQUIREMENT = section([
+    Field("key", "key", label_key, required=True),
+    Field("operator", "operator", one_of({op: op for op in _OPERATORS}), required=True),
+    Field("values", "values", list_of(label_value, unique=True)),
+])
+
+
+def label_requirement(issues: Issues, path: str, node: Node) -> Any:
+    """A matchExpressions entry: In/NotIn need values, Exists/DoesNotExist take none (as Kubernetes)."""
+    values = _REQUIREMENT(issues, path, node)
+    if values is INVALID or not {"key", "operator"} <= values.keys():
+        return INVALID
+    operator, listed = values["operator"], values.get("values", ())
+    if INVALID in listed:
+        return INVALID
+    if operator in ("In", "NotIn") and not listed:
+        return issues.add(join(path, "values"), f"must list at least one value for operator {operator}", node)
+    if operator in ("Exists", "DoesNotExist") and listed:
+        return issues.add(join(path, "values"), f"must be empty for operator {operator}", node)
+    return LabelRequirement(values["key"], operator, tuple(sorted(listed)))
+
+
+_SELECTOR = section([
+    Field("matchLabels", "match_labels", labels),
+    Field("matchExpressions", "match_expressions", list_of(label_requirement)),
+])
+
+
+def label_selector(issues: Issues, path: str, node: Node) -> Any:
+    """A Kubernetes LabelSelector (MetalLB's nodeSelectors entries): matchLabels and matchExpressions."""
+    values = _SELECTOR(issues, path, node)
+    if values is INVALID or INVALID in values.get("match_expressions", ()):
+        return INVALID
+    return LabelSelector(values.get("match_labels", ()), values.get("match_expressions", ()))

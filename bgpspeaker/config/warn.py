@@ -42,9 +42,14 @@ def _peer_and_pool_warnings(config: Config) -> list[ConfigIssue]:
         if peer.hold_time == 0:
             found.append(ConfigIssue(f"peers[{i}].holdTime", "0 turns keepalives off: if this node dies, "
                                      "the router keeps its routes and never fails over to another cluster"))
-    if config.speaker.shutdown == "keep" and config.exabgp.graceful_restart == 0:
-        found.append(ConfigIssue("speaker.shutdown", "keep leaves the routes to graceful restart, but "
-                                 "exabgp.gracefulRestart is 0: routers drop them when the session closes"))
+    if config.speaker.shutdown == "keep":
+        if config.exabgp.graceful_restart == 0 and any(p.graceful_restart is None for p in config.peers):
+            found.append(ConfigIssue("speaker.shutdown", "keep leaves the routes to graceful restart, but "
+                                     "exabgp.gracefulRestart is 0: routers drop them when the session closes"))
+        for i, peer in enumerate(config.peers):
+            if peer.graceful_restart == 0:
+                found.append(ConfigIssue(f"peers[{i}].gracefulRestart", "0, but speaker.shutdown is keep: this "
+                                         "router drops the routes when the session closes"))
     for i, pool in enumerate(config.pools):
         if not pool.auto_assign and not pool.namespaces:
             found.append(ConfigIssue(f"pools[{i}].autoAssign", "false, but namespaces is empty: any namespace "

@@ -127,8 +127,8 @@ def render_config(config: Config, node: NodeView, relay_socket: str, *, mask_sec
     out = [f"# bgpspeaker: ExaBGP config for node {node.name} (generated; do not edit)"]
     out += _process_block(relay_socket, python or sys.executable)
     rid = router_id(config, node)
-    gr = config.exabgp.graceful_restart
     for index, peer in selected_peers(config, node):
+        gr = peer.graceful_restart_time(config.exabgp.graceful_restart)
         out.append("")
         out.append(f"neighbor {_plain(peer.address, f'peers[{index}].address')} {{")
         if _SAFE_WORD.match(peer.name):
@@ -138,7 +138,7 @@ def render_config(config: Config, node: NodeView, relay_socket: str, *, mask_sec
         out.append(f"    local-as {config.speaker.my_asn};")
         out.append(f"    peer-as {peer.asn};")
         out.append(f"    connect {peer.port};")
-        out.append(f"    hold-time {peer.hold_time};")
+        out.append(f"    hold-time {peer.hold_time};")  # keepalives: a third of it (keepaliveTime, if set, says so)
         if peer.ebgp_multihop:
             out.append(f"    outgoing-ttl {peer.ebgp_multihop};")
         if has_password(peer):
