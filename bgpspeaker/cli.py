@@ -38,7 +38,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "undrain": client.undrain_command,
 }
 
-DEFAULT_URL = "http://127.0.0.1:7472"
+DEFAULT_SOCKET = "/run/bgpspeaker/control.sock"  # = client.DEFAULT_SOCKET (not imported: cheap start)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--kubeconfig", help="default: in-cluster config")
     run.add_argument("--no-allocator", action="store_true", help="never write Service status (announce only)")
     run.add_argument("--dry-run", action="store_true", help="plan and log, but start no ExaBGP")
-    run.add_argument("--run-dir", default="/run/bgpspeaker", help="ExaBGP config and socket live here")
+    run.add_argument("--run-dir", default="/run/bgpspeaker",
+                     help="ExaBGP's config and socket and the control socket (control.sock) live here")
     run.add_argument("--log-level", default="INFO")
 
     check = commands.add_parser("check-config", help="validate a config file")
@@ -84,12 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--format", choices=("text", "json"), default="text")
 
     status = commands.add_parser("status", help="a running daemon's sessions and routes")
-    status.add_argument("--url", default=DEFAULT_URL)
+    status.add_argument("--socket", default=DEFAULT_SOCKET, help="the daemon's control socket")
     drain = commands.add_parser("drain", help="move traffic away from this node, then withdraw")
-    drain.add_argument("--url", default=DEFAULT_URL)
+    drain.add_argument("--socket", default=DEFAULT_SOCKET, help="the daemon's control socket")
     drain.add_argument("--wait", action="store_true", help="return once the routes are withdrawn (for preStop)")
     undrain = commands.add_parser("undrain", help="undo drain")
-    undrain.add_argument("--url", default=DEFAULT_URL)
+    undrain.add_argument("--socket", default=DEFAULT_SOCKET, help="the daemon's control socket")
     return parser
 
 

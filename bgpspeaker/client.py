@@ -1,30 +1,65 @@
-"""`bgpspeaker status`, `drain`, `undrain`: talk to a running daemon over its HTTP API.
+"""`bgpspeaker status`, `drain`, `undrain`: talk to a running daemon over its control socket.
 
-Plain urllib: these run on an operator's terminal or in a preStop hook, where a short
-timeout and a clear "unreachable" (exit 1) matter more than features.
+The control socket (/run/bgpspeaker/control.sock, mode 0600) is the only way to change a
+node's announcements: the TCP port serves metrics and probes only (httpapi.py). These
+commands run in the speaker's container (`kubectl exec`, the preStop hook) as the
+daemon's user, where a short timeout and a clear "unreachable" (exit 1) matter more
+than features. Plain http.client over AF_UNIX: no dependency.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
+import socket
 import sys
 import time
-import urllib.error
-import urllib.request
 from typing import Any, Optional
 
 TIMEOUT_SECONDS = 5.0
 WITHDRAW_MARGIN_SECONDS = 15.0
 
 
-def _call(url: str, method: str = "GET") -> Optional[dict[str, Any]]:
-    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def control_request(path: str, target: str, method: str = "GET",
+                    timeout: float = TIMEOUT_SECONDS) -> tuple[int, bytes]:
+    """One request on the control socket at `path`: (HTTP status, body). OSError if unreachable."""
+    connection = _UnixConnection(path, timeout)
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
-            return json.loads(response.read())
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        print(f"bgpspeaker at {url} is unreachable: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+        connection.request(method, target, body=b"" if method == "POST" else None)
+        response = connection.getresponse()
+        return response.status, response.read()
+    except http.client.HTTPException as exc:
+        raise OSError(f"bad answer: {exc!r}") from None
+    finally:
+        connection.close()
+
+
+def _call(path: str, target: str, method: str = "GET") -> Optional[dict[str, Any]]:
+    try:
+        code, body = control_request(path, target, method)
+        if code != 200:
+            print(f"bgpspeaker at {path} answered {code}: {body.decode(errors='replace').strip()}", file=sys.stderr)
+            return None
+        return json.loads(body)
+    except (OSError, ValueError) as exc:
+        print(f"bgpspeaker at {path} is unreachable: {exc}", file=sys.stderr)
         return None
 
 
@@ -54,7 +89,7 @@ def format_status(status: dict[str, Any]) -> str:
 
 
 def status_command(args: argparse.Namespace) -> int:
-    status = _call(args.url.rstrip("/") + "/status")
+    status = _call(args.socket, "/status")
     if status is None:
         return 1
     print(format_status(status))
@@ -62,7 +97,7 @@ def status_command(args: argparse.Namespace) -> int:
 
 
 def _post(args: argparse.Namespace, action: str) -> int:
-    answer = _call(args.url.rstrip("/") + "/" + action, method="POST")
+    answer = _call(args.socket, "/" + action, method="POST")
     if answer is None:
         return 1
     print(json.dumps(answer, indent=2, sort_keys=True))
@@ -70,8 +105,7 @@ def _post(args: argparse.Namespace, action: str) -> int:
 
 
 def drain_command(args: argparse.Namespace) -> int:
-    base = args.url.rstrip("/")
-    answer = _call(base + "/drain", method="POST")
+    answer = _call(args.socket, "/drain", method="POST")
     if answer is None:
         return 1
     print(json.dumps(answer, indent=2, sort_keys=True))
@@ -80,7 +114,7 @@ def drain_command(args: argparse.Namespace) -> int:
     # The daemon withdraws after drainSeconds; allow a margin for ExaBGP's acks.
     deadline = time.monotonic() + float(answer.get("withdrawAfterSeconds") or 0) + WITHDRAW_MARGIN_SECONDS
     while time.monotonic() < deadline:
-        status = _call(base + "/status")
+        status = _call(args.socket, "/status")
         if status is None:
             return 1
         if status.get("drain") == "withdrawn":

@@ -30,7 +30,7 @@ from typing import Any, Optional
 from bgpspeaker.allocator import Allocation, allocate, pool_usage
 from bgpspeaker.config.load import ConfigError, config_warnings, load_config
 from bgpspeaker.config.schema import Config
-from bgpspeaker.httpapi import HttpApi
+from bgpspeaker.httpapi import HttpServer, control_routes, tcp_routes
 from bgpspeaker.ledger import AnnouncementLedger
 from bgpspeaker.logs import fields, setup_logging
 from bgpspeaker.metrics import Metrics
@@ -45,6 +45,9 @@ CONFIG_POLL_SECONDS = 1.0  # a ConfigMap update lands as a symlink swap; polling
 RECONCILE_RETRY_SECONDS = 1.0
 SHUTDOWN_JOIN_SECONDS = 2.0
 GC_PAUSE_LIMIT_SECONDS = 60.0  # the cyclic collector is back on by then, synced or not
+HEARTBEAT_SECONDS = 1.0
+LOOP_STUCK_SECONDS = 10.0  # /healthz fails when the loop has not beaten for this long
+CONTROL_SOCKET = "control.sock"  # in the run directory
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,11 @@ class Daemon:
         self.elector: Any = None
         self.status_writer: Any = None
         self.events: Any = None
-        self.http: Optional[HttpApi] = None
+        self.servers: list[HttpServer] = []
+        # Liveness, read by the HTTP threads without touching the loop (httpapi.py):
+        # the loop's last heartbeat, and since when this node has been unable to announce.
+        self._heartbeat = time.monotonic()
+        self._unable_since: Optional[float] = None
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -113,15 +120,13 @@ class Daemon:
         for warning in config_warnings(self.config):
             log.warning("config warning", extra=fields(path=warning.path, message=warning.message))
 
-        self.http = HttpApi(self.config.metrics.host, self.config.metrics.port, _ThreadSafeControls(self),
-                            self.metrics.registry)
-        self.http.start()
-        log.info("http listening", extra=fields(address=f"{self.config.metrics.host}:{self.http.port}"))
+        self._start_http()
 
         try:
             self._start_kubernetes()
             tasks = [asyncio.create_task(self._reconcile_loop(), name="reconcile"),
-                     asyncio.create_task(self._config_watch_loop(), name="config-watch")]
+                     asyncio.create_task(self._config_watch_loop(), name="config-watch"),
+                     asyncio.create_task(self._heartbeat_loop(), name="heartbeat")]
             await self._stopping.wait()
             log.info("stopping", extra=fields(shutdown=self.config.speaker.shutdown))
             for task in tasks:
@@ -134,6 +139,23 @@ class Daemon:
         finally:
             await self._shutdown()
         return 0
+
+    def _start_http(self) -> None:
+        """Read-only TCP listeners (metrics.address, and health.address if set) and the
+        control socket in the run directory (mode 0600). Addresses are read once: a reload
+        that changes them takes effect at the next start."""
+        controls = _ThreadSafeControls(self)
+        metrics, health = self.config.metrics, self.config.health
+        listeners = [("http", metrics.host, metrics.port)]
+        if health.host is not None and (health.host, health.port) != (metrics.host, metrics.port):
+            listeners.append(("health", health.host, health.port))
+        for name, host, port in listeners:
+            server = HttpServer.tcp(host, port, tcp_routes(controls, self.metrics.registry), name=name).start()
+            self.servers.append(server)
+            log.info("http listening", extra=fields(address=f"{host}:{server.port}", serves=name))
+        path = str(self.options.run_dir / CONTROL_SOCKET)
+        self.servers.append(HttpServer.unix(path, control_routes(controls, controls), name="control").start())
+        log.info("control socket listening", extra=fields(path=path))
 
     def _start_kubernetes(self) -> None:
         from bgpspeaker.kube.client import api_client
@@ -187,8 +209,8 @@ class Daemon:
         if self._status_task is not None:
             self._status_task.cancel()
         self._status_executor.shutdown(wait=False, cancel_futures=True)  # a write in flight is abandoned
-        if self.http is not None:
-            self.http.stop()
+        for server in self.servers:
+            server.stop()
         log.info("stopped")
 
     # --- the reconcile loop --------------------------------------------------------------
@@ -213,7 +235,7 @@ class Daemon:
                 await asyncio.sleep(RECONCILE_RETRY_SECONDS)
                 self._on_change()
                 continue
-            if started is not None and self.driver is not None:
+            if started is not None and self.driver is not None and self.driver.ready:
                 self.metrics.event_to_ack.observe(time.monotonic() - started)
 
     async def reconcile(self) -> None:
@@ -234,6 +256,10 @@ class Daemon:
             log.warning("this node is not in the API (yet); announcing nothing",
                         extra=fields(node=self.options.node_name))
         allocation = self._allocate(snapshot)
+        # Status first, in its own task: it never waits on this node's BGP (a leader whose
+        # ExaBGP crash-loops still writes every Service's status; issue 14).
+        if self.elector is not None and self.elector.is_leader and allocation is not self._status_in_line:
+            self._write_status_later(allocation, snapshot.services)
         the_plan = make_plan(self.config, snapshot, self.options.node_name, allocation,
                              drained=self.drain is not None, memo=self._plan_memo)
         desired: tuple[RouteIntent, ...] = () if self.drain == DrainState.WITHDRAWN else the_plan.routes
@@ -250,8 +276,6 @@ class Daemon:
         self._node_seen = node is not None
         first_plan = self._ledger is None
         self._publish(snapshot, allocation, the_plan, desired)
-        if self.elector is not None and self.elector.is_leader and allocation is not self._status_in_line:
-            self._write_status_later(allocation, snapshot.services)
         if first_plan:
             self._resume_gc()
 
@@ -323,10 +347,14 @@ class Daemon:
             from bgpspeaker.exabgp.driver import ExabgpDriver
 
             self.options.run_dir.mkdir(parents=True, exist_ok=True)
-            self.driver = ExabgpDriver(self.config, node, self.options.run_dir, self.metrics)
-            await self.driver.start()
+            self.driver = ExabgpDriver(self.config, node, self.options.run_dir, self.metrics,
+                                       exabgp_argv=_exabgp_argv())
             self._node = node
-            log.info("exabgp started", extra=fields(node=node.name, peers=len(self.config.peers)))
+            # Not waiting for ExaBGP: its supervisor retries a failed start with backoff, forever,
+            # and apply() returns while it is down (the desired set is replayed once it is up).
+            # Waiting here once meant: not ready in 30 s, never started again (issue 14).
+            await self.driver.start(timeout=None)
+            log.info("exabgp supervised", extra=fields(node=node.name, peers=len(self.config.peers)))
         elif node != self._node:
             restarted = await self.driver.reconfigure(self.config, node)
             self._node = node
@@ -450,8 +478,28 @@ class Daemon:
 
     # --- what the HTTP API shows -----------------------------------------------------------
 
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            self._note_liveness(time.monotonic())
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    def _announce_blocked(self) -> bool:
+        """This node should announce but cannot: it is in the API, not a dry run, and ExaBGP
+        is not running with its relay connected (not started, failing to start, crash-looping)."""
+        if self.options.dry_run or self.watcher is None or self._node is None and self.driver is None:
+            return False  # the Node is not known yet: nothing a restart would fix
+        return self.driver is None or not self.driver.ready
+
+    def _note_liveness(self, now: float) -> None:
+        self._heartbeat = now
+        if not self._announce_blocked():
+            self._unable_since = None
+        elif self._unable_since is None:
+            self._unable_since = now
+
     def healthy(self) -> tuple[bool, str]:
-        return True, "ok"
+        """Called from HTTP threads: plain reads, never the loop (a stuck loop shows as a stale beat)."""
+        return liveness(time.monotonic(), self._heartbeat, self._unable_since, self.config.health.fail_after_seconds)
 
     def ready(self) -> tuple[bool, str]:
         if self.watcher is None or not self.watcher.synced:
@@ -488,8 +536,22 @@ class Daemon:
         }
 
 
+def liveness(now: float, heartbeat: float, unable_since: Optional[float], fail_after: float) -> tuple[bool, str]:
+    """/healthz: the loop beats, and the node has not been unable to announce for `fail_after` s. Pure."""
+    if now - heartbeat > LOOP_STUCK_SECONDS:
+        return False, f"event loop not responding for {now - heartbeat:.0f}s"
+    if unable_since is not None and now - unable_since > fail_after:
+        return False, (f"unable to announce for {now - unable_since:.0f}s (ExaBGP not running; "
+                       f"health.failAfterSeconds {fail_after:g})")
+    return True, "ok"
+
+
 class _ThreadSafeControls:
-    """The HTTP threads' view of the daemon: every call runs on the daemon's loop."""
+    """The HTTP threads' view of the daemon.
+
+    Probes (healthy, ready) read plain attributes, so no number of TCP requests can queue
+    work on the reconcile loop. The control socket's calls run on the loop, with a timeout.
+    """
 
     TIMEOUT_SECONDS = 5.0
 
@@ -503,13 +565,10 @@ class _ThreadSafeControls:
         return asyncio.run_coroutine_threadsafe(call(), self.daemon.loop).result(self.TIMEOUT_SECONDS)
 
     def healthy(self) -> tuple[bool, str]:
-        try:  # a loop that cannot answer in 5 s is not healthy
-            return self._on_loop(self.daemon.healthy)
-        except Exception:
-            return False, "event loop not responding"
+        return self.daemon.healthy()
 
     def ready(self) -> tuple[bool, str]:
-        return self._on_loop(self.daemon.ready)
+        return self.daemon.ready()
 
     def status(self) -> dict[str, Any]:
         return self._on_loop(self.daemon.status)
@@ -540,7 +599,16 @@ def _fingerprint(path: str) -> Optional[str]:
         return None
 
 
+def _exabgp_argv() -> Optional[list[str]]:
+    """$BGPSPEAKER_EXABGP: another ExaBGP executable (tests use a wrapper that fails on purpose)."""
+    path = os.environ.get("BGPSPEAKER_EXABGP")
+    return [path] if path else None
+
+
 def run_command(args: argparse.Namespace) -> int:
+    # Everything the daemon creates (ExaBGP's config with the MD5 secrets, its log, the
+    # sockets) is for its own user only, from the moment it exists.
+    os.umask(0o077)
     setup_logging(args.log_level)
     if not args.node_name:
         log.error("no node name: pass --node-name or set NODE_NAME")

@@ -121,7 +121,8 @@ class Demo:
         self.show_fib()
         self.show_curl()
         self.say("   east-1's own view (`bgpspeaker status`):")
-        out = subprocess.run([sys.executable, "-m", "bgpspeaker", "status", "--url", self.lab.speakers["east-1"].url],
+        out = subprocess.run([sys.executable, "-m", "bgpspeaker", "status", "--socket",
+                              os.path.join(self.lab.speakers["east-1"].dir, "run", "control.sock")],
                              capture_output=True, text=True, timeout=15)
         self.indent(out.stdout.strip() or out.stderr.strip(), "     ")
 

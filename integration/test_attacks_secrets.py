@@ -71,8 +71,9 @@ def test_md5_session_up_and_password_never_shown(capsys):
 
         places: dict[str, str] = {}
         places["daemon log"] = open(sp.log_path, errors="replace").read()
-        for path in ("/status", "/metrics", "/readyz", "/healthz"):
+        for path in ("/metrics", "/readyz", "/healthz"):
             places[path] = lab._http(NODE, path)[1].decode(errors="replace")
+        places["/status"] = lab._control(NODE, "/status")[1].decode(errors="replace")
         places["API objects (Events, Services, Leases...)"] = json.dumps(lab.emu.snapshot())
         objects = os.path.join(lab.dir, "objects.yaml")
         with open(objects, "w") as f:

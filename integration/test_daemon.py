@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bgpspeaker.client import control_request
 from integration.kubeapi import run_emulator
 from integration.lab import netns
 from integration.lab.fixtures import lab  # noqa: F401  (fixture)
@@ -37,7 +38,8 @@ PREFIX = f"{VIP}/32"
 GSHUT = "graceful-shutdown"  # how FRR shows 65535:0
 
 
-def speaker_config(med_primary: int = 100, shutdown: str = "withdraw", hold_time: int = 9) -> dict:
+def speaker_config(med_primary: int = 100, shutdown: str = "withdraw", hold_time: int = 9,
+                   metrics_address: str = "127.0.0.1:7472", health: dict | None = None) -> dict:
     return {
         "cluster": {"name": "east", "defaultTier": "primary"},
         "speaker": {"myASN": 64512, "routerID": "auto", "shutdown": shutdown, "drainSeconds": 1},
@@ -49,7 +51,8 @@ def speaker_config(med_primary: int = 100, shutdown: str = "withdraw", hold_time
             "secondary": {"med": 200, "asPathPrepend": 1, "communities": ["64512:200"]},
             "tertiary": {"med": 300, "asPathPrepend": 2, "communities": ["64512:300"]},
         },
-        "metrics": {"address": "127.0.0.1:7472"},
+        "metrics": {"address": metrics_address},
+        **({"health": health} if health else {}),
     }
 
 
@@ -89,12 +92,13 @@ class Speaker:
         tmp.write_text(text)
         tmp.rename(self.config_path)  # atomic, as a ConfigMap update is
 
-    def start(self) -> "Speaker":
+    def start(self, env: dict | None = None) -> "Speaker":
         self.proc = self.lab.popen(
             self.ns, [sys.executable, "-m", "bgpspeaker", "run", "--config", str(self.config_path),
                       "--node-name", "node-a", "--kubeconfig", self.kubeconfig,
                       "--run-dir", str(self.workdir / "run")],
-            stdout=open(self.log_path, "ab"), stderr=__import__("subprocess").STDOUT)
+            stdout=open(self.log_path, "ab"), stderr=__import__("subprocess").STDOUT,
+            **({"env": {**__import__("os").environ, **env}} if env else {}))
         return self
 
     def log(self) -> str:
@@ -109,8 +113,17 @@ class Speaker:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
 
+    @property
+    def control_socket(self) -> str:
+        return str(self.workdir / "run" / "control.sock")
+
+    def control(self, path: str, method: str = "GET") -> tuple[int, str]:
+        """The control socket (drain, undrain, status): the daemon's user only, no network."""
+        code, body = control_request(self.control_socket, path, method)
+        return code, body.decode()
+
     def status(self) -> dict:
-        return json.loads(self.http("/status")[1])
+        return json.loads(self.control("/status")[1])
 
     def metric(self, name: str) -> float:
         for line in self.http("/metrics")[1].splitlines():
@@ -216,16 +229,40 @@ def test_reload_applies_the_smallest_change_and_refuses_garbage(lab, world, tmp_
 def test_drain_moves_to_gshut_and_lowest_tier_then_withdraws_and_undrain_restores(lab, world, tmp_path):
     router, _, _, _ = world
     speaker = start_speaker(lab, world, tmp_path)
-    assert speaker.http("/drain", "POST")[0] == 200
+    assert speaker.control("/drain", "POST")[0] == 200
     # FRR prints the well-known community 65535:0 by its name.
     drained = wait_until(lambda: (p := router.best_path(PREFIX)) and GSHUT in p.communities and p, 10,
                          "graceful-shutdown community")
     assert drained.med == 300 and drained.aspath == [64512, 64512, 64512]
     wait_until(lambda: router.best_path(PREFIX) is None, 10, "withdrawn after drainSeconds")
     assert speaker.status()["drain"] == "withdrawn"
-    assert speaker.http("/undrain", "POST")[0] == 200
+    assert speaker.control("/undrain", "POST")[0] == 200
     restored = wait_until(lambda: router.best_path(PREFIX), 10, "announced again")
     assert restored.med == 100 and GSHUT not in restored.communities
+
+
+def test_drain_from_another_network_namespace_is_refused_and_routes_stay(lab, world, tmp_path):
+    """Issue 14: anything that reached a node address could POST /drain and withdraw its routes.
+    With the shipped metrics.address (0.0.0.0), the router's namespace reaches the port: metrics
+    yes, drain/undrain/status no (404, 405), and the route stays announced and undrained."""
+    router, _, _, _ = world
+    speaker = start_speaker(lab, world, tmp_path, metrics_address="0.0.0.0:7472")
+    probe = ("import sys, urllib.request, urllib.error\n"
+             "for method, path in [('POST', '/drain'), ('POST', '/undrain'), ('GET', '/status'),"
+             " ('PUT', '/metrics'), ('GET', '/metrics')]:\n"
+             "    r = urllib.request.Request('http://10.77.0.2:7472' + path, method=method,"
+             " data=b'' if method != 'GET' else None, headers={'Origin': 'http://evil.example'})\n"
+             "    try:\n"
+             "        code = urllib.request.urlopen(r, timeout=5).status\n"
+             "    except urllib.error.HTTPError as e:\n"
+             "        code = e.code\n"
+             "    print(method, path, code)\n")
+    out = netns.run(router.ns, [sys.executable, "-c", probe], timeout=30).stdout
+    assert out.split("\n")[:5] == ["POST /drain 404", "POST /undrain 404", "GET /status 404",
+                                     "PUT /metrics 405", "GET /metrics 200"], out
+    assert speaker.status()["drain"] is None
+    best = router.best_path(PREFIX)
+    assert best is not None and GSHUT not in best.communities and best.med == 100
 
 
 @pytest.mark.parametrize("shutdown", ["withdraw", "keep"])
@@ -293,3 +330,43 @@ def test_slow_status_writes_never_hold_back_a_withdraw(lab, world, tmp_path):
     status = emu.get_object("v1", "Service", "demo", "api").get("status", {}).get("loadBalancer", {})
     assert not status.get("ingress"), "the status write finished first: this test proved nothing"
     emu.delay("/api/v1/namespaces/*/services/*", 0)
+
+
+FAILING_SECONDS = 40.0  # longer than the 30 s after which the old daemon never tried again
+
+
+def test_exabgp_failing_40s_recovers_on_its_own_and_the_leader_writes_status_meanwhile(lab, world, tmp_path):
+    """Issue 14: ExaBGP not ready within 30 s at start was never started again while /healthz
+    said 200, and the leader wrote no status while its ExaBGP was down. Here ExaBGP fails
+    to start (exits 1 at once: a crash loop) for 40 s, then works (the real one, unchanged):
+    meanwhile the leader writes the Service's status, /healthz turns 503 after
+    health.failAfterSeconds, and then the route reaches the router with nobody's help."""
+    router, emu, node, kubeconfig = world
+    gate = tmp_path / "exabgp-may-start"
+    wrapper = tmp_path / "exabgp-flaky"
+    wrapper.write_text(f"#!/bin/sh\n[ -e {gate} ] || {{ echo 'failing on purpose' >&2; exit 1; }}\n"
+                       f"exec {Path(sys.executable).parent / 'exabgp'} \"$@\"\n")
+    wrapper.chmod(0o755)
+    started = time.monotonic()
+    speaker = Speaker(lab, node, tmp_path, str(kubeconfig), speaker_config(health={"failAfterSeconds": 5}))
+    speaker.start(env={"BGPSPEAKER_EXABGP": str(wrapper)})
+
+    def ingress():
+        service = emu.get_object("v1", "Service", "demo", "web")
+        return [i.get("ip") for i in (service.get("status", {}).get("loadBalancer", {}).get("ingress") or [])]
+    assert wait_until(ingress, 20, "the leader's status write, ExaBGP down") == [VIP], speaker.log()[-3000:]
+    code, text = wait_until(lambda: (r := speaker.http("/healthz"))[0] == 503 and r, 20, "/healthz 503")
+    assert "unable to announce" in text
+    assert speaker.http("/readyz")[0] == 503
+    assert router.best_path(PREFIX) is None
+    wait_until(lambda: speaker.metric("bgpspeaker_exabgp_restarts_total") >= 3, 20, "start retried")
+
+    time.sleep(max(0.0, started + FAILING_SECONDS - time.monotonic()))  # the failure lasts 40 s, by design
+    assert speaker.proc.poll() is None and router.best_path(PREFIX) is None
+    gate.touch()
+    try:
+        wait_until(lambda: router.best_path(PREFIX), 30, f"{PREFIX} at the router after ExaBGP recovered")
+    except AssertionError:
+        raise AssertionError("no recovery; speaker log:\n" + speaker.log()[-4000:])
+    wait_until(lambda: speaker.http("/healthz")[0] == 200, 10, "/healthz 200 again")
+    assert "cannot start exabgp" not in speaker.log() and "exabgp exited rc=1" in speaker.log()

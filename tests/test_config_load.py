@@ -374,7 +374,7 @@ def test_alias_bombs_are_linear():
         f"x{i}: &a{i} [{','.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 10))
     found = errors(MINIMAL + bomb)
     assert found[0] == "x0: unknown field (expected one of: cluster, speaker, exabgp, peers, pools, tiers, " \
-                       "advertisements, metrics) (line 7)"
+                       "advertisements, metrics, health) (line 7)"
     assert len(found) == 10
 
 

@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 from bgpspeaker.config.issues import ConfigError, ConfigIssue
 from bgpspeaker.config.schema import (
-    DEFAULT_TIERS, Advertisement, ClusterConfig, Config, ExabgpConfig, MetricsConfig, PeerConfig,
+    DEFAULT_TIERS, Advertisement, ClusterConfig, Config, ExabgpConfig, HealthConfig, MetricsConfig, PeerConfig,
     PoolConfig, SpeakerConfig, TierAttributes, effective_selectors, may_overlap,
 )
 from bgpspeaker.config.rules import (
@@ -118,6 +118,7 @@ ADVERTISEMENT = section([
     Field("largeCommunities", "large_communities", list_of(large_community, unique=True)),
 ])
 METRICS = section([Field("address", "address", host_port)])
+HEALTH = section([Field("address", "address", host_port), Field("failAfterSeconds", "fail_after_seconds", seconds)])
 
 TOP = section([
     Field("cluster", "cluster", CLUSTER, required=True),
@@ -128,6 +129,7 @@ TOP = section([
     Field("tiers", "tiers", TIERS),
     Field("advertisements", "advertisements", list_of(ADVERTISEMENT)),
     Field("metrics", "metrics", METRICS),
+    Field("health", "health", HEALTH),
 ])
 
 
@@ -280,7 +282,14 @@ def _build(values: dict) -> Config:
         advertisements=tuple(Advertisement(**a) for a in values.get("advertisements", ())),
         metrics=MetricsConfig(*values["metrics"]["address"]) if "address" in values.get("metrics", {})
         else MetricsConfig(),
+        health=_health(values.get("health", {})),
     )
+
+
+def _health(values: dict) -> HealthConfig:
+    host, port = values.get("address", (None, None))
+    rest = {k: v for k, v in values.items() if k != "address"}
+    return HealthConfig(host=host, port=port, **rest)
 
 
 def load_config_text(text: str, source: str = "<string>") -> Config:

@@ -191,6 +191,18 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class HealthConfig:
+    """Probes. `address`: a second listener for /healthz and /readyz (say 127.0.0.1:7473, which
+    a hostNetwork pod's probes reach); None = only on metrics.address. /healthz fails once the
+    node has been unable to announce (ExaBGP not running or not connected) for
+    `fail_after_seconds`, so the kubelet restarts a speaker that cannot recover by itself."""
+
+    host: Optional[str] = None
+    port: Optional[int] = None
+    fail_after_seconds: float = 120.0
+
+
+@dataclass(frozen=True)
 class Config:
     cluster: ClusterConfig
     speaker: SpeakerConfig
@@ -200,6 +212,7 @@ class Config:
     advertisements: tuple[Advertisement, ...] = ()
     exabgp: ExabgpConfig = ExabgpConfig()
     metrics: MetricsConfig = MetricsConfig()
+    health: HealthConfig = HealthConfig()
 
     def peer(self, name: str) -> PeerConfig:
         for peer in self.peers:

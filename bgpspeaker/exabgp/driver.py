@@ -49,7 +49,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
@@ -89,6 +89,29 @@ class PeerState:
     up: bool
     since: float  # time.time() of the last change
     last_down_reason: Optional[str] = None
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path`, readable by our user only from its first byte: a new file opened
+    with mode 0600 (never chmod after the fact: the secrets would be world-readable meanwhile),
+    then renamed over the old one, so a reader sees the old file or the new, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def child_environment(environ: Mapping[str, str], config: Config) -> dict[str, str]:
+    """ExaBGP's environment: ours, minus every peer's passwordEnv variable (ExaBGP reads the
+    secrets from its config file; its environment is readable in /proc by more than that file
+    is), plus its settings (render.exabgp_environment)."""
+    secrets = {peer.password_env for peer in config.peers if peer.password_env}
+    return {**{k: v for k, v in environ.items() if k not in secrets}, **exabgp_environment()}
 
 
 class ExabgpExited(RuntimeError):
@@ -153,6 +176,12 @@ class ExabgpDriver:
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
         self._started_once = False
+        self._failed_runs = 0  # runs that ended on their own (crash, failed spawn, never ready)
+        # The last run failed and none has become ready since: apply() does not wait for acks
+        # that cannot come (the whole desired set is replayed once one is ready).
+        self._failing = False
+        self._spawned_at: Optional[float] = None  # when the current run was spawned, until it is ready
+        self.start_timeout = 30.0  # a child not ready by then is killed and counts as a failed start
         self.rejected: dict[Key, str] = {}  # keys whose command ExaBGP answered `error`
         self._damping = SessionDamping()  # peers that reset after our UPDATEs get nothing for a while
 
@@ -181,8 +210,10 @@ class ExabgpDriver:
         """Peers whose routes are held back because they kept resetting the session (damping.py)."""
         return self._damping.held_peers(time.monotonic())
 
-    async def start(self, timeout: float = 30.0) -> None:
-        """Spawn ExaBGP; return once the relay is connected and the barrier passed."""
+    async def start(self, timeout: Optional[float] = 30.0) -> None:
+        """Spawn ExaBGP under supervision; return once the relay is connected and the barrier
+        passed, or at once with `timeout=None` (the daemon: the supervisor retries a failed
+        start with backoff forever, and apply() returns while ExaBGP is down)."""
         if len(self.socket_path.encode()) > 100:  # sun_path is 108 bytes
             raise ValueError(f"run_dir {self.run_dir} is too long for a unix socket path; use a shorter one")
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -192,6 +223,8 @@ class ExabgpDriver:
         self._tasks = [asyncio.create_task(self._supervise(), name="exabgp-supervisor"),
                        asyncio.create_task(self._worker(), name="exabgp-worker"),
                        asyncio.create_task(self._watchdog(), name="exabgp-watchdog")]
+        if timeout is None:
+            return
         try:
             async with asyncio.timeout(timeout):
                 await self._wait(lambda: self.ready)
@@ -201,7 +234,8 @@ class ExabgpDriver:
             raise RuntimeError(f"ExaBGP not ready after {timeout:.0f}s; its log ends with:\n{tail}") from None
 
     async def apply(self, desired: Iterable[RouteIntent]) -> None:
-        """Reconcile to exactly `desired`; return when every command of the diff is acked."""
+        """Reconcile to exactly `desired`; return when every command of the diff is acked, or
+        at once while ExaBGP is failing to start (the whole desired set is replayed when it is up)."""
         intents = desired if isinstance(desired, (tuple, list)) else tuple(desired)
         unknown = set()
         if self._intents is None:
@@ -234,7 +268,7 @@ class ExabgpDriver:
         self._generation += 1
         generation = self._generation
         self._wake.set()
-        await self._wait(lambda: self._acked_generation >= generation or self._stopping)
+        await self._wait(lambda: self._acked_generation >= generation or self._stopping or self._failing)
 
     def _replace_desired(self, wanted: dict[Key, RouteIntent]) -> None:
         """A desired set not from apply(): the next apply starts afresh, the next sync diffs everything."""
@@ -266,10 +300,14 @@ class ExabgpDriver:
         for gone in old - set(self._peers):
             self._forget_peer(gone)
         self._replace_desired({k: v for k, v in self._desired.items() if v.peer in self._peers})
+        failed = self._failed_runs
         self._request_restart("config changed")
-        await self._wait(lambda: self._proc is None or self._restart_reason is None)
-        await self._wait(lambda: self.ready or self._stopping)
-        await self._resync_desired()
+        # Until the new ExaBGP is up, or a run fails: a crash-looping ExaBGP must not hold
+        # the caller (the daemon's reconcile loop) beyond one attempt.
+        await self._wait(lambda: self._proc is None or self._restart_reason is None or self._failed_runs > failed)
+        await self._wait(lambda: self.ready or self._stopping or self._failed_runs > failed)
+        if self.ready:
+            await self._resync_desired()
         return True
 
     async def _reload(self, config: Config, node: NodeView, plan: ReloadPlan) -> bool:
@@ -337,17 +375,12 @@ class ExabgpDriver:
             self._generation += 1
             generation = self._generation
             self._wake.set()
-            await self._wait(lambda: self._acked_generation >= generation or self._stopping)
+            await self._wait(lambda: self._acked_generation >= generation or self._stopping or self._failing)
 
     def _write_config(self) -> None:
         """The rendered config, for ExaBGP to (re)read: mode 0600 (it holds the MD5 secrets),
         replaced atomically (a reload must never read half a file)."""
-        partial = self.config_path.with_suffix(".conf.new")
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(self._rendered)
-        os.chmod(partial, 0o600)
-        os.replace(partial, self.config_path)
+        write_private(self.config_path, self._rendered)
 
     async def stop(self, withdraw: bool) -> None:
         """`withdraw`: withdraw everything, wait for the acks and a settle, then SIGTERM.
@@ -474,6 +507,8 @@ class ExabgpDriver:
         """Barrier passed on a new relay connection: take peer state from `fsm`, then resync."""
         fsm = neighbor_fsm(neighbors)
         log.debug("barrier passed: fsm %s", fsm)
+        self._failing = False
+        self._spawned_at = None
         self._established = set()
         for address, name in self._by_address.items():
             up = fsm.get(str(address)) == "ESTABLISHED"
@@ -641,6 +676,9 @@ class ExabgpDriver:
     # --- supervision ----------------------------------------------------------------------
 
     async def _supervise(self) -> None:
+        """Forever: a failed start (ExaBGP not found, exiting at once, crash-looping) is retried
+        with exponential backoff up to 10 s between attempts; there is no last attempt. A run
+        longer than HEALTHY_RUN, or a restart we asked for, starts again at once."""
         while not self._stopping:
             retrying = AsyncRetrying(wait=wait_exponential(multiplier=0.2, max=10),
                                      retry=retry_if_exception_type(ExabgpExited), reraise=True)
@@ -665,7 +703,7 @@ class ExabgpDriver:
         self._started_once = True
         self._write_config()
         self._channel.new_process()
-        env = dict(os.environ, **exabgp_environment())
+        env = child_environment(os.environ, self.config)
         try:  # keep the previous run's log for diagnosis, but never let it grow without bound
             if self.log_path.stat().st_size > LOG_ROTATE_BYTES:
                 os.replace(self.log_path, self.log_path.with_suffix(".log.1"))
@@ -676,6 +714,13 @@ class ExabgpDriver:
             self._proc = await asyncio.create_subprocess_exec(
                 *self.exabgp_argv, str(self.config_path), env=env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=logf, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+        except OSError as exc:  # not found, not executable: retried with backoff like a crash
+            self._proc = None
+            self._failed_runs += 1
+            self._failing = True
+            self._progress()
+            log.error("cannot start exabgp (%s); retrying", exc)
+            raise ExabgpExited(str(exc)) from None
         finally:
             logf.close()
         # ExaBGP's RIB starts empty: nothing is announced, nothing is in doubt
@@ -685,7 +730,7 @@ class ExabgpDriver:
         self._counts.clear()
         for name in self._peers:
             self.metrics.announced_prefixes.labels(name).set(0)
-        started = time.monotonic()
+        started = self._spawned_at = time.monotonic()
         log.info("exabgp started (pid %d)", self._proc.pid)
         self._restart_reason = None
         self._restart_event.clear()
@@ -708,8 +753,12 @@ class ExabgpDriver:
         if self._stopping:
             return
         log.warning("exabgp exited rc=%s%s; restarting", rc, f" ({reason})" if reason else "")
-        if reason is not None or time.monotonic() - started > HEALTHY_RUN:
+        # A restart we asked for starts again at once; a crash or a start that never got ready backs off.
+        if reason in ("config changed", "ack timeout") or time.monotonic() - started > HEALTHY_RUN:
             raise _HealthyExit()
+        self._failed_runs += 1
+        self._failing = True
+        self._progress()
         raise ExabgpExited(f"rc={rc}")
 
     def _request_restart(self, reason: str) -> None:
@@ -738,6 +787,13 @@ class ExabgpDriver:
     async def _watchdog(self) -> None:
         while not self._stopping:
             await asyncio.sleep(min(1.0, self.ack_timeout / 4))
+            spawned = self._spawned_at  # None once this run was ready
+            if (spawned is not None and self._proc is not None and self._proc.returncode is None
+                    and time.monotonic() - spawned > self.start_timeout):
+                self._spawned_at = None
+                log.error("ExaBGP not ready %.0fs after its start: restarting it; its log ends with:\n%s",
+                          self.start_timeout, self.log_tail())
+                self._request_restart("not ready in time")
             age = self._channel.oldest_pending_age() if self._channel else None
             if age is not None and age > self.ack_timeout and self._proc is not None:
                 log.error("ExaBGP has not acknowledged a command for %.1fs: restarting it", age)

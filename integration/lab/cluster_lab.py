@@ -775,17 +775,22 @@ class MultiClusterLab:
         except OSError:
             return False
 
+    def _control(self, node_name: str, path: str, method: str = "GET") -> tuple[int, bytes]:
+        """The speaker's control socket (status, drain, undrain): a file, reachable from any netns."""
+        from bgpspeaker.client import control_request
+        return control_request(os.path.join(self.speakers[node_name].dir, "run", "control.sock"), path, method)
+
     def status(self, node_name: str) -> dict:
-        code, body = self._http(node_name, "/status")
+        code, body = self._control(node_name, "/status")
         if code != 200:
             raise AssertionError(f"{node_name} /status: HTTP {code}: {body[:200]!r}")
         return json.loads(body)
 
     def drain(self, node_name: str) -> dict:
-        return json.loads(self._http(node_name, "/drain", "POST")[1])
+        return json.loads(self._control(node_name, "/drain", "POST")[1])
 
     def undrain(self, node_name: str) -> dict:
-        return json.loads(self._http(node_name, "/undrain", "POST")[1])
+        return json.loads(self._control(node_name, "/undrain", "POST")[1])
 
     def metric(self, node_name: str, name: str, labels: Optional[Mapping[str, str]] = None) -> Optional[float]:
         """One sample of the speaker's /metrics (summed over series matching `labels`)."""
