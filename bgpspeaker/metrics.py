@@ -1,9 +1,9 @@
-"""The Prometheus metrics of DESIGN.md, in one registry that components receive.
+"""The Prometheus metrics of docs/design.md §3.5, in one registry that components receive.
 
 Components take a `Metrics` instead of touching module-level globals: two daemons (or
 a test and a daemon) in one process then never share counters, and a test can read
 exactly what one component counted. Names follow Prometheus conventions (counters end
-in `_total`, gauges do not); the contract is the list in DESIGN.md.
+in `_total`, gauges do not); the contract is the list in docs/design.md §3.5.
 """
 
 from __future__ import annotations

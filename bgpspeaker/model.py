@@ -33,7 +33,7 @@ def parse_ip(text: object) -> IPAddress:
     `ipaddress` accepts IPv6 scope ids and keeps *any* text after `%` (newlines
     included), and str() prints it back: `fd00::2%x\nannounce route ...` would reach an
     ExaBGP command verbatim. Scoped addresses are link-local by nature and never a valid
-    VIP or next-hop here, so they are refused outright (DESIGN.md invariant 4).
+    VIP or next-hop here, so they are refused outright (docs/design.md invariant 4).
     """
     if not isinstance(text, str) or "%" in text or not text.isascii():
         raise ValueError(f"{text!r} is not an IP address")
@@ -260,7 +260,7 @@ class RouteAttributes:
     """The path attributes of one announcement, all typed and validated.
 
     `as_path` is the AS_PATH as sent: our ASN first, repeated for prepends (ExaBGP sends an
-    explicit as-path verbatim on eBGP, see reference/exabgp-api.md §9). `local_pref` is None
+    explicit as-path verbatim on eBGP, see docs/reference/exabgp-api.md §9). `local_pref` is None
     toward eBGP peers, where it would be dropped anyway.
     """
 

@@ -14,7 +14,7 @@ not UTF-8, not YAML, an invalid config) into one `bgpspeaker: ...` line on stder
 code 2, whatever the command. `check-config` is the exception by design: its report *is*
 its output (stdout), see check_config_command.
 
-Output: `plan --format json` prints exactly DESIGN.md's shape on stdout (warnings, which
+Output: `plan --format json` prints exactly the shape of docs/design.md §3.1 on stdout (warnings, which
 that shape has no place for, go to stderr); the text format is a table for humans.
 Exit codes: 0 ok, 2 bad config / objects / node, 3 Service not found (explain), 1 when
 the cluster cannot be read (explain --kubeconfig); audit: 0 clean, 1 findings, 2 bad input.
@@ -84,7 +84,7 @@ def _check_node(snapshot: Snapshot, node_name: str, source: str) -> NodeView:
 
 
 def plan_entries(result: Plan) -> list[dict[str, Any]]:
-    """DESIGN.md's route entries: one per (service, prefix, identical attributes), peers grouped.
+    """The route entries of docs/design.md §3.1: one per (service, prefix, identical attributes), peers grouped.
 
     The same function renders the running daemon's /status, so a prediction made with
     `plan` compares line by line with what a node really announces.

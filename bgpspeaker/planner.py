@@ -5,7 +5,7 @@ announces) and `explain` (what a user reads) must never disagree. Both run the s
 per-Service decision code; `explain` merely asks it to keep the step-by-step trail for
 one Service, and `plan` drops it.
 
-Safety (DESIGN.md invariant 1): the planner announces only addresses the allocation
+Safety (docs/design.md invariant 1): the planner announces only addresses the allocation
 assigned, and re-checks each against the pools the Service's namespace may use — so
 whatever a Service's status says, and even if the allocation were wrong, an address
 outside an allowed pool is never planned.
@@ -174,7 +174,7 @@ def service_communities(service: ServiceView, pool: PoolConfig) -> tuple[
 
 
 def _next_hop_problem(address: IPAddress) -> Optional[str]:
-    # Routers reset a session that sends them a 127/8 next-hop, forever (reference/exabgp-api.md).
+    # Routers reset a session that sends them a 127/8 next-hop, forever (docs/reference/exabgp-api.md).
     for test, what in ((address.is_loopback, "loopback"), (address.is_unspecified, "unspecified"),
                        (address.is_link_local, "link-local"), (address.is_multicast, "multicast")):
         if test:

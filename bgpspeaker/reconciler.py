@@ -13,7 +13,7 @@ Decisions, and why:
   the router always has a path. Withdrawing a prefix nobody wants can wait a few ms.
 - Prefixes that share (attributes, set of peers, address family) go in one batch,
   which becomes one `announce attributes ... nlri P1 P2 ...` command: ExaBGP handles
-  ≤100 NLRI per command with a bounded window best (exabgp-api.md §7: 9.5k routes/s
+  ≤100 NLRI per command with a bounded window best (docs/reference/exabgp-api.md §7: 9.5k routes/s
   at ×100 per command vs 4-5k/s one route per command; ×1000 is slower again).
 - IPv4 and IPv6 are never mixed in a batch: `announce attributes ... nlri` parses
   every NLRI in the family of its next-hop/first prefix.
@@ -22,7 +22,7 @@ Decisions, and why:
 - Output order is a deterministic function of the input sets (never of dict or
   iteration order), so the same state always produces the same commands.
 - Only the attributes travel on the wire: a RouteIntent whose tier or services changed
-  but whose attributes did not needs no update (a resync sends nothing, DESIGN.md
+  but whose attributes did not needs no update (a resync sends nothing, docs/design.md
   invariant 2).
 """
 

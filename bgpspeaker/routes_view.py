@@ -1,4 +1,4 @@
-"""RouteIntents as the JSON entries of DESIGN.md, shared by `plan --format json` and `/status`.
+"""RouteIntents as the JSON entries of docs/design.md §3.1, shared by `plan --format json` and `/status`.
 
 One shape in one place, so what `plan` predicts offline and what a running daemon shows
 can be compared line by line. A route goes to several peers with identical attributes

@@ -169,7 +169,7 @@ def test_fuzzed_commands_through_real_exabgp_to_frr(capsys):
                                      f"{sorted(set(final) - set(got))}, different "
                                      f"{[(p, got[p], final[p]) for p in set(got) & set(final) if got[p] != final[p]]}")
             assert router.established(node.address), "a command reset the session"
-            # the harness can see an `error`: a malformed command (exabgp-api.md §5) is refused
+            # the harness can see an `error`: a malformed command (docs/reference/exabgp-api.md §5) is refused
             assert exa.send("announce route 300.1.1.1/32 next-hop 10.0.0.1") == "error"
             assert _rib(router) == final
             with capsys.disabled():

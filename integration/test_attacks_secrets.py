@@ -1,4 +1,4 @@
-"""Secrets at run time (DESIGN.md invariant 5): a real `bgpspeaker run` whose peer has a TCP MD5
+"""Secrets at run time (docs/design.md invariant 5): a real `bgpspeaker run` whose peer has a TCP MD5
 password from a passwordFile brings the session up with FRR (MD5 really on the socket),
 and the password appears nowhere a human or a scraper can read: the daemon's log (after
 start, routes, drain, reloads good and bad, an ExaBGP restart), /status, /metrics, /readyz,

@@ -1,7 +1,7 @@
 """End to end: clusters in different ASes (east 64512, west 64513, central 64514).
 
 BGP compares MED only between paths from the same neighbouring AS, unless the router
-has `bgp always-compare-med` (lab-notes, measured on FRR 8.4 and BIRD 2: without it,
+has `bgp always-compare-med` (docs/reference/lab-notes.md, measured on FRR 8.4 and BIRD 2: without it,
 MED 100 vs 200 from two ASes keeps the *older* path). So the tiers must carry a second
 signal that every router honours: the AS-path prepends.
 

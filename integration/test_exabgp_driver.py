@@ -1,5 +1,5 @@
 """The driver against a real ExaBGP 5.0.15 on loopback (no router: ExaBGP keeps announced routes in
-its adj-rib-out while the session is down, exabgp-api.md §8, and `show adj-rib out` is the truth).
+its adj-rib-out while the session is down, docs/reference/exabgp-api.md §8, and `show adj-rib out` is the truth).
 
 What a router sees is tested in test_exabgp_lab.py; here: bookkeeping, resync after
 relay and ExaBGP deaths, the ack deadline, reconfigure, metrics.
@@ -168,7 +168,7 @@ def test_relay_killed_past_exabgps_respawn_limit_restarts_exabgp(tmp_path):
         target = routes(500)
         await d.apply(target)
         first_pid = d.exabgp_pid
-        # ExaBGP respawns its helper 5 times per 64 s window, then exits rc=1 (exabgp-api.md §8);
+        # ExaBGP respawns its helper 5 times per 64 s window, then exits rc=1 (docs/reference/exabgp-api.md §8);
         # the window is wall-clock aligned, so keep killing until it gives up.
         for _ in range(14):
             if d.exabgp_pid not in (None, first_pid):
@@ -264,8 +264,8 @@ def test_an_unusable_next_hop_affects_only_its_own_routes(tmp_path):
 
 def test_orphaned_exabgp_exits_on_its_own(tmp_path):
     """The daemon is gone (nobody listens on the socket): each relay gives up after a few
-    seconds, ExaBGP respawns it 5 times per 64 s window, then exits rc=1 (exabgp-api.md §8,
-    lab-notes). Without the relay's connect timeout it would linger for minutes."""
+    seconds, ExaBGP respawns it 5 times per 64 s window, then exits rc=1 (docs/reference/exabgp-api.md §8,
+    docs/reference/lab-notes.md). Without the relay's connect timeout it would linger for minutes."""
     import subprocess
     import sys
 
@@ -278,7 +278,7 @@ def test_orphaned_exabgp_exits_on_its_own(tmp_path):
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         # 6 deaths × ~3 s, twice if they straddle a 64 s window boundary. Measured here: it exits
-        # rc=0 in ~20 s when its helper keeps exiting 1 (exabgp-api.md saw rc=1 for SIGKILLed helpers).
+        # rc=0 in ~20 s when its helper keeps exiting 1 (docs/reference/exabgp-api.md saw rc=1 for SIGKILLed helpers).
         proc.wait(90)  # TimeoutExpired if it lingers
     finally:
         if proc.poll() is None:

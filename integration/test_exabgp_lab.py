@@ -7,7 +7,7 @@ Topology (one pair of namespaces per test, unique names, removed after the test)
     tor   10.99.1.1/24 fd00:99:1::1/64  (FRR bgpd)
 
 Next-hops are the node's veth addresses, never 127/8 (FRR answers a 127/8 next-hop with
-NOTIFICATION 3/8 and the session flaps forever, exabgp-api.md §9). The driver runs in
+NOTIFICATION 3/8 and the session flaps forever, docs/reference/exabgp-api.md §9). The driver runs in
 this process's event loop, so every wait here is an async poll (a blocking wait would
 stall the driver's reader, the very thing these tests guard).
 """

@@ -7,7 +7,7 @@ Recovery time = from the fault (or its end, for faults with a duration) to the f
 moment the router's RIB equals the desired set again and the session is Established.
 Faults that must not disturb the router at all (API outage, 410 storm, watch closes, a
 garbage config) are checked with the router's own UPDATE counter for the speaker: no
-UPDATE may arrive (DESIGN.md invariant 2: "a resync that finds no change sends no BGP
+UPDATE may arrive (docs/design.md invariant 2: "a resync that finds no change sends no BGP
 update").
 """
 
@@ -168,7 +168,7 @@ def test_exabgp_sigkill(steady):
 
 
 def test_relay_killed_past_the_respawn_limit(steady):
-    """ExaBGP respawns a dead relay 5 times per 64 s, then exits rc=1 (exabgp-api.md §8): the
+    """ExaBGP respawns a dead relay 5 times per 64 s, then exits rc=1 (docs/reference/exabgp-api.md §8): the
     speaker must notice and start a new ExaBGP, which replays everything."""
     lab, want = steady
     exabgp = lab.exabgp_pid(NODE)

@@ -1,6 +1,6 @@
 """Conformance tests for the Kubernetes API emulator, driven by the official client and kubectl.
 
-Each test holds the emulator to one behaviour from reference/kube-emulator.md (section 7
+Each test holds the emulator to one behaviour from docs/reference/kube-emulator.md (section 7
 items are named in the docstrings). They need only loopback sockets; every wait is a
 condition with a deadline, and each test works in its own namespace.
 """

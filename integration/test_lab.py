@@ -154,7 +154,7 @@ def test_two_frr_exchange_a_route_with_attributes(lab):
 
 
 def test_frr_med_comparison_follows_always_compare_med(lab):
-    """Two origins in different ASNs: MED decides only with always-compare-med (lab-notes)."""
+    """Two origins in different ASNs: MED decides only with always-compare-med (docs/reference/lab-notes.md)."""
     tor_ns, n1, n2 = lab.netns("tor"), lab.netns("n1"), lab.netns("n2")
     lab.veth(tor_ns, "e1", n1, "eth0")
     lab.veth(tor_ns, "e2", n2, "eth0")
@@ -298,7 +298,7 @@ def test_exabgp_started_as_a_node_reaches_the_tor_v4_and_v6_and_gr_keeps_routes_
     """Smoke test of the lab for the ExaBGP driver: the ExaBGP binary, started "as node
     east-1", peers with the tor; its IPv4 and IPv6 routes (v6 over the v4 session, global
     next hop) reach the tor's RIB and FIB and the client reaches the VIPs. With graceful
-    restart, a SIGKILLed ExaBGP leaves its routes stale at the tor (lab-notes)."""
+    restart, a SIGKILLed ExaBGP leaves its routes stale at the tor (docs/reference/lab-notes.md)."""
     import signal
     import subprocess
     import sys

@@ -281,7 +281,7 @@ def test_dual_stack_keeps_its_status_address_and_adds_the_other_family():
     assert addrs(result, "default/s") == ("203.0.113.3", "2001:db8::")
 
 
-# --- security (DESIGN.md invariant 1 at the allocator) ------------------------------------
+# --- security (docs/design.md invariant 1 at the allocator) ------------------------------------
 
 
 @pytest.mark.parametrize("attacker, reason", [

@@ -15,7 +15,7 @@ from bgpspeaker.config.load import ConfigError, ConfigIssue, load_config, load_c
 from bgpspeaker.config.schema import DEFAULT_TIERS, TierAttributes
 from bgpspeaker.model import Community, LargeCommunity, Tier
 
-# The example of DESIGN.md "Configuration", minus passwordFile (tested on its own).
+# The example of docs/design.md §3.2 "Configuration", minus passwordFile (tested on its own).
 DESIGN_EXAMPLE = """\
 cluster: {name: east, defaultTier: primary}
 speaker:

@@ -184,7 +184,7 @@ def test_exclusive_waits_for_an_empty_window_and_collects_output(tmp_path):
 
 def test_reader_drains_everything_while_nobody_consumes(tmp_path):
     """The reader only does bookkeeping: a flood of output is read even though no task awaits
-    the results (a stalled consumer must not stall ExaBGP's blocking writes, exabgp-api.md §7)."""
+    the results (a stalled consumer must not stall ExaBGP's blocking writes, docs/reference/exabgp-api.md §7)."""
     async def main():
         events = []
         ch = Channel(str(tmp_path / "f.sock"), on_event=events.append)

@@ -65,7 +65,7 @@ def test_exits_when_exabgp_closes_its_pipe(tmp_path):
 
 def test_gives_up_connecting_after_a_short_timeout(tmp_path):
     """An orphaned ExaBGP (daemon gone) respawns the relay 5 times per 64 s, then exits
-    (exabgp-api.md §8): a relay that gives up in seconds makes that happen in seconds."""
+    (docs/reference/exabgp-api.md §8): a relay that gives up in seconds makes that happen in seconds."""
     t0 = time.monotonic()
     proc = start(str(tmp_path / "nobody-listens.sock"))
     assert proc.wait(relay.CONNECT_TIMEOUT + 10) == 1

@@ -1,4 +1,4 @@
-"""Attacks on the policy core, pure: community abuse and address hijacks (DESIGN.md invariant 1).
+"""Attacks on the policy core, pure: community abuse and address hijacks (docs/design.md invariant 1).
 
 Every attack runs next to a healthy cluster (tests/test_hardening_support.legit_objects)
 through views → allocate → plan → diff → command text, with every command and route

@@ -84,7 +84,7 @@ def test_cli_plan_json_shows_the_same(name):
     assert skipped == {(s, r, m) for s, r, w, m in expects if not w}
     assert {(r["service"], r["prefix"]) for r in out["routes"]} == announced
     for s, r, w, m in expects:
-        if w:  # warnings have no place in DESIGN.md's JSON: they go to stderr
+        if w:  # warnings have no place in the JSON of docs/design.md §3.1: they go to stderr
             assert m in run.stderr, run.stderr
 
 

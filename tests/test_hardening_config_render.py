@@ -1,5 +1,5 @@
 """Config → ExaBGP config: hostile values in every config field cannot add a statement to the
-config ExaBGP runs, and never crash the loader (DESIGN.md invariants 4 and 6).
+config ExaBGP runs, and never crash the loader (docs/design.md invariants 4 and 6).
 
 The speaker's YAML may come from a ConfigMap that more people can edit than the node's
 root. Every string and number field of a valid config gets each hostile corpus value

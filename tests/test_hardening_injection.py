@@ -1,4 +1,4 @@
-"""Injection fuzz (DESIGN.md invariants 1 and 4): hostile strings in every Service field and
+"""Injection fuzz (docs/design.md invariants 1 and 4): hostile strings in every Service field and
 annotation that reaches planning, ≥ 10,000 cases through views → allocate → plan →
 reconciler.diff → command text.
 

@@ -1,4 +1,4 @@
-"""Secrets (DESIGN.md invariant 5): an MD5 password never appears in what the user-facing
+"""Secrets (docs/design.md invariant 5): an MD5 password never appears in what the user-facing
 commands print — `check-config` and `render-exabgp` — whether the config is right or the
 password file is broken. Run through the real CLI (a subprocess), as an operator runs it.
 

@@ -2,9 +2,9 @@
 and the independent checks that every generated command and route must pass.
 
 Why an independent checker instead of reusing `commands.parse_line`: the property under
-test is "no Service field or annotation can inject an ExaBGP command" (DESIGN.md
+test is "no Service field or annotation can inject an ExaBGP command" (docs/design.md
 invariant 4). A checker that shares code with the thing checked would share its bugs,
-so the grammar below is written from reference/exabgp-api.md §5, stricter than the
+so the grammar below is written from docs/reference/exabgp-api.md §5, stricter than the
 builder's own (canonical addresses only, no IPv6 scope id, a closed character set), and
 the allowed address space is computed from the raw CIDR text of the config, not through
 `PoolConfig.contains`.

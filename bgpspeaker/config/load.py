@@ -4,7 +4,7 @@ Why it works this way:
 - An operator fixing a config wants all the problems at once, so nothing raises at the
   first error: rules append ConfigIssues and return INVALID, and the loader goes on.
   Only when no issue was found is a Config built; a bad file never yields a partial
-  Config, which is what lets a live reload keep the last good one (DESIGN.md invariant 6).
+  Config, which is what lets a live reload keep the last good one (docs/design.md invariant 6).
 - The field rules read as tables (one row per YAML key: name, attribute, rule, required)
   so the accepted schema is visible in one place and unknown keys — typos — are errors
   with a suggestion, never silently ignored.

@@ -3,7 +3,7 @@
 Only `config.load` builds these from YAML (with every error and its field path); tests
 and the planner build them directly. Every field is already parsed (ipaddress objects,
 ints, Community), so nothing downstream re-validates or re-parses text. Defaults match
-the YAML defaults of DESIGN.md.
+the YAML defaults of docs/design.md §3.2.
 """
 
 from __future__ import annotations

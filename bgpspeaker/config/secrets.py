@@ -1,6 +1,6 @@
 """TCP MD5 passwords: read from a file or an environment variable, checked, never shown.
 
-DESIGN.md invariant 5: secrets come from files or the environment and never reach logs,
+docs/design.md invariant 5: secrets come from files or the environment and never reach logs,
 /status, metrics or a printed config. So the config holds only *where* a password is
 (`PeerConfig.password_file` / `password_env`), the loader checks at load time that it
 can be read (a typo'd path should fail `check-config`, not the BGP session an hour

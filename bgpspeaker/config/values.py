@@ -50,7 +50,7 @@ def ip_text(issues: Issues, path: str, node: Node) -> Any:
     """A string meant to hold IP addresses, refusing IPv6 scope ids (`fe80::1%eth0`).
 
     ipaddress accepts any text after '%' (newlines included) and str() gives it back, so a
-    scope id would carry arbitrary text into ExaBGP commands and config (DESIGN.md invariant 4).
+    scope id would carry arbitrary text into ExaBGP commands and config (docs/design.md invariant 4).
     """
     text = string(issues, path, node)
     if text is not INVALID and "%" in text:

@@ -2,7 +2,7 @@
 
 Mostly about multi-cluster preference, where a mistake is silent: the routes go out, the
 sessions are up, and the routers simply cannot tell the primary cluster from the backup.
-The facts behind them (DESIGN.md "Multi-cluster preference", reference/exabgp-api.md):
+The facts behind them (docs/design.md §5 "Multi-cluster preference", docs/reference/exabgp-api.md):
 local-preference is dropped on eBGP; toward iBGP peers the planner sends an empty
 AS_PATH (our own ASN would be a loop at the router), so prepends do nothing there; and a
 router compares MED only between routes from the same neighbouring AS unless it runs

@@ -1,6 +1,6 @@
 """The ordered command/ack/event stream between the daemon and ExaBGP, through the relay's socket.
 
-Why it looks like this (../shared/reference/exabgp-api.md):
+Why it looks like this (docs/reference/exabgp-api.md):
 - ExaBGP writes to its helper with *blocking* writes; a reader that stalls longer than
   the hold time stops ExaBGP's keepalives and the peer drops the session (§7, [ran]).
   So the reader task does nothing but `readline()` and synchronous bookkeeping: it
@@ -354,7 +354,7 @@ def neighbor_fsm(neighbors: list) -> dict[str, str]:
     """peer address → fsm state (`ESTABLISHED`, `IDLE`, ...) from `show neighbor json`.
 
     `fsm`, not `state`: `state` says "down" during a session's first second (derived from
-    `duration`, exabgp-api.md §3.2)."""
+    `duration`, docs/reference/exabgp-api.md §3.2)."""
     result: dict[str, str] = {}
     for n in neighbors:
         if not isinstance(n, dict):

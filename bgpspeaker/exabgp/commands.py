@@ -1,4 +1,4 @@
-"""ExaBGP API command text, built only from typed, validated values (DESIGN.md invariant 4).
+"""ExaBGP API command text, built only from typed, validated values (docs/design.md invariant 4).
 
 Why this module is the only place that writes command text: ExaBGP parses each line of
 our stream as a command, so a newline or a keyword smuggled into any value (a Service
@@ -9,7 +9,7 @@ ValueError before a byte is written. `parse_line` reads our own grammar back, so
 property test can show that whatever values come in, exactly the intended single
 command goes out.
 
-Measured rules behind the checks (exabgp-api.md):
+Measured rules behind the checks (docs/reference/exabgp-api.md):
 - Next-hops in 127/8 made FRR send NOTIFICATION 3/8 and the session flapped forever,
   because ExaBGP re-sends its RIB on every reconnect (§9): loopback, unspecified,
   multicast, link-local, reserved and IPv4-mapped next-hops are refused.

@@ -1,10 +1,10 @@
 """Session damping: stop feeding a peer that resets the session after our UPDATEs.
 
 ExaBGP reconnects at once after a peer closes an established session, and re-sends its
-adj-rib-out on every new session (exabgp-api.md §8). A router that rejects what we send
+adj-rib-out on every new session (docs/reference/exabgp-api.md §8). A router that rejects what we send
 (NOTIFICATION 3/x for an attribute it dislikes, or a Cease on every UPDATE) therefore
 makes ExaBGP flap forever: ~30 sessions/s measured here, a log line each
-(integration/test_faults.py). exabgp-api.md §9 asks the parent to react to repeated
+(integration/test_faults.py). docs/reference/exabgp-api.md §9 asks the parent to react to repeated
 downs. ExaBGP 5.0 has no per-neighbor disable, and restarting it would drop the healthy
 peers too; but the loop needs our UPDATEs, so the reaction is to hold our routes back
 from that one peer: the driver withdraws them from ExaBGP's adj-rib-out (a reconnect then

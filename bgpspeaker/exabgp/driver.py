@@ -2,11 +2,11 @@
 
 Why a supervised child with its own bookkeeping: ExaBGP holds the announcements, but it
 can die, wedge or lose its helper at any time, and the router must end up with exactly
-the desired set every time (DESIGN.md invariant 3). So the driver keeps two sets —
+the desired set every time (docs/design.md invariant 3). So the driver keeps two sets —
 what the daemon wants (`apply`) and what ExaBGP acknowledged (`announced()`) — and
 after every start or relay reconnect it replays the whole desired set behind a barrier.
 
-The lifecycle, and the measurement behind each step (../shared/reference/exabgp-api.md):
+The lifecycle, and the measurement behind each step (docs/reference/exabgp-api.md):
 - The unix server exists before ExaBGP is spawned; the relay connects back (§3).
 - After each connection: `show neighbor json` barrier, stale acks discarded (§3.2,
   exp14), peer state from `fsm` (not `state`, §3.2), then the full desired set is
@@ -15,7 +15,7 @@ The lifecycle, and the measurement behind each step (../shared/reference/exabgp-
   established peer (a peer that came up while the relay was away never got one).
 - On a peer's `up`: replay that peer's routes, then its EOR per family. With
   `manual-eor true` the EOR is ours to send: sending it after the replay is what keeps a
-  graceful-restart router from flushing the routes it kept stale (§8, lab-notes).
+  graceful-restart router from flushing the routes it kept stale (§8, docs/reference/lab-notes.md).
 - A command unacknowledged past `ack_timeout`: ExaBGP is wedged; kill and restart it.
 - ExaBGP exits (also when its helper died 6× in 64 s, §8): restart with backoff
   (tenacity; the attempt count resets after a healthy run); its RIB starts empty, so
@@ -32,7 +32,7 @@ that cannot be rendered (say a 127/8 next-hop) is logged and recorded in `reject
 the rest of the diff proceeds.
 
 Session state: from the JSON `up`/`down`/`connected` events, corrected by `fsm` after
-every barrier. A relay reconnect alone does not reset `session_up` to 0 (exabgp-api.md
+every barrier. A relay reconnect alone does not reset `session_up` to 0 (docs/reference/exabgp-api.md
 §6 suggests it): ExaBGP's sessions do not depend on its helper, and the barrier that
 follows within milliseconds corrects any change; an ExaBGP exit does reset it.
 """
@@ -73,10 +73,10 @@ STOP_GRACE = 5.0
 RELOAD_TIMEOUT = 10.0  # seconds of retrying a dropped `reload` before restarting ExaBGP instead (_send_reload)
 LOG_ROTATE_BYTES = 1 << 20  # ExaBGP logs at WARNING: a few lines per start
 # Commands in flight, and prefixes per command. ExaBGP runs 50 NLRI steps per reactor loop,
-# sleeps between loops, and scans its whole command queue every loop (exabgp-api.md §7):
+# sleeps between loops, and scans its whole command queue every loop (docs/reference/exabgp-api.md §7):
 # a deep queue slows it down. Measured in the bench lab (integration/bench/bench_window.py,
 # raw ExaBGP, 10,000 routes into FRR, medians of 3): windows 4-10 x 100 prefixes 1.38-1.42 s,
-# 16 x 50 1.42 s, 32 x 100 1.71 s, 64 x 100 2.18 s, 8 x 200 2.1 s. DESIGN.md's "about
+# 16 x 50 1.42 s, 32 x 100 1.71 s, 64 x 100 2.18 s, 8 x 200 2.1 s. exabgp-api.md §7's "about
 # 20-50" is slower here: the daemon's cold start at 10,000 took 2.08 s with 8, 2.32 s with 32.
 WINDOW = 8
 BATCH_SIZE = 100
@@ -528,7 +528,7 @@ class ExabgpDriver:
     def _has_work(self) -> bool:
         # Nothing before the first apply(): a session that comes up earlier would get an
         # End-of-RIB after an empty replay, and a graceful-restart router would then flush
-        # the routes it kept stale for us (lab-notes.md, "Graceful restart trap"). Its
+        # the routes it kept stale for us (docs/reference/lab-notes.md, "Graceful restart trap"). Its
         # replay and EOR stay queued until the desired set is known.
         if not self._applied_once:
             return False
@@ -618,7 +618,7 @@ class ExabgpDriver:
                         intents = [self._announced.get(k) or self._suspect.get(k) for k in batch.keys()]
                 except (KeyError, TypeError, ValueError) as exc:
                     # e.g. a 127/8 next-hop: refused here, before it can make a router reset the
-                    # session forever (exabgp-api.md §9). Only this batch is affected.
+                    # session forever (docs/reference/exabgp-api.md §9). Only this batch is affected.
                     log.error("not sending %s of %d prefixes to %s: %s", batch.action, len(batch.prefixes),
                               ",".join(batch.peers), exc)
                     for key in batch.keys():

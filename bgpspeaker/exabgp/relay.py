@@ -1,7 +1,7 @@
 """ExaBGP's `process` helper: a dumb byte relay between ExaBGP's pipes and the daemon's unix socket.
 
 Why: ExaBGP 5.0 has no socket API, and its named pipes carry no session events
-(exabgp-api.md §2). Its `process` API does (acks, JSON `neighbor-changes`, `show`
+(docs/reference/exabgp-api.md §2). Its `process` API does (acks, JSON `neighbor-changes`, `show`
 output), but only to a child it spawns itself, with close_fds (no inherited fds). So
 ExaBGP runs this relay, which connects back to the daemon's socket by path (§3.1).
 
@@ -11,7 +11,7 @@ Trade-offs:
   hide a stuck daemon; the daemon's reader is what must never stall.
 - A short connect timeout with retry: an orphaned ExaBGP (daemon gone) respawns the
   relay 5 times per 64 s and then exits (§8); each relay giving up after a few seconds
-  makes that happen in seconds, not minutes (lab-notes: "give the relay a short
+  makes that happen in seconds, not minutes (docs/reference/lab-notes.md: "give the relay a short
   connect timeout so an orphaned ExaBGP does not linger").
 - Nothing else may ever be printed to stdout: ExaBGP parses every line as a command.
 """

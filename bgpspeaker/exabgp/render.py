@@ -4,12 +4,12 @@ Why a pure renderer: the same text is what the driver runs and what an operator 
 (`render-exabgp`, secrets masked), and "did the config change?" is a string comparison
 that decides whether a reload must restart ExaBGP.
 
-Choices, with the measurement behind each (../shared/reference/exabgp-api.md):
+Choices, with the measurement behind each (docs/reference/exabgp-api.md):
 - One `process` (our relay, `encoder json` — a process block without an encoder is a
   syntax error, §4.1) and, on every neighbor, `api { processes [...]; neighbor-changes; }`:
   the only way to get session events in 5.0 (§2).
 - `manual-eor true`: by default ExaBGP sends End-of-RIB right after OPEN, before we
-  replayed, and a graceful-restart helper then flushes the routes it kept (lab-notes:
+  replayed, and a graceful-restart helper then flushes the routes it kept (docs/reference/lab-notes.md:
   FIB empty ~0.5 s). The driver sends EOR after its replay.
 - `group-updates true`: same-attribute NLRIs share an UPDATE (seen on the wire, §4.1).
 - No `multihop` keyword exists in 5.0: ebgpMultiHop becomes `outgoing-ttl` (§4.2).
@@ -17,7 +17,7 @@ Choices, with the measurement behind each (../shared/reference/exabgp-api.md):
   sends ipv6 unicast as MP_REACH over an IPv4 session (§5).
 - Environment: acks on (they are our flow control), CLI pipes off (otherwise it logs
   about missing FIFOs), `tcp.bind` empty (active only: no listening port 179), no
-  daemonizing, log to stderr at WARNING (lab-notes: ~15% less CPU than INFO), and
+  daemonizing, log to stderr at WARNING (docs/reference/lab-notes.md: ~15% less CPU than INFO), and
   `daemon.user` = the user we run as: as root ExaBGP otherwise setuid()s to `nobody` and
   the relay can no longer reach our socket (§4.3).
 - Secrets: the MD5 password is read from `passwordFile` only when the config is for

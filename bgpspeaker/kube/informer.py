@@ -4,7 +4,7 @@ Why our own instead of `kubernetes.watch.Watch`: we need, and Watch does not giv
 (1) raw JSON straight into slim views (Watch deserialises into the client's models, or,
 with `deserialize=False`, stops tracking the resourceVersion), (2) a relist on 410 that
 is *diffed* against the cache, so a relist of unchanged objects produces no change
-downstream (DESIGN.md safety invariant 2), (3) reconnects with capped, jittered backoff
+downstream (docs/design.md invariant 2), (3) reconnects with capped, jittered backoff
 that never drop the cache, and (4) a stop that interrupts a blocked read.
 
 Trade-offs:

@@ -5,7 +5,7 @@ core, issue 2), never asserted — timings on a shared 2-core machine are noise-
 What *is* checked (and makes the script exit 1) is correctness at scale: re-allocating
 with the result written back to status gives the same allocation, re-planning an
 unchanged state gives an identical set of routes, and the reconciler's diff of that
-state against itself is empty (DESIGN.md invariant 2: a resync sends no BGP update).
+state against itself is empty (docs/design.md invariant 2: a resync sends no BGP update).
 
     .venv/bin/python integration/bench/bench_plan.py [--services 10000] [--nodes 100] [--profile]
 """

@@ -9,7 +9,7 @@ by ±5 % on a shared machine). Prints, never asserts. Run as root:
     .venv/bin/python integration/bench/bench_window.py [--services 10000] [--rounds 3] [--pairs 4:100,8:100,32:100]
 
 Why a shallow window wins: ExaBGP runs 50 NLRI steps per reactor loop, sleeps between
-loops and scans its whole command queue each loop (exabgp-api.md §7), so queued work
+loops and scans its whole command queue each loop (docs/reference/exabgp-api.md §7), so queued work
 slows the work in front of it.
 """
 

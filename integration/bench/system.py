@@ -118,7 +118,7 @@ def slice_object(i: int, nodes: Iterable[str], ready: bool, cluster: str = "east
 
 
 def speaker_config(node: Node) -> dict:
-    """The daemon's config: one peer (the tor), the /16 pool, the tiers of DESIGN.md.
+    """The daemon's config: one peer (the tor), the /16 pool, the tiers of docs/design.md §3.2.
     `shutdown: keep` without graceful restart: a SIGTERM closes the session and FRR drops
     the routes at once (a 50,000-route withdraw would only slow the runs down)."""
     return {
@@ -441,7 +441,7 @@ class RawExabgp:
         self.conf = self.dir / "exabgp.conf"
         self.conf.write_text(render_config(config, view, self.sock_path, mask_secrets=False))
         self.peer = ipaddress.ip_address(node.tor_address)
-        # the attributes the daemon sends for a primary route (DESIGN.md tiers)
+        # the attributes the daemon sends for a primary route (docs/design.md §3.2 tiers)
         self.attrs = RouteAttributes(next_hop=ipaddress.ip_address(node.address), as_path=(node.asn,), med=100,
                                      communities=(Community(node.asn, 100),))
         self.window = threading.Semaphore(WINDOW)

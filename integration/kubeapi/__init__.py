@@ -1,5 +1,5 @@
 """A Kubernetes API emulator for tests and the lab: the wire protocol that the official
-client, kubectl and informers rely on (see ../shared/reference/kube-emulator.md).
+client, kubectl and informers rely on (see docs/reference/kube-emulator.md).
 
     from integration.kubeapi import run_emulator
     with run_emulator() as emu:

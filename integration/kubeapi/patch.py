@@ -1,7 +1,7 @@
 """The three PATCH formats the official client and kubectl send, applied to plain dicts.
 
 The `kubernetes` client 37 sends a dict body as strategic-merge-patch and a list body as
-json-patch (measured, see reference/kube-emulator.md); `_content_type` can force
+json-patch (measured, see docs/reference/kube-emulator.md); `_content_type` can force
 merge-patch. Strategic merge is approximated by merge-patch with lists replaced and
 `$`-directives dropped: enough for the Service/Node/EndpointSlice/Lease fields this
 project writes, without the per-field merge keys of the real schema.

@@ -1,7 +1,7 @@
 """A real BIRD 2 router inside a network namespace: the second router for tests.
 
 Why a second router: what the speaker announces must not depend on FRR's quirks, and
-BIRD converges ~20x faster than FRR (2-3 ms vs ~53 ms after a withdraw, lab-notes),
+BIRD converges ~20x faster than FRR (2-3 ms vs ~53 ms after a withdraw, docs/reference/lab-notes.md),
 which makes it the better router for speed measurements.
 
 Same shape as `frr.FrrRouter` (same `Neighbor`, `Originate`, `Path`, `NeighborState`
@@ -163,7 +163,7 @@ class BirdControl:
         return out
 
     def close(self) -> None:
-        # a makefile() reader keeps the socket open after close(): shutdown first (lab-notes)
+        # a makefile() reader keeps the socket open after close(): shutdown first (docs/reference/lab-notes.md)
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:

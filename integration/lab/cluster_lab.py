@@ -150,7 +150,7 @@ def tier_table(asn: int, prepends: tuple[int, int, int] = (0, 1, 2)) -> dict:
 def speaker_config(node: Node, asn: int, *, hold_time: int = 3, graceful_restart: int = 0,
                    shutdown: str = "withdraw", drain_seconds: float = 3,
                    prepends: tuple[int, int, int] = (0, 1, 2)) -> dict:
-    """The YAML config (as a dict) of one node's speaker, in DESIGN.md's schema."""
+    """The YAML config (as a dict) of one node's speaker, in the schema of docs/design.md §3.2."""
     return {
         "cluster": {"name": node.cluster, "defaultTier": "primary"},
         "speaker": {"myASN": asn, "routerID": "auto", "shutdown": shutdown, "drainSeconds": drain_seconds},

@@ -4,7 +4,7 @@ Why: the design says "real BGP, never a mocked one": the speaker's routes are ju
 by a real router's RIB and best path, and with zebra the routes reach the namespace's
 kernel FIB so real packets follow them.
 
-Choices, with the measurements behind them (FRR 8.4.4 on this machine, lab-notes):
+Choices, with the measurements behind them (FRR 8.4.4 on this machine, docs/reference/lab-notes.md):
 - Each instance has its own directory (config, pid files, vty sockets, zserv.api,
   logs), owned by `frr`: as root without `-u frr -g frr` bgpd refuses to start
   ("user(root) is not part of vty group"). `-P 0`: no vty TCP port.

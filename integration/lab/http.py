@@ -8,7 +8,7 @@ at *which* cluster answered. The responder answers every GET with a fixed body s
   address of the node's namespace, IPv4 and IPv6, including VIPs added to `lo` after
   it started (no restart when the speaker moves a VIP).
 - `probe()` uses short timeouts (0.3 s): when the tor has no route, it rate-limits ICMP
-  unreachables to ~1/s, so every other probe waits for its full timeout (lab-notes).
+  unreachables to ~1/s, so every other probe waits for its full timeout (docs/reference/lab-notes.md).
   Wait for the answer you expect with `wait_until`, never a fixed sleep.
 
 Run directly: `python -m integration.lab.http --body east/east-1 [--address A] [--port P]`.

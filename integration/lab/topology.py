@@ -1,7 +1,7 @@
 """The multi-cluster lab topology: one top-of-rack router, nodes of several clusters, a client.
 
 Why: the end-to-end tests, the failover tests and the demo all need the same picture
-(lab-notes, "Topology that worked"), described once by a small value and brought up and
+(docs/reference/lab-notes.md, "Topology that worked"), described once by a small value and brought up and
 torn down by one call:
 
     east-1    10.99.1.2 --\\

@@ -1,7 +1,7 @@
 """Talk to an FRR daemon through its vty unix socket, without spawning vtysh.
 
 Why: `vtysh -c ...` costs ~20 ms per call (a process start), the socket ~0.14 ms
-(lab-notes, re-measured here: 0.07-0.4 ms). Tests that poll the RIB every 20 ms
+(docs/reference/lab-notes.md, re-measured here: 0.07-0.4 ms). Tests that poll the RIB every 20 ms
 need the fast path.
 
 Protocol (FRR 8.4, measured): write `command\\0`; the reply is the text followed by
