@@ -44,7 +44,7 @@ def test_prometheus_scrapes_the_speaker_and_the_session_alert_fires_when_the_rou
         endpoints = service_objects()[2]
         endpoints["endpoints"][0]["conditions"]["ready"] = ready
         emu.set_object(endpoints)
-        wait_until(lambda: (router.best_path(PREFIX) is not None) == ready, 15, f"route there: {ready}")
+        wait_until(lambda ready=ready: (router.best_path(PREFIX) is not None) == ready, 15, f"route there: {ready}")
     wait_until(lambda: prometheus.query("bgpspeaker_event_to_ack_seconds_count >= 2"), 15, "events scraped")
     wait_until(lambda: prometheus.query("count_over_time(bgpspeaker_bgp_session_up[1m]) >= 3"), 15, "three scrapes")
 

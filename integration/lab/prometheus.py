@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -48,11 +50,12 @@ class Prometheus:
         binary = shutil.which("prometheus")
         if binary is None:
             raise AssertionError("prometheus not found: `make setup` installs Debian's prometheus package")
-        self.proc = self.lab.popen(self.ns, [
-            binary, f"--config.file={self.workdir / 'prometheus.yml'}",
-            f"--storage.tsdb.path={self.workdir / 'data'}",
-            f"--web.listen-address={LISTEN[0]}:{LISTEN[1]}", "--log.level=warn"],
-            stdout=open(self.log_path, "ab"), stderr=__import__("subprocess").STDOUT)
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = self.lab.popen(self.ns, [
+                binary, f"--config.file={self.workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.workdir / 'data'}",
+                f"--web.listen-address={LISTEN[0]}:{LISTEN[1]}", "--log.level=warn"],
+                stdout=log, stderr=subprocess.STDOUT)
         self.api = Forwarder(None, ("127.0.0.1", 0), self.ns, LISTEN, name="prometheus").start()
         self.lab.on_close(self.api.close)
         wait_until(lambda: self.proc.poll() is not None or self._ready(), timeout, "prometheus ready")
