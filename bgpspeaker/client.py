@@ -75,6 +75,10 @@ def format_status(status: dict[str, Any]) -> str:
         state = "up" if peer.get("up") else f"down ({peer.get('lastDownReason') or 'never up'})"
         if peer.get("routesHeldBack"):
             state += ", routes held back: it kept resetting the session"
+        bfd = peer.get("bfd")
+        if bfd:
+            state += (f"; bfd {bfd['status']}" + (f" ({bfd['whyDown']})" if bfd.get("whyDown") else "")
+                      + f", {bfd.get('transitions', 0)} transitions")
         lines.append(f"{peer['name']:<16} {peer['address']:<26} {peer['asn']:>10}  {state}")
     lines.append("")
     lines.append(f"{'SERVICE':<32} {'PREFIX':<24} {'TIER':<10} {'MED':>5} {'LPREF':>6}  AS-PATH / COMMUNITIES -> PEERS")

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from bgpspeaker.allocator import Allocation, allocate, pool_usage
+from bgpspeaker.bfd.runner import BfdService
 from bgpspeaker.config.load import ConfigError, config_warnings, load_config
 from bgpspeaker.config.schema import Config
 from bgpspeaker.httpapi import HttpServer, control_routes, tcp_routes
@@ -108,6 +109,7 @@ class Daemon:
         # the loop's last heartbeat, and since when this node has been unable to announce.
         self._heartbeat = time.monotonic()
         self._unable_since: Optional[float] = None
+        self.bfd = BfdService(options.run_dir, self.metrics)  # starts nothing without a bfdProfile
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -195,6 +197,7 @@ class Daemon:
                 await self.driver.stop(withdraw=withdraw)
             except Exception:
                 log.exception("stopping ExaBGP failed")
+        await self.bfd.stop()  # after the withdraw: the router must not cut a session still withdrawing
         # Bounded joins: informer threads sit in blocking watch reads and are daemon threads,
         # so waiting long for them would only delay the exit (and the next pod's start).
         # The elector releases its Lease (an immediate takeover) and events flush first.
@@ -267,6 +270,8 @@ class Daemon:
             await self._ensure_driver(node)
         if self.driver is not None:
             await self.driver.apply(desired)
+            if node is not None:  # BFD follows the routes: up once announced, stopped only after a withdraw
+                await self.bfd.update(self.config, node, routes_withdrawn=self.drain == DrainState.WITHDRAWN)
         elif self.options.dry_run:
             entries = route_entries(desired)
             if entries != self._dry_run_entries:
@@ -514,12 +519,13 @@ class Daemon:
         peers = []
         states = self.driver.peer_states() if self.driver is not None else {}
         held = self.driver.held_peers() if self.driver is not None else frozenset()
+        bfd = self.bfd.peer_states()
         for peer in self.config.peers:
             state = states.get(peer.name)
             peers.append({"name": peer.name, "address": str(peer.address), "asn": peer.asn,
                           "up": bool(state and state.up), "since": state.since if state else None,
                           "lastDownReason": state.last_down_reason if state else None,
-                          "routesHeldBack": peer.name in held})
+                          "routesHeldBack": peer.name in held, "bfd": bfd.get(peer.name)})
         announced = list(self.driver.announced().values()) if self.driver is not None else []
         return {
             "node": self.options.node_name,

@@ -36,6 +36,11 @@ class Metrics:
                                       "Kubernetes event received to ExaBGP acknowledgement of the resulting update",
                                       buckets=EVENT_TO_ACK_BUCKETS, registry=r)
         self.exabgp_restarts = Counter("bgpspeaker_exabgp_restarts", "ExaBGP child restarts", registry=r)
+        self.bfd_session_up = Gauge("bgpspeaker_bfd_session_up", "1 when this node's BFD session to the peer is up",
+                                    ["peer"], registry=r)
+        self.bfd_transitions = Counter("bgpspeaker_bfd_session_transitions",
+                                       "BFD session state changes (up or down) toward the peer, bfdd restarts included",
+                                       ["peer"], registry=r)
         self.watch_restarts = Counter("bgpspeaker_kube_watch_restarts",
                                       "watch streams restarted (timeouts, errors, 410 relists)",
                                       ["resource"], registry=r)

@@ -175,7 +175,8 @@ def test_announces_reports_and_writes_status(lab, world, tmp_path):
     status = speaker.status()
     assert status["peers"] == [{"name": "tor", "address": "10.77.0.1", "asn": 64500, "up": True,
                                 "since": status["peers"][0]["since"], "lastDownReason": None,
-                                "routesHeldBack": False}]
+                                "routesHeldBack": False, "bfd": None}]
+    assert not (tmp_path / "run" / "bfd").exists()  # no bfdProfile: nothing of FRR runs on the node
     assert [(r["service"], r["prefix"], r["tier"], r["med"]) for r in status["routes"]] == [
         ("demo/web", PREFIX, "primary", 100)]
     metrics = speaker.http("/metrics")[1]

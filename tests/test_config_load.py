@@ -314,7 +314,7 @@ def test_unknown_fields_suggest_the_right_name():
         "peers[0].sourceadress: unknown field (did you mean sourceAddress?) (line 8)",
         "peers[0].foo: unknown field (expected one of: name, address, asn, port, holdTime, keepaliveTime, "
         "connectTime, gracefulRestart, passwordFile, passwordEnv, ebgpMultiHop, sourceAddress, nodeSelector, "
-        "nodeSelectors) (line 9)",
+        "nodeSelectors, bfdProfile) (line 9)",
     ]
 
 
@@ -374,7 +374,7 @@ def test_alias_bombs_are_linear():
         f"x{i}: &a{i} [{','.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 10))
     found = errors(MINIMAL + bomb)
     assert found[0] == "x0: unknown field (expected one of: cluster, speaker, exabgp, peers, pools, tiers, " \
-                       "advertisements, metrics, health) (line 7)"
+                       "advertisements, bfdProfiles, metrics, health) (line 7)"
     assert len(found) == 10
 
 

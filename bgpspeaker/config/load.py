@@ -28,8 +28,8 @@ from typing import Any, Optional
 
 from bgpspeaker.config.issues import ConfigError, ConfigIssue
 from bgpspeaker.config.schema import (
-    DEFAULT_TIERS, Advertisement, ClusterConfig, Config, ExabgpConfig, HealthConfig, MetricsConfig, PeerConfig,
-    PoolConfig, SpeakerConfig, TierAttributes, effective_selectors, may_overlap,
+    DEFAULT_TIERS, Advertisement, BfdProfile, ClusterConfig, Config, ExabgpConfig, HealthConfig, MetricsConfig,
+    PeerConfig, PoolConfig, SpeakerConfig, TierAttributes, effective_selectors, may_overlap,
 )
 from bgpspeaker.config.rules import (
     INVALID, Field, Issues, boolean, integer, list_of, one_of, optional, quote, refused, section, seconds, show,
@@ -90,6 +90,7 @@ PEER = section([
     Field("sourceAddress", "source_address", ip_address),
     Field("nodeSelector", "node_selector", labels),
     Field("nodeSelectors", "node_selectors", list_of(label_selector)),
+    Field("bfdProfile", "bfd_profile", dns_label),
 ])
 POOL = section([
     Field("name", "name", dns_label, required=True),
@@ -119,6 +120,18 @@ ADVERTISEMENT = section([
 ])
 METRICS = section([Field("address", "address", host_port)])
 HEALTH = section([Field("address", "address", host_port), Field("failAfterSeconds", "fail_after_seconds", seconds)])
+# MetalLB's BFDProfile ranges (milliseconds), so a MetalLB profile loads unchanged.
+BFD_INTERVAL = integer(10, 60000)
+BFD_PROFILE = section([
+    Field("name", "name", dns_label, required=True),
+    Field("receiveInterval", "receive_interval", BFD_INTERVAL),
+    Field("transmitInterval", "transmit_interval", BFD_INTERVAL),
+    Field("detectMultiplier", "detect_multiplier", integer(2, 255)),
+    Field("echoMode", "echo_mode", boolean),
+    Field("echoInterval", "echo_interval", BFD_INTERVAL),
+    Field("passiveMode", "passive_mode", boolean),
+    Field("minimumTtl", "minimum_ttl", integer(1, 254)),
+])
 
 TOP = section([
     Field("cluster", "cluster", CLUSTER, required=True),
@@ -128,6 +141,7 @@ TOP = section([
     Field("pools", "pools", list_of(POOL)),
     Field("tiers", "tiers", TIERS),
     Field("advertisements", "advertisements", list_of(ADVERTISEMENT)),
+    Field("bfdProfiles", "bfd_profiles", list_of(BFD_PROFILE)),
     Field("metrics", "metrics", METRICS),
     Field("health", "health", HEALTH),
 ])
@@ -261,6 +275,29 @@ def _check_advertisements(issues: Issues, root: Node, values: dict) -> None:
                                line=_line(root, "advertisements", i, key, k))
 
 
+def _check_bfd(issues: Issues, root: Node, values: dict) -> None:
+    """Profile names are unique; a peer's bfdProfile names one of them."""
+    names: dict[str, int] = {}
+    profiles = _items(values, "bfd_profiles")
+    for i, profile in profiles:
+        name = profile.get("name")
+        if name in names:
+            issues.add(f"bfdProfiles[{i}].name", f"{quote(name)} is already the name of bfdProfiles[{names[name]}]",
+                       line=_line(root, "bfdProfiles", i, "name"))
+        elif name is not None:
+            names[name] = i
+    written = values.get("bfd_profiles", ())
+    if root.get("bfdProfiles") is not None and ("bfd_profiles" not in values or len(profiles) != len(written)
+                                                or any("name" not in p for _, p in profiles)):
+        return  # a bad profile list or name was reported already: references to it would only pile on
+    for i, peer in _items(values, "peers"):
+        wanted = peer.get("bfd_profile")
+        if wanted is not None and wanted not in names:
+            known = ", ".join(names) or "none defined"
+            issues.add(f"peers[{i}].bfdProfile", f"unknown BFD profile {quote(wanted)} (bfdProfiles: {known})",
+                       line=_line(root, "peers", i, "bfdProfile"))
+
+
 # --- building the Config --------------------------------------------------------------
 
 
@@ -280,6 +317,7 @@ def _build(values: dict) -> Config:
         tiers={tier: TierAttributes(**tiers_written[tier.value]) if tier.value in tiers_written
                else DEFAULT_TIERS[tier] for tier in Tier},
         advertisements=tuple(Advertisement(**a) for a in values.get("advertisements", ())),
+        bfd_profiles=tuple(BfdProfile(**p) for p in values.get("bfd_profiles", ())),
         metrics=MetricsConfig(*values["metrics"]["address"]) if "address" in values.get("metrics", {})
         else MetricsConfig(),
         health=_health(values.get("health", {})),
@@ -306,6 +344,7 @@ def load_config_text(text: str, source: str = "<string>") -> Config:
             _check_peers(issues, root, values)
             _check_pools(issues, root, values)
             _check_advertisements(issues, root, values)
+            _check_bfd(issues, root, values)
     if issues.list or root is None:
         raise ConfigError(sorted(issues.list, key=lambda i: i.line or 0), source=source)
     return _build(values)

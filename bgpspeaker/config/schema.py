@@ -119,6 +119,7 @@ class PeerConfig:
     source_address: Optional[IPAddress] = None  # default: the node's address of the peer's family
     node_selector: Pairs = ()  # `nodeSelector`: matchLabels shorthand; empty = every node
     node_selectors: tuple[LabelSelector, ...] = ()  # `nodeSelectors` (MetalLB's shape): any may match
+    bfd_profile: Optional[str] = None  # name of a BfdProfile; None = no BFD for this session
 
     def is_ibgp(self, my_asn: int) -> bool:
         return self.asn == my_asn
@@ -137,6 +138,24 @@ class PeerConfig:
 
     def graceful_restart_time(self, default: int) -> int:
         return default if self.graceful_restart is None else self.graceful_restart
+
+
+@dataclass(frozen=True)
+class BfdProfile:
+    """MetalLB's BFDProfile, field for field (defaults and ranges too); milliseconds.
+
+    The router's detection time for this node is the node's detect multiplier times the
+    interval the two sides agree on (max of our transmit and its receive interval).
+    """
+
+    name: str
+    receive_interval: int = 300
+    transmit_interval: int = 300
+    detect_multiplier: int = 3
+    echo_mode: bool = False
+    echo_interval: int = 50
+    passive_mode: bool = False
+    minimum_ttl: int = 254  # multi-hop sessions only: packets with a lower TTL are dropped
 
 
 @dataclass(frozen=True)
@@ -210,6 +229,7 @@ class Config:
     pools: tuple[PoolConfig, ...] = ()
     tiers: Mapping[Tier, TierAttributes] = field(default_factory=lambda: dict(DEFAULT_TIERS))
     advertisements: tuple[Advertisement, ...] = ()
+    bfd_profiles: tuple[BfdProfile, ...] = ()
     exabgp: ExabgpConfig = ExabgpConfig()
     metrics: MetricsConfig = MetricsConfig()
     health: HealthConfig = HealthConfig()
@@ -218,6 +238,12 @@ class Config:
         for peer in self.peers:
             if peer.name == name:
                 return peer
+        raise KeyError(name)
+
+    def bfd_profile(self, name: str) -> BfdProfile:
+        for profile in self.bfd_profiles:
+            if profile.name == name:
+                return profile
         raise KeyError(name)
 
     def pool(self, name: str) -> PoolConfig:

@@ -1,0 +1,245 @@
+"""bfdd for this node: rendered, supervised, polled; nothing at all without a BFD profile.
+
+How bfdd runs (FRR 8.4.4, measured in the lab):
+- Alone: no zebra, no bgpd. `-z` names a zserv socket nobody serves (bfdd only retries
+  it), `-P 0` opens no TCP vty port, `--bfdctl` and `--vty_socket` put its sockets in our
+  run directory (`<run-dir>/bfd/`), so several nodes' speakers never share one.
+- In the foreground (no `-d`): the supervisor (supervise.py) owns the process, restarts
+  it with backoff, and its process group goes with us.
+- As a user FRR accepts: as root `-u frr -g frr` (FRR refuses root unless the user is in
+  its vty group, `frrvty`); as any other user, that user (it must be a member of
+  `frrvty`, and the bfdd binary needs the permitted capabilities cap_net_bind_service,
+  cap_net_raw, cap_sys_admin: FRR's privilege code asks for them at start).
+- State is read over the vty socket (vty.py) every POLL_SECONDS: two small JSON
+  queries, ~0.2 ms each. The router, not the daemon, acts on BFD: polling only feeds
+  /status, metrics and logs, so a flap shorter than a poll still counts (bfdd's own
+  event counters) even when no poll saw it.
+- A config change that changes bfdd's text restarts bfdd: its sessions go down for about
+  the restart plus one BFD handshake (~1-3 s), and a router with `neighbor X bfd` drops
+  the BGP session meanwhile (see docs/bfd.md for the numbers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import logging
+import os
+import pwd
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from bgpspeaker.bfd.render import BfdPeer, bfd_peers, render_bfdd_config
+from bgpspeaker.bfd.state import Tracker, parse_sessions
+from bgpspeaker.bfd.vty import Vty, VtyError
+from bgpspeaker.config.schema import Config
+from bgpspeaker.exabgp.render import RenderError
+from bgpspeaker.logs import fields
+from bgpspeaker.metrics import Metrics
+from bgpspeaker.model import NodeView
+from bgpspeaker.supervise import Supervisor
+
+log = logging.getLogger(__name__)
+
+BFDD = "/usr/lib/frr/bfdd"
+POLL_SECONDS = 0.2
+START_TIMEOUT = 10.0
+LOG_ROTATE_BYTES = 1 << 20
+
+
+def bfdd_user() -> tuple[str, str]:
+    """(user, group) for bfdd's `-u`/`-g`: FRR's own user when we are root, else ourselves."""
+    if os.geteuid() == 0:
+        return "frr", "frr"
+    return pwd.getpwuid(os.geteuid()).pw_name, grp.getgrgid(os.getegid()).gr_name
+
+
+class BfdService:
+    """The node's BFD: `update(config, node)` after every start, reload or node change;
+    `stop()` last, after the routes are withdrawn (daemon.py keeps that order)."""
+
+    def __init__(self, run_dir: Path, metrics: Metrics, *, bfdd: Optional[str] = None,
+                 poll_seconds: float = POLL_SECONDS) -> None:
+        self.dir = Path(run_dir) / "bfd"
+        self.metrics = metrics
+        self.bfdd = bfdd or os.environ.get("BGPSPEAKER_BFDD") or BFDD
+        self.poll_seconds = poll_seconds
+        self.config_path = self.dir / "bfdd.conf"
+        self.log_path = self.dir / "bfdd.log"
+        self.vty_path = self.dir / "bfdd.vty"
+        self.pid_path = self.dir / "bfdd.pid"
+        self._text = ""
+        self._peers: dict[str, BfdPeer] = {}  # by BGP peer name
+        self._tracker = Tracker(())
+        self._supervisor: Optional[Supervisor] = None
+        self._vty = Vty(str(self.vty_path))
+        self._poller: Optional[asyncio.Task] = None
+        self._complaint: Optional[tuple[str, str]] = None
+
+    # --- what the daemon calls -------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._supervisor is not None and self._supervisor.running
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._supervisor.pid if self._supervisor is not None else None
+
+    async def update(self, config: Config, node: NodeView, *, routes_withdrawn: bool = False) -> None:
+        """Run bfdd for the node's BFD peers (none: stop it). `routes_withdrawn` (a drained
+        node): stop it, after the withdraw, so the router never cuts a draining session."""
+        if routes_withdrawn:
+            if self._supervisor is not None:
+                log.info("routes withdrawn: stopping bfdd")
+                await self.stop()
+            return
+        try:
+            peers = bfd_peers(config, node)
+        except RenderError as exc:
+            self._complain("BFD config cannot run on this node; keeping the running one", str(exc))
+            return
+        if peers and not os.access(self.bfdd, os.X_OK):
+            self._complain("BFD is configured but bfdd is not installed; running without BFD", self.bfdd)
+            return
+        self._complaint = None
+        text = render_bfdd_config(peers)
+        self._set_peers(peers)
+        if not peers:
+            if self._supervisor is not None:
+                log.info("no BFD peer left: stopping bfdd")
+                await self.stop()
+            self._text = text
+            return
+        if text == self._text and self._supervisor is not None:
+            return
+        self._text = text
+        self._write_config()
+        if self._supervisor is None:
+            await self._start()
+        else:
+            log.info("BFD config changed: restarting bfdd", extra=fields(peers=len(peers)))
+            self._supervisor.restart()
+
+    def _complain(self, message: str, detail: str) -> None:
+        """Log once per distinct problem: update() runs at every reconcile."""
+        if self._complaint != (message, detail):
+            self._complaint = (message, detail)
+            log.error(message, extra=fields(error=detail))
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            try:
+                await self._poller
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._poller = None
+        await self._vty.close()
+        if self._supervisor is not None:
+            await self._supervisor.stop()
+            self._supervisor = None
+        self._observe(None)
+        self._text = ""
+
+    def peer_states(self) -> dict[str, dict[str, Any]]:
+        """By BGP peer name, for /status: status, up, whyDown, since, transitions, profile."""
+        out = {}
+        for name, peer in self._peers.items():
+            state = self._tracker.states.get(peer.address.compressed)
+            if state is not None:
+                out[name] = {**state.as_dict(), "profile": peer.profile.name, "multihop": peer.multihop}
+        return out
+
+    # --- inside ----------------------------------------------------------------------------
+
+    def _set_peers(self, peers: tuple[BfdPeer, ...]) -> None:
+        new = {p.name: p for p in peers}
+        for name in set(self._peers) - set(new):
+            for metric in (self.metrics.bfd_session_up, self.metrics.bfd_transitions):
+                try:
+                    metric.remove(name)
+                except KeyError:
+                    pass
+        self._tracker.retarget(p.address.compressed for p in peers)
+        self._peers = new
+        for name in new:
+            self.metrics.bfd_session_up.labels(name)  # the series exist (0) before the first poll
+            self.metrics.bfd_transitions.labels(name)
+
+    def _write_config(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(self._text)
+        os.replace(tmp, self.config_path)
+        if os.geteuid() == 0:  # bfdd drops to frr: it writes its pid file and sockets here
+            for path in (self.dir, self.config_path):
+                shutil.chown(path, *bfdd_user())
+        os.chmod(self.dir, 0o755)
+
+    def _argv(self) -> list[str]:
+        user, group = bfdd_user()
+        try:
+            if self.log_path.stat().st_size > LOG_ROTATE_BYTES:
+                os.replace(self.log_path, self.log_path.with_suffix(".log.1"))
+        except FileNotFoundError:
+            pass
+        d = self.dir
+        return [self.bfdd, "-f", str(self.config_path), "--vty_socket", str(d), "-i", str(self.pid_path),
+                "--bfdctl", str(d / "bfdd.sock"), "-z", str(d / "zserv.api"), "-P", "0",
+                "-u", user, "-g", group, "--log", "stdout", "--log-level", "notifications"]
+
+    async def _start(self) -> None:
+        for stale in (self.vty_path,):
+            stale.unlink(missing_ok=True)
+        self._supervisor = Supervisor("bfdd", self._argv, log_path=self.log_path,
+                                      ready=self.vty_path.exists, on_exit=self._exited,
+                                      stale_pid=self.pid_path, stale_marker=str(self.config_path).encode())
+        self._supervisor.start()
+        self._poller = asyncio.create_task(self._poll_loop(), name="bfd-poll")
+        if await self._supervisor.wait_ready(START_TIMEOUT):
+            log.info("bfdd started", extra=fields(pid=self._supervisor.pid, peers=len(self._peers)))
+        else:
+            log.error("bfdd not answering yet; its supervisor keeps trying",
+                      extra=fields(log_tail=self._log_tail()))
+
+    def _exited(self, rc: Optional[int]) -> None:
+        self.vty_path.unlink(missing_ok=True)  # the next bfdd's readiness is its new socket
+        if self._supervisor is not None and not self._supervisor._stopping:
+            log.error("bfdd exited", extra=fields(rc=rc, log_tail=self._log_tail()))
+
+    async def _poll_loop(self) -> None:
+        while True:
+            sessions = None
+            if self.running and self.vty_path.exists():
+                try:
+                    peers_json = await self._vty.show_json("show bfd peers")
+                    counters_json = await self._vty.show_json("show bfd peers counters")
+                    sessions = parse_sessions(peers_json, counters_json)
+                except (VtyError, ValueError) as exc:
+                    log.debug("bfdd query failed", extra=fields(error=str(exc)))
+            self._observe(sessions)
+            await asyncio.sleep(self.poll_seconds)
+
+    def _observe(self, sessions: Any) -> None:
+        before = {a: s.status for a, s in self._tracker.states.items()}
+        grown = self._tracker.observe(sessions, time.time())
+        by_address = {p.address.compressed: name for name, p in self._peers.items()}
+        for address, state in self._tracker.states.items():
+            name = by_address.get(address)
+            if name is None:
+                continue
+            self.metrics.bfd_session_up.labels(name).set(1 if state.up else 0)
+            if address in grown:
+                self.metrics.bfd_transitions.labels(name).inc(grown[address])
+            if before.get(address) != state.status:
+                log.info("bfd session changed", extra=fields(peer=name, status=state.status, why=state.why_down))
+
+    def _log_tail(self, lines: int = 5) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-lines:]).strip()
+        except OSError:
+            return ""

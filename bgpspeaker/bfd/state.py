@@ -1,0 +1,126 @@
+"""BFD session state from bfdd's own JSON, folded into what /status and metrics show.
+
+bfdd answers `show bfd peers json` (status, diagnostic, uptime or downtime in seconds)
+and `show bfd peers counters json` (session-up / session-down events since bfdd
+started). The tracker turns successive polls into per-peer state that survives bfdd
+restarts: `transitions` only grows (a bfdd restart resets its counters: the new
+counts are added, not compared), `since` is when the status last changed, and a
+session that is not up says why (bfdd's diagnostic, else the remote's, else ours:
+"bfdd not running").
+
+Pure: no I/O, the clock is passed in; `runner.py` polls and feeds it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional
+
+UP = "up"
+NOT_RUNNING = "bfdd not running"
+
+
+@dataclass(frozen=True)
+class Session:
+    """One row of bfdd's answer, keyed by the peer address as bfdd prints it."""
+
+    peer: str
+    status: str  # up | down | init | shutdown (FRR's words)
+    diagnostic: str
+    remote_diagnostic: str
+    seconds_in_status: Optional[int]  # uptime or downtime as bfdd counts it
+    ups: int = 0
+    downs: int = 0
+
+
+def parse_sessions(peers_json: Any, counters_json: Any) -> dict[str, Session]:
+    """bfdd's two JSON answers (lists of dicts) → {peer address: Session}; bad rows are skipped."""
+    counters: dict[str, tuple[int, int]] = {}
+    for row in counters_json if isinstance(counters_json, list) else ():
+        if isinstance(row, dict) and isinstance(row.get("peer"), str):
+            counters[row["peer"]] = (_int(row.get("session-up")), _int(row.get("session-down")))
+    sessions = {}
+    for row in peers_json if isinstance(peers_json, list) else ():
+        if not isinstance(row, dict) or not isinstance(row.get("peer"), str):
+            continue
+        status = str(row.get("status") or "unknown")
+        seconds = row.get("uptime") if status == UP else row.get("downtime")
+        ups, downs = counters.get(row["peer"], (0, 0))
+        sessions[row["peer"]] = Session(row["peer"], status, str(row.get("diagnostic") or "ok"),
+                                        str(row.get("remote-diagnostic") or "ok"),
+                                        seconds if isinstance(seconds, int) else None, ups, downs)
+    return sessions
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+@dataclass(frozen=True)
+class PeerBfd:
+    """What /status shows under a peer's `bfd`."""
+
+    status: str
+    why_down: Optional[str]
+    since: Optional[float]  # time.time() of the last status change seen
+    transitions: int
+
+    @property
+    def up(self) -> bool:
+        return self.status == UP
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "up": self.up, "whyDown": self.why_down, "since": self.since,
+                "transitions": self.transitions}
+
+
+def why_down(session: Session) -> Optional[str]:
+    if session.status == UP:
+        return None
+    if session.diagnostic != "ok":
+        return session.diagnostic
+    if session.remote_diagnostic != "ok":
+        return f"peer says: {session.remote_diagnostic}"
+    return "never came up" if session.ups == 0 else "down"
+
+
+class Tracker:
+    """Per peer address: the PeerBfd after each poll. `observe` returns the peers whose
+    transition count grew (for the metrics' counter), with by how much."""
+
+    def __init__(self, addresses: Iterable[str]) -> None:
+        self.states: dict[str, PeerBfd] = {a: PeerBfd("down", NOT_RUNNING, None, 0) for a in addresses}
+        self._counted: dict[str, int] = {a: 0 for a in self.states}  # bfdd's ups + downs already counted
+
+    def retarget(self, addresses: Iterable[str]) -> None:
+        """Follow a new set of peers: those that stay keep their history, new ones start down."""
+        wanted = set(addresses)
+        self.states = {a: self.states.get(a) or PeerBfd("down", NOT_RUNNING, None, 0) for a in sorted(wanted)}
+        self._counted = {a: self._counted.get(a, 0) for a in self.states}
+
+    def observe(self, sessions: Optional[dict[str, Session]], now: float) -> dict[str, int]:
+        """One poll (`None`: bfdd is not running or did not answer)."""
+        grown = {}
+        for address, old in self.states.items():
+            session = sessions.get(address) if sessions is not None else None
+            if session is None:
+                status, why, counted = "down", NOT_RUNNING, 0
+                step = 1 if old.status == UP else 0
+            else:
+                status, why, counted = session.status, why_down(session), session.ups + session.downs
+                previous = self._counted[address]
+                # bfdd restarted when its counters went back: every event it counts now is new
+                step = counted - previous if counted >= previous else counted
+                if step == 0 and (status == UP) != (old.status == UP):
+                    step = 1  # a change bfdd's counters cannot show (a new bfdd's first Up is counted, Down not)
+            self._counted[address] = counted
+            if status == old.status and old.since is not None:
+                since = old.since
+            elif old.since is None and session is not None and session.seconds_in_status is not None:
+                since = now - session.seconds_in_status  # first sight: bfdd knows for how long
+            else:
+                since = now
+            self.states[address] = PeerBfd(status, why, since, old.transitions + step)
+            if step:
+                grown[address] = step
+        return grown

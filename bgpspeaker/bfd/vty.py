@@ -1,0 +1,65 @@
+"""An asyncio client for one FRR daemon's vty unix socket (here: bfdd's).
+
+Why not vtysh: spawning it costs ~20 ms and a process per query; the socket answers in
+~0.1 ms (measured with FRR 8.4). Protocol: write `command\\0`; the answer is the text,
+then three NUL bytes and a status byte (0 = success). One connection is kept open and
+reopened after any error; each new connection starts with
+`enable` (bfdd's `show bfd ...` commands are unknown in view mode, measured).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, Optional
+
+MAX_ANSWER = 4 << 20
+
+
+class VtyError(RuntimeError):
+    pass
+
+
+class Vty:
+    def __init__(self, path: str, timeout: float = 2.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._reader: Optional[asyncio.StreamReader] = None
+        self._writer: Optional[asyncio.StreamWriter] = None
+        self._lock = asyncio.Lock()
+
+    async def command(self, text: str) -> str:
+        async with self._lock:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    return await self._command(text)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, VtyError) as exc:
+                await self.close()
+                raise VtyError(f"{self.path}: {text!r}: {exc!r}") from None
+
+    async def _command(self, text: str) -> str:
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.open_unix_connection(self.path, limit=MAX_ANSWER)
+            await self._exchange("enable")  # bfdd installs its `show bfd` commands in enable mode only
+        return await self._exchange(text)
+
+    async def _exchange(self, text: str) -> str:
+        self._writer.write(text.encode() + b"\0")
+        await self._writer.drain()
+        data = await self._reader.readuntil(b"\0\0\0")
+        status = await self._reader.readexactly(1)
+        if status != b"\0":
+            raise VtyError(f"status {status[0]}: {data[:-3].decode(errors='replace').strip()}")
+        return data[:-3].decode(errors="replace")
+
+    async def show_json(self, text: str) -> Any:
+        return json.loads(await self.command(text + " json") or "null")
+
+    async def close(self) -> None:
+        writer, self._reader, self._writer = self._writer, None, None
+        if writer is not None:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except OSError:
+                pass
