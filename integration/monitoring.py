@@ -26,7 +26,6 @@ DASHBOARD = MONITORING / "dashboard.json"
 # (Prometheus answers an empty result), but the "exported" checks leave these names out.
 # Once the daemon exports a name, these checks cover it like any other; remove it here.
 PENDING_METRICS = {
-    "bgpspeaker_bfd_session_up": "BFD sessions (issue 16)",
     "bgpspeaker_allocator_conflicts_total": "allocation conflicts (issue 13)",
     "bgpspeaker_allocator_pending_services": "Services waiting for the record store (issue 13)",
 }
