@@ -45,6 +45,27 @@ def _parse_plain_ip(text: str) -> IPAddress:
     return ipaddress.ip_address(text)
 
 
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
+
+
+def next_hop_problem(address: IPAddress) -> Optional[str]:
+    """Why routers would refuse `address` as a next-hop ("loopback, reserved"), or None if usable.
+
+    The one home of the rule: the planner skips a Service with `invalidNextHop` for it (so
+    `plan` and `explain` say so) and the command builder refuses the same addresses at send
+    time. A router that gets such a next-hop resets the session, and ExaBGP re-sends it on
+    every reconnect, forever (docs/reference/exabgp-api.md §9).
+    """
+    bad = [what for what, test in (("loopback", address.is_loopback), ("unspecified", address.is_unspecified),
+                                   ("multicast", address.is_multicast), ("link-local", address.is_link_local),
+                                   ("reserved", address.is_reserved)) if test]
+    if address.version == 4 and address in _THIS_NETWORK:
+        bad.append("this-network")
+    if address.version == 6 and address.ipv4_mapped is not None:  # type: ignore[union-attr]
+        bad.append("ipv4-mapped")
+    return ", ".join(bad) or None
+
+
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 

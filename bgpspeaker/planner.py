@@ -31,7 +31,7 @@ from bgpspeaker.allocator import (
 from bgpspeaker.config.schema import Config, PeerConfig, PoolConfig
 from bgpspeaker.model import (
     GRACEFUL_SHUTDOWN, LOWEST_TIER, TIERS_IN_ORDER, Community, EndpointSliceView, IPAddress, LargeCommunity,
-    NodeView, RouteAttributes, RouteIntent, ServiceView, Snapshot, Tier, parse_any_community,
+    NodeView, RouteAttributes, RouteIntent, ServiceView, Snapshot, Tier, next_hop_problem, parse_any_community,
 )
 
 PREFERENCE_ANNOTATION = "bgpspeaker.io/cluster-preference"
@@ -173,15 +173,6 @@ def service_communities(service: ServiceView, pool: PoolConfig) -> tuple[
     return tuple(allowed), warnings
 
 
-def _next_hop_problem(address: IPAddress) -> Optional[str]:
-    # Routers reset a session that sends them a 127/8 next-hop, forever (docs/reference/exabgp-api.md).
-    for test, what in ((address.is_loopback, "loopback"), (address.is_unspecified, "unspecified"),
-                       (address.is_link_local, "link-local"), (address.is_multicast, "multicast")):
-        if test:
-            return what
-    return None
-
-
 # --- the per-node, per-Service decision ----------------------------------------------
 
 
@@ -217,7 +208,7 @@ class _Context:
             if address is None:
                 self.next_hops[version] = (None, NO_NODE_ADDRESS, f"node {node_name!r} has no IPv{version} address")
                 continue
-            problem = _next_hop_problem(address)
+            problem = next_hop_problem(address)
             if problem:
                 self.next_hops[version] = (None, INVALID_NEXT_HOP, f"node {node_name!r} IPv{version} address "
                                                                    f"{address} is {problem}: not a next-hop")

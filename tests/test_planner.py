@@ -551,3 +551,36 @@ def test_a_memo_recomputes_only_the_service_whose_endpoints_changed():
     assert changed == [services[3].key]
     assert services[3].key not in {s for r in result.routes for s in r.services}
     assert [s.reason for s in result.skipped] == ["noEndpoints"]
+
+
+# Every kind of next-hop a router refuses, and two it accepts.
+NEXT_HOPS = ["127.0.0.1", "0.0.0.0", "0.1.2.3", "169.254.1.1", "224.0.0.5", "240.0.0.1", "255.255.255.255",
+             "::1", "::", "fe80::1", "ff02::1", "::ffff:10.0.0.2", "::ffff:127.0.0.1", "10.0.0.2", "2001:db8:1::2"]
+
+
+@pytest.mark.parametrize("address", NEXT_HOPS)
+def test_plan_explain_and_the_command_builder_agree_on_every_next_hop(address):
+    """What `plan`/`explain` call announced is exactly what the driver can send: an address the
+    command builder refuses at send time (commands.check_next_hop) is a skipped Service in the
+    plan, with invalidNextHop, and a usable one gives routes whose command lines build."""
+    from bgpspeaker.exabgp.commands import announce_line, check_next_hop
+
+    try:
+        check_next_hop(ip(address))
+        usable = True
+    except ValueError:
+        usable = False
+    family = {"v4": address, "v6": None} if ip(address).version == 4 else {"v4": None, "v6": address}
+    svc = service(ip_family_policy="SingleStack", ip_families=("IPv4",) if ip(address).version == 4 else ("IPv6",))
+    nodes = [node(**family)]
+    result, snap, allocation = run([svc], nodes=nodes)
+    story = explain(CFG, snap, "node-a", allocation, "default/web")
+    assert story.announced == usable == bool(result.routes), (address, reasons(result))
+    if usable:
+        peers = {peer.name: peer.address for peer in CFG.peers}
+        for route in result.routes:
+            assert route.attributes.next_hop == ip(address)
+            announce_line([peers[route.peer]], route.attributes, [route.prefix])
+    else:
+        assert reasons(result) == {("default/web", "invalidNextHop")}
+        assert [s.reason for s in story.skipped] == ["invalidNextHop"]

@@ -12,7 +12,8 @@ command goes out.
 Measured rules behind the checks (docs/reference/exabgp-api.md):
 - Next-hops in 127/8 made FRR send NOTIFICATION 3/8 and the session flapped forever,
   because ExaBGP re-sends its RIB on every reconnect (§9): loopback, unspecified,
-  multicast, link-local, reserved and IPv4-mapped next-hops are refused.
+  multicast, link-local, reserved, 0/8 and IPv4-mapped next-hops are refused (the rule
+  is model.next_hop_problem, which the planner applies first).
 - ExaBGP accepted an IPv6 prefix with an IPv4 next-hop without complaint (run here,
   `announce attributes next-hop 10.0.0.1 nlri 2001:db8::5/128` → done): a next-hop of the
   other family is refused, as is a batch mixing families.
@@ -35,7 +36,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
-from bgpspeaker.model import Community, IPAddress, IPNetwork, LargeCommunity, RouteAttributes
+from bgpspeaker.model import Community, IPAddress, IPNetwork, LargeCommunity, RouteAttributes, next_hop_problem
 
 MAX_U32 = 0xFFFFFFFF
 FAMILIES = ("ipv4 unicast", "ipv6 unicast")
@@ -70,14 +71,9 @@ def _address(value: object, what: str) -> IPAddress:
 def check_next_hop(next_hop: object) -> IPAddress:
     """The next-hop, if a router will accept it; ValueError naming the reason otherwise."""
     nh = _address(next_hop, "next-hop")
-    bad = [name for name in ("loopback", "unspecified", "multicast", "link_local", "reserved")
-           if getattr(nh, f"is_{name}")]
-    if isinstance(nh, ipaddress.IPv4Address) and nh in ipaddress.ip_network("0.0.0.0/8"):
-        bad.append("this-network")
-    if isinstance(nh, ipaddress.IPv6Address) and nh.ipv4_mapped is not None:
-        bad.append("ipv4-mapped")
-    if bad:
-        raise ValueError(f"next-hop {nh} is not usable ({', '.join(bad)})")
+    problem = next_hop_problem(nh)  # the planner's rule too: plan/explain skip what this refuses
+    if problem:
+        raise ValueError(f"next-hop {nh} is not usable ({problem})")
     return nh
 
 
