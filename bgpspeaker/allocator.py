@@ -32,48 +32,20 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Optional, Sequence
 
+# Annotation names, reason codes and `quote` live in annotations.py, reasons.py and
+# model.py (one home each); the allocator's names for them stay importable from here.
+from bgpspeaker.annotations import (  # noqa: F401
+    ALLOCATED_FROM_POOL_ANNOTATION, ALLOCATED_FROM_POOL_ANNOTATIONS, POOL_ANNOTATIONS, REQUESTED_IPS_ANNOTATIONS,
+    SHARING_ANNOTATIONS,
+)
 from bgpspeaker.config.schema import Config, PoolConfig
-from bgpspeaker.model import IPAddress, ServiceView, parse_ip
-
-# --- annotations (ours first, then MetalLB's, in precedence order) --------------------
-
-REQUESTED_IPS_ANNOTATIONS = (
-    "bgpspeaker.io/load-balancer-ips", "metallb.io/loadBalancerIPs", "metallb.universe.tf/loadBalancerIPs",
+from bgpspeaker.model import IPAddress, ServiceView, parse_ip, quote
+from bgpspeaker.reasons import (  # noqa: F401
+    BUGGY_IP, DIFFERENT_POOLS, DUAL_STACK_UNAVAILABLE, INVALID_IP, INVALID_IP_FAMILY, INVALID_PORT,
+    IP_FAMILY_MISMATCH, IP_IN_USE, NO_POOL_FOR_FAMILY, NOT_IN_POOL, POOL_EXHAUSTED, POOL_NOT_ALLOWED, PORT_CONFLICT,
+    SHARING_KEY_MISMATCH, UNKNOWN_POOL,
 )
-POOL_ANNOTATIONS = ("bgpspeaker.io/address-pool", "metallb.io/address-pool", "metallb.universe.tf/address-pool")
-SHARING_ANNOTATIONS = (
-    "bgpspeaker.io/allow-shared-ip", "metallb.io/allow-shared-ip", "metallb.universe.tf/allow-shared-ip",
-)
-ALLOCATED_FROM_POOL_ANNOTATION = "bgpspeaker.io/ip-allocated-from-pool"
-# Written next to the status by the allocator's writer (and by MetalLB, for Services migrating
-# from it): the evidence that a status address was handed out, not written by someone else.
-ALLOCATED_FROM_POOL_ANNOTATIONS = (
-    ALLOCATED_FROM_POOL_ANNOTATION, "metallb.io/ip-allocated-from-pool", "metallb.universe.tf/ip-allocated-from-pool",
-)
-
-# --- reason codes ----------------------------------------------------------------------
-
-INVALID_IP = "invalidIP"
-INVALID_IP_FAMILY = "invalidIPFamily"
-IP_FAMILY_MISMATCH = "ipFamilyMismatch"
-INVALID_PORT = "invalidPort"
-UNKNOWN_POOL = "unknownPool"
-POOL_NOT_ALLOWED = "poolNotAllowedForNamespace"
-NOT_IN_POOL = "notInPool"
-DIFFERENT_POOLS = "differentPools"
-BUGGY_IP = "buggyIP"
-IP_IN_USE = "ipInUse"
-SHARING_KEY_MISMATCH = "sharingKeyMismatch"
-PORT_CONFLICT = "portConflict"
-POOL_EXHAUSTED = "poolExhausted"
-NO_POOL_FOR_FAMILY = "noPoolForFamily"
-DUAL_STACK_UNAVAILABLE = "dualStackUnavailable"
-
-REASONS = (
-    INVALID_IP, INVALID_IP_FAMILY, IP_FAMILY_MISMATCH, INVALID_PORT, UNKNOWN_POOL, POOL_NOT_ALLOWED, NOT_IN_POOL,
-    DIFFERENT_POOLS, BUGGY_IP, IP_IN_USE, SHARING_KEY_MISMATCH, PORT_CONFLICT, POOL_EXHAUSTED, NO_POOL_FOR_FAMILY,
-    DUAL_STACK_UNAVAILABLE,
-)
+from bgpspeaker.reasons import REFUSALS as REASONS  # noqa: F401
 
 FAMILY_NAMES = {"IPv4": 4, "IPv6": 6}
 POLICIES = ("SingleStack", "PreferDualStack", "RequireDualStack")
@@ -307,16 +279,6 @@ class _State:
                 ports = ", ".join(f"{proto}/{port}" for proto, port in sorted(overlap))
                 return Refusal(PORT_CONFLICT, f"{text} is shared with {by}, which already uses {ports}")
         return None
-
-
-def quote(value: object, limit: int = 64) -> str:
-    """repr() of an untrusted value for a message, cut to `limit` characters.
-
-    Messages end up in Events and logs: repr escapes newlines and control characters, and
-    the cut keeps a megabyte annotation from becoming a megabyte Event.
-    """
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 4] + "...'"
 
 
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # used with fullmatch: "$" would accept a trailing newline

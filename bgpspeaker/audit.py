@@ -41,7 +41,8 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 from bgpspeaker.allocator import allocate, is_managed, sharing_key
 from bgpspeaker.config.schema import Config
 from bgpspeaker.model import IPAddress, ServiceView, Snapshot
-from bgpspeaker.planner import CLUSTER_WIDE_REASONS, plan, service_tier
+from bgpspeaker.planner import plan, service_tier
+from bgpspeaker.reasons import CLUSTER_WIDE
 
 BASIS_NODES = "nodes"  # the planner ran on every Node of the dump
 BASIS_TIER = "tier"  # no Nodes: assigned and the cluster's tier is not none counts as announced
@@ -156,7 +157,7 @@ def _cluster(item: ClusterInput) -> tuple[ClusterSummary, list[_Held]]:
                         open_.get(key, set()).discard(address)
             for skip in result.skipped:
                 reasons[skip.service].add(skip.reason)
-                if skip.reason in CLUSTER_WIDE_REASONS:
+                if skip.reason in CLUSTER_WIDE:
                     open_.pop(skip.service, None)
             open_ = {key: rest for key, rest in open_.items() if rest}
             if not open_:

@@ -45,6 +45,17 @@ def _parse_plain_ip(text: str) -> IPAddress:
     return ipaddress.ip_address(text)
 
 
+def quote(value: object, limit: int = 64) -> str:
+    """repr() of an untrusted value for a message, cut to `limit` characters.
+
+    Messages end up in Events, logs and terminals: repr escapes newlines and control
+    characters, and the cut keeps a megabyte annotation from becoming a megabyte Event.
+    The one quoting helper for messages (config errors, refusals, skips).
+    """
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 4] + "...'"
+
+
 _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
 
 

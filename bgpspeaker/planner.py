@@ -20,55 +20,22 @@ from __future__ import annotations
 import bisect
 import ipaddress
 import operator
-import re
 from dataclasses import dataclass
 from itertools import chain
 from typing import Iterable, Mapping, Optional, Union
 
-from bgpspeaker.allocator import (
-    NOT_IN_POOL, POOL_NOT_ALLOWED, Allocation, is_managed, pool_of, quote,
-)
+from bgpspeaker.allocator import Allocation, is_managed, pool_of
+from bgpspeaker.annotations import COMMUNITIES_ANNOTATION, EXCLUDE_LABEL, PREFERENCE_ANNOTATION, parse_preference
 from bgpspeaker.config.schema import Config, PeerConfig, PoolConfig
 from bgpspeaker.model import (
     GRACEFUL_SHUTDOWN, LOWEST_TIER, TIERS_IN_ORDER, Community, EndpointSliceView, IPAddress, LargeCommunity,
-    NodeView, RouteAttributes, RouteIntent, ServiceView, Snapshot, Tier, next_hop_problem, parse_any_community,
+    NodeView, RouteAttributes, RouteIntent, ServiceView, Snapshot, Tier, next_hop_problem, parse_any_community, quote,
 )
-
-PREFERENCE_ANNOTATION = "bgpspeaker.io/cluster-preference"
-COMMUNITIES_ANNOTATION = "bgpspeaker.io/communities"
-EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
-
-# --- reason codes (the allocator's refusal reasons pass through unchanged) -------------
-
-NOT_ALLOCATED = "notAllocated"
-INVALID_PREFERENCE = "invalidPreference"
-NOT_LISTED = "notListedInPreference"
-NO_DEFAULT_TIER = "noDefaultTier"
-NODE_NOT_FOUND = "nodeNotFound"
-NODE_NOT_READY = "nodeNotReady"
-NODE_EXCLUDED = "nodeExcluded"
-NO_LOCAL_ENDPOINTS = "noLocalEndpoints"
-NO_ENDPOINTS = "noEndpoints"
-NO_NODE_ADDRESS = "noNodeAddress"
-INVALID_NEXT_HOP = "invalidNextHop"
-NO_PEERS = "noPeers"
-# warnings: the route is still announced, without the offending community
-INVALID_COMMUNITY = "invalidCommunity"
-COMMUNITY_NOT_ALLOWED = "communityNotAllowed"
-
-REASONS = (
-    NOT_ALLOCATED, NOT_IN_POOL, POOL_NOT_ALLOWED, INVALID_PREFERENCE, NOT_LISTED, NO_DEFAULT_TIER, NODE_NOT_FOUND,
-    NODE_NOT_READY, NODE_EXCLUDED, NO_LOCAL_ENDPOINTS, NO_ENDPOINTS, NO_NODE_ADDRESS, INVALID_NEXT_HOP, NO_PEERS,
+from bgpspeaker.reasons import (
+    COMMUNITY_NOT_ALLOWED, INVALID_COMMUNITY, INVALID_NEXT_HOP, INVALID_PREFERENCE, NO_DEFAULT_TIER, NO_ENDPOINTS,
+    NO_LOCAL_ENDPOINTS, NO_NODE_ADDRESS, NO_PEERS, NODE_EXCLUDED, NODE_NOT_FOUND, NODE_NOT_READY, NOT_ALLOCATED,
+    NOT_IN_POOL, NOT_LISTED, POOL_NOT_ALLOWED,
 )
-WARNINGS = (INVALID_COMMUNITY, COMMUNITY_NOT_ALLOWED)
-# Reasons decided without looking at the node (noEndpoints counts the whole cluster's
-# endpoints): a Service skipped for one of them on one node is announced by no node. The
-# offline audit stops planning more nodes on them.
-CLUSTER_WIDE_REASONS = (INVALID_PREFERENCE, NOT_LISTED, NO_DEFAULT_TIER, NO_ENDPOINTS)
-
-# A cluster name in the preference list: a DNS-label-like token. Anything else (spaces
-# inside, quotes, slashes...) is a typo we refuse rather than silently never match.
-_CLUSTER_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")  # fullmatch, not "$"
 
 
 @dataclass(frozen=True)
@@ -111,22 +78,6 @@ class Explanation:
 
 
 # --- parsing of the Service's own wishes -----------------------------------------------
-
-
-def parse_preference(text: str) -> tuple[str, ...]:
-    """`"east,west,central"` → ("east", "west", "central"); ValueError says what is wrong."""
-    names = [name.strip() for name in text.split(",")]
-    if any(not name for name in names):
-        raise ValueError(f"{quote(text)} has an empty cluster name")
-    for name in names:
-        if not _CLUSTER_NAME.fullmatch(name):
-            raise ValueError(f"{quote(name)} is not a valid cluster name")
-    if len(set(names)) != len(names):
-        raise ValueError(f"{quote(text)} names a cluster twice")
-    if len(names) > len(TIERS_IN_ORDER):
-        raise ValueError(f"{quote(text)} names {len(names)} clusters; at most {len(TIERS_IN_ORDER)} "
-                         f"(primary, secondary, tertiary)")
-    return tuple(names)
 
 
 def service_tier(config: Config, service: ServiceView) -> tuple[Optional[Tier], str, str]:

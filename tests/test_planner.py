@@ -9,6 +9,7 @@ import random
 import pytest
 
 from bgpspeaker.allocator import Allocation, Assignment, Refusal, allocate
+from bgpspeaker.annotations import parse_preference
 from bgpspeaker.config.schema import (
     Advertisement, ClusterConfig, Config, PeerConfig, PoolConfig, SpeakerConfig, TierAttributes,
 )
@@ -16,7 +17,7 @@ from bgpspeaker.model import (
     GRACEFUL_SHUTDOWN, Community, Endpoint, EndpointSliceView, LargeCommunity, NodeView, ServicePort, ServiceView,
     Snapshot, Tier,
 )
-from bgpspeaker.planner import Plan, PlanMemo, explain, parse_preference, plan
+from bgpspeaker.planner import Plan, PlanMemo, explain, plan
 
 ip = ipaddress.ip_address
 net = ipaddress.ip_network

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from bgpspeaker.config.issues import ConfigIssue
 from bgpspeaker.config.source import Node, join
+from bgpspeaker.model import quote  # noqa: F401  (re-exported: the value rules and load.py use it from here)
 
 
 class _Invalid:
@@ -66,11 +67,6 @@ def show(node: Node) -> str:
     return f"{type(value).__name__} {quote(node.text)}"
 
 
-def quote(text: str, limit: int = 60) -> str:
-    """Text from the file as a Python literal, cut at `limit`: control characters stay visible."""
-    return repr(text if len(text) <= limit else text[:limit] + "...")
-
-
 # --- scalar rules ---------------------------------------------------------------------
 
 DECIMAL = re.compile(r"[-+]?(0|[1-9][0-9]*)\Z")
@@ -80,7 +76,8 @@ def integer_value(issues: Issues, path: str, node: Node) -> Any:
     if node.kind == "scalar" and type(node.value) is int:
         if node.plain and not DECIMAL.match(node.text):
             # YAML 1.1 reads 010 as 8, 1:30 as 90, 0x10 as 16: almost never what was meant.
-            return issues.add(path, f"write {node.text} as a plain decimal number (YAML reads it as {node.value})", node)
+            return issues.add(path, f"write {node.text} as a plain decimal number (YAML reads it as {node.value})",
+                              node)
         return node.value
     return issues.add(path, f"must be an integer, got {show(node)}", node)
 
