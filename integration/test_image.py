@@ -16,9 +16,12 @@ config (HTTPS to KUBERNETES_SERVICE_HOST) cannot reach.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -26,6 +29,7 @@ import pytest
 import yaml
 
 from integration import image as img
+from integration.lab import netns, vty
 from integration.lab.fixtures import lab  # noqa: F401  (fixture)
 from integration.lab.nsforward import Forwarder
 from integration.lab.wait import wait_until
@@ -231,3 +235,59 @@ def test_image_announces_a_service_and_its_prestop_withdraws_it(lab, world, imag
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0, log()
+
+
+BFDD = "/usr/lib/frr/bfdd"
+
+
+def bfdd_argv(state_dir: str, config: str) -> list[str]:
+    """bfdd alone (no zebra, no bgpd), every file it keeps in `state_dir`."""
+    return [BFDD, "-f", config, "--vty_socket", state_dir, "-i", f"{state_dir}/bfdd.pid",
+            "--bfdctl", f"{state_dir}/bfdd.sock", "-z", f"{state_dir}/zserv.api", "-P", "0"]
+
+
+def bfd_conf(peer: str, local: str) -> str:
+    return f"bfd\n peer {peer} local-address {local}\n  receive-interval 100\n  transmit-interval 100\n"
+
+
+def test_image_bfdd_brings_a_bfd_session_up_with_frr(lab, image_root, tmp_path):  # noqa: F811
+    """The image's bfdd (for BFD beside ExaBGP) has everything it needs: its libraries, its
+    YANG models (built in), the vty group. FRR's privilege model: it starts as root and
+    drops to the user named by -u/-g, keeping only the capabilities it asks for; as uid
+    65532 from the start it refuses ("cap_set_proc failed": it needs net_bind_service,
+    net_raw and sys_admin permitted)."""
+    root = image_root
+    tor, node = lab.netns("tor"), lab.netns("node")
+    lab.veth(tor, "eth0", node, "eth0")
+    netns.add_addr(tor, "eth0", "10.77.0.1/24")
+    netns.add_addr(node, "eth0", "10.77.0.2/24")
+
+    # FRR's own directory, as integration/lab/frr.py makes one: tmp_path is root's 0700
+    tor_dir = Path(tempfile.mkdtemp(prefix=f"bfdd-{tor}-"))
+    lab.on_close(lambda: shutil.rmtree(tor_dir, ignore_errors=True))
+    (tor_dir / "frr.conf").write_text(bfd_conf("10.77.0.2", "10.77.0.1"))
+    for path in (tor_dir, tor_dir / "frr.conf"):
+        shutil.chown(path, "frr", "frr")
+    lab.popen(tor, [*bfdd_argv(str(tor_dir), str(tor_dir / "frr.conf")), "-u", "frr", "-g", "frr",
+                    "--log", f"file:{tor_dir}/bfdd.log"])
+
+    node_conf = tmp_path / "node-conf"
+    node_conf.mkdir(mode=0o755)
+    (node_conf / "frr.conf").write_text(bfd_conf("10.77.0.1", "10.77.0.2"))
+    (node_conf / "frr.conf").chmod(0o644)
+    run_dir = "/run/bgpspeaker"
+    log_path = tmp_path / "node-bfdd.log"
+    proc = lab.popen(node, root.argv(
+        [*bfdd_argv(run_dir, "/etc/bgpspeaker/frr.conf"), "-u", "bgpspeaker", "-g", "bgpspeaker", "--log", "stdout"],
+        volumes={"/etc/bgpspeaker": (str(node_conf), True)}, tmpfs=(run_dir,), user="0:0"),
+        stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+
+    def tor_peer_up():
+        assert proc.poll() is None, f"the image's bfdd exited {proc.returncode}: {log_path.read_text()}"
+        with vty.VtySession(str(tor_dir / "bfdd.vty")) as session:
+            session.command("enable")  # bfdd's show commands are not in the view node
+            peers = json.loads(session.command("show bfd peers json"))
+        return [p for p in peers if p.get("peer") == "10.77.0.2" and p.get("status") == "up"]
+    wait_until(tor_peer_up, 15, "the BFD session up at the tor")
+    uids = Path(f"/proc/{proc.pid}/status").read_text().split("Uid:")[1].split()[:4]
+    assert uids == ["65532"] * 4, f"bfdd did not drop to the image's user: {uids}"
