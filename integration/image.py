@@ -50,8 +50,9 @@ class ImageError(RuntimeError):
     """A build step failed; the message carries the command and the end of its output."""
 
 
-def _run(argv: list[str], *, timeout: float = 900, cwd: Path | None = None, quiet: bool = True) -> str:
-    proc = subprocess.run(argv, cwd=cwd, timeout=timeout, text=True,
+def _run(argv: list[str], *, timeout: float = 900, cwd: Path | None = None, quiet: bool = True,
+         env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(argv, cwd=cwd, timeout=timeout, text=True, env=env,
                           stdout=subprocess.PIPE if quiet else None, stderr=subprocess.STDOUT if quiet else None)
     if proc.returncode != 0:
         tail = (proc.stdout or "")[-3000:]
@@ -83,7 +84,7 @@ def image_exists(tag: str) -> bool:
 
 
 def ensure_base(log=print) -> str:
-    """The Debian-made base image: reused if present, else debootstrap + podman import (~1 min)."""
+    """The Debian-made base image: reused if present, else debootstrap + podman import (1-4 min)."""
     tag = base_tag()
     if image_exists(tag):
         return tag
@@ -129,7 +130,9 @@ def prepare_context(python: str = sys.executable, log=print) -> Path:
     digest = _digest(CONSTRAINTS, REPO / "setup.cfg")
     shutil.rmtree(project, ignore_errors=True)
     project.mkdir(parents=True)
-    _run([python, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(project), str(REPO)], timeout=300)
+    # SOURCE_DATE_EPOCH: the same sources make the same wheel, so podman's layer cache holds
+    _run([python, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(project), str(REPO)], timeout=300,
+         env={**os.environ, "SOURCE_DATE_EPOCH": "315532800"})
     if not (stamp.exists() and stamp.read_text() == digest):
         log("building the dependency wheels (pinned by constraints.txt)")
         shutil.rmtree(deps, ignore_errors=True)
@@ -148,10 +151,20 @@ def build(base: str | None = None, tag: str = TAG, log=print, quiet: bool = True
     """Build the image (podman's layer cache makes an unchanged rebuild take seconds); return its tag."""
     base = base or ensure_base(log)
     context = prepare_context(log=log)
+    previous = image_id(tag)
     # --isolation chroot: the default (an OCI runtime) cannot start containers on this kernel.
     _run(["podman", "build", "--isolation", "chroot", "--layers", "--build-arg", f"BASE={base}",
           "-f", str(CONTAINERFILE), "-t", tag, str(context)], timeout=1200, quiet=quiet)
+    if previous and previous != image_id(tag):
+        # the image this build replaced, untagged now: every edit-and-test would leave one behind.
+        # (Not `podman image prune`: it would take the build stages' cache with it.)
+        subprocess.run(["podman", "rmi", previous], capture_output=True)
     return tag
+
+
+def image_id(tag: str) -> str | None:
+    proc = subprocess.run(["podman", "image", "inspect", "--format", "{{.Id}}", tag], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
 
 
 def inspect(tag: str = TAG) -> dict:
