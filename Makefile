@@ -14,7 +14,8 @@ STAMP   := $(VENV)/.installed
 
 setup: system-packages $(STAMP)
 
-# apt starts no daemons here (no systemd); the lab runs its own FRR/BIRD per namespace.
+# apt starts no daemons here (no systemd); the lab runs its own FRR/BIRD per namespace, and its
+# own Prometheus (prometheus also brings promtool) on a namespace's loopback: integration/lab/prometheus.py.
 system-packages:
 	@dpkg -s $(DEBS) >/dev/null 2>&1 || { \
 	  echo "installing Debian packages: $(DEBS)"; \
