@@ -40,6 +40,9 @@ CONTEXT = CACHE / "context"
 CONTAINERFILE = REPO / "Containerfile"
 CONSTRAINTS = REPO / "constraints.txt"
 TAG = "localhost/bgpspeaker:dev"
+# The image test's own tag, one per checkout: the engineers' worktrees share one podman
+# store, and one checkout's build must not replace (and remove) the image another one's test has mounted.
+TEST_TAG = f"localhost/bgpspeaker:test-{hashlib.sha256(str(REPO).encode()).hexdigest()[:8]}"
 SUITE = "bookworm"
 # Debian's python3 is what the public base has too (3.11); python3-venv for the build stage's venv.
 BASE_PACKAGES = ("python3", "python3-venv")

@@ -130,7 +130,7 @@ def shipped_speaker_yaml() -> str:
 def image_root():
     if os.geteuid() != 0:
         pytest.fail("the image test needs root (podman, namespaces); CI is root")
-    tag = img.build(log=print)
+    tag = img.build(tag=img.TEST_TAG, log=print)
     root = img.ImageRoot.mount(tag)
     try:
         yield root
