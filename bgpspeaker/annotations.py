@@ -35,6 +35,8 @@ ALLOCATED_FROM_POOL_ANNOTATIONS = (
 
 PREFERENCE_ANNOTATION = "bgpspeaker.io/cluster-preference"
 COMMUNITIES_ANNOTATION = "bgpspeaker.io/communities"
+MIN_READY_ANNOTATION = "bgpspeaker.io/min-ready-endpoints"  # tier hysteresis overrides (planner._health)
+RISE_ANNOTATION = "bgpspeaker.io/rise-seconds"
 EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"  # on a Node
 
 # A cluster name in the preference list: a DNS-label-like token. Anything else (spaces

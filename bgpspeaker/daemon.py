@@ -36,7 +36,7 @@ from bgpspeaker.ledger import AnnouncementLedger
 from bgpspeaker.logs import fields, setup_logging
 from bgpspeaker.metrics import Metrics
 from bgpspeaker.model import NodeView, RouteIntent, Snapshot, is_dns_subdomain
-from bgpspeaker.planner import Plan, PlanMemo, plan as make_plan
+from bgpspeaker.planner import Health, Plan, PlanMemo, plan as make_plan
 from bgpspeaker.routes_view import route_entries
 
 log = logging.getLogger("bgpspeaker.daemon")
@@ -87,6 +87,11 @@ class Daemon:
         # inputs changed. 1,000 Services: most of an event's CPU before (bench profile).
         self._allocation_memo: Optional[tuple[Config, Any, Allocation]] = None
         self._plan_memo = PlanMemo()
+        # Tier hysteresis (planner._health): the records each plan hands to the next (None:
+        # no history yet, so a restart counts healthy Services as settled and moves no
+        # traffic), and the wake-up for the next rise that ends.
+        self._health: Optional[Health] = None
+        self._rise_timer: Optional[tuple[float, asyncio.TimerHandle]] = None
         self._status_in_line: Optional[Allocation] = None  # the allocation every Service status matches
         # Per Service: what is announced for it, or why not; None before the first plan.
         self._ledger: Optional[AnnouncementLedger] = None
@@ -191,6 +196,7 @@ class Daemon:
     async def _shutdown(self) -> None:
         if self._drain_timer:
             self._drain_timer.cancel()
+        self._wake_at(None)
         if self.driver is not None:
             withdraw = self.config.speaker.shutdown == "withdraw"
             try:
@@ -264,7 +270,10 @@ class Daemon:
         if self.elector is not None and self.elector.is_leader and allocation is not self._status_in_line:
             self._write_status_later(allocation, snapshot.services)
         the_plan = make_plan(self.config, snapshot, self.options.node_name, allocation,
-                             drained=self.drain is not None, memo=self._plan_memo)
+                             drained=self.drain is not None, memo=self._plan_memo, now=self.loop.time(),
+                             health=self._health)
+        self._health = the_plan.health
+        self._wake_at(the_plan.wake_at)
         desired: tuple[RouteIntent, ...] = () if self.drain == DrainState.WITHDRAWN else the_plan.routes
         if node is not None:
             await self._ensure_driver(node)
@@ -283,6 +292,22 @@ class Daemon:
         self._publish(snapshot, allocation, the_plan, desired)
         if first_plan:
             self._resume_gc()
+
+    def _wake_at(self, when: Optional[float]) -> None:
+        """Plan again at `when` (loop time): a Service's riseSeconds end then. One timer, the earliest."""
+        if self._rise_timer is not None:
+            if self._rise_timer[0] == when:
+                return
+            self._rise_timer[1].cancel()
+            self._rise_timer = None
+        if when is not None:
+            # a hair late: asyncio may run a timer up to its clock resolution early, and a plan
+            # made before `when` would still see the Service rising and ask for the same time
+            self._rise_timer = (when, self.loop.call_at(when + 0.005, self._rise_ended))
+
+    def _rise_ended(self) -> None:
+        self._rise_timer = None
+        self._on_change()
 
     def _pause_gc_for_the_initial_sync(self) -> None:
         """The cyclic collector is paused until the first plan, 60 s at most.

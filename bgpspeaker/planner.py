@@ -10,6 +10,11 @@ assigned, and re-checks each against the pools the Service's namespace may use â
 whatever a Service's status says, and even if the allocation were wrong, an address
 outside an allowed pool is never planned.
 
+Time: the tier hysteresis (minReadyEndpoints, riseSeconds; `_health`) needs history, yet
+the planner stays a pure function: the caller passes `now` and the health records the
+last plan returned, and the plan says when to plan again (`wake_at`). The daemon keeps
+both; offline `plan`/`explain` have no history and see every healthy Service as settled.
+
 Trade-off: routes are built per (peer, prefix) with fully typed attributes (RouteIntent),
 which costs a little memory at 10,000 Services but lets the reconciler diff by plain
 equality; identical attribute sets are built once and shared through a cache.
@@ -19,13 +24,17 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+import math
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from typing import Iterable, Mapping, Optional, Union
 
 from bgpspeaker.allocator import Allocation, is_managed, pool_of
-from bgpspeaker.annotations import COMMUNITIES_ANNOTATION, EXCLUDE_LABEL, PREFERENCE_ANNOTATION, parse_preference
+from bgpspeaker.annotations import (
+    COMMUNITIES_ANNOTATION, EXCLUDE_LABEL, MIN_READY_ANNOTATION, PREFERENCE_ANNOTATION, RISE_ANNOTATION,
+    parse_preference,
+)
 from bgpspeaker.config.schema import Config, PeerConfig, PoolConfig
 from bgpspeaker.model import (
     GRACEFUL_SHUTDOWN, LOWEST_TIER, TIERS_IN_ORDER, Community, EndpointSliceView, IPAddress, LargeCommunity,
@@ -34,8 +43,10 @@ from bgpspeaker.model import (
 from bgpspeaker.reasons import (
     COMMUNITY_NOT_ALLOWED, INVALID_COMMUNITY, INVALID_NEXT_HOP, INVALID_PREFERENCE, NO_DEFAULT_TIER, NO_ENDPOINTS,
     NO_LOCAL_ENDPOINTS, NO_NODE_ADDRESS, NO_PEERS, NODE_EXCLUDED, NODE_NOT_FOUND, NODE_NOT_READY, NOT_ALLOCATED,
-    NOT_IN_POOL, NOT_LISTED, POOL_NOT_ALLOWED,
+    INVALID_THRESHOLD, NOT_IN_POOL, NOT_LISTED, POOL_NOT_ALLOWED,
 )
+
+_THRESHOLD_ANNOTATIONS = frozenset((MIN_READY_ANNOTATION, RISE_ANNOTATION))
 
 
 @dataclass(frozen=True)
@@ -47,12 +58,23 @@ class Skip:
     message: str
 
 
+# A Service's health record (see `Health`): None = unhealthy; a float = healthy since then,
+# still rising. Absent = healthy and settled, or not tracked (riseSeconds 0).
+HealthRecord = Optional[float]
+Health = Mapping[str, HealthRecord]
+_ABSENT = object()
+
+
 @dataclass(frozen=True)
 class Plan:
     routes: tuple[RouteIntent, ...]  # sorted by prefix, then peer
     skipped: tuple[Skip, ...]  # sorted by service, reason, message
     # Announced anyway, but something in the Service was ignored (e.g. communityNotAllowed).
     warnings: tuple[Skip, ...] = ()
+    # For the next plan: the health records (pass them back as `health`), and the time (on
+    # the caller's `now` clock) at which a rising Service's riseSeconds ends: plan again then.
+    health: Health = field(default_factory=dict, compare=False)
+    wake_at: Optional[float] = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -124,6 +146,36 @@ def service_communities(service: ServiceView, pool: PoolConfig) -> tuple[
     return tuple(allowed), warnings
 
 
+def service_thresholds(config: Config, tier: Tier, service: ServiceView) -> tuple[int, float, str, list[str]]:
+    """(minReadyEndpoints, riseSeconds, where they come from, [warnings]) for a Service of `tier`:
+    the tier's config values, each overridden by the Service's annotation when it parses."""
+    attributes = config.tiers[tier]
+    minimum, rise = attributes.min_ready_endpoints, attributes.rise_seconds
+    origin, problems = f"tier {tier.value}", []
+    annotations = dict(service.annotations)
+    text = annotations.get(MIN_READY_ANNOTATION)
+    if text is not None:
+        try:
+            value = int(text.strip())
+            if not 1 <= value <= 100_000:
+                raise ValueError
+            minimum, origin = value, "annotation"
+        except ValueError:
+            problems.append(f"annotation {MIN_READY_ANNOTATION}: {quote(text)} is not a whole number 1..100000; "
+                            f"using {minimum} from the {tier.value} tier")
+    text = annotations.get(RISE_ANNOTATION)
+    if text is not None:
+        try:
+            number = float(text.strip())
+            if not (math.isfinite(number) and 0 <= number <= 86_400):
+                raise ValueError
+            rise, origin = number, "annotation"
+        except ValueError:
+            problems.append(f"annotation {RISE_ANNOTATION}: {quote(text)} is not a number of seconds 0..86400; "
+                            f"using {rise:g} from the {tier.value} tier")
+    return minimum, rise, origin, problems
+
+
 # --- the per-node, per-Service decision ----------------------------------------------
 
 
@@ -139,8 +191,13 @@ class _Candidate:
 class _Context:
     """What is the same for every Service on this node: computed once per plan."""
 
-    def __init__(self, config: Config, snapshot: Snapshot, node_name: str, allocation: Allocation, drained: bool):
+    def __init__(self, config: Config, snapshot: Snapshot, node_name: str, allocation: Allocation, drained: bool,
+                 now: float = 0.0, health: Optional[Health] = None):
         self.config, self.snapshot, self.allocation, self.drained = config, snapshot, allocation, drained
+        self.now, self.health = now, health
+        # what the Service being decided leaves for the next plan: (its health record, or
+        # _ABSENT; the time its rise ends, or None). Set by _decide, read by _run.
+        self.outcome: tuple[object, Optional[float]] = (_ABSENT, None)
         self.node_name = node_name
         self.node: Optional[NodeView] = snapshot.nodes.get(node_name)
         self.node_problem: Optional[tuple[str, str]] = None
@@ -166,6 +223,9 @@ class _Context:
             else:
                 self.next_hops[version] = (address, "", f"next-hop {address}")
         self.slices: Mapping[str, list[EndpointSliceView]] = {}  # by Service key: _run sets the memo's index
+        # the tiers with hysteresis configured (usually none): the others skip service_thresholds
+        self.hysteresis = frozenset(t for t, a in config.tiers.items()
+                                    if a.min_ready_endpoints > 1 or a.rise_seconds > 0)
         self._attributes: dict[tuple, RouteAttributes] = {}
 
     def attributes(self, tier: Tier, pool: PoolConfig, peer: PeerConfig, next_hop: IPAddress,
@@ -275,6 +335,16 @@ def _decide(ctx: _Context, service: ServiceView, skips: list[Skip], warnings: li
     step("node", True, lambda: f"node {ctx.node_name!r} is Ready and not excluded")
 
     slices = ctx.slices.get(key, ())
+    minimum, rise = 1, 0.0
+    if tier in ctx.hysteresis or any(k in _THRESHOLD_ANNOTATIONS for k, _ in service.annotations):
+        minimum, rise, origin, problems = service_thresholds(config, tier, service)
+        for message in problems:
+            warnings.append(Skip(key, INVALID_THRESHOLD, message))
+            step("health", True, message, INVALID_THRESHOLD, warning=True)
+    ready = -1  # counted only when needed: the hot path (defaults 1 and 0) never counts twice
+    if minimum > 1 or rise > 0 or service.external_traffic_policy != "Local":
+        ready = sum(1 for s in slices for e in s.endpoints if e.ready)
+    demoted = _health(ctx, key, ready, minimum, rise, origin, step) if minimum > 1 or rise > 0 else False
     if service.external_traffic_policy == "Local":
         # Only ready endpoints count; kube-proxy would drop traffic for a node without one.
         local = sum(1 for s in slices for e in s.endpoints if e.ready and e.node_name == ctx.node_name)
@@ -283,7 +353,6 @@ def _decide(ctx: _Context, service: ServiceView, skips: list[Skip], warnings: li
                                                          f"node {ctx.node_name!r}")
         step("endpoints", True, lambda: f"externalTrafficPolicy Local: {local} ready endpoint(s) on this node")
     else:
-        ready = sum(1 for s in slices for e in s.endpoints if e.ready)
         if not ready:
             return skip("endpoints", NO_ENDPOINTS, "no ready endpoint in the cluster")
         step("endpoints", True, lambda: f"externalTrafficPolicy Cluster: {ready} ready endpoint(s) in the cluster")
@@ -292,7 +361,7 @@ def _decide(ctx: _Context, service: ServiceView, skips: list[Skip], warnings: li
         return skip("peers", NO_PEERS, f"no configured peer selects node {ctx.node_name!r}")
     step("peers", True, lambda: "peers " + ", ".join(p.name for p in ctx.peers))
 
-    effective = LOWEST_TIER if ctx.drained else tier
+    effective = LOWEST_TIER if ctx.drained or demoted else tier
     if ctx.drained:
         step("drain", True, f"node drained: announced with {GRACEFUL_SHUTDOWN} and the {LOWEST_TIER.value} tier")
     candidates = []
@@ -304,6 +373,40 @@ def _decide(ctx: _Context, service: ServiceView, skips: list[Skip], warnings: li
         step("nextHop", True, lambda address=address, why=why: f"{address}: {why}")
         candidates.append(_Candidate(address, pool, effective, key, extras[pool.name]))
     return candidates
+
+
+def _health(ctx: _Context, key: str, ready: int, minimum: int, rise: float, origin: str, step) -> bool:
+    """Hysteresis: whether the Service is demoted to the lowest tier, and its record for the next plan.
+
+    Healthy = at least `minimum` ready endpoints in the cluster. Unhealthy: demoted at once
+    (with no ready endpoint at all the caller withdraws it). Healthy again: demoted until it
+    has stayed healthy for `rise` seconds, so a readiness that flaps cannot pull traffic
+    back at every flap; losing health again restarts the wait. Time enters only through
+    `ctx.now` and the records the caller passes back (`ctx.health`): no history (None, a
+    fresh daemon) counts a healthy Service as settled, so a restart moves no traffic.
+    """
+    if ready < minimum:
+        ctx.outcome = (None if rise > 0 else _ABSENT, None)
+        step("health", True, lambda: f"{ready} ready endpoint(s), below minReadyEndpoints {minimum} ({origin}): "
+                                     f"announced with the {LOWEST_TIER.value} tier")
+        return True
+    prior = _ABSENT if ctx.health is None or rise <= 0 else ctx.health.get(key, _ABSENT)
+    if prior is _ABSENT:
+        since = None  # settled, or not tracked
+    elif prior is None:
+        since = ctx.now  # healthy from now on
+    else:
+        since = prior
+    if since is None or ctx.now >= since + rise:  # type: ignore[operator]
+        ctx.outcome = (_ABSENT, None)
+        step("health", True, lambda: f"{ready} ready endpoint(s) >= minReadyEndpoints {minimum}" +
+             (f", healthy for longer than riseSeconds {rise:g}" if rise > 0 else "") + f" ({origin})")
+        return False
+    until = since + rise  # type: ignore[operator]
+    ctx.outcome = (since, until)
+    step("health", True, lambda: f"healthy again {ctx.now - since:.1f} s ago, riseSeconds {rise:g} ({origin}): "  # type: ignore[operator]
+                                 f"announced with the {LOWEST_TIER.value} tier for {until - ctx.now:.1f} s more")
+    return True
 
 
 Addr = tuple[int, int]  # (version, int address): the routes' sort order, and hashed in C
@@ -338,8 +441,10 @@ class PlanMemo:
         self._routes: dict[Addr, tuple] = {}  # address -> (its candidates, its routes in peer-name order)
         self._order: list[Addr] = []  # the addresses with routes, sorted
         self._noted: set[str] = set()  # the Services with skips or warnings
+        self._health: Optional[Health] = None  # the health records the last plan returned
+        self._rising: dict[str, float] = {}  # Service key -> when its rise ends (its decision depends on `now`)
 
-    def _dirty(self, config: Config, ctx: "_Context", snapshot: Snapshot, allocation: Allocation) -> Iterable[str]:
+    def _dirty(self, config: Config, ctx: "_Context", snapshot: Snapshot, allocation: Allocation) -> set[str] | Iterable[str]:
         """The Service keys to look at again, with the slice index brought up to date.
         All of them in the snapshot's order when starting afresh: the cold start's plan
         walks memory in the order it was allocated (a set's order cost it 20 %, measured)."""
@@ -369,6 +474,19 @@ class PlanMemo:
                         self._slices_of.setdefault(new.service_key, []).append(new)
                         dirty.add(new.service_key)
         self._services, self._slices, self._allocation = snapshot.services, snapshot.endpoint_slices, allocation
+        if not fresh:
+            # Time and health: a rise that ended, and health records other than those the last
+            # plan returned (a caller that kept its own), are decided again. Both sets are
+            # small: only Services with riseSeconds are tracked, only rising ones have an end.
+            extra = {key for key, until in self._rising.items() if ctx.now >= until}
+            health = ctx.health
+            if health is not self._health:
+                before, after = self._health or {}, health or {}
+                extra.update(key for key, _ in before.items() ^ after.items())
+                if (self._health is None) != (health is None):
+                    extra.update(self._decisions)  # no history <-> history: every tracked decision may differ
+            if extra:
+                dirty = set(dirty) | extra
         return dirty
 
 
@@ -386,21 +504,26 @@ def _keyed(candidates: list[_Candidate]) -> list[tuple[Addr, _Candidate]]:
 
 
 def _run(config: Config, snapshot: Snapshot, node_name: str, allocation: Allocation, drained: bool,
-         trace: Optional[str] = None, memo: Optional[PlanMemo] = None) -> tuple[Plan, list[Step]]:
+         trace: Optional[str] = None, memo: Optional[PlanMemo] = None, now: float = 0.0,
+         health: Optional[Health] = None) -> tuple[Plan, list[Step]]:
     memo = memo if memo is not None else PlanMemo()
-    ctx = _Context(config, snapshot, node_name, allocation, drained)
+    ctx = _Context(config, snapshot, node_name, allocation, drained, now, health)
     dirty = memo._dirty(config, ctx, snapshot, allocation)
     ctx.slices = memo._slices_of
     trail: list[Step] = []
     if trace is not None and trace not in dirty:
         dirty = [*dirty, trace]
     touched: dict[Addr, None] = {}  # addresses whose candidates changed, in the order met
+    records: dict[str, object] = {}  # health records that changed: key -> record, or _ABSENT to drop
+    known = health or {}
     for key in dirty:
         service = snapshot.services.get(key)
         old = memo._decisions.get(key)
+        prior = known.get(key, _ABSENT)
         inputs = None if service is None else (
             service, tuple(memo._slices_of.get(key, ())), allocation.refused.get(key),
-            allocation.assigned.get(key), allocation.discarded.get(key))
+            allocation.assigned.get(key), allocation.discarded.get(key), prior,
+            ctx.now >= memo._rising[key] if key in memo._rising else None)
         if old is not None and old[0] == inputs and key != trace:
             continue
         if old is not None:
@@ -409,11 +532,20 @@ def _run(config: Config, snapshot: Snapshot, node_name: str, allocation: Allocat
                 touched[address_key] = None
             del memo._decisions[key]
             memo._noted.discard(key)
+        memo._rising.pop(key, None)
         if service is None:
-            continue  # gone: forgotten
+            if prior is not _ABSENT:
+                records[key] = _ABSENT  # gone: forgotten
+            continue
         skips: list[Skip] = []
         warnings: list[Skip] = []
+        ctx.outcome = (prior, None)  # a decision that stops before the health step keeps the record
         keyed = _keyed(_decide(ctx, service, skips, warnings, trail if key == trace else None))
+        record, until = ctx.outcome
+        if record is not prior and record != prior:
+            records[key] = record
+        if until is not None:
+            memo._rising[key] = until
         memo._decisions[key] = (inputs, keyed, skips, warnings)
         if skips or warnings:
             memo._noted.add(key)
@@ -443,8 +575,18 @@ def _run(config: Config, snapshot: Snapshot, node_name: str, allocation: Allocat
     routes = tuple(chain.from_iterable(map(_ROUTES, map(memo._routes.__getitem__, memo._order))))
     by_text = (lambda s: (s.service, s.reason, s.message))
     noted = [memo._decisions[key] for key in memo._noted]
+    if records or health is None:  # a new mapping only when a record changed: the caller's is never mutated
+        new_health: dict[str, HealthRecord] = dict(known)
+        for key, record in records.items():
+            if record is _ABSENT:
+                new_health.pop(key, None)
+            else:
+                new_health[key] = record  # type: ignore[assignment]
+        health = new_health
+    memo._health = health
     plan_ = Plan(routes=routes, skipped=tuple(sorted(chain.from_iterable(d[2] for d in noted), key=by_text)),
-                 warnings=tuple(sorted(chain.from_iterable(d[3] for d in noted), key=by_text)))
+                 warnings=tuple(sorted(chain.from_iterable(d[3] for d in noted), key=by_text)),
+                 health=health, wake_at=min(memo._rising.values(), default=None))
     return plan_, trail
 
 
@@ -486,16 +628,18 @@ def _routes_for(ctx: _Context, candidates: list[_Candidate], peers: list[PeerCon
 
 
 def plan(config: Config, snapshot: Snapshot, node_name: str, allocation: Allocation, drained: bool = False,
-         memo: Optional[PlanMemo] = None) -> Plan:
+         memo: Optional[PlanMemo] = None, now: float = 0.0, health: Optional[Health] = None) -> Plan:
     """The routes node `node_name` announces, and the Services it does not, with why.
 
     With a `memo` (one per caller, kept between calls), decisions whose inputs did not
-    change since the last call are reused; the result is the same either way."""
-    return _run(config, snapshot, node_name, allocation, drained, memo=memo)[0]
+    change since the last call are reused; the result is the same either way.
+    `now` (any clock, the caller's) and `health` (the last plan's `.health`; None = no
+    history) feed the hysteresis (`_health`); the plan's `wake_at` says when to plan again."""
+    return _run(config, snapshot, node_name, allocation, drained, memo=memo, now=now, health=health)[0]
 
 
 def explain(config: Config, snapshot: Snapshot, node_name: str, allocation: Allocation, service_key: str,
-            drained: bool = False) -> Explanation:
+            drained: bool = False, now: float = 0.0, health: Optional[Health] = None) -> Explanation:
     """Why `service_key` is or is not announced from `node_name`, step by step (KeyError if unknown).
 
     Runs the whole plan (Services sharing an IP influence each other's routes) with the
@@ -503,7 +647,8 @@ def explain(config: Config, snapshot: Snapshot, node_name: str, allocation: Allo
     """
     if service_key not in snapshot.services:
         raise KeyError(service_key)
-    result, trail = _run(config, snapshot, node_name, allocation, drained, trace=service_key)
+    result, trail = _run(config, snapshot, node_name, allocation, drained, trace=service_key, now=now,
+                         health=health)
     routes = tuple(r for r in result.routes if service_key in r.services)
     if routes:
         peers = sorted({r.peer for r in routes})

@@ -62,3 +62,4 @@ CLUSTER_WIDE = (INVALID_PREFERENCE, NOT_LISTED, NO_DEFAULT_TIER, NO_ENDPOINTS)
 
 INVALID_COMMUNITY = "invalidCommunity"
 COMMUNITY_NOT_ALLOWED = "communityNotAllowed"
+INVALID_THRESHOLD = "invalidThreshold"  # a hysteresis annotation that does not parse: the tier's value is used

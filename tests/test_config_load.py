@@ -493,3 +493,12 @@ def test_any_mutation_gives_a_config_or_a_config_error(path, value):
         load_config_text(yaml.safe_dump(document))
     except ConfigError as error:
         assert error.issues and all(isinstance(issue, ConfigIssue) for issue in error.issues)
+
+
+def test_tier_hysteresis_fields_load_and_bad_values_name_their_path():
+    config = load_config_text(MINIMAL + "tiers:\n  primary: {med: 100, minReadyEndpoints: 3, riseSeconds: 30}\n")
+    assert config.tiers[Tier.PRIMARY].min_ready_endpoints == 3 and config.tiers[Tier.PRIMARY].rise_seconds == 30.0
+    assert config.tiers[Tier.SECONDARY].min_ready_endpoints == 1 and config.tiers[Tier.SECONDARY].rise_seconds == 0
+    found = errors(MINIMAL + "tiers:\n  primary: {minReadyEndpoints: 0, riseSeconds: -1}\n")
+    assert any(e.startswith("tiers.primary.minReadyEndpoints") for e in found), found
+    assert any(e.startswith("tiers.primary.riseSeconds") for e in found), found

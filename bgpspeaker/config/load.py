@@ -49,6 +49,8 @@ U32 = 2**32 - 1
 # preferred everywhere, and long AS_PATHs get filtered (many networks drop paths longer
 # than ~50 ASes) or blow past the router's maxas-limit. 10 is generous for three tiers.
 MAX_PREPEND = 10
+# minReadyEndpoints: far above any Service's endpoint count, low enough to catch a typo'd unit.
+MAX_MIN_READY = 100_000
 # RFC 4724: the Restart Time field of the graceful-restart capability has 12 bits.
 MAX_GRACEFUL_RESTART = 4095
 
@@ -108,6 +110,8 @@ TIER = section([
     Field("asPathPrepend", "as_path_prepend", integer(0, MAX_PREPEND)),
     Field("communities", "communities", list_of(community, unique=True)),
     Field("largeCommunities", "large_communities", list_of(large_community, unique=True)),
+    Field("minReadyEndpoints", "min_ready_endpoints", integer(1, MAX_MIN_READY)),
+    Field("riseSeconds", "rise_seconds", seconds),
 ])
 # A tier written in the file is taken as written (what you omit is not sent); a tier left
 # out gets its DEFAULT_TIERS entry.

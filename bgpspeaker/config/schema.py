@@ -181,6 +181,11 @@ class TierAttributes:
     as_path_prepend: int = 0  # extra copies of our ASN after the first
     communities: tuple[Community, ...] = ()
     large_communities: tuple[LargeCommunity, ...] = ()
+    # Hysteresis (planner.py, "health"): below min_ready_endpoints ready endpoints in the
+    # cluster, or within rise_seconds of becoming healthy again, a Service is announced
+    # with the lowest tier instead of this one. Losing health is immediate.
+    min_ready_endpoints: int = 1
+    rise_seconds: float = 0.0
 
 
 DEFAULT_TIERS: Mapping[Tier, TierAttributes] = {

@@ -176,8 +176,8 @@ def node_object(node: Node, ready: bool = True) -> dict:
 
 
 def service_object(name: str, vip: str, preference: Optional[str], etp: str = "Cluster",
-                   namespace: str = "default") -> dict:
-    annotations = {"bgpspeaker.io/load-balancer-ips": vip}
+                   namespace: str = "default", annotations: Optional[Mapping[str, str]] = None) -> dict:
+    annotations = {**(annotations or {}), "bgpspeaker.io/load-balancer-ips": vip}
     if preference is not None:
         annotations["bgpspeaker.io/cluster-preference"] = preference
     return {
@@ -613,7 +613,8 @@ class MultiClusterLab:
 
     def create_service(self, name: str, vip: str, preference: Optional[str] = "east,west,central",
                        etp: str = "Cluster", endpoints: Optional[Mapping[str, Mapping[str, bool]]] = None,
-                       clusters: Optional[Iterable[str]] = None, namespace: str = "default") -> None:
+                       clusters: Optional[Iterable[str]] = None, namespace: str = "default",
+                       annotations: Optional[Mapping[str, str]] = None) -> None:
         """The Service (LoadBalancer, requested IP `vip`, cluster preference) in every cluster
         of `clusters` (default all), with one EndpointSlice per cluster: `endpoints` maps
         cluster -> {node: ready}; default: a ready endpoint on every node of the cluster."""
@@ -626,7 +627,7 @@ class MultiClusterLab:
         self.services[name] = {"vip": vip, "namespace": namespace, "endpoints": eps}
         for c in clusters:
             emu = self.emulators[c]
-            emu.set_object(service_object(name, vip, preference, etp, namespace))
+            emu.set_object(service_object(name, vip, preference, etp, namespace, annotations))
             emu.set_object(endpoint_slice_object(name, c, eps[c], namespace))
 
     def set_endpoints(self, name: str, cluster: str, ready: Mapping[str, bool]) -> float:
