@@ -10,7 +10,8 @@ import pytest
 
 from bgpspeaker.allocator import allocate
 from bgpspeaker.model import Endpoint, EndpointSliceView, Snapshot, Tier
-from bgpspeaker.planner import MIN_READY_ANNOTATION, RISE_ANNOTATION, PlanMemo, explain, plan
+from bgpspeaker.annotations import MIN_READY_ANNOTATION, RISE_ANNOTATION
+from bgpspeaker.planner import PlanMemo, explain, plan
 from tests.test_planner import CFG, PREF, TIERS, make_config, node, service
 
 RISE = 5.0
