@@ -658,12 +658,3 @@ def explain(config: Config, snapshot: Snapshot, node_name: str, allocation: Allo
         skipped=tuple(s for s in result.skipped if s.service == service_key),
         warnings=tuple(s for s in result.warnings if s.service == service_key),
     )
-
-
-def announced_services(result: Plan) -> Mapping[str, Iterable[RouteIntent]]:
-    """{service: its routes} — convenience for metrics (a shared route counts for each Service)."""
-    by_service: dict[str, list[RouteIntent]] = {}
-    for route in result.routes:
-        for service in route.services:
-            by_service.setdefault(service, []).append(route)
-    return by_service

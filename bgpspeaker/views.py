@@ -98,13 +98,6 @@ def node_from_dict(obj: Mapping[str, Any]) -> NodeView:
                     addresses=addresses, ready=ready)
 
 
-PARSERS = {
-    "Service": service_from_dict,
-    "EndpointSlice": endpoint_slice_from_dict,
-    "Node": node_from_dict,
-}
-
-
 def flatten_objects(documents: Iterable[Optional[Mapping[str, Any]]]) -> list[Mapping[str, Any]]:
     """Documents of a YAML stream, with `kind: List` (and `*List`) expanded into their items."""
     objects: list[Mapping[str, Any]] = []

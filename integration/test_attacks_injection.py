@@ -29,10 +29,9 @@ from bgpspeaker.reconciler import diff
 from integration.lab import netns
 from integration.lab.topology import Topology, TopologySpec
 from integration.lab.wait import wait_until
-from tests.test_hardening_injection import FIELDS, HOSTILE, ODD_VALUES, hostile_base
-from tests.test_hardening_support import (
-    Topology as AttackTopology, attack_config, batch_line, check_line, legit_objects, node_obj, run_pipeline,
-    service_obj, slice_obj,
+from testkit.hardening import (
+    FIELDS, HOSTILE, ODD_VALUES, Topology as AttackTopology, attack_config, batch_line, check_line, hostile_base,
+    legit_objects, node_obj, run_pipeline, service_obj, slice_obj,
 )
 
 pytestmark = pytest.mark.lab
@@ -197,7 +196,7 @@ def test_fuzzed_services_through_the_daemon_to_frr(capsys):
     from bgpspeaker.config.load import load_config
     from bgpspeaker.planner import plan
     from bgpspeaker.views import snapshot_from_objects
-    from integration.test_attacks_support import NODE, AttackLab
+    from integration.attack_lab import NODE, AttackLab
 
     if os.geteuid() != 0:
         pytest.fail("lab tests need root; CI is root")

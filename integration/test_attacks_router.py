@@ -14,7 +14,7 @@ import ipaddress
 import pytest
 
 from integration.lab.wait import wait_until
-from integration.test_attacks_support import ALLOWED_BY_NAMESPACE, AttackLab, RibWatcher, wait_rib
+from integration.attack_lab import ALLOWED_BY_NAMESPACE, AttackLab, RibWatcher, wait_rib
 
 pytestmark = pytest.mark.lab
 
@@ -160,7 +160,7 @@ def test_node_address_with_ipv6_scope_cannot_inject_at_the_router(capsys):
     Service is skipped with noNodeAddress, and the session stays up."""
     import os
     from integration.lab.cluster_lab import node_object
-    from integration.test_attacks_support import NODE, POOLS
+    from integration.attack_lab import NODE, POOLS
     if os.geteuid() != 0:
         pytest.fail("lab tests need root; CI is root")
     lab = AttackLab(pools=POOLS + [{"name": "v6", "addresses": ["2001:db8::/124"], "autoAssign": True}])

@@ -22,7 +22,7 @@ import yaml
 from integration.lab import netns
 from integration.lab.cluster_lab import REPO, process_tree
 from integration.lab.wait import wait_until
-from integration.test_attacks_support import NODE, AttackLab, wait_rib
+from integration.attack_lab import NODE, AttackLab, wait_rib
 
 pytestmark = pytest.mark.lab
 

@@ -28,7 +28,7 @@ import pytest
 from integration.lab import netns, nsforward
 from integration.lab.cluster_lab import REPO, process_tree, record_measurement
 from integration.lab.wait import wait_until
-from integration.test_attacks_support import NODE, AttackLab, RibWatcher
+from integration.attack_lab import NODE, AttackLab, RibWatcher
 
 pytestmark = pytest.mark.lab
 

@@ -1,6 +1,6 @@
 """Attacks on the policy core, pure: community abuse and address hijacks (docs/design.md invariant 1).
 
-Every attack runs next to a healthy cluster (tests/test_hardening_support.legit_objects)
+Every attack runs next to a healthy cluster (testkit/hardening.legit_objects)
 through views → allocate → plan → diff → command text, with every command and route
 checked by the independent checker. Each attack asserts three things: the attacker gets
 nothing it may not have (no route, or no extra community), it gets a reason a user can
@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 
 from bgpspeaker.exabgp.commands import parse_line
-from tests.test_hardening_support import (
+from testkit.hardening import (
     LEGIT_ROUTES, legit_objects, route_keys, run_pipeline, service_obj, slice_obj,
 )
 

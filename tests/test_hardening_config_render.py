@@ -23,7 +23,7 @@ from bgpspeaker.config.issues import ConfigError
 from bgpspeaker.config.load import load_config_text
 from bgpspeaker.exabgp.render import RenderError, render_config
 from bgpspeaker.model import NodeView
-from tests.test_hardening_support import HOSTILE
+from testkit.hardening import HOSTILE
 
 BASE = {
     "cluster": {"name": "east", "defaultTier": "primary"},

@@ -34,7 +34,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional
 
 from bgpspeaker.model import Community, IPAddress, IPNetwork, LargeCommunity, RouteAttributes, next_hop_problem
 
@@ -152,10 +152,6 @@ def eor_line(peer: IPAddress, family: str) -> str:
     return f"neighbor {_address(peer, 'peer address')} announce eor {family}"
 
 
-def family_of(version: int) -> str:
-    return FAMILIES[0] if version == 4 else FAMILIES[1]
-
-
 # --- reading our own grammar back (tests, logs) ----------------------------------------
 
 _IP = r"[0-9a-f.:]+"
@@ -206,8 +202,3 @@ def _parse_peers(text: str) -> tuple[IPAddress, ...]:
 
 def _parse_nets(text: str) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(p) for p in text.split())
-
-
-def peers_sorted(peers: Sequence[IPAddress]) -> tuple[IPAddress, ...]:
-    """The order in which a command lists its neighbors."""
-    return tuple(_peers(peers))

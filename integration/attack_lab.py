@@ -24,7 +24,7 @@ from integration.lab.wait import wait_until
 
 NODE = "east-1"
 
-# Pool layout mirrors tests/test_hardening_support.py (the pure attacks) in the lab's numbering.
+# Pool layout mirrors testkit/hardening.py (the pure attacks) in the lab's numbering.
 POOLS = [
     {"name": "public", "addresses": ["203.0.113.0/28"], "autoAssign": True, "allowedCommunities": ["64512:777"]},
     {"name": "team-a", "addresses": ["198.51.100.0/28"], "autoAssign": True, "namespaces": ["team-a"]},

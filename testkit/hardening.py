@@ -1,5 +1,6 @@
 """Shared ground for the hardening suites (no tests here): the attack config, hostile corpus,
-and the independent checks that every generated command and route must pass.
+the fields a hostile Service can fill, and the independent checks that every generated
+command and route must pass.
 
 Why an independent checker instead of reusing `commands.parse_line`: the property under
 test is "no Service field or annotation can inject an ExaBGP command" (docs/design.md
@@ -9,7 +10,8 @@ builder's own (canonical addresses only, no IPv6 scope id, a closed character se
 the allowed address space is computed from the raw CIDR text of the config, not through
 `PoolConfig.contains`.
 
-Imported by tests/test_hardening_*.py and integration/test_attacks_*.py.
+Imported by tests/test_hardening_*.py and integration/test_attacks_*.py: it lives in testkit/,
+which both may import, so neither test tree imports the other.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from bgpspeaker.allocator import allocate
 from bgpspeaker.config.schema import (
@@ -291,3 +293,104 @@ def run_pipeline(objects: Iterable[dict], config: Optional[Config] = None, node:
 
 def route_keys(routes: Iterable[RouteIntent]) -> set[tuple[str, str]]:
     return {(r.peer, str(r.prefix)) for r in routes}
+
+
+# --- hostile values in every field the core reads (the injection fuzz, tests and lab) ---------------
+
+
+def hostile_base() -> tuple[dict, dict]:
+    """A tenant Service that would be announced if nothing about it were wrong."""
+    return (service_obj("tenant", "evil", created="2025-06-01T00:00:00Z"), slice_obj("tenant", "evil"))
+
+
+def _ann(key: str) -> Callable[[dict, dict, Any], None]:
+    def set_(svc: dict, sl: dict, value: Any) -> None:
+        svc["metadata"]["annotations"][key] = value
+    return set_
+
+
+def _spec(key: str) -> Callable[[dict, dict, Any], None]:
+    def set_(svc: dict, sl: dict, value: Any) -> None:
+        svc["spec"][key] = value
+    return set_
+
+
+def _port(key: str) -> Callable[[dict, dict, Any], None]:
+    def set_(svc: dict, sl: dict, value: Any) -> None:
+        svc["spec"]["ports"][0][key] = value
+    return set_
+
+
+def _name(svc: dict, sl: dict, value: Any) -> None:
+    svc["metadata"]["name"] = value
+    sl["metadata"]["labels"]["kubernetes.io/service-name"] = value  # keep it endpoint-backed
+
+
+def _namespace(svc: dict, sl: dict, value: Any) -> None:
+    svc["metadata"]["namespace"] = value
+    sl["metadata"]["namespace"] = value
+
+
+def _ingress(svc: dict, sl: dict, value: Any) -> None:
+    svc["status"]["loadBalancer"]["ingress"] = [{"ip": value}]
+
+
+def _ingress_two(svc: dict, sl: dict, value: Any) -> None:
+    svc["status"]["loadBalancer"]["ingress"] = [{"ip": "203.0.113.9"}, {"ip": value, "hostname": value}]
+
+
+def _families(svc: dict, sl: dict, value: Any) -> None:
+    svc["spec"]["ipFamilies"] = [value]
+
+
+def _ep_addr(svc: dict, sl: dict, value: Any) -> None:
+    sl["endpoints"][0]["addresses"] = [value]
+
+
+def _ep_node(svc: dict, sl: dict, value: Any) -> None:
+    sl["endpoints"][0]["nodeName"] = value
+
+
+def _ep_ready(svc: dict, sl: dict, value: Any) -> None:
+    sl["endpoints"][0]["conditions"]["ready"] = value
+
+
+def _annotation_key(svc: dict, sl: dict, value: Any) -> None:
+    key = value if isinstance(value, (str, int, float, bool, type(None), bytes)) else repr(value)
+    svc["metadata"]["annotations"][key] = "203.0.113.5"
+
+
+# Every Service field and annotation the core reads (views.service_from_dict, allocator, planner).
+FIELDS: dict[str, Callable[[dict, dict, Any], None]] = {
+    "metadata.name": _name,
+    "metadata.namespace": _namespace,
+    "metadata.uid": lambda svc, sl, v: svc["metadata"].__setitem__("uid", v),
+    "annotation-key": _annotation_key,
+    "spec.type": _spec("type"),
+    "spec.loadBalancerClass": _spec("loadBalancerClass"),
+    "spec.externalTrafficPolicy": _spec("externalTrafficPolicy"),
+    "spec.ipFamilies": _families,
+    "spec.ipFamilyPolicy": _spec("ipFamilyPolicy"),
+    "spec.loadBalancerIP": _spec("loadBalancerIP"),
+    "spec.ports[0].name": _port("name"),
+    "spec.ports[0].protocol": _port("protocol"),
+    "spec.ports[0].port": _port("port"),
+    "status.loadBalancer.ingress[0].ip": _ingress,
+    "status.loadBalancer.ingress[1].ip": _ingress_two,
+    "bgpspeaker.io/load-balancer-ips": _ann("bgpspeaker.io/load-balancer-ips"),
+    "metallb.io/loadBalancerIPs": _ann("metallb.io/loadBalancerIPs"),
+    "metallb.universe.tf/loadBalancerIPs": _ann("metallb.universe.tf/loadBalancerIPs"),
+    "bgpspeaker.io/address-pool": _ann("bgpspeaker.io/address-pool"),
+    "metallb.io/address-pool": _ann("metallb.io/address-pool"),
+    "bgpspeaker.io/allow-shared-ip": _ann("bgpspeaker.io/allow-shared-ip"),
+    "metallb.io/allow-shared-ip": _ann("metallb.io/allow-shared-ip"),
+    "bgpspeaker.io/communities": _ann("bgpspeaker.io/communities"),
+    "bgpspeaker.io/cluster-preference": _ann("bgpspeaker.io/cluster-preference"),
+    "bgpspeaker.io/ip-allocated-from-pool": _ann("bgpspeaker.io/ip-allocated-from-pool"),
+    "endpoints[0].addresses": _ep_addr,
+    "endpoints[0].nodeName": _ep_node,
+    "endpoints[0].conditions.ready": _ep_ready,
+}
+# Non-string shapes that YAML files (offline plan) or a buggy client could carry.
+ODD_VALUES: tuple[Any, ...] = (None, 0, -1, 1, True, False, 65536, 2 ** 64, 10 ** 100, 1.5, float("nan"), [], {},
+                               ["203.0.113.5"], {"ip": "203.0.113.5"}, b"203.0.113.5")
