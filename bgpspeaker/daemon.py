@@ -79,6 +79,7 @@ class Daemon:
         self._dirty = asyncio.Event()
         self._stopping = asyncio.Event()
         self._config_fingerprint = _fingerprint(options.config_path)
+        self._secrets_fingerprint = _secrets_fingerprint(config)
         self._node: Optional[NodeView] = None  # the node view the driver was started/configured with
         self._last_plan: Optional[Plan] = None
         # Incremental reconcile: an EndpointSlice event leaves the config and the Services
@@ -482,8 +483,14 @@ class Daemon:
             if fingerprint != self._config_fingerprint:
                 self._config_fingerprint = fingerprint
                 await self.reload_config("file changed")
+                self._secrets_fingerprint = _secrets_fingerprint(self.config)
+            elif (secrets := _secrets_fingerprint(self.config)) != self._secrets_fingerprint:
+                # A rotated Secret: the config is the same, the password behind a passwordFile is
+                # not. The driver reloads ExaBGP, which resets only that peer's session (reload.py).
+                self._secrets_fingerprint = secrets
+                await self.reload_config("password file changed", secrets_changed=True)
 
-    async def reload_config(self, why: str) -> bool:
+    async def reload_config(self, why: str, secrets_changed: bool = False) -> bool:
         try:
             new = load_config(self.options.config_path)
         except Exception as exc:  # ConfigError, and anything else: the watch loop must survive any file
@@ -492,7 +499,7 @@ class Daemon:
                       extra=fields(why=why, errors=str(exc) if isinstance(exc, ConfigError) else repr(exc)))
             return False
         self.metrics.config_reloads.labels("ok").inc()
-        if new == self.config:
+        if new == self.config and not secrets_changed:
             log.info("config reloaded: no change", extra=fields(why=why))
             return True
         for warning in config_warnings(new):
@@ -628,6 +635,11 @@ def _fingerprint(path: str) -> Optional[str]:
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
     except OSError:
         return None
+
+
+def _secrets_fingerprint(config: Config) -> tuple[Optional[str], ...]:
+    """One digest per passwordFile (kept in memory only, never shown): a rotation changes it."""
+    return tuple(_fingerprint(peer.password_file) for peer in config.peers if peer.password_file)
 
 
 def _exabgp_argv() -> Optional[list[str]]:

@@ -92,9 +92,11 @@ class Speaker:
         tmp.write_text(text)
         tmp.rename(self.config_path)  # atomic, as a ConfigMap update is
 
-    def start(self, env: dict | None = None) -> "Speaker":
+    def start(self, env: dict | None = None, prefix: tuple[str, ...] | list[str] = (),
+              python: str = sys.executable) -> "Speaker":
+        """`prefix`: a command that runs the daemon (say setpriv, to run it unprivileged)."""
         self.proc = self.lab.popen(
-            self.ns, [sys.executable, "-m", "bgpspeaker", "run", "--config", str(self.config_path),
+            self.ns, [*prefix, python, "-m", "bgpspeaker", "run", "--config", str(self.config_path),
                       "--node-name", "node-a", "--kubeconfig", self.kubeconfig,
                       "--run-dir", str(self.workdir / "run")],
             stdout=open(self.log_path, "ab"), stderr=__import__("subprocess").STDOUT,

@@ -259,6 +259,20 @@ def _check_pools(issues: Issues, root: Node, values: dict) -> None:
                        f"{entry.text} overlaps pools[{j}].addresses[{m}] {other.text} ({where}): "
                        f"{_span(first, last)} is in both", line=_line(root, "pools", i, "addresses", k))
             break
+    # A pool holding a peer's own address (the router's, or the source we speak from) would
+    # let a Service announce that address back to the routers: a hijack of their sessions.
+    for i, peer in _items(values, "peers"):
+        for key in ("address", "source_address"):
+            own = peer.get(key)
+            if own is None or own is INVALID:
+                continue
+            for entry, j, k, name in entries:
+                if entry.first.version == own.version and entry.first <= own <= entry.last:
+                    field = "address" if key == "address" else "sourceAddress"
+                    issues.add(f"pools[{j}].addresses[{k}]",
+                               f"{entry.text} contains {own}, peers[{i}].{field} "
+                               f"(peer {peer.get('name')}): a pool must not hold a BGP session's own address",
+                               line=_line(root, "pools", j, "addresses", k))
 
 
 def _span(first: Any, last: Any) -> str:

@@ -69,12 +69,12 @@ def show(node: Node) -> str:
 
 # --- scalar rules ---------------------------------------------------------------------
 
-DECIMAL = re.compile(r"[-+]?(0|[1-9][0-9]*)\Z")
+DECIMAL = re.compile(r"[-+]?(0|[1-9][0-9]*)")  # fullmatch
 
 
 def integer_value(issues: Issues, path: str, node: Node) -> Any:
     if node.kind == "scalar" and type(node.value) is int:
-        if node.plain and not DECIMAL.match(node.text):
+        if node.plain and not DECIMAL.fullmatch(node.text):
             # YAML 1.1 reads 010 as 8, 1:30 as 90, 0x10 as 16: almost never what was meant.
             return issues.add(path, f"write {node.text} as a plain decimal number (YAML reads it as {node.value})",
                               node)

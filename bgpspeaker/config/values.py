@@ -136,7 +136,7 @@ def host_port(issues: Issues, path: str, node: Node) -> Any:
         return issues.add(path, f"{quote(text)} is not host:port with an IP address host{hint}", node)
     if address.version == 6 and not text.startswith("["):
         return issues.add(path, f"{quote(text)}: write IPv6 in brackets, like [::]:7472", node)
-    if not (DECIMAL.match(port) and 1 <= int(port) <= 65535):
+    if not (DECIMAL.fullmatch(port) and 1 <= int(port) <= 65535):
         return issues.add(path, f"{quote(text)}: port must be 1..65535", node)
     return (str(address), int(port))
 
@@ -178,6 +178,9 @@ _SPECIAL_NETWORKS = tuple((ipaddress.ip_network(net), what) for net, what in (
     ("0.0.0.0/8", "this-network"), ("127.0.0.0/8", "loopback"), ("169.254.0.0/16", "link-local"),
     ("224.0.0.0/4", "multicast"), ("240.0.0.0/4", "reserved"),
     ("::/128", "unspecified"), ("::1/128", "loopback"), ("fe80::/10", "link-local"), ("ff00::/8", "multicast"),
+    # IPv6 spellings of IPv4 addresses: a route for ::ffff:10.0.0.1 is one for 10.0.0.1 to
+    # some stacks, so it would bypass every IPv4 rule here (and the pools' namespaces).
+    ("::ffff:0:0/96", "IPv4-mapped IPv6"), ("::/96", "IPv4-compatible IPv6"),
 ))
 
 

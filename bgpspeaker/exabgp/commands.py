@@ -158,14 +158,14 @@ _IP = r"[0-9a-f.:]+"
 _NET = r"[0-9a-f.:]+/\d{1,3}"
 _FILTER = rf"(?P<peers>neighbor {_IP}(?: , neighbor {_IP})*)"
 _ANNOUNCE = re.compile(
-    rf"^{_FILTER} announce attributes next-hop (?P<nh>{_IP}) origin igp"
+    rf"{_FILTER} announce attributes next-hop (?P<nh>{_IP}) origin igp"
     r"(?: med (?P<med>\d+))?(?: local-preference (?P<lp>\d+))?"
     r"(?: as-path \[(?P<asp>\d+(?: \d+)*)\])?"
     r"(?: community \[(?P<comm>\d+:\d+(?: \d+:\d+)*)\])?"
     r"(?: large-community \[(?P<lcomm>\d+:\d+:\d+(?: \d+:\d+:\d+)*)\])?"
-    rf" nlri (?P<nlri>{_NET}(?: {_NET})*)$")
-_WITHDRAW = re.compile(rf"^{_FILTER} withdraw attributes nlri (?P<nlri>{_NET}(?: {_NET})*)$")
-_EOR = re.compile(rf"^neighbor (?P<peer>{_IP}) announce eor (?P<family>ipv[46] unicast)$")
+    rf" nlri (?P<nlri>{_NET}(?: {_NET})*)")
+_WITHDRAW = re.compile(rf"{_FILTER} withdraw attributes nlri (?P<nlri>{_NET}(?: {_NET})*)")
+_EOR = re.compile(rf"neighbor (?P<peer>{_IP}) announce eor (?P<family>ipv[46] unicast)")
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,7 @@ class Parsed:
 
 def parse_line(line: str) -> Parsed:
     """Parse a line this module produced (strict: anything else is a ValueError)."""
-    if m := _ANNOUNCE.match(line):
+    if m := _ANNOUNCE.fullmatch(line):
         attrs = RouteAttributes(
             next_hop=ipaddress.ip_address(m["nh"]),
             as_path=tuple(int(x) for x in m["asp"].split()) if m["asp"] else (),
@@ -189,9 +189,9 @@ def parse_line(line: str) -> Parsed:
             large_communities=tuple(LargeCommunity.parse(c) for c in m["lcomm"].split()) if m["lcomm"] else (),
         )
         return Parsed("announce", _parse_peers(m["peers"]), attrs, _parse_nets(m["nlri"]))
-    if m := _WITHDRAW.match(line):
+    if m := _WITHDRAW.fullmatch(line):
         return Parsed("withdraw", _parse_peers(m["peers"]), None, _parse_nets(m["nlri"]))
-    if m := _EOR.match(line):
+    if m := _EOR.fullmatch(line):
         return Parsed("eor", (ipaddress.ip_address(m["peer"]),), family=m["family"])
     raise ValueError(f"not a command of our grammar: {line!r}")
 

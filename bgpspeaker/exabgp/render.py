@@ -43,8 +43,10 @@ DEFAULT_SOCKET = "/run/bgpspeaker/exabgp.sock"
 
 # What may appear unquoted in the config: a path or a word. Anything else would let a value
 # end a statement (`;`, `}`) or a line.
-_SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+@-]+$")
-_SAFE_WORD = re.compile(r"^[A-Za-z0-9_.:-]+$")
+# Always fullmatch: `$` also matches before a trailing newline, so `^...$` with match()
+# let "path\n" through, and the newline into the config.
+_SAFE_PATH = re.compile(r"[A-Za-z0-9_./+@-]+")
+_SAFE_WORD = re.compile(r"[A-Za-z0-9_.:-]+")
 
 
 class RenderError(ValueError):
@@ -111,7 +113,7 @@ def read_password(peer: PeerConfig, index: int) -> str:
 
 def _process_block(relay_socket: str, python: str) -> list[str]:
     for what, value in (("relay socket", relay_socket), ("python", python)):
-        if not _SAFE_PATH.match(value):
+        if not _SAFE_PATH.fullmatch(value):
             raise RenderError(f"{what} path {value!r} must be a plain path (letters, digits, _ . / + @ -)")
     return [f"process {PROCESS_NAME} {{",
             f"    run {python} -m bgpspeaker.exabgp.relay {relay_socket};",
@@ -131,7 +133,7 @@ def render_config(config: Config, node: NodeView, relay_socket: str, *, mask_sec
         gr = peer.graceful_restart_time(config.exabgp.graceful_restart)
         out.append("")
         out.append(f"neighbor {_plain(peer.address, f'peers[{index}].address')} {{")
-        if _SAFE_WORD.match(peer.name):
+        if _SAFE_WORD.fullmatch(peer.name):
             out.append(f'    description "{peer.name}";')
         out.append(f"    router-id {rid};")
         out.append(f"    local-address {local_address(peer, node, index)};")
@@ -159,16 +161,24 @@ def render_config(config: Config, node: NodeView, relay_socket: str, *, mask_sec
 def exabgp_environment(user: Optional[str] = None, log_level: str = DEFAULT_LOG_LEVEL) -> dict[str, str]:
     """The `exabgp_*` variables for the child (merge into os.environ)."""
     if user is None:
-        user = pwd.getpwuid(os.getuid()).pw_name
-    return {
+        try:
+            user = pwd.getpwuid(os.getuid()).pw_name
+        except KeyError:
+            # A uid with no passwd entry (a container's runAsUser without one): ExaBGP refuses a
+            # daemon.user it cannot look up, and only uses it as root (to drop to it), so leave
+            # its default. Measured with ExaBGP 5.0.15 as uid 65532: "invalid value for daemon.user".
+            user = None
+    env = {
         "exabgp_api_ack": "true",
         "exabgp_api_cli": "false",
         "exabgp_api_encoder": "json",
         "exabgp_api_respawn": "true",
         "exabgp_tcp_bind": "",
-        "exabgp_daemon_user": user,
         "exabgp_daemon_daemonize": "false",
         "exabgp_daemon_pid": "",
         "exabgp_log_destination": "stderr",
         "exabgp_log_level": log_level,
     }
+    if user is not None:
+        env["exabgp_daemon_user"] = user
+    return env
