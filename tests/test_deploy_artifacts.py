@@ -40,9 +40,10 @@ def test_rbac_is_least_privilege():
     assert not any("*" in item for item in granted)
     assert not any(verb in ("delete", "deletecollection", "escalate", "bind", "impersonate") for _, _, verb in granted)
     # Exactly what the daemon does: read its inputs, write status/annotation, events, its lease.
+    # (integration/test_rbac.py checks the grants against the calls of a daemon run, both ways.)
     for resource in ("services", "nodes"):
-        assert {("", resource, v) for v in ("get", "list", "watch")} <= granted
-    assert {("discovery.k8s.io", "endpointslices", v) for v in ("get", "list", "watch")} <= granted
+        assert {("", resource, v) for v in ("list", "watch")} <= granted
+    assert {("discovery.k8s.io", "endpointslices", v) for v in ("list", "watch")} <= granted
     assert ("", "services/status", "patch") in granted
     assert ("", "events", "create") in granted
     assert ("coordination.k8s.io", "leases", "update") in granted
@@ -64,7 +65,27 @@ def test_daemonset_runs_the_speaker_as_designed():
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["lifecycle"]["preStop"]["exec"]["command"][:2] == ["bgpspeaker", "drain"]
-    assert "NET_ADMIN" in container["securityContext"]["capabilities"]["add"]
+    # Issue 14: non-root with a fixed uid, no capability added (TCP MD5 needs none: proven
+    # by integration/test_daemon_unprivileged.py), seccomp, read-only root, critical priority.
+    for context in (pod["securityContext"], container["securityContext"]):
+        assert (context["runAsUser"], context["runAsGroup"], context["runAsNonRoot"]) == (65532, 65532, True)
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+    security = container["securityContext"]
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["allowPrivilegeEscalation"] is False and security["readOnlyRootFilesystem"] is True
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert not container.get("hostPort") and not any("hostPort" in p for p in container.get("ports", []))
+    # The probes hit health.address on loopback, where the network cannot reach.
+    (configmap,) = by_kind("ConfigMap")
+    health = yaml.safe_load(configmap["data"]["speaker.yaml"])["health"]["address"]
+    for probe in ("livenessProbe", "readinessProbe"):
+        get = container[probe]["httpGet"]
+        assert f"{get['host']}:{get['port']}" == health == "127.0.0.1:7473"
+    # The run directory (control socket, ExaBGP's config) is the one writable place.
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert "/run/bgpspeaker" in mounts and not mounts["/run/bgpspeaker"].get("readOnly")
+    secret = next(v for v in pod["volumes"] if "secret" in v)["secret"]
+    assert secret["defaultMode"] == 0o440 and pod["securityContext"]["fsGroup"] == 65532
     # The args must parse with our own CLI: a typo here is a crash loop in production.
     args = build_parser().parse_args(container["args"] + ["--node-name", "n"])
     assert args.command == "run"
