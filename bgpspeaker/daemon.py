@@ -69,6 +69,20 @@ class DrainState:
     WITHDRAWN = "withdrawn"
 
 
+def maintenance_state(mode: Optional[str], since: float, now: float, drain_seconds: float) -> Optional[str]:
+    """The fleet switch (`cluster.maintenance`) as a drain state, from the time it started.
+
+    `drain`: draining for as long as it is set. `withdraw`: draining, then withdrawn once
+    `drain_seconds` have passed since draining began: the ordering of `bgpspeaker drain`,
+    so traffic moves to the other clusters before anything is withdrawn. Every node of
+    the cluster reads the same config, so one change takes the whole cluster out."""
+    if mode is None:
+        return None
+    if mode == "withdraw" and now - since >= drain_seconds:
+        return DrainState.WITHDRAWN
+    return DrainState.DRAINING
+
+
 class Daemon:
     def __init__(self, options: Options, config: Config, metrics: Optional[Metrics] = None) -> None:
         self.options, self.config = options, config
@@ -76,6 +90,9 @@ class Daemon:
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self.drain: Optional[str] = None
         self._drain_timer: Optional[asyncio.TimerHandle] = None
+        # cluster.maintenance: (mode, loop time draining began), and the wake-up for its withdraw
+        self._maintenance: Optional[tuple[str, float]] = None
+        self._maintenance_timer: Optional[asyncio.TimerHandle] = None
         self._dirty = asyncio.Event()
         self._stopping = asyncio.Event()
         self._config_fingerprint = _fingerprint(options.config_path)
@@ -121,6 +138,7 @@ class Daemon:
 
     async def run(self) -> int:
         self.loop = asyncio.get_running_loop()
+        self._follow_maintenance(at_start=True)
         self._pause_gc_for_the_initial_sync()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self._stopping.set)
@@ -198,6 +216,8 @@ class Daemon:
         if self._drain_timer:
             self._drain_timer.cancel()
         self._wake_at(None)
+        if self._maintenance_timer is not None:
+            self._maintenance_timer.cancel()
         if self.driver is not None:
             withdraw = self.config.speaker.shutdown == "withdraw"
             try:
@@ -270,12 +290,14 @@ class Daemon:
         # ExaBGP crash-loops still writes every Service's status; issue 14).
         if self.elector is not None and self.elector.is_leader and allocation is not self._status_in_line:
             self._write_status_later(allocation, snapshot.services)
+        maintenance = self.maintenance()
         the_plan = make_plan(self.config, snapshot, self.options.node_name, allocation,
-                             drained=self.drain is not None, memo=self._plan_memo, now=self.loop.time(),
-                             health=self._health)
+                             drained=self.drain is not None or maintenance is not None, memo=self._plan_memo,
+                             now=self.loop.time(), health=self._health)
         self._health = the_plan.health
         self._wake_at(the_plan.wake_at)
-        desired: tuple[RouteIntent, ...] = () if self.drain == DrainState.WITHDRAWN else the_plan.routes
+        withdrawn = DrainState.WITHDRAWN in (self.drain, maintenance)
+        desired: tuple[RouteIntent, ...] = () if withdrawn else the_plan.routes
         if node is not None:
             await self._ensure_driver(node)
         if self.driver is not None:
@@ -474,6 +496,46 @@ class Daemon:
         self._on_change()
         return {"drain": None}
 
+    # --- the fleet switch: cluster.maintenance ---------------------------------------------
+
+    def maintenance(self) -> Optional[str]:
+        """This cluster's maintenance as a drain state (None: in service)."""
+        if self._maintenance is None:
+            return None
+        mode, since = self._maintenance
+        return maintenance_state(mode, since, self.loop.time(), self.config.speaker.drain_seconds)
+
+    def _follow_maintenance(self, at_start: bool = False) -> None:
+        """After the config (re)loads: start, change or end the cluster's maintenance.
+
+        Draining begins when the mode first appears; `drain` → `withdraw` keeps that start,
+        so a cluster drained for long enough withdraws at once. A speaker that starts with
+        `withdraw` already set announces nothing: its cluster was taken out before."""
+        mode = self.config.cluster.maintenance
+        if self._maintenance_timer is not None:
+            self._maintenance_timer.cancel()
+            self._maintenance_timer = None
+        before = self._maintenance
+        if mode is None:
+            self._maintenance = None
+        elif before is None:
+            self._maintenance = (mode, float("-inf") if at_start else self.loop.time())
+        else:
+            self._maintenance = (mode, before[1])
+        if (before and before[0]) != mode:
+            log.info("cluster maintenance", extra=fields(
+                mode=mode or "none", state=self.maintenance() or "in service",
+                withdraw_after_seconds=self.config.speaker.drain_seconds if mode == "withdraw" else ""))
+        if self.maintenance() == DrainState.DRAINING and mode == "withdraw":
+            when = self._maintenance[1] + self.config.speaker.drain_seconds  # type: ignore[index]
+            # a hair late: asyncio may run a timer up to its clock resolution early
+            self._maintenance_timer = self.loop.call_at(when + 0.005, self._maintenance_withdraws)
+
+    def _maintenance_withdraws(self) -> None:
+        self._maintenance_timer = None
+        log.info("cluster maintenance: withdrawing every route")
+        self._on_change()
+
     # --- config reload -------------------------------------------------------------------
 
     async def _config_watch_loop(self) -> None:
@@ -505,6 +567,7 @@ class Daemon:
         for warning in config_warnings(new):
             log.warning("config warning", extra=fields(path=warning.path, message=warning.message))
         self.config = new
+        self._follow_maintenance()
         if self.driver is not None and self._node is not None:
             restarted = await self.driver.reconfigure(new, self._node)
             log.info("config reloaded", extra=fields(why=why, exabgp_restarted=restarted))
@@ -564,6 +627,7 @@ class Daemon:
             "cluster": self.config.cluster.name,
             "ready": self.ready()[0],
             "drain": self.drain,
+            "maintenance": {"mode": self.config.cluster.maintenance, "state": self.maintenance()},
             "leader": bool(self.elector is not None and self.elector.is_leader),
             "kubernetes": {"synced": bool(self.watcher and self.watcher.synced),
                            "stale": bool(self.watcher and self.watcher.stale)},

@@ -198,7 +198,8 @@ def plan_command(args: argparse.Namespace) -> int:
         snapshot = load_objects(args.objects)
         _check_node(snapshot, args.node_name, args.objects)
         allocation = allocate(config, snapshot.services.values())  # as the leader would
-        result = plan(config, snapshot, args.node_name, allocation)
+        # cluster.maintenance: the routes as the switch first makes them (drain's lowest tier + GSHUT)
+        result = plan(config, snapshot, args.node_name, allocation, drained=config.cluster.maintenance is not None)
         if getattr(args, "format", "text") == "json":
             json.dump(plan_json(args.node_name, result), sys.stdout, indent=2)
             sys.stdout.write("\n")
@@ -231,7 +232,8 @@ def explain_command(args: argparse.Namespace) -> int:
         if args.service not in snapshot.services:
             raise _Exit(3, f"Service {args.service!r} not found in {source} (give it as NAMESPACE/NAME)")
         allocation = allocate(config, snapshot.services.values())
-        write_explanation(explain(config, snapshot, args.node_name, allocation, args.service), sys.stdout)
+        write_explanation(explain(config, snapshot, args.node_name, allocation, args.service,
+                                  drained=config.cluster.maintenance is not None), sys.stdout)
         return 0
     return _run(body)
 

@@ -363,7 +363,8 @@ def _decide(ctx: _Context, service: ServiceView, skips: list[Skip], warnings: li
 
     effective = LOWEST_TIER if ctx.drained or demoted else tier
     if ctx.drained:
-        step("drain", True, f"node drained: announced with {GRACEFUL_SHUTDOWN} and the {LOWEST_TIER.value} tier")
+        step("drain", True, f"drained (this node, or cluster.maintenance): announced with {GRACEFUL_SHUTDOWN} "
+                            f"and the {LOWEST_TIER.value} tier")
     candidates = []
     for address, pool in addresses:
         next_hop, reason, why = ctx.next_hops[address.version]

@@ -276,7 +276,7 @@ def test_control_characters_never_reach_the_output():
     found = errors(MINIMAL.replace("{name: east}", '{name: "east\\nspeaker.myASN: ok", "x\\ny": 1}'))
     assert found == ["cluster.name: 'east\\nspeaker.myASN: ok' contains a line break or another control "
                      "character (line 1)",
-                     "cluster.'x\\ny': unknown field (expected one of: name, defaultTier) (line 1)"]
+                     "cluster.'x\\ny': unknown field (expected one of: name, defaultTier, maintenance) (line 1)"]
 
 
 @pytest.mark.parametrize("entry, message", [
@@ -502,3 +502,12 @@ def test_tier_hysteresis_fields_load_and_bad_values_name_their_path():
     found = errors(MINIMAL + "tiers:\n  primary: {minReadyEndpoints: 0, riseSeconds: -1}\n")
     assert any(e.startswith("tiers.primary.minReadyEndpoints") for e in found), found
     assert any(e.startswith("tiers.primary.riseSeconds") for e in found), found
+
+
+def test_cluster_maintenance_is_none_drain_or_withdraw():
+    assert load_config_text(MINIMAL).cluster.maintenance is None
+    for written, value in (("none", None), ("drain", "drain"), ("withdraw", "withdraw")):
+        text = MINIMAL.replace("cluster: {name: east}", f"cluster: {{name: east, maintenance: {written}}}")
+        assert load_config_text(text).cluster.maintenance == value
+    found = errors(MINIMAL.replace("cluster: {name: east}", "cluster: {name: east, maintenance: off}"))
+    assert len(found) == 1 and found[0].startswith("cluster.maintenance"), found

@@ -270,3 +270,16 @@ def test_every_offline_command_reports_a_bad_config_the_same_way(command, tmp_pa
         assert done.returncode == 2, done.stderr
         assert done.stderr.startswith(f"bgpspeaker: {path}: invalid config:\n"), done.stderr
         assert what in done.stderr and "Traceback" not in done.stderr and not done.stdout
+
+
+def test_plan_and_explain_show_the_cluster_maintenance_switch(tmp_path):
+    config = tmp_path / "speaker.yaml"
+    text = CONFIG.read_text()
+    assert "cluster: {name: east, defaultTier: primary}" in text
+    config.write_text(text.replace("cluster: {name: east, defaultTier: primary}",
+                                   "cluster: {name: east, defaultTier: primary, maintenance: drain}"))
+    result, _ = plan_json(config, "node-a", EXAMPLE)
+    assert result["routes"] and all(r["tier"] == "tertiary" and "65535:0" in r["communities"]
+                                    for r in result["routes"])
+    done = cli("explain", "shop/api", "--config", config, "--node-name", "node-a", "--objects", EXAMPLE)
+    assert done.returncode == 0 and "cluster.maintenance" in done.stdout, done.stdout

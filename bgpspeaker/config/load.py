@@ -62,6 +62,7 @@ ASN = integer(1, U32)
 CLUSTER = section([
     Field("name", "name", dns_label, required=True),
     Field("defaultTier", "default_tier", one_of({t.value: t for t in Tier} | {"none": None})),
+    Field("maintenance", "maintenance", one_of({"none": None, "drain": "drain", "withdraw": "withdraw"})),
 ])
 SPEAKER = section([
     Field("myASN", "my_asn", ASN, required=True),

@@ -21,6 +21,10 @@ AnyCommunity = Union[Community, LargeCommunity]
 class ClusterConfig:
     name: str
     default_tier: Optional[Tier] = Tier.PRIMARY  # None: Services without a preference are not announced
+    # The fleet switch (daemon.py, "maintenance"): every node of the cluster drains ("drain":
+    # graceful-shutdown community and the lowest tier, kept) or drains then withdraws after
+    # speaker.drainSeconds ("withdraw"). None: in service.
+    maintenance: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -149,10 +149,11 @@ def tier_table(asn: int, prepends: tuple[int, int, int] = (0, 1, 2)) -> dict:
 
 def speaker_config(node: Node, asn: int, *, hold_time: int = 3, graceful_restart: int = 0,
                    shutdown: str = "withdraw", drain_seconds: float = 3,
-                   prepends: tuple[int, int, int] = (0, 1, 2)) -> dict:
+                   prepends: tuple[int, int, int] = (0, 1, 2), maintenance: Optional[str] = None) -> dict:
     """The YAML config (as a dict) of one node's speaker, in the schema of docs/design.md §3.2."""
     return {
-        "cluster": {"name": node.cluster, "defaultTier": "primary"},
+        "cluster": {"name": node.cluster, "defaultTier": "primary",
+                    **({"maintenance": maintenance} if maintenance else {})},
         "speaker": {"myASN": asn, "routerID": "auto", "shutdown": shutdown, "drainSeconds": drain_seconds},
         "exabgp": {"gracefulRestart": graceful_restart},
         "peers": [{"name": "tor", "address": node.tor_address, "asn": ROUTER_ASN, "holdTime": hold_time}],
