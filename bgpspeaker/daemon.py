@@ -84,6 +84,16 @@ def maintenance_state(mode: Optional[str], since: float, now: float, drain_secon
 
 
 class Daemon:
+    """`bgpspeaker run`: owns every piece of mutable state, on one asyncio loop.
+
+    It exists so that the shells (informers, the ExaBGP driver, the status writer, the
+    Event recorder, the control server) never share state with each other: each reports
+    to the daemon, and the daemon alone decides when to reconcile, runs the pure core
+    (allocate, plan) and hands the results out. Besides that wiring it still schedules the
+    status writes, publishes metrics and Events, and runs drain and config reload; giving
+    those their own rooms is issue 15's remaining work.
+    """
+
     def __init__(self, options: Options, config: Config, metrics: Optional[Metrics] = None) -> None:
         self.options, self.config = options, config
         self.metrics = metrics or Metrics()

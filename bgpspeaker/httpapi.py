@@ -38,6 +38,8 @@ from typing import Any, Callable, Optional, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from bgpspeaker.logs import fields
+
 log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 128
@@ -228,7 +230,7 @@ class HttpServer:
                         elif events & selectors.EVENT_WRITE:
                             self._write(key.data)
                     except Exception:  # one bad connection must never end the server
-                        log.exception("http connection failed", extra={"server": self.name})
+                        log.exception("http connection failed", extra=fields(server=self.name))
                         if isinstance(key.data, _Connection):
                             self._close(key.data)
                 self._take_answers()
@@ -245,7 +247,7 @@ class HttpServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE and the like: keep serving those we have
-                log.warning("http accept failed", extra={"server": self.name, "error": str(exc)})
+                log.warning("http accept failed", extra=fields(server=self.name, error=exc))
                 return
             if len(self._connections) >= MAX_CONNECTIONS:
                 self._evict_oldest_idle()
@@ -302,7 +304,7 @@ class HttpServer:
         try:
             return render_answer(route.handler())
         except Exception:
-            log.exception("http handler failed", extra={"server": self.name})
+            log.exception("http handler failed", extra=fields(server=self.name))
             return render_answer(json_answer({"error": "internal error, see the daemon's log"}, 500))
 
     def _work(self, connection: _Connection, route: Route) -> None:

@@ -60,11 +60,12 @@ class AnnouncementLedger:
         for skip, step in [(s, -1) for s in skips_removed] + [(s, 1) for s in skips_added]:
             _count(self._skip_reasons, skip.service, (skip.reason, skip.message), step)
 
-        labels_added, labels_removed = set(), set()
+        labels_added: set[Label] = set()
+        labels_removed: set[Label] = set()
         for (service, item), was in items_before.items():
-            now = item in self._items.get(service, ())
-            if now != was:
-                (labels_added if now else labels_removed).add(_label(service, item))
+            present = item in self._items.get(service, ())
+            if present != was:
+                (labels_added if present else labels_removed).add(_label(service, item))
         touched = {service for service, _ in items_before} | {s.service for s in skips_added} | {
             s.service for s in skips_removed}
         states: dict[str, Optional[State]] = {}

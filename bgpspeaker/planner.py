@@ -445,7 +445,8 @@ class PlanMemo:
         self._health: Optional[Health] = None  # the health records the last plan returned
         self._rising: dict[str, float] = {}  # Service key -> when its rise ends (its decision depends on `now`)
 
-    def _dirty(self, config: Config, ctx: "_Context", snapshot: Snapshot, allocation: Allocation) -> set[str] | Iterable[str]:
+    def _dirty(self, config: Config, ctx: "_Context", snapshot: Snapshot,
+               allocation: Allocation) -> set[str] | Iterable[str]:
         """The Service keys to look at again, with the slice index brought up to date.
         All of them in the snapshot's order when starting afresh: the cold start's plan
         walks memory in the order it was allocated (a set's order cost it 20 %, measured)."""
@@ -574,7 +575,7 @@ def _run(config: Config, snapshot: Snapshot, node_name: str, allocation: Allocat
     # (a sort key per route was most of an incremental plan at 10,000 Services), and the
     # routes are gathered in C.
     routes = tuple(chain.from_iterable(map(_ROUTES, map(memo._routes.__getitem__, memo._order))))
-    by_text = (lambda s: (s.service, s.reason, s.message))
+    by_text = operator.attrgetter("service", "reason", "message")
     noted = [memo._decisions[key] for key in memo._noted]
     if records or health is None:  # a new mapping only when a record changed: the caller's is never mutated
         new_health: dict[str, HealthRecord] = dict(known)

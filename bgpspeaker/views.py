@@ -37,7 +37,7 @@ def service_from_dict(obj: Mapping[str, Any]) -> ServiceView:
     ingress = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
     ports = tuple(
         ServicePort(name=str(p.get("name") or ""), protocol=str(p.get("protocol") or "TCP"),
-                    port=p.get("port") if isinstance(p.get("port"), int) else -1)
+                    port=p["port"] if isinstance(p.get("port"), int) else -1)
         for p in (spec.get("ports") or []) if isinstance(p, dict)
     )
     return ServiceView(

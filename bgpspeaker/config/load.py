@@ -289,7 +289,8 @@ def _check_advertisements(issues: Issues, root: Node, values: dict) -> None:
         for i, advertisement in _items(values, "advertisements"):
             for k, name in enumerate(advertisement.get(key) or ()):
                 if name is not INVALID and name not in defined:
-                    known = ", ".join(defined[:10]) + (", ..." if len(defined) > 10 else "") if defined else "none"
+                    known = (", ".join(str(n) for n in defined[:10]) + (", ..." if len(defined) > 10 else "")
+                             if defined else "none")
                     issues.add(f"advertisements[{i}].{key}[{k}]", f"unknown {what} {quote(name)} ({key}: {known})",
                                line=_line(root, "advertisements", i, key, k))
 

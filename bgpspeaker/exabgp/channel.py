@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from bgpspeaker.exabgp.commands import SHOW_NEIGHBOR_JSON
+from bgpspeaker.logs import fields
 
 log = logging.getLogger(__name__)
 
@@ -236,8 +237,7 @@ class Channel:
             log.info("a new relay connected while one was active: replacing it")
             self.drop()
         conn = _Connection(reader, writer, self._unanswered_barriers)
-        log.debug("relay connected (pid %s), skipping %d stale barrier answers", conn.peer_pid,
-                  conn.skip_barriers)
+        log.debug("relay connected", extra=fields(pid=conn.peer_pid, stale_barriers=conn.skip_barriers))
         self._conn = conn
         self.connections += 1
         # the barrier goes first, before anything else can be sent on this connection
@@ -253,7 +253,7 @@ class Channel:
                     break
                 self._on_line(conn, line.decode("utf-8", "replace").rstrip("\r\n"))
         except (ConnectionError, OSError, asyncio.LimitOverrunError, ValueError) as exc:
-            log.info("relay connection ended: %s", exc)
+            log.info("relay connection ended", extra=fields(error=exc))
         except asyncio.CancelledError:
             raise
         finally:
@@ -297,7 +297,7 @@ class Channel:
                 event = json.loads(line)
             except ValueError:
                 self.unexpected_lines += 1
-                log.warning("unparsable JSON from ExaBGP (%d bytes)", len(line))
+                log.warning("unparsable JSON from ExaBGP", extra=fields(bytes=len(line)))
                 return
             try:
                 self.on_event(event)
@@ -320,7 +320,7 @@ class Channel:
             if not conn.pending:
                 # nothing outstanding: an ack we cannot attribute. Never guess.
                 self.unexpected_lines += 1
-                log.warning("ExaBGP sent %r with no command outstanding", line)
+                log.warning("ExaBGP acked with no command outstanding", extra=fields(line=line))
                 return
             entry = conn.pending.popleft()
             if not entry.future.done():

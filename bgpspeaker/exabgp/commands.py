@@ -125,9 +125,9 @@ def attribute_text(attributes: RouteAttributes) -> str:
                 raise TypeError(f"community must be a Community, got {type(c).__name__}")
         parts.append("community [" + " ".join(str(c) for c in a.communities) + "]")
     if a.large_communities:
-        for c in a.large_communities:
-            if type(c) is not LargeCommunity:
-                raise TypeError(f"large community must be a LargeCommunity, got {type(c).__name__}")
+        for lc in a.large_communities:
+            if type(lc) is not LargeCommunity:
+                raise TypeError(f"large community must be a LargeCommunity, got {type(lc).__name__}")
         parts.append("large-community [" + " ".join(str(c) for c in a.large_communities) + "]")
     return " ".join(parts)
 

@@ -68,7 +68,8 @@ def selected_peers(config: Config, node: NodeView) -> list[tuple[int, PeerConfig
 
 def router_id(config: Config, node: NodeView) -> ipaddress.IPv4Address:
     if config.speaker.router_id is not None:
-        return _plain(config.speaker.router_id, "speaker.routerID")
+        _plain(config.speaker.router_id, "speaker.routerID")
+        return config.speaker.router_id
     address = node.address_of(4)
     if address is None:
         raise RenderError(f"speaker.routerID: auto needs an IPv4 address on node {node.name}, which has none")

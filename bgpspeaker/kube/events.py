@@ -32,6 +32,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from bgpspeaker.kube.client import CORE, MERGE_PATCH, object_path, read_json, request_raw
+from bgpspeaker.logs import fields
 from bgpspeaker.model import ServiceView
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,8 @@ class EventRecorder:
             self._queue.put_nowait((ref, WARNING if warning else NORMAL, reason, message))
         except queue.Full:
             self.dropped += 1
-            log.warning("event queue full; dropped %s %s/%s: %s", reason, ref.namespace, ref.name, message)
+            log.warning("event queue full; event dropped",
+                        extra=fields(reason=reason, service=f"{ref.namespace}/{ref.name}", message=message))
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the thread; pending aggregated occurrences are written first if time allows."""
@@ -188,8 +190,9 @@ class EventRecorder:
             while len(self._posted) > self._remember:
                 self._posted.popitem(last=False)
         except Exception as exc:  # an Event is best effort; never kill the thread
-            log.warning("event %s on %s/%s not written: %s", pending.reason, pending.ref.namespace,
-                        pending.ref.name, exc)
+            log.warning("event not written", extra=fields(reason=pending.reason,
+                                                          service=f"{pending.ref.namespace}/{pending.ref.name}",
+                                                          error=exc))
 
     def _create(self, pending: _Pending) -> _Posted:
         ref, now = pending.ref, _now()

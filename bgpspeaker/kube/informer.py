@@ -34,6 +34,7 @@ from tenacity import Retrying, retry_if_exception, wait_random_exponential
 
 from bgpspeaker import views
 from bgpspeaker.kube.client import ENDPOINT_SLICES_PATH, NODES_PATH, SERVICES_PATH, iter_pages, request_raw
+from bgpspeaker.logs import fields
 from bgpspeaker.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ class Informer:
         try:
             self._watch()
         except _Expired as exc:
-            log.info("%s: %s; relisting", self.resource.name, exc)
+            log.info("relisting", extra=fields(resource=self.resource.name, why=exc))
             self._restarts.inc()
         except Exception as exc:
             if self._stopping.is_set():
@@ -183,8 +184,8 @@ class Informer:
     def _lost(self, exc: BaseException | None) -> None:
         self._restarts.inc()
         if not self.stale:
-            log.warning("%s: watch lost (%s); keeping the last known state until a relist", self.resource.name,
-                        _describe(exc))
+            log.warning("watch lost; keeping the last known state until a relist",
+                        extra=fields(resource=self.resource.name, error=_describe(exc)))
             self.stale = True
             self._on_lost(self.resource.name)
 
@@ -217,8 +218,8 @@ class Informer:
         self._cache = fresh
         self.resource_version = rv
         if self.stale or not self.synced or changes:
-            log.info("%s: listed %d objects at resourceVersion %s, %d changed", self.resource.name, len(fresh),
-                     self.resource_version, len(changes))
+            log.info("listed", extra=fields(resource=self.resource.name, objects=len(fresh),
+                                            resource_version=self.resource_version, changed=len(changes)))
         self.synced, self.stale = True, False
         self._on_batch(self.resource.name, changes, True)
 
@@ -291,7 +292,8 @@ class Informer:
         try:
             return self.resource.parse(obj)
         except Exception as exc:  # bad input affects only itself
-            log.warning("%s %s: cannot parse (%s); keeping the previous state", self.resource.name, key, exc)
+            log.warning("cannot parse an object; keeping its previous state",
+                        extra=fields(resource=self.resource.name, key=key, error=exc))
             return None
 
 

@@ -30,6 +30,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from bgpspeaker.kube.client import LEASES, object_path, read_json, request_raw
+from bgpspeaker.logs import fields
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class LeaderElector:
             try:
                 self._release()
             except Exception as exc:  # the others take over after the lease duration instead
-                log.warning("lease %s/%s: release failed: %s", self.namespace, self.name, exc)
+                log.warning("lease release failed", extra=fields(lease=f"{self.namespace}/{self.name}", error=exc))
         self._announce(False)
 
     # ---- the loop -----------------------------------------------------------------------
@@ -108,7 +109,8 @@ class LeaderElector:
             try:
                 leading = self._try_acquire_or_renew()
             except Exception as exc:
-                log.warning("lease %s/%s: %s", self.namespace, self.name, _describe(exc))
+                log.warning("lease renewal failed", extra=fields(lease=f"{self.namespace}/{self.name}",
+                                                                 error=_describe(exc)))
                 leading = False
             if leading:
                 # Renewal began at `attempt`: the deadline counts from there, not from the answer.
@@ -121,8 +123,8 @@ class LeaderElector:
         if leading == self._leading:
             return
         self._leading = leading
-        log.info("lease %s/%s: %s", self.namespace, self.name,
-                 f"{self.identity} is now the leader" if leading else f"{self.identity} stopped leading")
+        log.info("now the leader" if leading else "stopped leading",
+                 extra=fields(lease=f"{self.namespace}/{self.name}", identity=self.identity))
         for callback in (self._on_started if leading else self._on_stopped, self._on_change):
             if callback is not None:
                 self._call(callback)
@@ -159,7 +161,8 @@ class LeaderElector:
         duration = spec.get("leaseDurationSeconds") or self.lease_duration
         if holder and time.monotonic() - self._observed_at < duration:
             return False  # held, and its holder renewed within the lease duration
-        log.info("lease %s/%s: taking over from %r", self.namespace, self.name, holder or "(released)")
+        log.info("lease taken over", extra=fields(lease=f"{self.namespace}/{self.name}",
+                                                  previous=holder or "(released)"))
         return self._write(lease, {"holderIdentity": self.identity, "leaseDurationSeconds": self._duration(),
                                    "acquireTime": now, "renewTime": now,
                                    "leaseTransitions": (spec.get("leaseTransitions") or 0) + (1 if holder else 0)})
@@ -188,7 +191,7 @@ class LeaderElector:
         now = _micro_time()
         # client-go's release: empty holder, a 1 s duration, so the next candidate need not wait.
         self._write(lease, dict(spec, holderIdentity=None, leaseDurationSeconds=1, renewTime=now))
-        log.info("lease %s/%s: released by %s", self.namespace, self.name, self.identity)
+        log.info("lease released", extra=fields(lease=f"{self.namespace}/{self.name}", identity=self.identity))
 
     def _duration(self) -> int:
         return max(1, math.ceil(self.lease_duration))
