@@ -267,7 +267,7 @@ def _check_pools(issues: Issues, root: Node, values: dict) -> None:
             own = peer.get(key)
             if own is None or own is INVALID:
                 continue
-            for entry, j, k, name in entries:
+            for entry, j, k, _name in entries:
                 if entry.first.version == own.version and entry.first <= own <= entry.last:
                     field = "address" if key == "address" else "sourceAddress"
                     issues.add(f"pools[{j}].addresses[{k}]",
