@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from bgpspeaker.allocator import Allocation, allocate, pool_usage
 from bgpspeaker.bfd.runner import BfdService
@@ -38,6 +38,13 @@ from bgpspeaker.metrics import Metrics
 from bgpspeaker.model import NodeView, RouteIntent, Snapshot, is_dns_subdomain
 from bgpspeaker.planner import Health, Plan, PlanMemo, plan as make_plan
 from bgpspeaker.routes_view import route_entries
+
+if TYPE_CHECKING:  # imported for real in run(): the kubernetes client is slow to import and not needed offline
+    from bgpspeaker.exabgp.driver import ExabgpDriver
+    from bgpspeaker.kube.events import EventRecorder
+    from bgpspeaker.kube.leader import LeaderElector
+    from bgpspeaker.kube.status import StatusWriter
+    from bgpspeaker.kube.watcher import KubeWatcher
 
 log = logging.getLogger("bgpspeaker.daemon")
 
@@ -132,11 +139,11 @@ class Daemon:
         # write stuck on a slow API (30 s read timeout) would hold the shutdown.
         self._status_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="status-writer")
         self._node_seen = False
-        self.watcher: Any = None
-        self.driver: Any = None
-        self.elector: Any = None
-        self.status_writer: Any = None
-        self.events: Any = None
+        self.watcher: Optional[KubeWatcher] = None
+        self.driver: Optional[ExabgpDriver] = None
+        self.elector: Optional[LeaderElector] = None
+        self.status_writer: Optional[StatusWriter] = None
+        self.events: Optional[EventRecorder] = None
         self.servers: list[HttpServer] = []
         # Liveness, read by the HTTP threads without touching the loop (httpapi.py):
         # the loop's last heartbeat, and since when this node has been unable to announce.
