@@ -59,3 +59,32 @@ def parse_preference(text: str) -> tuple[str, ...]:
                          f"(primary, secondary, tertiary)")
     return tuple(names)
 
+
+
+# --- what the cache keeps ------------------------------------------------------------------
+
+# Every annotation named above. A Service's other annotations are never read, so the
+# informer's views do not keep them: a tenant's 250 KB annotation would otherwise sit in
+# every node's cache (issue 14). Anything under our own prefix is kept too, so a key added
+# above without touching this list still reaches the planner.
+READ_ANNOTATIONS = frozenset((*REQUESTED_IPS_ANNOTATIONS, *POOL_ANNOTATIONS, *SHARING_ANNOTATIONS,
+                              *ALLOCATED_FROM_POOL_ANNOTATIONS, PREFERENCE_ANNOTATION, COMMUNITIES_ANNOTATION,
+                              MIN_READY_ANNOTATION, RISE_ANNOTATION))
+OUR_PREFIX = "bgpspeaker.io/"
+# The longest value of ours worth keeping: a few hundred addresses or communities. A longer
+# one is kept as a short placeholder that no parser accepts, so the Service gets a clear
+# warning (the quote of it says how long it was) instead of megabytes in the cache.
+MAX_VALUE_CHARS = 4096
+
+
+def kept(annotations: dict[str, str]) -> dict[str, str]:
+    """The annotations a view keeps: those read by the allocator or the planner, values capped."""
+    result = {}
+    for key, value in annotations.items():
+        if key in READ_ANNOTATIONS or key.startswith(OUR_PREFIX):
+            result[key] = value if len(value) <= MAX_VALUE_CHARS else too_long(value)
+    return result
+
+
+def too_long(value: str) -> str:
+    return f"<{len(value)} characters: over the {MAX_VALUE_CHARS}-character limit>"  # no comma: one item

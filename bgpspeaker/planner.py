@@ -143,7 +143,22 @@ def service_communities(service: ServiceView, pool: PoolConfig) -> tuple[
             continue
         if community not in allowed:
             allowed.append(community)
-    return tuple(allowed), warnings
+    return tuple(allowed), _capped(warnings)
+
+
+# Warnings per Service and source: the first few say what is wrong, one more says how many
+# were left out. 20,000 bad communities in one annotation made 20,000 warnings, log lines
+# and Event requests (issue 14).
+MAX_WARNINGS = 3
+
+
+def _capped(warnings: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    if len(warnings) <= MAX_WARNINGS + 1:
+        return warnings
+    more = len(warnings) - MAX_WARNINGS
+    reason = warnings[MAX_WARNINGS][0]
+    return warnings[:MAX_WARNINGS] + [(reason, f"annotation {COMMUNITIES_ANNOTATION}: {more} more items not added "
+                                               f"(only the first {MAX_WARNINGS} problems are listed)")]
 
 
 def service_thresholds(config: Config, tier: Tier, service: ServiceView) -> tuple[int, float, str, list[str]]:

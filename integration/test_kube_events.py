@@ -86,3 +86,21 @@ def test_record_never_blocks_when_the_api_is_slow(emu, recorder):
         r.record(ServiceView("default", f"s{i}"), "IPAllocated", "x")
     assert r.dropped >= 40
     emu.delay("/api/v1/namespaces/*/events", 0)
+
+
+def test_the_queue_is_fair_between_services_and_counts_stay_exact(emu, recorder):
+    """Issue 14: a Service making thousands of Events while the thread waits on the API
+    filled the shared queue, and every other Service's Events were dropped."""
+    emu.delay("/api/v1/namespaces/*/events", 1.0)
+    r = recorder(interval=0.1, queue_size=100)
+    r.record(ServiceView("default", "first"), "IPAllocated", "x")  # the thread is now stuck in its POST
+    wait_until(lambda: event_posts(emu), 5, "the first POST in flight")
+    noisy = ServiceView("default", "noisy")
+    for i in range(5000):
+        r.record(noisy, "CommunityNotAllowed", f"annotation bgpspeaker.io/communities: 64512:{i} not allowed")
+    r.record(ServiceView("default", "quiet"), "IPAllocated", "Assigned IP 203.0.113.9 from pool public")
+    assert r.dropped == 0
+    emu.delay("/api/v1/namespaces/*/events", 0)
+    wait_until(lambda: emu.events_for("default", "quiet"), 15, "the quiet Service's Event")
+    wait_until(lambda: sum(e["count"] for e in emu.events_for("default", "noisy")) == 5000, 30,
+               "every occurrence of the noisy one counted")

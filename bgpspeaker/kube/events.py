@@ -12,7 +12,12 @@ from flooding the API (client-go's EventCorrelator does the same two things):
 
 `record()` never blocks the caller (the daemon's loop): it only appends to a queue that
 a thread drains. When the queue is full the event is dropped and logged: losing an
-Event is better than stalling announcements.
+Event is better than stalling announcements. The queue is fair between Services: one
+Service holds at most `per_object` entries in it; its further occurrences are folded
+into one overflow entry per reason (count added, newest message wins) that the thread
+takes with the next of its entries. So a Service that makes thousands of Events while
+the thread waits on the API cannot fill the queue and crowd out every other Service's,
+and its counts stay exact (issue 14).
 """
 
 from __future__ import annotations
@@ -74,11 +79,15 @@ def _now() -> str:
 class EventRecorder:
     def __init__(self, api_client: kubernetes.client.ApiClient, instance: str, *, component: str = COMPONENT,
                  interval: float = 10.0, qps: float = 5.0, burst: int = 25, queue_size: int = 10_000,
-                 remember: int = 4096) -> None:
+                 remember: int = 4096, per_object: int = 16) -> None:
         self._client = api_client
         self.instance, self.component = instance, component
         self.interval, self.qps, self.burst = interval, qps, burst
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.per_object = per_object
+        self._queued: dict[tuple[str, str], int] = {}  # entries in the queue per (namespace, name)
+        self._overflow: dict[tuple, list] = {}  # (ns, name, uid, reason) -> [ref, type, reason, message, count]
+        self._queued_lock = threading.Lock()
         self._pending: dict[tuple, _Pending] = {}
         self._due: list[tuple[float, int, tuple]] = []  # heap of (time, seq, key) of pending writes
         self._seq = itertools.count()
@@ -100,12 +109,21 @@ class EventRecorder:
         Thread-safe. `warning` makes it a Warning event (refusals, bad annotations).
         """
         ref = obj if isinstance(obj, ObjectRef) else ObjectRef(obj.namespace, obj.name, obj.uid)
-        try:
-            self._queue.put_nowait((ref, WARNING if warning else NORMAL, reason, message))
-        except queue.Full:
-            self.dropped += 1
-            log.warning("event queue full; event dropped",
-                        extra=fields(reason=reason, service=f"{ref.namespace}/{ref.name}", message=message))
+        who = (ref.namespace, ref.name)
+        kind = WARNING if warning else NORMAL
+        with self._queued_lock:
+            if self._queued.get(who, 0) >= self.per_object:  # its fair share is queued: fold this one in
+                folded = self._overflow.setdefault((*who, ref.uid, reason), [ref, kind, reason, message, 0])
+                folded[1], folded[3], folded[4] = kind, message, folded[4] + 1
+                return
+            try:
+                self._queue.put_nowait((ref, kind, reason, message))
+            except queue.Full:
+                self.dropped += 1
+                log.warning("event queue full; event dropped",
+                            extra=fields(reason=reason, service=f"{ref.namespace}/{ref.name}", message=message))
+                return
+            self._queued[who] = self._queued.get(who, 0) + 1
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the thread; pending aggregated occurrences are written first if time allows."""
@@ -139,17 +157,33 @@ class EventRecorder:
                 return
             if item:
                 self._accept(*item)
+                for ref, kind, reason, message, count in self._dequeued(item[0]):
+                    self._accept(ref, kind, reason, message, count)
             self._flush_due()
 
-    def _accept(self, ref: ObjectRef, type_: str, reason: str, message: str) -> None:
+    def _dequeued(self, ref: ObjectRef) -> list[list]:
+        """One entry of `ref` left the queue: count it out, and take its overflow, if any."""
+        who = (ref.namespace, ref.name)
+        with self._queued_lock:
+            left = self._queued.get(who, 0) - 1
+            if left > 0:
+                self._queued[who] = left
+            else:
+                self._queued.pop(who, None)
+            if not self._overflow:
+                return []
+            mine = [key for key in self._overflow if key[:2] == who]
+            return [self._overflow.pop(key) for key in mine]
+
+    def _accept(self, ref: ObjectRef, type_: str, reason: str, message: str, count: int = 1) -> None:
         key = (ref.namespace, ref.name, ref.uid, reason)
         pending = self._pending.get(key)
         if pending is None:
-            self._pending[key] = _Pending(ref, type_, reason, message, 1)
+            self._pending[key] = _Pending(ref, type_, reason, message, count)
             due = self._last_write.get(key, -1e9) + self.interval
             heapq.heappush(self._due, (due, next(self._seq), key))
         else:  # aggregate: the newest message wins, the count says how many happened
-            pending.type, pending.message, pending.count = type_, message, pending.count + 1
+            pending.type, pending.message, pending.count = type_, message, pending.count + count
 
     def _flush_due(self) -> None:
         while self._due and self._due[0][0] <= time.monotonic():
