@@ -26,10 +26,11 @@ def _escape(char: str) -> str:
     return char
 
 
-def _quote(value: Any) -> str:
+def _logfmt_value(value: Any) -> str:
     """A logfmt value: quoted when it holds a space, `=` or `"`, escaped so that hostile
     text (a Service name, an annotation) can neither forge a second log line nor send
-    escape sequences to an operator's terminal."""
+    escape sequences to an operator's terminal. (An encoding of the log format, not
+    `model.quote`, which quotes untrusted text inside a message.)"""
     text = str(value)
     if text == "" or not text.isprintable() or any(c in text for c in ' ="\\'):
         text = '"' + "".join(_escape(c) for c in text) + '"'
@@ -40,11 +41,11 @@ class LogfmtFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
         parts = [f"ts={stamp}", f"level={record.levelname.lower()}", f"logger={record.name}",
-                 f"msg={_quote(record.getMessage())}"]
+                 f"msg={_logfmt_value(record.getMessage())}"]
         fields: Mapping[str, Any] = getattr(record, "fields", None) or {}
-        parts.extend(f"{key}={_quote(value)}" for key, value in fields.items())
+        parts.extend(f"{key}={_logfmt_value(value)}" for key, value in fields.items())
         if record.exc_info:
-            parts.append(f"error={_quote(self.formatException(record.exc_info))}")
+            parts.append(f"error={_logfmt_value(self.formatException(record.exc_info))}")
         return " ".join(parts)
 
 
