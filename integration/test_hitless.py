@@ -82,7 +82,8 @@ def session(router: FrrRouter, address: str) -> tuple[int, int, int]:
             data.get("bgpTimerUpMsec", 0))
 
 
-def test_one_peer_changed_the_other_session_never_notices(lab, tmp_path):
+def two_peer_bed(lab) -> tuple[FrrRouter, str, Path]:
+    """(the router, the node's namespace, a run directory): FRR with both sessions configured."""
     tor, node = lab.netns("tor"), lab.netns("node")
     lab.veth(tor, "eth0", node, "eth0")
     for ns, addresses in ((tor, (TOR_A, TOR_B)), (node, (NODE_A, NODE_B))):
@@ -92,6 +93,11 @@ def test_one_peer_changed_the_other_session_never_notices(lab, tmp_path):
         Neighbor(NODE_A, MY_ASN), Neighbor(NODE_B, MY_ASN))), lab=lab).start()
     run_dir = Path(tempfile.mkdtemp(prefix=f"bgpl-hitless-{os.getpid()}-"))
     lab.on_close(lambda: shutil.rmtree(run_dir, ignore_errors=True))
+    return router, node, run_dir
+
+
+def test_one_peer_changed_the_other_session_never_notices(lab, tmp_path):
+    router, node, run_dir = two_peer_bed(lab)
     secret = tmp_path / "tor-a.password"
 
     def established(*addresses: str) -> bool:
@@ -154,3 +160,45 @@ def test_one_peer_changed_the_other_session_never_notices(lab, tmp_path):
             await driver.stop(withdraw=False)
 
     asyncio.run(asyncio.wait_for(body(), 240))
+
+
+def test_a_reload_exabgp_keeps_dropping_falls_back_to_a_restart(lab):
+    """ExaBGP 5.0.15 drops a reload while UPDATEs are queued for a peer; for a peer that is
+    down they stay queued until its connection attempt ends. Measured with tor-b shut down
+    at the router for 0 / 5 / 20 s: the reload was taken after 0.05 / 1.2 / 4.9 s (the
+    attempts are refused at once). Here tor-b's SYNs go into a black hole (a namespace that
+    does not forward them), so the attempt hangs and every reload is dropped: past the
+    driver's deadline it restarts ExaBGP, and the router ends with every route."""
+    router, node, run_dir = two_peer_bed(lab)
+    sink = lab.netns("sink")
+    lab.veth(node, "eth1", sink, "eth0")
+    netns.add_addr(node, "eth1", "10.77.0.1/30")
+    netns.add_addr(sink, "eth0", "10.77.0.2/30")  # forwarding off: what it receives for others is dropped
+
+    async def body():
+        driver = ExabgpDriver(config(), NODE, run_dir, Metrics(), reload_timeout=1.0,
+                              exabgp_argv=[netns.IP, "netns", "exec", node, EXABGP])
+        await driver.start()
+        try:
+            await driver.apply(intents())
+            await until(lambda: router.established(NODE_A, NODE_B), 20, "both sessions")
+            netns.add_route(node, f"{TOR_B}/32", via="10.77.0.2")
+            router.set_neighbor_shutdown(NODE_B, True)
+            await until(lambda: not driver.peer_states()["tor-b"].up, 20, "tor-b down")
+            # routes changed while tor-b is down: queued for it while its connection attempt hangs
+            attrs = RouteAttributes(next_hop=A(NODE_A), as_path=(MY_ASN,), med=150)
+            changed = [RouteIntent(p, peer, attrs, Tier.PRIMARY, ("ns/svc",))
+                       for peer in ("tor-a", "tor-b") for p in PREFIXES]
+            await driver.apply(changed)
+            pid = driver.exabgp_pid
+            assert await driver.reconfigure(config(a_hold=6), NODE) is True  # fell back to a restart
+            assert driver.exabgp_pid != pid and "hold-time 6;" in driver.config_path.read_text()
+            netns.del_route(node, f"{TOR_B}/32")
+            router.set_neighbor_shutdown(NODE_B, False)
+            await until(lambda: all(p.med == 150 for paths in router.routes("ipv4").values() for p in paths)
+                        and sum(map(len, router.routes("ipv4").values())) == 2 * len(PREFIXES), 40,
+                        "every route, as last applied, on both sessions")
+        finally:
+            await driver.stop(withdraw=False)
+
+    asyncio.run(asyncio.wait_for(body(), 120))
