@@ -37,6 +37,7 @@ from bgpspeaker.logs import fields, setup_logging
 from bgpspeaker.metrics import Metrics
 from bgpspeaker.model import NodeView, RouteIntent, Snapshot, is_dns_subdomain
 from bgpspeaker.planner import Health, Plan, PlanMemo, plan as make_plan
+from bgpspeaker.reasons import event_reason
 from bgpspeaker.routes_view import route_entries
 
 if TYPE_CHECKING:  # imported for real in run(): the kubernetes client is slow to import and not needed offline
@@ -473,7 +474,7 @@ class Daemon:
                         for service, refusals in allocation.discarded.items() for refusal in refusals}
         for service, reason, message in sorted(notices - self._notices):
             log.warning("service setting ignored", extra=fields(service=service, reason=reason, message=message))
-            self._event(snapshot, service, _event_reason(reason), message, warning=True)
+            self._event(snapshot, service, event_reason(reason), message, warning=True)
         self._notices = notices
 
         if allocation is not self._usage_published:  # an endpoint event reuses the allocation
@@ -704,11 +705,6 @@ def _describe(state: object) -> str:
     if isinstance(state, frozenset):
         return " ".join(f"{prefix}={tier.value}" for prefix, tier in sorted(state, key=lambda i: (i[0].version, i[0])))
     return f"not announced: {state}"
-
-
-def _event_reason(reason_code: str) -> str:
-    """A reason code (communityNotAllowed) as an Event reason (CommunityNotAllowed), as Kubernetes spells them."""
-    return reason_code[:1].upper() + reason_code[1:]
 
 
 def _fingerprint(path: str) -> Optional[str]:

@@ -58,8 +58,16 @@ SKIPS = (
 # offline audit stops planning more nodes on them.
 CLUSTER_WIDE = (INVALID_PREFERENCE, NOT_LISTED, NO_DEFAULT_TIER, NO_ENDPOINTS)
 
-# --- the planner's warnings: the route is still announced, without the offending community
+# --- the planner's warnings: the route is still announced (without the offending community, or
+# with the tier's own hysteresis values)
 
 INVALID_COMMUNITY = "invalidCommunity"
 COMMUNITY_NOT_ALLOWED = "communityNotAllowed"
 INVALID_THRESHOLD = "invalidThreshold"  # a hysteresis annotation that does not parse: the tier's value is used
+
+WARNINGS = (INVALID_COMMUNITY, COMMUNITY_NOT_ALLOWED, INVALID_THRESHOLD)
+
+
+def event_reason(reason_code: str) -> str:
+    """A reason code (communityNotAllowed) as an Event reason (CommunityNotAllowed), as Kubernetes spells them."""
+    return reason_code[:1].upper() + reason_code[1:]
