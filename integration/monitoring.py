@@ -64,7 +64,8 @@ def dashboard_queries(board: dict | None = None, rate_interval: str = "1m") -> l
         query = variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"]
         match = _LABEL_VALUES.match(query)
         if not match:
-            raise ValueError(f"variable {variable['name']}: only label_values(metric, label) is supported, got {query!r}")
+            raise ValueError(f"variable {variable['name']}: only label_values(metric, label) is supported, "
+                             f"got {query!r}")
         found.append((f"variable ${variable['name']}", f"group by ({match.group(2)}) ({match.group(1)})"))
     return found
 

@@ -102,7 +102,8 @@ def test_dashboard_is_grafana_json_with_a_datasource_variable():
 def test_every_metric_named_is_exported_by_the_daemon_or_pending():
     exported = exported_names(generate_latest(Metrics().registry).decode())
     used = used_metrics()
-    unknown = {name: sorted(where) for name, where in used.items() if name not in exported and name not in PENDING_METRICS}
+    unknown = {name: sorted(where) for name, where in used.items()
+               if name not in exported and name not in PENDING_METRICS}
     assert unknown == {}
     # Pending names must be used somewhere (else drop them from the list) and be real names.
     assert set(PENDING_METRICS) <= set(used)

@@ -37,7 +37,8 @@ def test_prometheus_scrapes_the_speaker_and_the_session_alert_fires_when_the_rou
     router, emu, node, _ = world
     speaker = start_speaker(lab, world, tmp_path)
     prometheus = Prometheus(lab, node, tmp_path / "prometheus", ["127.0.0.1:7472"], lab_rules(FOR_SECONDS)).start()
-    wait_until(lambda: prometheus.query('bgpspeaker_bgp_session_up{peer="tor"} == 1'), 20, "the session up in Prometheus")
+    wait_until(lambda: prometheus.query('bgpspeaker_bgp_session_up{peer="tor"} == 1'), 20,
+               "the session up in Prometheus")
 
     # An endpoint event both ways, so the latency histogram and the update counter move.
     for ready in (False, True):

@@ -177,8 +177,9 @@ def test_per_peer_graceful_restart_overrides_the_global_value_in_exabgps_config(
     config = _config(PeerConfig("a", ip("10.0.0.1"), 64500, graceful_restart=30),
                      PeerConfig("b", ip("10.0.0.2"), 64500),
                      PeerConfig("c", ip("10.0.0.3"), 64500, graceful_restart=0), gr=120)
-    blocks = render_config(config, NODE, "/run/x.sock", mask_secrets=True, python="/usr/bin/python3").split("\nneighbor ")
-    assert [("graceful-restart 30;" in b, "graceful-restart 120;" in b, "graceful-restart" in b) for b in blocks[1:]] == [
+    text = render_config(config, NODE, "/run/x.sock", mask_secrets=True, python="/usr/bin/python3")
+    blocks = text.split("\nneighbor ")[1:]
+    assert [("graceful-restart 30;" in b, "graceful-restart 120;" in b, "graceful-restart" in b) for b in blocks] == [
         (True, False, True), (False, True, True), (False, False, False)]
 
 

@@ -19,7 +19,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
@@ -43,8 +43,8 @@ class Prometheus:
                   "scrape_configs": [{"job_name": "bgpspeaker", "static_configs": [{"targets": targets}]}]}
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.log_path = workdir / "prometheus.log"
-        self.proc = None
-        self.api = None
+        self.proc: Optional[subprocess.Popen] = None
+        self.api: Optional[Forwarder] = None
 
     def start(self, timeout: float = 30) -> "Prometheus":
         binary = shutil.which("prometheus")
@@ -56,10 +56,11 @@ class Prometheus:
                 f"--storage.tsdb.path={self.workdir / 'data'}",
                 f"--web.listen-address={LISTEN[0]}:{LISTEN[1]}", "--log.level=warn"],
                 stdout=log, stderr=subprocess.STDOUT)
-        self.api = Forwarder(None, ("127.0.0.1", 0), self.ns, LISTEN, name="prometheus").start()
-        self.lab.on_close(self.api.close)
-        wait_until(lambda: self.proc.poll() is not None or self._ready(), timeout, "prometheus ready")
-        if self.proc.poll() is not None:
+        api = self.api = Forwarder(None, ("127.0.0.1", 0), self.ns, LISTEN, name="prometheus").start()
+        self.lab.on_close(api.close)
+        proc = self.proc
+        wait_until(lambda: proc.poll() is not None or self._ready(), timeout, "prometheus ready")
+        if proc.poll() is not None:
             raise AssertionError("prometheus exited:\n" + self.log())
         return self
 
@@ -67,6 +68,7 @@ class Prometheus:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def _get(self, path: str) -> tuple[int, bytes]:
+        assert self.api is not None, "start() first"
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.api.port}{path}", timeout=10) as response:
                 return response.status, response.read()
