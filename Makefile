@@ -7,7 +7,7 @@
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 # podman and debootstrap: `make image` and the image test (integration/test_image.py).
-DEBS    := frr bird2 iproute2 curl procps podman debootstrap prometheus
+DEBS    := frr bird2 iproute2 curl procps podman debootstrap prometheus nftables
 STAMP   := $(VENV)/.installed
 
 .PHONY: setup system-packages test demo bench bench-smoke image clean

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from bgpspeaker.bfd.render import BfdPeer, bfd_peers, render_bfdd_config
-from bgpspeaker.bfd.state import Tracker, parse_sessions
+from bgpspeaker.bfd.state import Damping, FlapState, Tracker, parse_sessions
 from bgpspeaker.bfd.vty import Vty, VtyError
 from bgpspeaker.config.schema import Config
 from bgpspeaker.exabgp.render import RenderError
@@ -77,6 +77,9 @@ class BfdService:
         self._vty = Vty(str(self.vty_path))
         self._poller: Optional[asyncio.Task] = None
         self._complaint: Optional[tuple[str, str]] = None
+        self.damping = Damping()
+        self._flaps: dict[str, FlapState] = {}  # by BGP peer name
+        self._held_in_bfdd: set[str] = set()  # peers this bfdd was told to shut down
 
     # --- what the daemon calls -------------------------------------------------------------
 
@@ -150,7 +153,11 @@ class BfdService:
         for name, peer in self._peers.items():
             state = self._tracker.states.get(peer.address.compressed)
             if state is not None:
-                out[name] = {**state.as_dict(), "profile": peer.profile.name, "multihop": peer.multihop}
+                flaps = self._flaps.get(name, FlapState())
+                out[name] = {**state.as_dict(), "profile": peer.profile.name, "multihop": peer.multihop,
+                             "heldDown": flaps.held, "heldDownUntil": self._wall(flaps.held_until(self.damping))}
+                if flaps.held:
+                    out[name]["whyDown"] = "held down: the session kept flapping (damping)"
         return out
 
     # --- inside ----------------------------------------------------------------------------
@@ -207,6 +214,7 @@ class BfdService:
 
     def _exited(self, rc: Optional[int]) -> None:
         self.vty_path.unlink(missing_ok=True)  # the next bfdd's readiness is its new socket
+        self._held_in_bfdd.clear()  # a new bfdd starts from its config: holds are applied again
         if self._supervisor is not None and not self._supervisor._stopping:
             log.error("bfdd exited", extra=fields(rc=rc, log_tail=self._log_tail()))
 
@@ -221,12 +229,50 @@ class BfdService:
                 except (VtyError, ValueError) as exc:
                     log.debug("bfdd query failed", extra=fields(error=str(exc)))
             self._observe(sessions)
+            if sessions is not None:
+                await self._apply_holds(sessions)
             await asyncio.sleep(self.poll_seconds)
+
+    async def _apply_holds(self, sessions: Any) -> None:
+        """Hold a flapping session administratively down, and let it up when its penalty decayed.
+
+        Taken at once, while the router's side is still down from the flap itself, the
+        hold costs no extra BGP reset (FRR takes a peer's AdminDown as down, measured).
+        """
+        now = time.monotonic()
+        for name, peer in self._peers.items():
+            flaps = self._flaps.get(name)
+            if flaps is None:
+                continue
+            flaps = self._flaps[name] = flaps.tick(self.damping, now)
+            session = sessions.get(peer.address.compressed)
+            shut = session is not None and session.status in ("shutdown", "admin-down")
+            if flaps.held and not shut:
+                action = "shutdown"
+                log.warning("bfd session flapping: holding it down", extra=fields(
+                    peer=name, penalty=round(flaps.penalty), seconds=round(flaps.held_until(self.damping) - now, 1)))
+            elif not flaps.held and (shut or name in self._held_in_bfdd):
+                action = "no shutdown"
+                log.info("bfd session released after damping", extra=fields(peer=name))
+            else:
+                continue
+            hop = " multihop" if peer.multihop else ""
+            try:
+                await self._vty.configure(["bfd", f"peer {peer.address.compressed}{hop} "
+                                                  f"local-address {peer.local.compressed}", action])
+            except VtyError as exc:
+                log.warning("bfdd refused a damping command", extra=fields(peer=name, error=str(exc)))
+                continue
+            (self._held_in_bfdd.add if action == "shutdown" else self._held_in_bfdd.discard)(name)
 
     def _observe(self, sessions: Any) -> None:
         before = {a: s.status for a, s in self._tracker.states.items()}
         grown = self._tracker.observe(sessions, time.time())
         by_address = {p.address.compressed: name for name, p in self._peers.items()}
+        for address, downs in self._tracker.new_downs.items():
+            name = by_address.get(address)
+            if name is not None:
+                self._flaps[name] = self._flaps.get(name, FlapState()).flapped(self.damping, time.monotonic(), downs)
         for address, state in self._tracker.states.items():
             name = by_address.get(address)
             if name is None:
@@ -236,6 +282,10 @@ class BfdService:
                 self.metrics.bfd_transitions.labels(name).inc(grown[address])
             if before.get(address) != state.status:
                 log.info("bfd session changed", extra=fields(peer=name, status=state.status, why=state.why_down))
+
+    @staticmethod
+    def _wall(monotonic: Optional[float]) -> Optional[float]:
+        return None if monotonic is None else time.time() + monotonic - time.monotonic()
 
     def _log_tail(self, lines: int = 5) -> str:
         try:

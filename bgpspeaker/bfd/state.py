@@ -13,6 +13,7 @@ Pure: no I/O, the clock is passed in; `runner.py` polls and feeds it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
@@ -91,16 +92,20 @@ class Tracker:
     def __init__(self, addresses: Iterable[str]) -> None:
         self.states: dict[str, PeerBfd] = {a: PeerBfd("down", NOT_RUNNING, None, 0) for a in addresses}
         self._counted: dict[str, int] = {a: 0 for a in self.states}  # bfdd's ups + downs already counted
+        self._downs: dict[str, int] = {a: 0 for a in self.states}  # bfdd's downs already seen
+        self.new_downs: dict[str, int] = {}  # sessions bfdd saw go down since the previous observe()
 
     def retarget(self, addresses: Iterable[str]) -> None:
         """Follow a new set of peers: those that stay keep their history, new ones start down."""
         wanted = set(addresses)
         self.states = {a: self.states.get(a) or PeerBfd("down", NOT_RUNNING, None, 0) for a in sorted(wanted)}
         self._counted = {a: self._counted.get(a, 0) for a in self.states}
+        self._downs = {a: self._downs.get(a, 0) for a in self.states}
 
     def observe(self, sessions: Optional[dict[str, Session]], now: float) -> dict[str, int]:
         """One poll (`None`: bfdd is not running or did not answer)."""
         grown = {}
+        self.new_downs = {}
         for address, old in self.states.items():
             session = sessions.get(address) if sessions is not None else None
             if session is None:
@@ -114,6 +119,12 @@ class Tracker:
                 if step == 0 and (status == UP) != (old.status == UP):
                     step = 1  # a change bfdd's counters cannot show (a new bfdd's first Up is counted, Down not)
             self._counted[address] = counted
+            if session is not None:  # bfdd's own downs: a stopped bfdd is our doing, not a flap
+                seen = self._downs[address]
+                downs = session.downs - seen if session.downs >= seen else session.downs
+                self._downs[address] = session.downs
+                if downs:
+                    self.new_downs[address] = downs
             if status == old.status and old.since is not None:
                 since = old.since
             elif old.since is None and session is not None and session.seconds_in_status is not None:
@@ -124,3 +135,53 @@ class Tracker:
             if step:
                 grown[address] = step
         return grown
+
+
+@dataclass(frozen=True)
+class Damping:
+    """RFC 2439's route flap damping, applied to BFD session flaps (FRR's bfdd has none).
+
+    Each time bfdd sees the session go down the penalty grows by PENALTY; it halves every
+    `half_life` seconds. Above `suppress` the session is held administratively down (the
+    router's BGP session then runs on its hold timer alone, and stays up on a lossy link:
+    TCP retransmits, BFD's three missed packets do not); below `reuse` it is let up again.
+    The ceiling bounds a hold to `max_hold` seconds. Defaults: a third flap within ~20 s,
+    or a second right after the first, holds BFD down for ~30-40 s; under lasting loss a
+    flap per ~30 s instead of one every few seconds (measured: docs/bfd.md).
+    """
+
+    penalty: float = 1000.0
+    half_life: float = 30.0
+    suppress: float = 2000.0
+    reuse: float = 1000.0
+    max_hold: float = 120.0
+
+    @property
+    def ceiling(self) -> float:
+        return self.reuse * 2 ** (self.max_hold / self.half_life)
+
+    def decayed(self, penalty: float, seconds: float) -> float:
+        return penalty * 2 ** (-max(0.0, seconds) / self.half_life)
+
+
+@dataclass(frozen=True)
+class FlapState:
+    penalty: float = 0.0
+    at: float = 0.0  # when `penalty` was computed
+    held: bool = False
+
+    def flapped(self, damping: Damping, now: float, downs: int = 1) -> "FlapState":
+        penalty = min(damping.ceiling, damping.decayed(self.penalty, now - self.at) + damping.penalty * downs)
+        return FlapState(penalty, now, self.held or penalty >= damping.suppress)
+
+    def tick(self, damping: Damping, now: float) -> "FlapState":
+        """Release the hold once the penalty decayed below `reuse`."""
+        if self.held and damping.decayed(self.penalty, now - self.at) < damping.reuse:
+            return FlapState(damping.decayed(self.penalty, now - self.at), now, False)
+        return self
+
+    def held_until(self, damping: Damping) -> Optional[float]:
+        """When the hold ends if nothing else flaps (None: not held)."""
+        if not self.held:
+            return None
+        return self.at + damping.half_life * math.log2(self.penalty / damping.reuse)

@@ -52,6 +52,11 @@ class Vty:
             raise VtyError(f"status {status[0]}: {data[:-3].decode(errors='replace').strip()}")
         return data[:-3].decode(errors="replace")
 
+    async def configure(self, lines: list[str]) -> None:
+        """`configure terminal`, the lines, `end`: one vty session, so the contexts nest."""
+        for line in ["configure terminal", *lines, "end"]:
+            await self.command(line)
+
     async def show_json(self, text: str) -> Any:
         return json.loads(await self.command(text + " json") or "null")
 

@@ -65,7 +65,7 @@ from typing import Callable, Iterable, Mapping, Optional
 import yaml
 
 from . import netns, nsforward
-from .frr import FrrRouter, Path
+from .frr import BfdProfile, FrrRouter, Path
 from .topology import Node, Topology, TopologySpec
 from .wait import wait_until
 
@@ -149,9 +149,11 @@ def tier_table(asn: int, prepends: tuple[int, int, int] = (0, 1, 2)) -> dict:
 
 def speaker_config(node: Node, asn: int, *, hold_time: int = 3, graceful_restart: int = 0,
                    shutdown: str = "withdraw", drain_seconds: float = 3,
-                   prepends: tuple[int, int, int] = (0, 1, 2), maintenance: Optional[str] = None) -> dict:
-    """The YAML config (as a dict) of one node's speaker, in the schema of docs/design.md §3.2."""
-    return {
+                   prepends: tuple[int, int, int] = (0, 1, 2), maintenance: Optional[str] = None,
+                   bfd: Optional[dict] = None) -> dict:
+    """The YAML config (as a dict) of one node's speaker, in the schema of docs/design.md §3.2.
+    `bfd`: a bfdProfiles entry (MetalLB's shape) used by the speaker's peer."""
+    config = {
         "cluster": {"name": node.cluster, "defaultTier": "primary",
                     **({"maintenance": maintenance} if maintenance else {})},
         "speaker": {"myASN": asn, "routerID": "auto", "shutdown": shutdown, "drainSeconds": drain_seconds},
@@ -161,6 +163,10 @@ def speaker_config(node: Node, asn: int, *, hold_time: int = 3, graceful_restart
         "tiers": tier_table(asn, prepends),
         "metrics": {"address": f"127.0.0.1:{METRICS_PORT_IN_NODE}"},
     }
+    if bfd is not None:
+        config["bfdProfiles"] = [bfd]
+        config["peers"][0]["bfdProfile"] = bfd["name"]
+    return config
 
 
 def node_object(node: Node, ready: bool = True) -> dict:
@@ -373,20 +379,29 @@ class MultiClusterLab:
     def __init__(self, asns: Optional[Mapping[str, int]] = None, always_compare_med: bool = True,
                  hold_time: int = 3, nodes: Iterable[tuple[str, str]] = DEFAULT_NODES,
                  speaker_options: Optional[Mapping] = None, allocator: bool = True, router: str = "frr",
-                 log: Callable[[str], None] = lambda s: None):
+                 log: Callable[[str], None] = lambda s: None, bfd: Optional[Mapping] = None,
+                 bfd_check_control_plane_failure: bool = False, graceful_restart: bool | str = False,
+                 dampening: Optional[str] = None):
         self.allocator = allocator  # False: `run --no-allocator` (announce only, never write Service status)
         self.asns = dict(DEFAULT_ASNS if asns is None else asns)
         self.always_compare_med = always_compare_med
         self.hold_time = hold_time
+        # bfd: one profile (MetalLB's shape, milliseconds) on the tor's bfdd and every speaker
+        tor_bfd = None if bfd is None else BfdProfile(bfd["name"], bfd.get("receiveInterval", 300),
+                                                      bfd.get("transmitInterval", 300), bfd.get("detectMultiplier", 3))
         self.spec = TopologySpec(nodes=tuple(nodes), tor_asn=ROUTER_ASN, cluster_asns=tuple(self.asns.items()),
                                  always_compare_med=always_compare_med, hold_time=hold_time, router=router,
-                                 ipv6=False)
+                                 ipv6=False, bfd=tor_bfd, bfd_check_control_plane_failure=bfd_check_control_plane_failure,
+                                 graceful_restart=graceful_restart, dampening=dampening)
         self.clusters = list(dict.fromkeys(c for _, c in self.spec.nodes))
         self.speaker_options = dict(speaker_options or {})
+        if bfd is not None:
+            self.speaker_options.setdefault("bfd", dict(bfd))
         self.log = log
         self.lab = netns.Lab()
         self.topo = Topology(self.spec, lab=self.lab)
         self.dir = tempfile.mkdtemp(prefix=f"mclab-{os.getpid()}-")
+        os.chmod(self.dir, 0o711)  # a speaker's bfdd runs as user frr: it must reach <run-dir>/bfd
         self.nodes: dict[str, Node] = {}
         self.ns: dict[str, str] = {}
         self.tor = ""
@@ -810,6 +825,24 @@ class MultiClusterLab:
             total += float(m.group(4))
             found = True
         return total if found else None
+
+    def bfdd_pid(self, node_name: str) -> Optional[int]:
+        """PID of the bfdd the node's speaker supervises (a direct child running /usr/lib/frr/bfdd)."""
+        sp = self.speakers[node_name]
+        for child in _children(sp.proc.pid) if sp.running else ():
+            with contextlib.suppress(OSError):
+                if open(f"/proc/{child}/cmdline", "rb").read().split(b"\0")[0].endswith(b"/bfdd"):
+                    return child
+        return None
+
+    def signal_node(self, node_name: str, sig: int) -> list[int]:
+        """`sig` to every process in the node's network namespace (the speaker, ExaBGP, its
+        relay, bfdd): SIGSTOP is a host that hangs, with no FIN and no BFD packet. Returns the pids."""
+        pids = netns.netns_pids(self.ns[node_name])
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        return pids
 
     def exabgp_pid(self, node_name: str) -> Optional[int]:
         """PID of the ExaBGP child of the node's speaker (a direct child whose command line says exabgp)."""

@@ -43,6 +43,7 @@ from .wait import wait_until
 
 ZEBRA = "/usr/lib/frr/zebra"
 BGPD = "/usr/lib/frr/bgpd"
+BFDD = "/usr/lib/frr/bfdd"
 
 
 # --------------------------------------------------------------------------- config values
@@ -58,6 +59,17 @@ class Neighbor:
     ebgp_multihop: int | None = None
     update_source: str | None = None
     description: str | None = None
+    bfd_profile: str | None = None   # `neighbor X bfd profile P` (bfdd runs beside bgpd; needs zebra)
+    bfd_check_control_plane_failure: bool = False  # `neighbor X bfd check-control-plane-failure`
+
+
+@dataclass(frozen=True)
+class BfdProfile:
+    """A bfdd profile on the router (milliseconds)."""
+    name: str
+    receive_interval: int = 300
+    transmit_interval: int = 300
+    detect_multiplier: int = 3
 
 
 @dataclass(frozen=True)
@@ -95,6 +107,21 @@ class FrrConfig:
     coalesce_time_ms: int | None = 0
     extra: str = ""                  # raw lines appended inside `router bgp`
     hostname: str = "frr"
+    bfd_profiles: tuple[BfdProfile, ...] = ()
+    dampening: str | None = None     # `bgp dampening <args>` in each address family ("" = FRR's defaults)
+
+    @property
+    def with_bfd(self) -> bool:
+        return any(n.bfd_profile for n in self.neighbors)
+
+
+def render_bfdd_conf(c: FrrConfig, log_file: str) -> str:
+    """The router's bfdd config: profiles only (bgpd creates the sessions through zebra)."""
+    out = [f"hostname {c.hostname}", f"log file {log_file}", "bfd"]
+    for p in c.bfd_profiles:
+        out += [f" profile {p.name}", f"  receive-interval {p.receive_interval}",
+                f"  transmit-interval {p.transmit_interval}", f"  detect-multiplier {p.detect_multiplier}", " exit"]
+    return "\n".join(out + ["exit", ""])
 
 
 def render_bgpd_conf(c: FrrConfig, log_file: str) -> str:
@@ -150,12 +177,18 @@ def render_bgpd_conf(c: FrrConfig, log_file: str) -> str:
             out.append(f" neighbor {a} ebgp-multihop {n.ebgp_multihop}")
         if n.update_source:
             out.append(f" neighbor {a} update-source {n.update_source}")
+        if n.bfd_profile:
+            out.append(f" neighbor {a} bfd profile {n.bfd_profile}")
+            if n.bfd_check_control_plane_failure:
+                out.append(f" neighbor {a} bfd check-control-plane-failure")
     for afi in ("ipv4", "ipv6"):
         out.append(f" address-family {afi} unicast")
         for n in c.neighbors:
             out.append(f"  neighbor {n.address} activate")
         if c.maximum_paths is not None:
             out.append(f"  maximum-paths {c.maximum_paths}")
+        if c.dampening is not None:
+            out.append(f"  bgp dampening {c.dampening}".rstrip())
         for i, o in enumerate(c.originate):
             if ipaddress.ip_network(o.prefix).version == (4 if afi == "ipv4" else 6):
                 out.append(f"  network {o.prefix} route-map ORIG{i}")
@@ -304,6 +337,7 @@ class FrrRouter:
         shutil.chown(self.dir, "frr", "frr")
         os.chmod(self.dir, 0o755)
         self.zebra: subprocess.Popen | None = None
+        self.bfdd: subprocess.Popen | None = None
         self.bgpd: subprocess.Popen | None = None
         self.start_seconds: float | None = None  # last start(), for reports
         if lab is not None:
@@ -341,7 +375,7 @@ class FrrRouter:
         t0 = time.monotonic()
         common = ["-u", "frr", "-g", "frr", "-P", "0", "--vty_socket", self.dir,
                   "-z", self._p("zserv.api")]
-        for sock in ("bgpd.vty", "zebra.vty"):
+        for sock in ("bgpd.vty", "zebra.vty", "bfdd.vty"):
             if os.path.exists(self._p(sock)):
                 os.unlink(self._p(sock))
         if self.with_zebra:
@@ -353,6 +387,15 @@ class FrrRouter:
                 os.path.exists(self._p("zebra.vty")) and os.path.exists(self._p("zserv.api"))),
                 timeout, f"zebra in {self.ns} to listen")
             self._alive(self.zebra, "zebra")
+        if self.config.with_bfd:
+            if not self.with_zebra:
+                raise netns.LabError("BFD on the router needs zebra (bgpd reaches bfdd through it)")
+            conf = self._write("bfdd.conf", render_bfdd_conf(self.config, self._p("bfdd.log")))
+            self.bfdd = self._spawn("bfdd", [BFDD, "-f", conf, "-i", self._p("bfdd.pid"),
+                                             "--bfdctl", self._p("bfdd.sock"), *common])
+            wait_until(lambda: self.bfdd.poll() is not None or os.path.exists(self._p("bfdd.vty")),
+                       timeout, f"bfdd in {self.ns} to listen")
+            self._alive(self.bfdd, "bfdd")
         conf = self._write("bgpd.conf", render_bgpd_conf(self.config, self._p("bgpd.log")))
         argv = [BGPD, "-f", conf, "-i", self._p("bgpd.pid"), *common]
         if not self.with_zebra:
@@ -380,7 +423,7 @@ class FrrRouter:
 
     def stop(self, kill: bool = False) -> None:
         """Stop bgpd then zebra (SIGTERM, or SIGKILL with `kill=True` to simulate a crash)."""
-        for attr in ("bgpd", "zebra"):
+        for attr in ("bgpd", "bfdd", "zebra"):
             proc = getattr(self, attr)
             if proc is not None:
                 if kill and proc.poll() is None:
@@ -432,6 +475,14 @@ class FrrRouter:
     def set_neighbor_shutdown(self, address: str, on: bool = True) -> None:
         prefix = "" if on else "no "
         self.configure([f"router bgp {self.config.asn}", f"{prefix}neighbor {address} shutdown"])
+
+    def bfd_peers(self) -> dict[str, dict]:
+        """peer address -> bfdd's JSON for that session (status, diagnostic, ...)."""
+        from . import vty as _vty
+        with _vty.VtySession(self._p("bfdd.vty")) as s:
+            s.command("enable")  # bfdd's show commands are unknown in view mode
+            text = s.command("show bfd peers json").strip()
+        return {p["peer"]: p for p in (json.loads(text) if text else [])}
 
     def neighbors(self) -> dict[str, NeighborState]:
         """address -> NeighborState (state, pfxRcd per family) from the summaries."""

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from . import http, netns
 from .bird import BirdConfig, BirdRouter
-from .frr import FrrConfig, FrrRouter, Neighbor
+from .frr import BfdProfile, FrrConfig, FrrRouter, Neighbor
 from .wait import wait_until
 
 DEFAULT_NODES = (("east-1", "east"), ("east-2", "east"), ("west-1", "west"), ("central-1", "central"))
@@ -53,6 +53,9 @@ class TopologySpec:
     ipv6: bool = True                    # also fd00:99:N::/64 on every link
     ipv6_neighbors: bool = False         # the tor also peers with every node's IPv6 address
     subnet_base: str = "10.99"           # 10.99.N.0/24 per node, 10.99.100.0/24 client
+    bfd: BfdProfile | None = None        # FRR: bfdd on the tor, `neighbor X bfd profile P` for every node
+    bfd_check_control_plane_failure: bool = False
+    dampening: str | None = None         # FRR: `bgp dampening ...` (None: off)
 
     def asn_of(self, cluster: str) -> int:
         return dict(self.cluster_asns).get(cluster, self.node_asn)
@@ -212,8 +215,10 @@ class Topology:
 
     def _make_router(self):
         s = self.spec
+        bfd = dict(bfd_profile=s.bfd.name, bfd_check_control_plane_failure=s.bfd_check_control_plane_failure) \
+            if s.bfd is not None else {}
         neighbors = tuple(Neighbor(n.address, n.asn, password=s.password, passive=s.passive,
-                                   port=s.node_port, description=n.name)
+                                   port=s.node_port, description=n.name, **bfd)
                           for n in self.nodes.values())
         if s.ipv6 and s.ipv6_neighbors:
             neighbors += tuple(Neighbor(n.address6, n.asn, password=s.password, passive=s.passive,
@@ -223,7 +228,8 @@ class Topology:
         if s.router == "frr":
             cfg = FrrConfig(asn=s.tor_asn, router_id=router_id, neighbors=neighbors,
                             always_compare_med=s.always_compare_med, graceful_restart=s.graceful_restart,
-                            hold_time=s.hold_time, maximum_paths=s.maximum_paths, hostname="tor")
+                            hold_time=s.hold_time, maximum_paths=s.maximum_paths, hostname="tor",
+                            bfd_profiles=(s.bfd,) if s.bfd is not None else (), dampening=s.dampening)
             return FrrRouter(self.tor_ns, cfg, with_zebra=True, lab=self.lab)
         if s.router == "bird":
             cfg = BirdConfig(asn=s.tor_asn, router_id=router_id, neighbors=neighbors,
