@@ -45,9 +45,9 @@ NODE = NodeView("node-1", addresses=(("InternalIP", NODE_A),))
 PREFIXES = [ipaddress.ip_network(f"203.0.113.{i}/32") for i in range(20)]
 
 
-def config(a_hold=3, a_password=None, with_a=True, router_id="10.99.1.2") -> Config:
+def config(a_hold=3, a_password=None, with_a=True, router_id="10.99.1.2", a_gr=None) -> Config:
     a = PeerConfig("tor-a", A(TOR_A), TOR_ASN, hold_time=a_hold, password_file=a_password,
-                   source_address=A(NODE_A))
+                   source_address=A(NODE_A), graceful_restart=a_gr)
     b = PeerConfig("tor-b", A(TOR_B), TOR_ASN, hold_time=3, source_address=A(NODE_B))
     return Config(cluster=ClusterConfig("east"), speaker=SpeakerConfig(my_asn=MY_ASN, router_id=A(router_id)),
                   peers=(a, b) if with_a else (b,), exabgp=ExabgpConfig(graceful_restart=0))
@@ -131,6 +131,10 @@ def test_one_peer_changed_the_other_session_never_notices(lab, tmp_path):
             # 1. tor-a's hold time: that session re-opens with the new one (FRR: min(9, 6) = 6 s)
             await a_reset_and_back(config(a_hold=6), "hold time")
             assert router.show_json(f"show bgp neighbors {NODE_A}")[NODE_A]["bgpTimerHoldTimeMsecs"] == 6000
+            # tor-a's own graceful restart: in that session's OPEN only
+            await a_reset_and_back(config(a_hold=6, a_gr=30), "graceful restart")
+            info = router.show_json(f"show bgp neighbors {NODE_A}")[NODE_A]
+            assert info["gracefulRestartInfo"]["timers"]["receivedRestartTimer"] == 30, info.get("gracefulRestartInfo")
             # 2. a password on tor-a (both ends), then rotated
             for password in ("lab-one", "lab-two"):
                 a_since = session(router, NODE_A)[0]

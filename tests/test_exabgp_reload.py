@@ -28,7 +28,7 @@ BASE = text(TOR_A, TOR_B)
 
 def test_per_peer_changes_are_reloads_naming_only_that_peer():
     for change in (dict(hold_time=30), dict(port=1179), dict(asn=64501), dict(ebgp_multihop=2),
-                   dict(source_address=A("10.0.0.11")), dict(password_file="/etc/x")):
+                   dict(source_address=A("10.0.0.11")), dict(password_file="/etc/x"), dict(graceful_restart=30)):
         assert plan_reload(BASE, text(TOR_A, dataclasses.replace(TOR_B, **change))) == \
             ReloadPlan(changed=("10.0.0.2",)), change
     assert plan_reload(BASE, text(TOR_A)) == ReloadPlan(removed=("10.0.0.2",))
@@ -37,12 +37,13 @@ def test_per_peer_changes_are_reloads_naming_only_that_peer():
     selective = dataclasses.replace(TOR_B, node_selector=freeze_pairs({"rack": "r2"}))
     assert plan_reload(BASE, text(TOR_A, selective)) == ReloadPlan(removed=("10.0.0.2",))
     assert plan_reload(BASE, BASE) == ReloadPlan()
+    # the global graceful restart time changes every peer: a reload that re-opens them all
+    assert plan_reload(BASE, text(TOR_A, TOR_B, gr=120)) == ReloadPlan(changed=("10.0.0.1", "10.0.0.2"))
 
 
 def test_changes_every_session_shares_or_ours_restart():
     for other, why in ((text(TOR_A, TOR_B, router_id="10.0.0.99"), "router ID"),
                        (text(TOR_A, TOR_B, asn=64513), "router ID"),
-                       (text(TOR_A, TOR_B, gr=120), "graceful restart"),
                        (text(TOR_A, TOR_B, socket="/run/y/exabgp.sock"), "relay process"),
                        (text(TOR_A, dataclasses.replace(TOR_B, name="tor-c")), "renamed")):
         plan = plan_reload(BASE, other)

@@ -16,9 +16,11 @@ What a reload cannot do, so the driver restarts ExaBGP instead (`plan_reload` sa
 which, and the driver logs it):
 - the `process` block (our relay): ExaBGP does not apply a changed process on reload
   (ExaBGP issue #1340, open in 5.x);
-- the router ID, our ASN, graceful restart: they are part of every session's OPEN, so
-  every session has to be re-opened anyway, and a restart is the path whose outcome
-  (an empty RIB, everything replayed) the driver already knows exactly;
+- the router ID, our ASN: they are part of every session's OPEN and of ExaBGP's own
+  name for each neighbor (the key of its adj-rib-out), so every session has to be
+  re-opened anyway, and a restart is the path whose outcome (an empty RIB, everything
+  replayed) the driver already knows exactly. Graceful restart is per peer (a peer's
+  own `gracefulRestart`, or the global default every peer then changes with): a reload;
 - a peer renamed in our config while its address stays: the driver's bookkeeping is by
   name, ExaBGP's by address; a restart keeps the two from disagreeing;
 - a reload ExaBGP did not take (the driver checks with `show neighbor configuration`):
@@ -38,7 +40,7 @@ from typing import Optional
 _NEIGHBOR = re.compile(r"^neighbor (\S+) \{$")
 _DESCRIPTION = re.compile(r'^\s*description "([^"]*)";$')
 # Lines that hold a value every session of the node shares (see the module docstring).
-_GLOBAL = re.compile(r"^\s*(router-id|local-as|capability) ")
+_GLOBAL = re.compile(r"^\s*(router-id|local-as) ")
 # Simple `key value;` lines of our neighbor blocks that ExaBGP prints back verbatim in
 # `show neighbor configuration`: seeing them proves the reload took this block.
 _CHECKED = re.compile(r"^\s*(description|router-id|local-address|local-as|peer-as|connect|hold-time|"
@@ -97,7 +99,7 @@ def plan_reload(old: str, new: str) -> ReloadPlan:
         before = [line for line in old_blocks[address] if _GLOBAL.match(line)]
         after = [line for line in new_blocks[address] if _GLOBAL.match(line)]
         if before != after:
-            return ReloadPlan(restart="router ID, local ASN or graceful restart changed (every session re-opens)")
+            return ReloadPlan(restart="router ID or local ASN changed (every session re-opens)")
         if _description(old_blocks[address]) != _description(new_blocks[address]):
             return ReloadPlan(restart=f"the peer at {address} was renamed")
     return ReloadPlan(added=tuple(sorted(new_blocks.keys() - old_blocks.keys())),
