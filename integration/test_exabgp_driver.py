@@ -242,6 +242,9 @@ def test_reconfigure_reloads_peer_changes_and_restarts_only_for_global_ones(tmp_
         assert set(d.peer_states()) == {"tor-a"}
         assert await d.reconfigure(config, NODE) is False
         assert d.exabgp_pid == pid and "127.0.0.3" in await neighbors(d)
+        # two at once (a config reload and a node change): one after the other, neither restarts
+        both = await asyncio.gather(d.reconfigure(slower, NODE), d.reconfigure(config, NODE))
+        assert both == [False, False] and d.exabgp_pid == pid and "hold-time 6;" not in await neighbors(d)
         await d.apply(routes(100) + routes(5, peer="tor-b", offset=500))
         assert await rib(d) == expected(routes(100) + routes(5, peer="tor-b", offset=500))
         new_id = dataclasses.replace(config, speaker=dataclasses.replace(config.speaker, router_id=A("10.0.0.11")))

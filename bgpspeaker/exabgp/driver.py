@@ -196,6 +196,7 @@ class ExabgpDriver:
         self.start_timeout = 30.0  # a child not ready by then is killed and counts as a failed start
         self.rejected: dict[Key, str] = {}  # keys whose command ExaBGP answered `error`
         self._damping = SessionDamping()  # peers that reset after our UPDATEs get nothing for a while
+        self._reconfiguring = asyncio.Lock()
 
     # --- public API -----------------------------------------------------------------------
 
@@ -293,7 +294,14 @@ class ExabgpDriver:
         """Apply a new config or node: nothing if the rendered config is the same, a live
         reload that touches only the added, removed or changed peers' sessions where ExaBGP
         can (reload.py says which changes those are), else a restart. The desired set is
-        replayed either way. Returns whether ExaBGP was restarted."""
+        replayed either way. Returns whether ExaBGP was restarted.
+
+        One at a time (a config reload and a node change may overlap): a second reload's
+        file would make the first one's check fail, and the first would restart ExaBGP."""
+        async with self._reconfiguring:
+            return await self._reconfigure(config, node)
+
+    async def _reconfigure(self, config: Config, node: NodeView) -> bool:
         text = render_config(config, node, self.socket_path, mask_secrets=False)
         if text == self._rendered:
             self.config, self.node = config, node
