@@ -215,6 +215,7 @@ class BfdService:
     def _exited(self, rc: Optional[int]) -> None:
         self.vty_path.unlink(missing_ok=True)  # the next bfdd's readiness is its new socket
         self._held_in_bfdd.clear()  # a new bfdd starts from its config: holds are applied again
+        self._observe(None)  # down, and its counters start again at 0: seen even if no poll fell in the gap
         if self._supervisor is not None and not self._supervisor._stopping:
             log.error("bfdd exited", extra=fields(rc=rc, log_tail=self._log_tail()))
 
