@@ -234,3 +234,45 @@ def test_status_shows_bfd_per_peer():
     text = format_status(status)
     assert "down (hold timer); bfd down (control detection time expired), 4 transitions" in text
     assert "tor-b" in text and "bfd" not in text.split("tor-b")[1].splitlines()[0]
+
+
+# --- damping -------------------------------------------------------------------------------
+
+def test_damping_holds_from_the_third_quick_flap_and_releases_when_the_penalty_decays():
+    from bgpspeaker.bfd.state import Damping, FlapState
+
+    d = Damping()
+    s = FlapState().flapped(d, 0.0)
+    assert not s.held and s.penalty == 1000
+    s = s.flapped(d, 6.0)
+    assert not s.held  # two flaps 6 s apart: 1000 * 2^(-6/30) + 1000 = 1870
+    s = s.flapped(d, 12.0)
+    assert s.held  # the third within ~20 s
+    until = s.held_until(d)
+    assert 12.0 + 30 < until < 12.0 + 60
+    assert s.tick(d, until - 1).held and not s.tick(d, until + 1).held
+
+
+def test_damping_spaced_flaps_never_hold_and_a_hold_is_bounded():
+    from bgpspeaker.bfd.state import Damping, FlapState
+
+    d = Damping()
+    s = FlapState()
+    for minute in range(10):  # a flap a minute: the penalty decays to 250 + 1000 between them
+        s = s.flapped(d, minute * 60.0)
+        assert not s.held
+    for i in range(50):  # a storm: the penalty stops at the ceiling, the hold at max_hold
+        s = s.flapped(d, 1000.0 + i * 0.1)
+    assert s.held and s.held_until(d) - s.at <= d.max_hold + 1e-6
+
+
+def test_tracker_reports_new_downs_from_bfdds_counters_not_from_our_own_stops():
+    t = Tracker(["10.0.0.1"])
+    t.observe(parse_sessions(peers_json("up"), counters_json(1, 0)), 1.0)
+    assert t.new_downs == {}
+    t.observe(parse_sessions(peers_json("up"), counters_json(2, 1)), 2.0)  # a flap between polls
+    assert t.new_downs == {"10.0.0.1": 1}
+    t.observe(None, 3.0)  # bfdd stopped (by us, or it died): not a flap of the session
+    assert t.new_downs == {}
+    t.observe(parse_sessions(peers_json("down", "control detection time expired"), counters_json(1, 1)), 4.0)
+    assert t.new_downs == {"10.0.0.1": 1}  # a new bfdd's own count

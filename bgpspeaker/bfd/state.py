@@ -119,7 +119,9 @@ class Tracker:
                 if step == 0 and (status == UP) != (old.status == UP):
                     step = 1  # a change bfdd's counters cannot show (a new bfdd's first Up is counted, Down not)
             self._counted[address] = counted
-            if session is not None:  # bfdd's own downs: a stopped bfdd is our doing, not a flap
+            if session is None:
+                self._downs[address] = 0  # the next bfdd counts from 0; a stopped bfdd is not a flap
+            else:
                 seen = self._downs[address]
                 downs = session.downs - seen if session.downs >= seen else session.downs
                 self._downs[address] = session.downs
