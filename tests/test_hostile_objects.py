@@ -62,3 +62,11 @@ def test_warnings_are_capped_per_service():
     assert "64512:0 is not in pool" in warnings[0][1]
     assert warnings[-1][1] == (f"annotation {COMMUNITIES_ANNOTATION}: {400 - MAX_WARNINGS} more items not added "
                                f"(only the first {MAX_WARNINGS} problems are listed)")
+
+
+def test_list_pages_are_bounded_in_bytes_not_only_in_objects():
+    from bgpspeaker.kube.client import MIN_PAGE, PAGE_BYTES, next_page_size
+    assert next_page_size(500 * 1500, 500, 500) == 500  # ordinary Services: full pages
+    assert next_page_size(50 * 250_000, 50, 500) == PAGE_BYTES // 250_000  # 250 KB each: 16 a page
+    assert next_page_size(5 * 2_000_000, 5, 500) == MIN_PAGE
+    assert next_page_size(0, 0, 500) == 500  # an empty page

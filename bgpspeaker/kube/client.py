@@ -85,19 +85,45 @@ def read_json(response: Any) -> Any:
         response.release_conn()
 
 
+# A LIST page is read whole, then parsed: its size is the informer's peak memory. Pages
+# aim at PAGE_BYTES of JSON: the first asks for FIRST_PAGE objects, each next one for as
+# many as fit at the previous page's bytes per object (between MIN_PAGE and page_size).
+# Ordinary Services (1-2 KB) reach 500 a page from the second page on; 10,000 Services
+# with a 250 KB annotation each (issue 14) made a 125 MB first page at a fixed 500.
+PAGE_BYTES = 4 << 20
+FIRST_PAGE = 50
+MIN_PAGE = 5
+
+
+def next_page_size(page_bytes: int, objects: int, page_size: int) -> int:
+    """Objects to ask for next, from the last page's size. Pure."""
+    per_object = page_bytes / max(objects, 1)
+    return max(MIN_PAGE, min(page_size, int(PAGE_BYTES / max(per_object, 1.0))))
+
+
 def iter_pages(client: kubernetes.client.ApiClient, path: str, page_size: int = 500) -> Iterator[dict]:
     """One LIST as its raw `*List` pages, each fetched when the previous one is consumed.
 
-    Paged like client-go's pager (500 a page) and consumed page by page: at 10,000
-    objects, holding every raw dict at once costs ~80 MB of RSS that Python keeps after
-    they are freed (measured: bench_kube.py), whereas one page is ~2 MB. All pages come
-    from the first page's snapshot, so the last page's `metadata.resourceVersion` is
-    where a watch resumes. An expired continue token raises ApiException(410).
+    Paged like client-go's pager (at most 500 a page, bounded in bytes too: see
+    PAGE_BYTES) and consumed page by page: at 10,000 objects, holding every raw dict at
+    once costs ~80 MB of RSS that Python keeps after they are freed (measured:
+    bench_kube.py), whereas one page is ~2 MB. All pages come from the first page's
+    snapshot, so the last page's `metadata.resourceVersion` is where a watch resumes. An
+    expired continue token raises ApiException(410).
     """
     cont = None
+    limit = min(page_size, FIRST_PAGE)
     while True:
-        page = read_json(request_raw(client, "GET", path, limit=page_size, **{"continue": cont}))
+        response = request_raw(client, "GET", path, limit=limit, **{"continue": cont})
+        try:
+            data = response.data
+            page = json.loads(data)
+        finally:
+            response.release_conn()
+        size = len(data)
+        del data
         cont = (page.get("metadata") or {}).get("continue")
+        limit = next_page_size(size, len(page.get("items") or ()), page_size)
         yield page
         if not cont:
             return
