@@ -291,3 +291,12 @@ def test_graceful_restart_with_bfd_a_frozen_cluster_still_fails_over_in_bfd_time
     record_measurement("BFD + graceful restart (no check-control-plane-failure): frozen cluster → next cluster",
                        [took])
     assert took < BFD_BOUND
+
+
+def test_bench_bfd_runs(capsys):
+    """The benchmark script (integration/bench/bench_bfd.py) cannot rot: one freeze, no reference."""
+    from integration.bench import bench_bfd
+
+    assert bench_bfd.main(["--runs", "1", "--reference-runs", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "BFD 100 ms x 3 (hold time 90 s)" in out and "(n=1)" in out
