@@ -115,6 +115,10 @@ class Supervisor:
     def running(self) -> bool:
         return self.pid is not None
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
     def start(self) -> None:
         if self._task is None:
             self._stopping = False

@@ -202,6 +202,25 @@ def test_drain_withdraws_the_routes_before_bfd_stops(lab):
     wait_until(lambda: "east-1" in lab.announcing_nodes(VIP), 20, "east-1 announces again")
 
 
+def test_profile_change_is_applied_without_a_bfd_or_bgp_reset(lab):
+    """A new interval in the speaker's config reaches the running bfdd over its vty: same
+    bfdd, the router's BFD and BGP sessions never reset, and the router sees the new
+    interval negotiated (its remote-receive-interval)."""
+    serve(lab)
+    address = lab.nodes["east-1"].address
+    pid = lab.bfdd_pid("east-1")
+    established = lab.router.show_json(f"show bgp neighbors {address}")[address]["connectionsEstablished"]
+    wait_until(lambda: lab.status("east-1")["peers"][0]["bfd"]["up"], 10, "east-1 sees its BFD session up")
+    transitions = lab.status("east-1")["peers"][0]["bfd"]["transitions"]
+    lab.write_config("east-1", bfd={**BFD, "receiveInterval": 200})
+    wait_until(lambda: lab.router.bfd_peers()[address].get("remote-receive-interval") == 200, 15,
+               "the router sees east-1's new receive interval")
+    assert lab.bfdd_pid("east-1") == pid
+    assert lab.router.bfd_peers()[address]["status"] == "up"
+    assert lab.router.show_json(f"show bgp neighbors {address}")[address]["connectionsEstablished"] == established
+    assert lab.status("east-1")["peers"][0]["bfd"]["transitions"] == transitions  # never went down
+
+
 def test_lossy_link_bfd_flaps_are_damped_and_the_right_path_stays_best(lab):
     """30 % loss both ways on east-1's link for 20 s (nftables: numgen random mod 10 < 3).
     BFD 100 ms x 3 flaps; the speaker holds its BFD session down after a few flaps (RFC 2439

@@ -14,9 +14,10 @@ How bfdd runs (FRR 8.4.4, measured in the lab):
   queries, ~0.2 ms each. The router, not the daemon, acts on BFD: polling only feeds
   /status, metrics and logs, so a flap shorter than a poll still counts (bfdd's own
   event counters) even when no poll saw it.
-- A config change that changes bfdd's text restarts bfdd: its sessions go down for about
-  the restart plus one BFD handshake (~1-3 s), and a router with `neighbor X bfd` drops
-  the BGP session meanwhile (see docs/bfd.md for the numbers).
+- A config change is entered into the running bfdd over its vty (sessions kept: a new
+  interval is renegotiated); only switching echo or passive mode on a profile in use
+  restarts bfdd, which takes its sessions down for a BFD handshake (~1 s), and a router
+  with `neighbor X bfd` resets the BGP session meanwhile.
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ class BfdService:
             return
         self._complaint = None
         text = render_bfdd_config(peers)
+        before = dict(self._peers)
         self._set_peers(peers)
         if not peers:
             if self._supervisor is not None:
@@ -122,9 +124,37 @@ class BfdService:
         self._write_config()
         if self._supervisor is None:
             await self._start()
+        elif await self._apply_live(before, peers, text):
+            log.info("BFD config changed: applied to the running bfdd", extra=fields(peers=len(peers)))
         else:
             log.info("BFD config changed: restarting bfdd", extra=fields(peers=len(peers)))
             self._supervisor.restart()
+
+    async def _apply_live(self, before: dict[str, BfdPeer], peers: tuple[BfdPeer, ...], text: str) -> bool:
+        """The new config through bfdd's vty, sessions kept: a restart would take every BFD
+        session down and the router would reset every BGP session with it. Sessions whose
+        address, local address or hop count changed are removed first; the rendered text
+        (profiles, then peers) is then entered as it stands, which bfdd applies to running
+        sessions (a changed interval is renegotiated with a Poll sequence, RFC 5880 6.8.3).
+        False (restart instead) if bfdd does not answer or refuses a line."""
+        if not (self.running and self.vty_path.exists()):
+            return False
+        modes = {p.profile.name: (p.profile.echo_mode, p.profile.passive_mode) for p in before.values()}
+        if any(modes.get(p.profile.name, (p.profile.echo_mode, p.profile.passive_mode)) !=
+               (p.profile.echo_mode, p.profile.passive_mode) for p in peers):
+            return False  # the rendering has no `no echo-mode` / `no passive-mode`: switching them off needs a restart
+        keys = {(p.address, p.local, p.multihop) for p in peers}
+        gone = [p for p in before.values() if (p.address, p.local, p.multihop) not in keys]
+        lines = ["bfd", *(f"no peer {p.address.compressed}{' multihop' if p.multihop else ''} "
+                          f"local-address {p.local.compressed}" for p in gone)]
+        lines += text.splitlines()[2:-1]  # between the comment + `bfd` and the closing `exit`
+        try:
+            await self._vty.configure(lines)
+        except VtyError as exc:
+            log.warning("bfdd refused the new config; restarting it instead", extra=fields(error=str(exc)))
+            return False
+        self._held_in_bfdd -= {p.name for p in gone}
+        return True
 
     def _complain(self, message: str, detail: str) -> None:
         """Log once per distinct problem: update() runs at every reconcile."""
@@ -216,7 +246,7 @@ class BfdService:
         self.vty_path.unlink(missing_ok=True)  # the next bfdd's readiness is its new socket
         self._held_in_bfdd.clear()  # a new bfdd starts from its config: holds are applied again
         self._observe(None)  # down, and its counters start again at 0: seen even if no poll fell in the gap
-        if self._supervisor is not None and not self._supervisor._stopping:
+        if self._supervisor is not None and not self._supervisor.stopping:
             log.error("bfdd exited", extra=fields(rc=rc, log_tail=self._log_tail()))
 
     async def _poll_loop(self) -> None:
