@@ -39,11 +39,12 @@ from bgpspeaker.annotations import (  # noqa: F401
     SHARING_ANNOTATIONS,
 )
 from bgpspeaker.config.schema import Config, PoolConfig
-from bgpspeaker.model import IPAddress, ServiceView, parse_ip, quote
+from bgpspeaker.model import IPAddress, ServiceView, Snapshot, parse_ip, quote
+from bgpspeaker.records import LOCAL, SHARED, SHARING_KEY, AddressRecord, holder_of
 from bgpspeaker.reasons import (  # noqa: F401
     BUGGY_IP, DIFFERENT_POOLS, DUAL_STACK_UNAVAILABLE, INVALID_IP, INVALID_IP_FAMILY, INVALID_PORT,
     IP_FAMILY_MISMATCH, IP_IN_USE, NO_POOL_FOR_FAMILY, NOT_IN_POOL, POOL_EXHAUSTED, POOL_NOT_ALLOWED, PORT_CONFLICT,
-    SHARING_KEY_MISMATCH, UNKNOWN_POOL,
+    INVALID_SHARING_KEY, SHARING_KEY_MISMATCH, STATUS_IGNORED, UNKNOWN_POOL,
 )
 from bgpspeaker.reasons import REFUSALS as REASONS  # noqa: F401
 
@@ -74,6 +75,10 @@ class Allocation:
     # Status addresses that were not kept (written by someone else, or no longer valid), with
     # why, by namespace/name. The Service may still have been assigned another address.
     discarded: Mapping[str, tuple[Refusal, ...]] = field(default_factory=dict)
+    # Records mode only (allocate(..., records=...)): the records the allocator must create
+    # before the Services waiting for them may use their addresses, and why each waits.
+    claims: tuple[AddressRecord, ...] = ()
+    pending: Mapping[str, str] = field(default_factory=dict)  # namespace/name -> what it waits for
 
 
 # --- public helpers ----------------------------------------------------------------------
@@ -156,6 +161,13 @@ class _Holder:
     namespace: str
     share_key: Optional[str]
     ports: frozenset[tuple[str, int]]
+    label: Optional[str] = None  # how a conflict names it (a reservation: the identity, by name)
+    record: Optional[AddressRecord] = None  # records mode: the record that makes it the holder
+
+    def named(self) -> Optional[str]:
+        if self.record is not None:  # named when needed: formatting 10,000 labels up front cost 5 %
+            return f"{self.record.describe_holder()} (allocation record)"
+        return self.label
 
 
 @dataclass
@@ -231,7 +243,8 @@ class _State:
 
     def claim(self, addr: Addr, request: _Request) -> None:
         holder = _Holder(request.service.key, request.service.namespace, request.share_key, request.ports)
-        self.holders.setdefault(addr, []).append(holder)
+        # A new list, never an append: in records mode the lists are shared with the memo's index.
+        self.holders[addr] = self.holders.get(addr, []) + [holder]
         if request.share_key is not None:
             group = self.groups.setdefault((request.service.namespace, request.share_key), [])
             if addr not in group:
@@ -258,13 +271,13 @@ class _State:
         holders = self.holders.get(addr)
         if not holders:
             return None
-        text = str(_ip(addr))
         svc = request.service
         for holder in holders:
             if holder.key == svc.key:
                 continue  # its own status address, kept in phase 1
-            by = (f"Service {holder.key}" if holder.namespace == svc.namespace
-                  else "a Service in another namespace")  # do not leak other tenants' names
+            text = str(_ip(addr))
+            by = holder.named() or (f"Service {holder.key}" if holder.namespace == svc.namespace
+                                    else "a Service in another namespace")  # do not leak other tenants' names
             if request.share_key is None or holder.share_key is None:
                 return Refusal(IP_IN_USE, f"{text} is already used by {by}"
                                + ("" if request.share_key is None else ", which does not allow sharing"))
@@ -655,3 +668,386 @@ def _pass(config: Config, requests: Sequence[_Request], given_up: Mapping[str, M
                 state.claim(addr, request)
         assigned[key] = Assignment(pool.name, tuple(_ip(a) for a in addrs))
     return (assigned, refused, {k: tuple(v) for k, v in discarded.items() if v}), released
+
+
+# --- records mode: our own records are the only evidence -----------------------------------
+#
+# docs/design.md, "Addresses across clusters", states the invariants this section keeps:
+# 1. one address, one identity (namespace/name, or a sharing group), in every cluster:
+#    an address recorded for an identity is never given to another, whatever Services,
+#    statuses or annotations say, and whatever the age of the Service asking for it;
+# 2. the same identity gets the same address in every cluster that announces it: the
+#    recorded one (with two records of one family, from a race between two clusters
+#    allocating at the same moment, the lowest address is the identity's and the other
+#    is released);
+# 3. only records are evidence: status and annotations are outputs, never read here.
+# A Service without a record gets a *claim* (the record to create) and waits (pending);
+# the shell creates it create-if-absent, and the Service is assigned once the record is
+# read back. So nothing is announced that the record store has not accepted.
+
+Records = Mapping[str, Mapping[str, AddressRecord]]  # store (local | shared) -> records by object key
+
+
+def store_of(pool: PoolConfig) -> str:
+    """Which record store holds the records of `pool`."""
+    return SHARED if pool.shared else LOCAL
+
+
+class RecordsMemo:
+    """What allocate_recorded keeps between runs, so that an event costs O(what changed).
+
+    The record holders are indexed once and updated by difference (the watcher replaces a
+    store's dict when a record in it changes, and keeps the record objects that did not);
+    Services are re-decided only when their own view changed, their identity's records
+    changed, they were not assigned last time (they depend on what is free), or another
+    member of their sharing group is re-decided (ports are shared in age order). Any other
+    Service was assigned from its record, and nothing another Service does can change
+    that: a record is never given to a second identity. A config or cluster change starts
+    afresh. Equal to a run without memo (property-tested).
+    """
+
+    def __init__(self) -> None:
+        self.config: Optional[Config] = None
+        self.cluster = ""
+        self.records: dict[str, Mapping[str, AddressRecord]] = {}
+        self.services: Optional[Mapping[str, ServiceView]] = None
+        self.holders: dict[Addr, list[_Holder]] = {}  # records and reservations only
+        self.held_by: dict[str, dict[Addr, AddressRecord]] = {}
+        self.carried: dict[str, dict[Addr, AddressRecord]] = {}  # records of our pools in the other store
+        self.reserved: dict[str, list[Addr]] = {}
+        self.decided: dict[str, tuple[ServiceView, str, Optional[tuple[str, str]]]] = {}  # key -> (view, holder, group)
+        self.by_holder: dict[str, set[str]] = {}
+        self.by_group: dict[tuple[str, str], set[str]] = {}
+        self.last: Optional[Allocation] = None
+
+    def reset(self, config: Config, cluster: str) -> None:
+        self.__init__()
+        self.config, self.cluster = config, cluster
+        state = _State(config)
+        for pool in config.pools:
+            for address, identity in pool.reservations:
+                addr = (address.version, int(address))
+                self.reserved.setdefault(identity, []).append(addr)
+        self._pool_of = state.pool_of
+
+    def update_records(self, records: Records) -> set[str]:
+        """Bring the holder index in line with `records`; the holders whose records changed."""
+        changed: set[str] = set()
+        for store in set(self.records) | set(records):
+            old, new = self.records.get(store, {}), records.get(store, {})
+            if old is new:
+                continue
+            for key, rec in new.items():
+                before = old.get(key)
+                if before is not rec:
+                    if before is not None:
+                        changed.add(self._drop(before, store))
+                    changed.add(self._add(rec, store))
+            for key in old.keys() - new.keys():
+                changed.add(self._drop(old[key], store))
+        self.records = dict(records)
+        changed.discard("")
+        return changed
+
+    def _evidence(self, rec: AddressRecord, store: str) -> Optional[Addr]:
+        addr = (rec.address.version, int(rec.address))
+        pool = self._pool_of(addr)
+        if pool is None or pool.name != rec.pool or store_of(pool) != store:
+            return None  # not a record of a pool we have here (or in the wrong store): not evidence
+        return addr
+
+    def _carried(self, rec: AddressRecord) -> Optional[Addr]:
+        """A record of one of our pools kept in the other store: the pool was marked shared
+        (or unshared) since. Not evidence, but the address its holder asks for in the new
+        store, so that the switch renumbers nothing (or is refused naming the holder)."""
+        addr = (rec.address.version, int(rec.address))
+        pool = self._pool_of(addr)
+        return addr if pool is not None and pool.name == rec.pool else None
+
+    def _add(self, rec: AddressRecord, store: str) -> str:
+        addr = self._evidence(rec, store)
+        if addr is None:
+            carried = self._carried(rec)
+            if carried is not None:
+                self.carried.setdefault(rec.holder, {})[carried] = rec
+                return rec.holder
+            return ""
+        self.holders[addr] = [_Holder(rec.holder, rec.namespace, rec.sharing_key, frozenset(), record=rec)]
+        self.held_by.setdefault(rec.holder, {})[addr] = rec
+        return rec.holder
+
+    def _drop(self, rec: AddressRecord, store: str) -> str:
+        addr = self._evidence(rec, store)
+        if addr is None:
+            carried = self._carried(rec)
+            if carried is not None and self.carried.get(rec.holder, {}).pop(carried, None) is not None:
+                if not self.carried[rec.holder]:
+                    del self.carried[rec.holder]
+                return rec.holder
+            return ""
+        self.holders.pop(addr, None)
+        mine = self.held_by.get(rec.holder, {})
+        mine.pop(addr, None)
+        if not mine:
+            self.held_by.pop(rec.holder, None)
+        return rec.holder
+
+    def holders_with_reservations(self) -> dict[Addr, list[_Holder]]:
+        holders = dict(self.holders)
+        for identity, addrs in self.reserved.items():
+            for addr in addrs:
+                if addr not in holders:
+                    holders[addr] = [_Holder(identity, identity.partition("/")[0], None, frozenset(),
+                                             f"Service {identity} (reserved by the pool's config)")]
+        return holders
+
+
+def allocate_recorded(config: Config, services: Iterable[ServiceView], records: Records,
+                      cluster: str, memo: Optional[RecordsMemo] = None) -> Allocation:
+    """Assign addresses from the records; claim new records for Services that have none.
+
+    `records` holds only the stores whose contents are known (listed at least once):
+    a Service whose pool's store is not known yet waits, it is never given an address
+    that a store we cannot read may already hold for someone else. With `memo` (and
+    `services` a dict by key, replaced when it changes), only what changed is re-decided.
+    """
+    if memo is None or not isinstance(services, Mapping):
+        memo, services = RecordsMemo(), {s.key: s for s in services}
+    fresh = memo.config is not config or memo.cluster != cluster or memo.last is None
+    if fresh:
+        memo.reset(config, cluster)
+    changed_holders = memo.update_records(records)
+
+    if fresh:
+        dirty = {key for key, s in services.items() if is_managed(config, s)}
+        assigned: dict[str, Assignment] = {}
+        refused: dict[str, Refusal] = {}
+        pending: dict[str, str] = {}
+        discarded: dict[str, tuple[Refusal, ...]] = {}
+    else:
+        last, old = memo.last, memo.services or {}
+        dirty = set(last.refused) | set(last.pending)
+        if services is not old:
+            dirty |= {key for key, s in services.items() if old.get(key) is not s}
+            dirty |= old.keys() - services.keys()
+        for holder in changed_holders:
+            dirty |= memo.by_holder.get(holder, set())
+        assigned, refused, pending, discarded = dict(last.assigned), {}, {}, dict(last.discarded)
+        for key in dirty:
+            assigned.pop(key, None)
+            discarded.pop(key, None)
+    # Sharing: every member of a group some dirty Service is (or was) in is decided again.
+    for key in list(dirty):
+        service = services.get(key)
+        groups = [memo.decided[key][2]] if key in memo.decided else []
+        if service is not None and is_managed(config, service):
+            share = sharing_key(service)
+            if share is not None:
+                groups.append((service.namespace, share))
+        for group in groups:
+            if group is not None:
+                for member in memo.by_group.get(group, ()):
+                    if member not in dirty:
+                        dirty.add(member)
+                        assigned.pop(member, None)
+    for key in dirty:  # forget what they were: they are indexed again below
+        old_entry = memo.decided.pop(key, None)
+        if old_entry is not None:
+            memo.by_holder.get(old_entry[1], set()).discard(key)
+            if old_entry[2] is not None:
+                memo.by_group.get(old_entry[2], set()).discard(key)
+
+    state = _State(config)
+    state.holders = memo.holders_with_reservations()
+    claims: dict[Addr, AddressRecord] = {}
+    todo = sorted((services[k] for k in dirty if k in services and is_managed(config, services[k])), key=_order_key)
+    for service in todo:
+        outcome, holder, group = _decide_recorded(config, state, memo, records, cluster, service, claims)
+        key = service.key
+        if isinstance(outcome, Assignment):
+            assigned[key] = outcome
+        elif isinstance(outcome, Refusal):
+            refused[key] = outcome
+        else:
+            pending[key] = outcome
+        ignored = _status_ignored(service, outcome)
+        if ignored:
+            discarded[key] = ignored
+        memo.decided[key] = (service, holder, group)
+        memo.by_holder.setdefault(holder, set()).add(key)
+        if group is not None:
+            memo.by_group.setdefault(group, set()).add(key)
+    memo.services = services
+    memo.last = Allocation(assigned=assigned, refused=refused, discarded=discarded,
+                           claims=tuple(claims[a] for a in sorted(claims)), pending=pending)
+    return memo.last
+
+
+def _decide_recorded(config: Config, state: _State, memo: RecordsMemo, records: Records, cluster: str,
+                     service: ServiceView, claims: dict[Addr, AddressRecord]):
+    """One Service's outcome: an Assignment, a Refusal, or why it waits (str); with its holder
+    identity and sharing group. New addresses go into `claims`."""
+    request = _parse_request(config, service)
+    if request.refusal is None and request.share_key is not None and not SHARING_KEY.fullmatch(request.share_key):
+        request.refusal = Refusal(INVALID_SHARING_KEY, f"sharing key {quote(request.share_key)} is not a "
+                                                       f"plain token (letters, digits, '-', '_', '.')")
+    holder = holder_of(service.namespace, service.name, request.share_key)
+    group = (service.namespace, request.share_key) if request.share_key is not None else None
+    if request.refusal is not None:
+        return request.refusal, holder, group
+    if not request.requested and holder in memo.reserved:
+        request.requested = tuple(memo.reserved[holder])  # a reservation is a request made by the config
+        request.families = tuple(dict.fromkeys(v for v, _ in request.requested))
+    elif not request.requested and holder not in memo.held_by and holder in memo.carried:
+        # Its pool moved to the other store: it asks there for the address it had.
+        request.requested = tuple(sorted(memo.carried[holder]))
+        request.families = tuple(dict.fromkeys(v for v, _ in request.requested))
+    waiting = _unknown_store(config, request, records)
+    if waiting is not None:
+        return waiting, holder, group
+    held = sorted(memo.held_by.get(holder, {}).items())
+    if group is not None:  # claimed for the group earlier in this run: as good as recorded
+        held += sorted((addr, rec) for addr, rec in claims.items() if rec.holder == holder)
+    # The identity's recorded addresses that still fit what the Service asks for; per
+    # family the lowest (invariant 2's tie-break).
+    kept: dict[int, tuple[Addr, PoolConfig]] = {}
+    for addr, _ in held:
+        if addr[0] in kept or (request.requested and addr not in request.requested):
+            continue
+        if not request.requested and addr[0] not in request.families[:1 if request.mode == "single" else 2]:
+            continue
+        pool, refusal = _check_address(state, request, addr, "recorded address")
+        if refusal is not None and group is not None:
+            # One sharing group, one address per family, in every cluster: a member whose
+            # ports collide is refused, not given a second address that another cluster,
+            # where the group has other members, could not tell apart (invariant 2).
+            return refusal, holder, group
+        if refusal is None and (not kept or next(iter(kept.values()))[1].name == pool.name):
+            kept[addr[0]] = (addr, pool)
+    for addr, _ in kept.values():
+        state.claim(addr, request)
+    # A Service that joined a sharing group counts its own former record: while another
+    # cluster announces it there, this cluster does not announce it elsewhere (invariant 2).
+    own = [(addr, rec) for addr, rec in sorted(memo.held_by.get(service.key, {}).items())
+           if rec.clusters - {cluster}] if holder != service.key else []
+    if own and not any(addr == k for addr, _ in own for k, _ in kept.values()):
+        for addr, _ in kept.values():
+            state.release(addr, request)
+        return _moving(own[0][1], own[0][0]), holder, group
+    wanted = request.families[:1 if request.mode == "single" else 2]
+    if not request.requested and len(kept) == len(wanted):
+        # The common case: every family the Service wants is recorded for it (what
+        # _complete would keep, without its search).
+        pool = next(iter(kept.values()))[1]
+        return Assignment(pool.name, tuple(_ip(kept[v][0]) for v in wanted)), holder, group
+    result, refusal = _complete(state, request, kept)
+    if refusal is not None:
+        for addr, _ in kept.values():
+            state.release(addr, request)
+        return refusal, holder, group
+    pool, addrs = result
+    new = [addr for addr in addrs if not any(addr == held_addr for held_addr, _ in kept.values())]
+    # Invariant 2: while another cluster announces the identity on a recorded address,
+    # this cluster does not give it a different one (a changed request, a pool that does
+    # not fit here): it waits until every cluster has let the old address go.
+    elsewhere = [(addr, rec) for addr, rec in held
+                 if rec.clusters - {cluster} and not any(addr == k for k, _ in kept.values())]
+    if new and elsewhere:
+        for addr, _ in kept.values():
+            state.release(addr, request)
+        return _moving(elsewhere[0][1], elsewhere[0][0]), holder, group
+    for addr in new:
+        state.claim(addr, request)
+        claims.setdefault(addr, AddressRecord(
+            address=_ip(addr), pool=pool.name, namespace=service.namespace,
+            service=None if request.share_key is not None else service.name,
+            sharing_key=request.share_key, clusters=frozenset({cluster}), store=store_of(pool)))
+    if new:
+        return "waiting for the allocation record of " + ", ".join(str(_ip(a)) for a in new), holder, group
+    return Assignment(pool.name, tuple(_ip(a) for a in addrs)), holder, group
+
+
+def _status_ignored(service: ServiceView, outcome: object) -> tuple[Refusal, ...]:
+    """Status addresses that are not the Service's assignment: someone else wrote them (the
+    allocator rewrites the status). Said once in an Event, so the writer learns why."""
+    ours = {str(a) for a in outcome.addresses} if isinstance(outcome, Assignment) else set()
+    return tuple(Refusal(STATUS_IGNORED, f"status address {quote(text.strip())} ignored: the allocation records "
+                                         f"say which address a Service holds, not its status")
+                 for text in service.ingress_ips if text.strip() not in ours)
+
+
+def _moving(rec: AddressRecord, addr: Addr) -> str:
+    return (f"{rec.holder} is on {_ip(addr)} in cluster(s) {', '.join(sorted(rec.clusters))}: one identity has one "
+            f"address in every cluster; to move it, change or delete it in every cluster")
+
+
+def _unknown_store(config: Config, request: _Request, records: Records) -> Optional[str]:
+    """Why the Service must wait: a pool it may get an address from has a store not read yet."""
+    if request.pool is not None:
+        pools = [request.pool]
+    elif request.requested:
+        pools = [p for p in config.pools if any(p.contains(_ip(a)) for a in request.requested)]
+    else:
+        pools = [p for p in config.pools if p.auto_assign and p.allows_namespace(request.service.namespace)]
+    for pool in pools:
+        if store_of(pool) not in records:
+            return f"waiting for the {store_of(pool)} record store (pool {pool.name!r}): not read yet"
+    return None
+
+
+def record_updates(records: Records, allocation: Allocation, cluster: str) -> tuple[
+        list[AddressRecord], list[AddressRecord]]:
+    """(records this cluster must join, records it must leave), from what it assigned.
+
+    A cluster is listed on every record whose address one of its Services uses, and on
+    no other: the last cluster to leave a record deletes it, which releases the address.
+    A record of an identity with two records of one family (a race) is left by all, so
+    it goes: only the lowest is assigned.
+    """
+    used = {address for assignment in allocation.assigned.values() for address in assignment.addresses}
+    joins, leaves = [], []
+    for recs in records.values():
+        for rec in recs.values():
+            if rec.address in used:
+                if cluster not in rec.clusters:
+                    joins.append(rec)
+            elif cluster in rec.clusters:
+                leaves.append(rec)
+    return joins, leaves
+
+
+def records_from_status(config: Config, services: Iterable[ServiceView], cluster: str) -> tuple[AddressRecord, ...]:
+    """The one-time migration import: today's allocations (status + marker) as records.
+
+    Exactly what the status-based allocator assigns (what every node announces now), one
+    record per address. Run once by the first allocator of the records version; from then
+    on a marker counts for nothing.
+    """
+    services = [s for s in services if is_managed(config, s)]
+    allocation = allocate(config, services)
+    by_key = {s.key: s for s in services}
+    out: dict[IPAddress, AddressRecord] = {}
+    # Everything assigned, whether or not its status is written yet: every node announces
+    # exactly this allocation today, so importing less would withdraw a running address
+    # when the cluster switches to records.
+    for key, assignment in sorted(allocation.assigned.items()):
+        service = by_key[key]
+        share = _parse_request(config, service).share_key
+        if share is not None and not SHARING_KEY.fullmatch(share):
+            continue
+        pool = config.pool(assignment.pool)
+        for address in assignment.addresses:
+            out.setdefault(address, AddressRecord(
+                address=address, pool=pool.name, namespace=service.namespace,
+                service=None if share is not None else service.name, sharing_key=share,
+                clusters=frozenset({cluster}), store=store_of(pool)))
+    return tuple(out[a] for a in sorted(out, key=lambda a: (a.version, a)))
+
+
+def allocate_snapshot(config: Config, snapshot: Snapshot, memo: Optional[RecordsMemo] = None) -> Allocation:
+    """The allocation a cluster makes of `snapshot`: from its records once it has imported
+    them (snapshot.records), else from Service status as before records. `memo` makes
+    the records allocation incremental (the daemon keeps one)."""
+    if snapshot.records is None:
+        return allocate(config, snapshot.services.values())
+    return allocate_recorded(config, snapshot.services, snapshot.records, config.cluster.name, memo=memo)

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from bgpspeaker.allocator import allocate, is_managed, sharing_key
+from bgpspeaker.allocator import allocate_snapshot, is_managed, sharing_key
 from bgpspeaker.config.schema import Config
 from bgpspeaker.model import IPAddress, ServiceView, Snapshot
 from bgpspeaker.planner import plan, service_tier
@@ -136,7 +136,7 @@ def _address_order(address: IPAddress) -> tuple[int, int]:
 def _cluster(item: ClusterInput) -> tuple[ClusterSummary, list[_Held]]:
     config, snapshot = item.config, item.snapshot
     name = config.cluster.name
-    allocation = allocate(config, snapshot.services.values())  # as this cluster's allocator would
+    allocation = allocate_snapshot(config, snapshot)  # as this cluster's allocator would
     wanted = {key: set(assignment.addresses) for key, assignment in allocation.assigned.items()}
     announced: dict[str, set[IPAddress]] = defaultdict(set)
     reasons: dict[str, set[str]] = defaultdict(set)

@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="ExaBGP's config and socket and the control socket (control.sock) live here")
     run.add_argument("--log-level", default="INFO")
 
-    check = commands.add_parser("check-config", help="validate a config file")
-    check.add_argument("config")
+    check = commands.add_parser("check-config", help="validate a config file (several: a fleet, checked together)")
+    check.add_argument("config", nargs="+")
 
     render = commands.add_parser("render-exabgp", help="print the ExaBGP config a node would run")
     render.add_argument("--config", required=True)

@@ -28,7 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from bgpspeaker.allocator import Allocation, allocate, pool_usage
+from bgpspeaker.allocator import (
+    IP_IN_USE, Allocation, RecordsMemo, allocate_snapshot, pool_of, pool_usage, record_updates, records_from_status,
+)
 from bgpspeaker.bfd.runner import BfdService
 from bgpspeaker.config.load import ConfigError, config_warnings, load_config
 from bgpspeaker.config.schema import Config
@@ -39,6 +41,7 @@ from bgpspeaker.metrics import Metrics
 from bgpspeaker.model import NodeView, RouteIntent, Snapshot, is_dns_subdomain
 from bgpspeaker.planner import Health, Plan, PlanMemo, plan as make_plan
 from bgpspeaker.reasons import event_reason
+from bgpspeaker.records import LOCAL, SHARED
 from bgpspeaker.routes_view import route_entries
 
 if TYPE_CHECKING:  # imported for real in run(): the kubernetes client is slow to import and not needed offline
@@ -53,6 +56,7 @@ log = logging.getLogger("bgpspeaker.daemon")
 LEASE_NAME = "bgpspeaker-allocator"
 CONFIG_POLL_SECONDS = 1.0  # a ConfigMap update lands as a symlink swap; polling catches it without inotify
 RECONCILE_RETRY_SECONDS = 1.0
+RECORD_RETRY_SECONDS = 2.0  # a record store that failed is tried again this often (and on any change)
 SHUTDOWN_JOIN_SECONDS = 2.0
 GC_PAUSE_LIMIT_SECONDS = 60.0  # the cyclic collector is back on by then, synced or not
 HEARTBEAT_SECONDS = 1.0
@@ -122,8 +126,9 @@ class Daemon:
         # as they were (the watcher replaces a dict only when its resource changed), so the
         # allocation is reused as is, and the planner re-decides only the Services whose
         # inputs changed. 1,000 Services: most of an event's CPU before (bench profile).
-        self._allocation_memo: Optional[tuple[Config, Any, Allocation]] = None
+        self._allocation_memo: Optional[tuple[Config, Any, Allocation, Any]] = None
         self._plan_memo = PlanMemo()
+        self._records_memo = RecordsMemo()  # the records allocation, by difference (allocator.RecordsMemo)
         # Tier hysteresis (planner._health): the records each plan hands to the next (None:
         # no history yet, so a restart counts healthy Services as settled and moves no
         # traffic), and the wake-up for the next rise that ends.
@@ -137,6 +142,14 @@ class Daemon:
         self._dry_run_entries: list[dict[str, Any]] = []
         self._status_pending: Optional[tuple[Allocation, Any]] = None
         self._status_task: Optional[asyncio.Task] = None
+        # Allocation records (bgpspeaker/records.py): what the leader must write, latest wins.
+        self.records: Any = None  # the RecordKeeper, on an allocator
+        self._records_pending: Optional[tuple[str, Any]] = None
+        self._records_task: Optional[asyncio.Task] = None
+        self._records_done: Optional[Any] = None  # the last (allocation or import) handed to the keeper
+        self._conflicts_seen: set[tuple[str, str]] = set()  # (service, message) of ipInUse refusals counted
+        self._pending_services: tuple[Any, Any] = ({}, None)  # (allocation.pending, snapshot) last handed over
+        self._pending_reported: set[str] = set()  # Services told by an Event that they wait for the store
         # Not the loop's default executor: asyncio.run() joins that one at exit, and a
         # write stuck on a slow API (30 s read timeout) would hold the shutdown.
         self._status_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="status-writer")
@@ -205,11 +218,20 @@ class Daemon:
     def _start_kubernetes(self) -> None:
         from bgpspeaker.kube.client import api_client
         from bgpspeaker.kube.events import EventRecorder
+        from bgpspeaker.kube.records import RecordKeeper, Store
         from bgpspeaker.kube.watcher import KubeWatcher
 
         api = api_client(self.options.kubeconfig)
         self.events = EventRecorder(api, instance=self.options.node_name)
-        self.watcher = KubeWatcher(api, self.loop, on_change=self._on_change, metrics=self.metrics)
+        # The allocation records: this cluster's own (the Lease's namespace), and the shared
+        # store of pools several clusters announce (docs/design.md, "Addresses across clusters").
+        stores = {LOCAL: Store(LOCAL, api, self.options.lease_namespace)}
+        if self.config.shared_store is not None:
+            shared = self.config.shared_store
+            stores[SHARED] = Store(SHARED, api_client(shared.kubeconfig), shared.namespace)
+        self.watcher = KubeWatcher(api, self.loop, on_change=self._on_change, metrics=self.metrics,
+                                   record_stores={name: (store.client, store.namespace)
+                                                  for name, store in stores.items()})
         self.watcher.start()
         if not self.options.dry_run:
             # Imported while the Node list is in flight, rather than between that list and
@@ -229,6 +251,7 @@ class Daemon:
                                          on_stopped_leading=from_elector_thread)
             # The writer reports allocations, refusals and releases as Events itself (deduplicated).
             self.status_writer = StatusWriter(api, is_leader=lambda: self.elector.is_leader, events=self.events)
+            self.records = RecordKeeper(stores, self.config.cluster.name, is_leader=lambda: self.elector.is_leader)
             self.elector.start()
 
     async def _shutdown(self) -> None:
@@ -307,8 +330,10 @@ class Daemon:
         allocation = self._allocate(snapshot)
         # Status first, in its own task: it never waits on this node's BGP (a leader whose
         # ExaBGP crash-loops still writes every Service's status; issue 14).
-        if self.elector is not None and self.elector.is_leader and allocation is not self._status_in_line:
-            self._write_status_later(allocation, snapshot.services)
+        if self.elector is not None and self.elector.is_leader:
+            if allocation is not self._status_in_line:
+                self._write_status_later(allocation, snapshot.services)
+            self._keep_records_later(snapshot, allocation)  # records too: never behind this node's BGP
         maintenance = self.maintenance()
         the_plan = make_plan(self.config, snapshot, self.options.node_name, allocation,
                              drained=self.drain is not None or maintenance is not None, memo=self._plan_memo,
@@ -376,10 +401,11 @@ class Daemon:
         """allocate(), skipped while neither the config nor the Services changed (identity:
         both are replaced, never mutated, when they change)."""
         memo = self._allocation_memo
-        if memo is not None and memo[0] is self.config and memo[1] is snapshot.services:
+        records = _records_identity(snapshot)
+        if memo is not None and memo[0] is self.config and memo[1] is snapshot.services and memo[3] == records:
             return memo[2]
-        allocation = allocate(self.config, snapshot.services.values())
-        self._allocation_memo = (self.config, snapshot.services, allocation)
+        allocation = allocate_snapshot(self.config, snapshot, memo=self._records_memo)
+        self._allocation_memo = (self.config, snapshot.services, allocation, records)
         return allocation
 
     def _write_status_later(self, allocation: Allocation, services: Any) -> None:
@@ -410,6 +436,62 @@ class Daemon:
                 log.warning("status writes failed; retrying",
                             extra=fields(services=len(result.failed) if result else "all"))
                 self.loop.call_later(RECONCILE_RETRY_SECONDS, self._on_change)
+
+    def _keep_records_later(self, snapshot: Snapshot, allocation: Allocation) -> None:
+        """The leader's record writes (claims, joins, leaves, or the one-time import), beside
+        the reconcile loop like status writes: latest wins, nothing waits on them."""
+        if snapshot.records is None:
+            if self.watcher is None or not self.watcher.synced:
+                return
+            work: Any = ("import", records_from_status(self.config, snapshot.services.values(),
+                                                       self.config.cluster.name))
+        else:
+            joins, leaves = record_updates(snapshot.records, allocation, self.config.cluster.name)
+            if not (allocation.claims or joins or leaves):
+                return
+            work = ("apply", (allocation.claims, joins, leaves))
+            self._pending_services = (allocation.pending, snapshot)
+        if work == self._records_done:
+            return  # already handed over; the watch brings the result, or a retry is scheduled
+        self._records_done = work
+        self._records_pending = work
+        if self._records_task is None or self._records_task.done():
+            self._records_task = asyncio.create_task(self._record_writes(), name="record-writer")
+
+    async def _record_writes(self) -> None:
+        while self._records_pending is not None:
+            (kind, payload), self._records_pending = self._records_pending, None
+            try:
+                if kind == "import":
+                    result = await self.loop.run_in_executor(self._status_executor, self.records.import_once,
+                                                             payload, LOCAL)
+                else:
+                    result = await self.loop.run_in_executor(self._status_executor, self.records.apply, *payload)
+            except Exception:
+                log.exception("record writes failed")
+                result = None
+            if result is not None:
+                for claim, holder in result.conflicts:
+                    self.metrics.allocator_conflicts.labels(claim.pool).inc()
+            if result is None or result.failed:
+                # The store is down: new Services wait (pending; nothing running changes),
+                # each told once by a Warning Event.
+                self._report_pending(result.failed if result is not None else {"?": "record writes failed"})
+                self._records_done = None
+                self.loop.call_later(RECORD_RETRY_SECONDS, self._on_change)
+            elif result.conflicts:
+                self._records_done = None  # re-decide with what the watch brings
+                self.loop.call_later(RECONCILE_RETRY_SECONDS, self._on_change)
+
+    def _report_pending(self, failed: dict[str, str]) -> None:
+        pending, snapshot = self._pending_services
+        why = "; ".join(f"{store} record store: {error}" for store, error in sorted(failed.items()))
+        for key, waiting in sorted(pending.items()):
+            if key not in self._pending_reported:
+                self._pending_reported.add(key)
+                self._event(snapshot, key, "AllocationPending", f"{waiting}; cannot write it now ({why}); "
+                            f"retrying", warning=True)
+        self._pending_reported &= set(pending)
 
     async def _ensure_driver(self, node: NodeView) -> None:
         if self.options.dry_run:
@@ -480,9 +562,29 @@ class Daemon:
 
         if allocation is not self._usage_published:  # an endpoint event reuses the allocation
             self._usage_published = allocation
+            self.metrics.allocator_pending.set(len(allocation.pending))
+            if self.elector is not None and self.elector.is_leader:
+                conflicts = {(key, refusal.message) for key, refusal in allocation.refused.items()
+                             if refusal.reason == IP_IN_USE}
+                for key, message in conflicts - self._conflicts_seen:
+                    pool = self._pool_named_in(message)
+                    self.metrics.allocator_conflicts.labels(pool).inc()
+                self._conflicts_seen = conflicts
             for pool, (size, in_use) in pool_usage(self.config, allocation).items():
                 self.metrics.allocator_addresses.labels(pool).set(size)
                 self.metrics.allocator_in_use.labels(pool).set(in_use)
+
+    def _pool_named_in(self, message: str) -> str:
+        """The pool of the first address in a refusal message (for the conflicts metric's label)."""
+        import ipaddress
+
+        for word in message.replace(",", " ").split():
+            try:
+                pool = pool_of(self.config, ipaddress.ip_address(word))
+            except ValueError:
+                continue
+            return pool.name if pool is not None else ""
+        return ""
 
     def _event(self, snapshot: Snapshot, service_key: str, reason: str, message: str, warning: bool = False) -> None:
         service = snapshot.services.get(service_key)
@@ -699,6 +801,26 @@ class _ThreadSafeControls:
 
     def undrain(self) -> dict[str, Any]:
         return self._on_loop(self.daemon.stop_drain)
+
+
+def _records_identity(snapshot: Snapshot) -> Any:
+    """What the allocation read of the records, compared by identity: the watcher replaces a
+    store's dict when a record in it changes (copy on write), and keeps it otherwise."""
+    if snapshot.records is None:
+        return None
+    return _SameObjects(records for _, records in sorted(snapshot.records.items()))
+
+
+class _SameObjects(tuple):
+    """A tuple whose == compares its items by identity (cheap, and exact for copy-on-write dicts)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, tuple) and len(self) == len(other) and all(a is b for a, b in zip(self, other))
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = tuple.__hash__
 
 
 def _describe(state: object) -> str:

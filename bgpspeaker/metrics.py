@@ -32,6 +32,12 @@ class Metrics:
                                          ["pool"], registry=r)
         self.allocator_in_use = Gauge("bgpspeaker_allocator_addresses_in_use", "addresses of the pool assigned",
                                       ["pool"], registry=r)
+        self.allocator_conflicts = Counter("bgpspeaker_allocator_conflicts",
+                                           "addresses refused because another identity holds them (its record)",
+                                           ["pool"], registry=r)
+        self.allocator_pending = Gauge("bgpspeaker_allocator_pending_services",
+                                       "Services waiting for their allocation record (store unreachable or "
+                                       "the record not read back yet)", registry=r)
         self.event_to_ack = Histogram("bgpspeaker_event_to_ack_seconds",
                                       "Kubernetes event received to ExaBGP acknowledgement of the resulting update",
                                       buckets=EVENT_TO_ACK_BUCKETS, registry=r)

@@ -18,7 +18,7 @@ import functools
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Optional, Union
+from typing import Any, Iterable, Mapping, Optional, Union
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -273,6 +273,10 @@ class Snapshot:
     services: Mapping[str, ServiceView]
     endpoint_slices: Mapping[str, EndpointSliceView]
     nodes: Mapping[str, NodeView]
+    # The allocation records by store (local | shared), only of the stores read at least
+    # once; None while this cluster has not imported its allocations into records yet
+    # (then the allocator works from Service status, as before records).
+    records: Optional[Mapping[str, Mapping[str, Any]]] = None
 
     @classmethod
     def of(cls, services: Iterable[ServiceView] = (), endpoint_slices: Iterable[EndpointSliceView] = (),

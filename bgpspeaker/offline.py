@@ -29,10 +29,11 @@ from typing import Any, Callable, Optional, Sequence, TextIO
 
 import yaml
 
-from bgpspeaker.allocator import allocate
+from bgpspeaker.allocator import allocate_snapshot
 from bgpspeaker.audit import BASIS_NODES, ClusterInput, audit, report_json, report_text
 from bgpspeaker.config.load import ConfigError, config_warnings
 from bgpspeaker.config.load import load_config as load_config_file
+from bgpspeaker.config.warn import fleet_warnings
 from bgpspeaker.config.schema import Config
 from bgpspeaker.exabgp.render import DEFAULT_SOCKET, RenderError, render_config
 from bgpspeaker.model import NodeView, Snapshot
@@ -157,25 +158,33 @@ def _run(body: Callable[[], int]) -> int:
 
 
 def check_config_command(args: argparse.Namespace) -> int:
-    """`bgpspeaker check-config F`: the report on stdout; exit 0 valid (warnings allowed), 2 not.
+    """`bgpspeaker check-config F [F ...]`: the report on stdout; exit 0 valid (warnings allowed), 2 not.
 
     Unlike the other commands, a bad config is not an error message here but the report
     itself (one `path: message (line N)` per problem, then a summary), so it can be piped
-    and grepped.
+    and grepped. Several files are the configs of a fleet: each is checked, then they are
+    checked together (fleet_warnings: pools several clusters announce must share a store).
     """
-    try:
-        config = load_config_file(args.config)
-    except ConfigError as error:
-        for issue in error.issues:
-            print(issue)
-        print(f"invalid: {args.config}: {len(error.issues)} error{'s' if len(error.issues) != 1 else ''}")
-        sys.stdout.flush()
-        return 2
-    for warning in config_warnings(config):
+    paths = args.config if isinstance(args.config, list) else [args.config]
+    loaded, code = [], 0
+    for path in paths:
+        try:
+            config = load_config_file(path)
+        except ConfigError as error:
+            for issue in error.issues:
+                print(issue)
+            print(f"invalid: {path}: {len(error.issues)} error{'s' if len(error.issues) != 1 else ''}")
+            code = 2
+            continue
+        for warning in config_warnings(config):
+            print(f"warning: {warning}")
+        addresses = sum(net.num_addresses for pool in config.pools for net in pool.addresses)
+        print(f"ok: {path}: {len(config.peers)} peers, {len(config.pools)} pools ({addresses} addresses)")
+        loaded.append((path, config))
+    for warning in fleet_warnings(loaded):
         print(f"warning: {warning}")
-    addresses = sum(net.num_addresses for pool in config.pools for net in pool.addresses)
-    print(f"ok: {args.config}: {len(config.peers)} peers, {len(config.pools)} pools ({addresses} addresses)")
-    return 0
+    sys.stdout.flush()
+    return code
 
 
 def render_command(args: argparse.Namespace) -> int:
@@ -197,7 +206,7 @@ def plan_command(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         snapshot = load_objects(args.objects)
         _check_node(snapshot, args.node_name, args.objects)
-        allocation = allocate(config, snapshot.services.values())  # as the leader would
+        allocation = allocate_snapshot(config, snapshot)  # as the allocator would
         # cluster.maintenance: the routes as the switch first makes them (drain's lowest tier + GSHUT)
         result = plan(config, snapshot, args.node_name, allocation, drained=config.cluster.maintenance is not None)
         if getattr(args, "format", "text") == "json":
@@ -231,7 +240,7 @@ def explain_command(args: argparse.Namespace) -> int:
         _check_node(snapshot, args.node_name, source)
         if args.service not in snapshot.services:
             raise _Exit(3, f"Service {args.service!r} not found in {source} (give it as NAMESPACE/NAME)")
-        allocation = allocate(config, snapshot.services.values())
+        allocation = allocate_snapshot(config, snapshot)
         write_explanation(explain(config, snapshot, args.node_name, allocation, args.service,
                                   drained=config.cluster.maintenance is not None), sys.stdout)
         return 0

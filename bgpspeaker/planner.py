@@ -41,7 +41,7 @@ from bgpspeaker.model import (
     NodeView, RouteAttributes, RouteIntent, ServiceView, Snapshot, Tier, next_hop_problem, parse_any_community, quote,
 )
 from bgpspeaker.reasons import (
-    COMMUNITY_NOT_ALLOWED, INVALID_COMMUNITY, INVALID_NEXT_HOP, INVALID_PREFERENCE, NO_DEFAULT_TIER, NO_ENDPOINTS,
+    ALLOCATION_PENDING, COMMUNITY_NOT_ALLOWED, INVALID_COMMUNITY, INVALID_NEXT_HOP, INVALID_PREFERENCE, NO_DEFAULT_TIER, NO_ENDPOINTS,
     NO_LOCAL_ENDPOINTS, NO_NODE_ADDRESS, NO_PEERS, NODE_EXCLUDED, NODE_NOT_FOUND, NODE_NOT_READY, NOT_ALLOCATED,
     INVALID_THRESHOLD, NOT_IN_POOL, NOT_LISTED, POOL_NOT_ALLOWED,
 )
@@ -306,6 +306,9 @@ def _decide(ctx: _Context, service: ServiceView, skips: list[Skip], warnings: li
         return skip("allocation", refusal.reason, refusal.message)
     assignment = allocation.assigned.get(key)
     if assignment is None:
+        waiting = allocation.pending.get(key)
+        if waiting is not None:  # records mode: nothing is announced before its record exists
+            return skip("allocation", ALLOCATION_PENDING, waiting)
         return skip("allocation", NOT_ALLOCATED, "the allocator has not assigned an address")
     for dropped in allocation.discarded.get(key, ()):
         step("allocation", True, f"ignored: {dropped.message}", dropped.reason, warning=True)

@@ -27,16 +27,19 @@ PORT_CONFLICT = "portConflict"
 POOL_EXHAUSTED = "poolExhausted"
 NO_POOL_FOR_FAMILY = "noPoolForFamily"
 DUAL_STACK_UNAVAILABLE = "dualStackUnavailable"
+INVALID_SHARING_KEY = "invalidSharingKey"  # records mode: a sharing key that cannot name a record
+STATUS_IGNORED = "statusIgnored"  # records mode: a status address that is not the Service's record
 
 REFUSALS = (
     INVALID_IP, INVALID_IP_FAMILY, IP_FAMILY_MISMATCH, INVALID_PORT, UNKNOWN_POOL, POOL_NOT_ALLOWED, NOT_IN_POOL,
     DIFFERENT_POOLS, BUGGY_IP, IP_IN_USE, SHARING_KEY_MISMATCH, PORT_CONFLICT, POOL_EXHAUSTED, NO_POOL_FOR_FAMILY,
-    DUAL_STACK_UNAVAILABLE,
+    DUAL_STACK_UNAVAILABLE, INVALID_SHARING_KEY, STATUS_IGNORED,
 )
 
 # --- the planner's skips: why this node does not announce a Service ------------------
 
 NOT_ALLOCATED = "notAllocated"
+ALLOCATION_PENDING = "allocationPending"  # records mode: waiting for its allocation record
 INVALID_PREFERENCE = "invalidPreference"
 NOT_LISTED = "notListedInPreference"
 NO_DEFAULT_TIER = "noDefaultTier"
@@ -50,7 +53,7 @@ INVALID_NEXT_HOP = "invalidNextHop"
 NO_PEERS = "noPeers"
 
 SKIPS = (
-    NOT_ALLOCATED, NOT_IN_POOL, POOL_NOT_ALLOWED, INVALID_PREFERENCE, NOT_LISTED, NO_DEFAULT_TIER, NODE_NOT_FOUND,
+    NOT_ALLOCATED, ALLOCATION_PENDING, NOT_IN_POOL, POOL_NOT_ALLOWED, INVALID_PREFERENCE, NOT_LISTED, NO_DEFAULT_TIER, NODE_NOT_FOUND,
     NODE_NOT_READY, NODE_EXCLUDED, NO_LOCAL_ENDPOINTS, NO_ENDPOINTS, NO_NODE_ADDRESS, INVALID_NEXT_HOP, NO_PEERS,
 )
 # Skips decided without looking at the node (noEndpoints counts the whole cluster's

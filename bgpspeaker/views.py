@@ -11,15 +11,20 @@ unrelated annotation costs nothing past its parse.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Iterable, Mapping, Optional
 
 # Shape checks use `dict`, not typing.Mapping: JSON and YAML both decode to plain dicts,
 # and the ABC check cost ~20% of service_from_dict at 10k Services (measured).
 
+from bgpspeaker import records as records_module
 from bgpspeaker.annotations import kept
 from bgpspeaker.model import (
     Endpoint, EndpointSliceView, NodeView, ServicePort, ServiceView, Snapshot, freeze_pairs,
 )
+
+# Shape checks use `dict`, not typing.Mapping: JSON and YAML both decode to plain dicts,
+# and the ABC check cost ~20% of service_from_dict at 10k Services (measured).
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
@@ -115,9 +120,26 @@ def flatten_objects(documents: Iterable[Optional[Mapping[str, Any]]]) -> list[Ma
 
 
 def snapshot_from_objects(documents: Iterable[Optional[Mapping[str, Any]]]) -> Snapshot:
-    """A Snapshot of the Services, EndpointSlices and Nodes among `documents`; other kinds are ignored."""
+    """A Snapshot of the Services, EndpointSlices, Nodes and allocation records among `documents`.
+
+    Records (ConfigMaps labelled bgpspeaker.io/address-record, from `kubectl get cm -n
+    <the speaker's namespace>`) count only with the import marker among them, as in a
+    running cluster; a dump does not say which store a record came from, so each is
+    offered to both (the allocator takes a record only from its pool's store).
+    Other kinds are ignored.
+    """
     services, slices, nodes = [], [], []
+    records: dict[str, Any] = {}
+    imported = False
     for obj in flatten_objects(documents):
+        if obj.get("kind") == "ConfigMap" and ((obj.get("metadata") or {}).get("labels") or {}).get(
+                records_module.RECORD_LABEL) == records_module.RECORD_LABEL_VALUE:
+            if records_module.is_import_marker(obj):
+                imported = True
+            else:
+                record = records_module.record_from_dict(obj)
+                records[record_name_key(obj)] = record
+            continue
         kind = obj.get("kind")
         if kind == "Service":
             services.append(service_from_dict(obj))
@@ -125,4 +147,22 @@ def snapshot_from_objects(documents: Iterable[Optional[Mapping[str, Any]]]) -> S
             slices.append(endpoint_slice_from_dict(obj))
         elif kind == "Node":
             nodes.append(node_from_dict(obj))
-    return Snapshot.of(services, slices, nodes)
+    snapshot = Snapshot.of(services, slices, nodes)
+    if imported:
+        snapshot = dataclasses.replace(snapshot, records={records_module.LOCAL: records, records_module.SHARED: records})
+    return snapshot
+
+
+def record_name_key(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata") or {}
+    return f"{meta.get('namespace')}/{meta.get('name')}"
+
+
+def record_or_marker_from_dict(obj: Mapping[str, Any], store: str = records_module.LOCAL) -> Any:
+    """A records informer's view: an AddressRecord of `store`, or IMPORTED for the import marker."""
+    if records_module.is_import_marker(obj):
+        return IMPORTED
+    return records_module.record_from_dict(obj, store)
+
+
+IMPORTED = "imported"  # the view of the import marker in a records cache

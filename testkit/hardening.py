@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
-from bgpspeaker.allocator import allocate
+from bgpspeaker.allocator import allocate, allocate_recorded
 from bgpspeaker.config.schema import (
     Advertisement, ClusterConfig, Config, PeerConfig, PoolConfig, SpeakerConfig, TierAttributes,
 )
@@ -29,6 +29,7 @@ from bgpspeaker.exabgp.commands import announce_line, parse_line, withdraw_line
 from bgpspeaker.model import Community, LargeCommunity, RouteIntent, Tier
 from bgpspeaker.planner import plan
 from bgpspeaker.reconciler import Batch, diff
+from bgpspeaker.records import LOCAL, AddressRecord, record_name
 from bgpspeaker.views import snapshot_from_objects
 
 MY_ASN = 64512
@@ -265,11 +266,27 @@ class Outcome:
 
 
 def run_pipeline(objects: Iterable[dict], config: Optional[Config] = None, node: str = "node-1",
-                 previous: Sequence[RouteIntent] = (), topo: Topology = Topology(), drained: bool = False) -> Outcome:
-    """views → allocate → plan → diff (fresh, against `previous`, and withdraw-all) → command lines, all checked."""
+                 previous: Sequence[RouteIntent] = (), topo: Topology = Topology(), drained: bool = False,
+                 records: Optional[Sequence[AddressRecord]] = None) -> Outcome:
+    """views → allocate → plan → diff (fresh, against `previous`, and withdraw-all) → command lines, all checked.
+
+    With `records` (the allocation records that exist before), allocation is in records
+    mode, and the claims it makes are granted as the API server would (create-if-absent)
+    until there are none left: what the cluster settles on.
+    """
     config = config or attack_config(topo)
     snapshot = snapshot_from_objects(list(objects))
-    allocation = allocate(config, snapshot.services.values())
+    if records is None:
+        allocation = allocate(config, snapshot.services.values())
+    else:
+        store = {record_name(r.address): r for r in records}
+        while True:
+            allocation = allocate_recorded(config, snapshot.services.values(), {LOCAL: dict(store)},
+                                           config.cluster.name)
+            if not allocation.claims:
+                break
+            for claim in allocation.claims:
+                store.setdefault(record_name(claim.address), claim)
     result = plan(config, snapshot, node, allocation, drained=drained)
     lines: list[str] = []
     fresh: list[str] = []

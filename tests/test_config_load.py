@@ -11,7 +11,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bgpspeaker.config.load import ConfigError, ConfigIssue, load_config, load_config_text
+from bgpspeaker.config.load import ConfigError, ConfigIssue, config_warnings, load_config, load_config_text
 from bgpspeaker.config.schema import DEFAULT_TIERS, TierAttributes
 from bgpspeaker.model import Community, LargeCommunity, Tier
 
@@ -374,7 +374,7 @@ def test_alias_bombs_are_linear():
         f"x{i}: &a{i} [{','.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 10))
     found = errors(MINIMAL + bomb)
     assert found[0] == "x0: unknown field (expected one of: cluster, speaker, exabgp, peers, pools, tiers, " \
-                       "advertisements, bfdProfiles, metrics, health) (line 7)"
+                       "advertisements, bfdProfiles, metrics, health, sharedStore) (line 7)"
     assert len(found) == 10
 
 
@@ -511,3 +511,42 @@ def test_cluster_maintenance_is_none_drain_or_withdraw():
         assert load_config_text(text).cluster.maintenance == value
     found = errors(MINIMAL.replace("cluster: {name: east}", "cluster: {name: east, maintenance: off}"))
     assert len(found) == 1 and found[0].startswith("cluster.maintenance"), found
+
+
+def test_shared_pool_reservations_and_store(tmp_path):
+    kubeconfig = tmp_path / "records.kubeconfig"
+    config = load_config_text(f"""
+cluster: {{name: west, defaultTier: secondary}}
+speaker: {{myASN: 64512}}
+sharedStore: {{kubeconfig: {kubeconfig}, namespace: bgpspeaker-records}}
+pools:
+  - name: vip
+    addresses: [203.0.113.0/28]
+    shared: true
+    reservations:
+      - {{address: 203.0.113.5, service: default/shop}}
+""")
+    pool = config.pools[0]
+    assert pool.shared and pool.reservations == ((ipaddress.ip_address("203.0.113.5"), "default/shop"),)
+    assert config.shared_store.kubeconfig == str(kubeconfig) and config.shared_store.namespace == "bgpspeaker-records"
+    # a shared pool with a store raises no "stands in for others" warning
+    assert not [w for w in config_warnings(config) if w.path.endswith(".shared")]
+
+
+def test_shared_store_kubeconfig_must_be_absolute():
+    with pytest.raises(ConfigError) as error:
+        load_config_text("cluster: {name: east}\nspeaker: {myASN: 64512}\n"
+                         "sharedStore: {kubeconfig: records.kubeconfig}\n")
+    assert "sharedStore.kubeconfig: 'records.kubeconfig' must be an absolute path" in str(error.value)
+
+
+def test_fleet_warnings_name_pools_several_clusters_announce_without_one_store(tmp_path):
+    from bgpspeaker.config.warn import fleet_warnings
+
+    east = load_config_text("cluster: {name: east}\nspeaker: {myASN: 64512}\n"
+                            "pools: [{name: vip, addresses: [203.0.113.0/28]}]\n")
+    west = load_config_text("cluster: {name: west}\nspeaker: {myASN: 64512}\n"
+                            "pools: [{name: other, addresses: [203.0.113.8/29]}]\n")
+    found = [str(w) for w in fleet_warnings([("east.yaml", east), ("west.yaml", west)])]
+    assert found == ["west.yaml: pools[0]: pool other overlaps pool vip of east.yaml, and they are not both "
+                     "shared: mark them shared, with one sharedStore"]

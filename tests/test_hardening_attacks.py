@@ -11,18 +11,28 @@ integration/test_attacks_router.py.
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
+from bgpspeaker.allocator import records_from_status
 from bgpspeaker.exabgp.commands import parse_line
+from bgpspeaker.records import AddressRecord
+from bgpspeaker.views import snapshot_from_objects
 from testkit.hardening import (
-    LEGIT_ROUTES, legit_objects, route_keys, run_pipeline, service_obj, slice_obj,
+    LEGIT_ROUTES, attack_config, legit_objects, route_keys, run_pipeline, service_obj, slice_obj,
 )
 
 ATTACKS_REFUSED: list[str] = []
 
 
-def _run(*objects):
-    outcome = run_pipeline(legit_objects() + list(objects))
+def _run(*objects, records=None):
+    if records is not None:
+        # Records mode: the healthy cluster's addresses were imported from their status
+        # (the one-time migration), the attack's objects arrive after.
+        legit = snapshot_from_objects(legit_objects()).services.values()
+        records = list(records_from_status(attack_config(), legit, "east")) + list(records)
+    outcome = run_pipeline(legit_objects() + list(objects), records=records)
     assert LEGIT_ROUTES <= route_keys(outcome.routes), "an attack took a route from a healthy Service"
     return outcome
 
@@ -225,20 +235,44 @@ def test_tenant_status_does_not_beat_an_older_request():
     ATTACKS_REFUSED.append("status written by the tenant vs an older request")
 
 
-@pytest.mark.xfail(strict=True, reason="FINDING (allocator, after d9f0929): the evidence that a status address was "
-                                       "handed out by us is the allocated-from-pool *annotation*, which lives in the "
-                                       "Service's metadata and is writable by the tenant like any annotation: forging "
-                                       "it along with the status still beats an older request. Accepted and "
-                                       "documented as the services/status trust boundary (README, f720d68)")
-@pytest.mark.parametrize("annotation", ["bgpspeaker.io/ip-allocated-from-pool", "metallb.io/ip-allocated-from-pool",
-                                        "metallb.universe.tf/ip-allocated-from-pool"])
+FORGED_MARKERS = ["bgpspeaker.io/ip-allocated-from-pool", "metallb.io/ip-allocated-from-pool",
+                  "metallb.universe.tf/ip-allocated-from-pool"]
+
+
+@pytest.mark.parametrize("annotation", FORGED_MARKERS)
 def test_tenant_status_with_forged_allocated_from_pool_annotation(annotation):
+    """Was a strict xfail: with status as the evidence, a forged marker + status beat an older
+    request. With allocation records (issue 13) neither is read: the older request wins."""
     older = service_obj("default", "older", {"bgpspeaker.io/load-balancer-ips": "203.0.113.9"},
                         created="2024-05-01T00:00:00Z")
     newer = service_obj("tenant", "newer", {annotation: "public"}, ingress=["203.0.113.9"],
                         created="2025-05-01T00:00:00Z")
-    out = _run(older, slice_obj("default", "older"), newer, slice_obj("tenant", "newer"))
+    out = _run(older, slice_obj("default", "older"), newer, slice_obj("tenant", "newer"), records=[])
     assert {r.services for r in out.routes if str(r.prefix) == "203.0.113.9/32"} == {("default/older",)}
+    ATTACKS_REFUSED.append(f"forged {annotation} + status vs an older request")
+
+
+@pytest.mark.parametrize("annotation", FORGED_MARKERS)
+def test_older_tenant_service_with_forged_marker_does_not_renumber_a_running_one(annotation):
+    """The worse variant: an *older* tenant Service forges status + marker for the address a
+    younger Service runs on. Before records it took it, and the younger one was silently
+    renumbered while its DNS still pointed at the old address. The record decides now."""
+    running = service_obj("default", "running", {"bgpspeaker.io/ip-allocated-from-pool": "public"},
+                          ingress=["203.0.113.3"], created="2025-05-01T00:00:00Z")
+    legacy = run_pipeline(legit_objects() + [running, slice_obj("default", "running"), service_obj(
+        "tenant", "old", {annotation: "public"}, ingress=["203.0.113.3"], created="2020-01-01T00:00:00Z"),
+        slice_obj("tenant", "old")])
+    # The finding as it was: without records, the forger takes the running address.
+    assert legacy.allocation.assigned["tenant/old"].addresses == (ipaddress.ip_address("203.0.113.3"),)
+    attacker = service_obj("tenant", "old", {annotation: "public"}, ingress=["203.0.113.3"],
+                           created="2020-01-01T00:00:00Z")
+    record = AddressRecord(ipaddress.ip_address("203.0.113.3"), "public", "default", "running",
+                           clusters=frozenset({"east"}))
+    out = _run(running, slice_obj("default", "running"), attacker, slice_obj("tenant", "old"), records=[record])
+    assert {r.services for r in out.routes if str(r.prefix) == "203.0.113.3/32"} == {("default/running",)}
+    assert out.allocation.assigned["default/running"].addresses == (ipaddress.ip_address("203.0.113.3"),)
+    assert ipaddress.ip_address("203.0.113.3") not in out.allocation.assigned["tenant/old"].addresses
+    ATTACKS_REFUSED.append(f"older Service forging {annotation} + status")
 
 
 def test_count(capsys):

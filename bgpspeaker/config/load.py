@@ -29,15 +29,15 @@ from typing import Any, Optional
 from bgpspeaker.config.issues import ConfigError, ConfigIssue
 from bgpspeaker.config.schema import (
     DEFAULT_TIERS, Advertisement, BfdProfile, ClusterConfig, Config, ExabgpConfig, HealthConfig, MetricsConfig,
-    PeerConfig, PoolConfig, SpeakerConfig, TierAttributes, effective_selectors, may_overlap,
+    PeerConfig, PoolConfig, SpeakerConfig, StoreConfig, TierAttributes, effective_selectors, may_overlap,
 )
 from bgpspeaker.config.rules import (
     INVALID, Field, Issues, boolean, integer, list_of, one_of, optional, quote, refused, section, seconds, show,
 )
 from bgpspeaker.config.source import Node, parse
 from bgpspeaker.config.values import (
-    any_community, community, dns_label, hold_time, host_port, ip_address, label_selector, labels,
-    large_community, load_balancer_class, password_env, password_file, pool_entry, router_id,
+    any_community, community, dns_label, hold_time, host_port, ip_address, kubeconfig_file, label_selector, labels,
+    large_community, load_balancer_class, password_env, password_file, pool_entry, router_id, service_ref,
 )
 from bgpspeaker.config.warn import config_warnings
 from bgpspeaker.model import Tier
@@ -102,6 +102,11 @@ POOL = section([
     Field("avoidBuggyIPs", "avoid_buggy_ips", boolean),
     Field("namespaces", "namespaces", list_of(dns_label, unique=True)),
     Field("allowedCommunities", "allowed_communities", list_of(any_community, unique=True)),
+    Field("shared", "shared", boolean),
+    Field("reservations", "reservations", list_of(section([
+        Field("address", "address", ip_address, required=True),
+        Field("service", "service", service_ref, required=True),
+    ]))),
 ])
 
 
@@ -125,6 +130,10 @@ ADVERTISEMENT = section([
 ])
 METRICS = section([Field("address", "address", host_port)])
 HEALTH = section([Field("address", "address", host_port), Field("failAfterSeconds", "fail_after_seconds", seconds)])
+SHARED_STORE = section([
+    Field("kubeconfig", "kubeconfig", kubeconfig_file, required=True),
+    Field("namespace", "namespace", dns_label),
+])
 # MetalLB's BFDProfile ranges (milliseconds), so a MetalLB profile loads unchanged.
 BFD_INTERVAL = integer(10, 60000)
 BFD_PROFILE = section([
@@ -149,6 +158,7 @@ TOP = section([
     Field("bfdProfiles", "bfd_profiles", list_of(BFD_PROFILE)),
     Field("metrics", "metrics", METRICS),
     Field("health", "health", HEALTH),
+    Field("sharedStore", "shared_store", SHARED_STORE),
 ])
 
 
@@ -247,6 +257,11 @@ def _check_pools(issues: Issues, root: Node, values: dict) -> None:
         for k, entry in enumerate(pool.get("addresses") or ()):
             if entry is not INVALID:
                 entries.append((entry, i, k, name))
+        _check_reservations(issues, root, i, pool)
+        if pool.get("shared") is True and "shared_store" not in values:
+            issues.add(f"pools[{i}].shared", "a shared pool needs sharedStore: the record store (kubeconfig and "
+                                             "namespace) that every cluster announcing this pool uses",
+                       line=_line(root, "pools", i, "shared"))
     # Pools are few and small lists; pairwise is clear and fast enough.
     for n, (entry, i, k, _) in enumerate(entries):
         for other, j, m, other_name in entries[:n]:
@@ -274,6 +289,25 @@ def _check_pools(issues: Issues, root: Node, values: dict) -> None:
                                f"{entry.text} contains {own}, peers[{i}].{field} "
                                f"(peer {peer.get('name')}): a pool must not hold a BGP session's own address",
                                line=_line(root, "pools", j, "addresses", k))
+
+
+def _check_reservations(issues: Issues, root: Node, i: int, pool: dict) -> None:
+    entries = [e for e in pool.get("addresses") or () if e is not INVALID]
+    seen: dict[Any, int] = {}
+    for k, reservation in enumerate(pool.get("reservations") or ()):
+        address = reservation.get("address") if isinstance(reservation, dict) else None
+        if address is None or address is INVALID:
+            continue
+        where = f"pools[{i}].reservations[{k}].address"
+        if entries and not any(e.first.version == address.version and e.first <= address <= e.last
+                               for e in entries):
+            issues.add(where, f"{address} is not in this pool's addresses", line=_line(root, "pools", i,
+                                                                                       "reservations", k, "address"))
+        elif address in seen:
+            issues.add(where, f"{address} is already reserved by reservations[{seen[address]}]",
+                       line=_line(root, "pools", i, "reservations", k, "address"))
+        else:
+            seen[address] = k
 
 
 def _span(first: Any, last: Any) -> str:
@@ -330,8 +364,11 @@ def _build(values: dict) -> Config:
         exabgp=ExabgpConfig(**values.get("exabgp", {})),
         peers=tuple(PeerConfig(**peer) for peer in values.get("peers", ())),
         pools=tuple(PoolConfig(**{**pool, "addresses": tuple(net for entry in pool["addresses"]
-                                                             for net in entry.networks)})
+                                                             for net in entry.networks),
+                                  "reservations": tuple((r["address"], r["service"])
+                                                        for r in pool.get("reservations", ()))})
                     for pool in values.get("pools", ())),
+        shared_store=StoreConfig(**values["shared_store"]) if "shared_store" in values else None,
         # Omitted tiers are the DEFAULT_TIERS objects themselves: config_warnings relies on
         # that identity to stay quiet about attributes the operator never wrote.
         tiers={tier: TierAttributes(**tiers_written[tier.value]) if tier.value in tiers_written

@@ -170,6 +170,11 @@ class PoolConfig:
     avoid_buggy_ips: bool = False  # skip IPv4 addresses ending in .0 or .255 (MetalLB's meaning)
     namespaces: tuple[str, ...] = ()  # empty = every namespace may use it
     allowed_communities: tuple[AnyCommunity, ...] = ()  # what a Service may add via annotation
+    # Shared by several clusters: its allocation records live in the config's sharedStore,
+    # which every cluster announcing the pool uses (else in this cluster's own API).
+    shared: bool = False
+    # Addresses pinned to one identity (namespace/name): given to it, never to another.
+    reservations: tuple[tuple[IPAddress, str], ...] = ()
 
     def allows_namespace(self, namespace: str) -> bool:
         return not self.namespaces or namespace in self.namespaces
@@ -231,6 +236,14 @@ class HealthConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """Where the records of shared pools live: a namespace in the API of one cluster."""
+
+    kubeconfig: str  # a file; the store's API, reached with the credentials it holds
+    namespace: str = "bgpspeaker-records"
+
+
+@dataclass(frozen=True)
 class Config:
     cluster: ClusterConfig
     speaker: SpeakerConfig
@@ -242,6 +255,7 @@ class Config:
     exabgp: ExabgpConfig = ExabgpConfig()
     metrics: MetricsConfig = MetricsConfig()
     health: HealthConfig = HealthConfig()
+    shared_store: Optional[StoreConfig] = None  # the record store of pools marked `shared`
 
     def peer(self, name: str) -> PeerConfig:
         for peer in self.peers:

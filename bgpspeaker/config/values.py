@@ -33,6 +33,20 @@ def hold_time(issues: Issues, path: str, node: Node) -> Any:
 LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
 dns_label = pattern(LABEL, "a DNS label (lowercase letters, digits and '-', at most 63, "
                             "starting and ending with a letter or digit)")
+service_ref = pattern(f"{LABEL}/{LABEL}", "a Service as namespace/name")
+
+
+def kubeconfig_file(issues: Issues, path: str, node: Node) -> Any:
+    """An absolute path (the record store's kubeconfig). Not read here: it is mounted from a
+    Secret on the nodes, not where the config is checked; the daemon reads it at start."""
+    text = string(issues, path, node)
+    if text is INVALID:
+        return text
+    if not os.path.isabs(text):
+        return issues.add(path, f"{quote(text)} must be an absolute path to a kubeconfig file", node)
+    return text
+
+
 NAME_PART = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
 QUALIFIED = rf"({LABEL}(\.{LABEL})*/)?{NAME_PART}"  # Kubernetes label keys, loadBalancerClass
 label_key = pattern(QUALIFIED, "a label key ([prefix/]name)")

@@ -15,7 +15,7 @@ whose attributes are chosen to work toward iBGP and eBGP peers alike.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 from bgpspeaker.config.issues import ConfigIssue
 from bgpspeaker.config.schema import DEFAULT_TIERS, Config, TierAttributes
@@ -51,10 +51,45 @@ def _peer_and_pool_warnings(config: Config) -> list[ConfigIssue]:
                 found.append(ConfigIssue(f"peers[{i}].gracefulRestart", "0, but speaker.shutdown is keep: this "
                                          "router drops the routes when the session closes"))
     for i, pool in enumerate(config.pools):
+        if not pool.shared and config.cluster.default_tier is not Tier.PRIMARY:
+            # A cluster that stands in for others (its default tier is not primary) announces
+            # addresses other clusters announce too: with records in each cluster's own API,
+            # two clusters can give one address to two Services (docs/design.md).
+            found.append(ConfigIssue(f"pools[{i}].shared", "false, but this cluster stands in for others "
+                                     "(cluster.defaultTier is not primary): if other clusters announce this "
+                                     "pool's addresses, mark it shared and give sharedStore, or two clusters "
+                                     "may give one address to two Services"))
         if not pool.auto_assign and not pool.namespaces:
             found.append(ConfigIssue(f"pools[{i}].autoAssign", "false, but namespaces is empty: any namespace "
                                      "can still take these addresses by requesting them; list the namespaces "
                                      "that may"))
+    return found
+
+
+def fleet_warnings(configs: Sequence[tuple[str, Config]]) -> list[ConfigIssue]:
+    """Warnings across the configs of several clusters (`check-config a.yaml b.yaml ...`).
+
+    A pool whose addresses several clusters announce must be shared by all of them, with
+    one store (the same kubeconfig'd namespace): else each cluster records its own
+    holders, and two clusters can give one address to two Services.
+    """
+    found = []
+    for n, (source, config) in enumerate(configs):
+        for other_source, other in configs[:n]:
+            for i, pool in enumerate(config.pools):
+                for other_pool in other.pools:
+                    if not any(a.overlaps(b) for a in pool.addresses for b in other_pool.addresses
+                               if a.version == b.version):
+                        continue
+                    if not (pool.shared and other_pool.shared):
+                        found.append(ConfigIssue(f"{source}: pools[{i}]", f"pool {pool.name} overlaps pool "
+                                                 f"{other_pool.name} of {other_source}, and they are not both "
+                                                 f"shared: mark them shared, with one sharedStore"))
+                    elif config.shared_store is not None and other.shared_store is not None and \
+                            config.shared_store.namespace != other.shared_store.namespace:
+                        found.append(ConfigIssue(f"{source}: sharedStore.namespace", f"differs from "
+                                                 f"{other_source}'s ({other.shared_store.namespace}), which "
+                                                 f"shares pool {other_pool.name} with this one: one store for both"))
     return found
 
 

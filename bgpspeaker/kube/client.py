@@ -101,7 +101,8 @@ def next_page_size(page_bytes: int, objects: int, page_size: int) -> int:
     return max(MIN_PAGE, min(page_size, int(PAGE_BYTES / max(per_object, 1.0))))
 
 
-def iter_pages(client: kubernetes.client.ApiClient, path: str, page_size: int = 500) -> Iterator[dict]:
+def iter_pages(client: kubernetes.client.ApiClient, path: str, page_size: int = 500,
+               label_selector: Optional[str] = None) -> Iterator[dict]:
     """One LIST as its raw `*List` pages, each fetched when the previous one is consumed.
 
     Paged like client-go's pager (at most 500 a page, bounded in bytes too: see
@@ -114,7 +115,7 @@ def iter_pages(client: kubernetes.client.ApiClient, path: str, page_size: int = 
     cont = None
     limit = min(page_size, FIRST_PAGE)
     while True:
-        response = request_raw(client, "GET", path, limit=limit, **{"continue": cont})
+        response = request_raw(client, "GET", path, limit=limit, labelSelector=label_selector, **{"continue": cont})
         try:
             data = response.data
             page = json.loads(data)

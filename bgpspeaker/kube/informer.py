@@ -48,6 +48,7 @@ class Resource:
     name: str  # the `resource` label of watch_restarts, and the batch's name
     path: str  # the list-all URL path, e.g. /api/v1/services
     parse: Callable[[Mapping[str, Any]], Any]  # raw dict -> view
+    label_selector: Optional[str] = None  # list and watch only the objects it selects
 
     def key(self, obj: Mapping[str, Any]) -> str:
         meta = obj.get("metadata") or {}
@@ -194,7 +195,7 @@ class Informer:
         fresh: dict[str, Any] = {}
         changes: list[Change] = []
         rv = None
-        for page in iter_pages(self._client, self.resource.path, self.page_size):  # parsed page by page: see iter_pages
+        for page in iter_pages(self._client, self.resource.path, self.page_size, self.resource.label_selector):  # parsed page by page: see iter_pages
             for obj in page.get("items") or ():
                 key = self.resource.key(obj)
                 view = self._parse(key, obj)
@@ -231,6 +232,7 @@ class Informer:
             try:
                 response = request_raw(
                     self._client, "GET", self.resource.path, watch=True, resourceVersion=self.resource_version,
+                    labelSelector=self.resource.label_selector,
                     allowWatchBookmarks=True, timeoutSeconds=int(self.watch_timeout),
                     # The server ends the stream after timeoutSeconds; a read that blocks
                     # much longer than that means a dead peer (half-open TCP).

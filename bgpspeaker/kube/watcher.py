@@ -10,15 +10,19 @@ every coalesced change at the cost of one dict copy per changed resource.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import kubernetes
 
+from bgpspeaker.kube.client import object_path
 from bgpspeaker.kube.informer import ENDPOINT_SLICES, NODES, SERVICES, Change, Informer, Resource
 from bgpspeaker.metrics import Metrics
 from bgpspeaker.model import Snapshot
+from bgpspeaker.records import IMPORT_MARKER, LOCAL, RECORD_LABEL, RECORD_LABEL_VALUE
+from bgpspeaker.views import IMPORTED, record_or_marker_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +31,13 @@ RESOURCES: tuple[Resource, ...] = (SERVICES, ENDPOINT_SLICES, NODES)
 # config depends on this Node, so its session can come up while they are read. Listed
 # side by side, the one-object Node list queued behind them (1.3 s at 50,000 Services, bench).
 NODES_FIRST_WAIT = 2.0
+
+
+def records_resource(store: str, namespace: str) -> Resource:
+    """The allocation records (and the import marker) of one store, as an informer resource."""
+    return Resource(f"records-{store}", object_path("/api/v1", "configmaps", namespace),
+                    functools.partial(record_or_marker_from_dict, store=store),
+                    label_selector=f"{RECORD_LABEL}={RECORD_LABEL_VALUE}")
 
 
 class KubeWatcher:
@@ -39,9 +50,22 @@ class KubeWatcher:
     """
 
     def __init__(self, api_client: kubernetes.client.ApiClient, loop: asyncio.AbstractEventLoop,
-                 on_change: Callable[[], None], metrics: Metrics, **informer_options: Any) -> None:
+                 on_change: Callable[[], None], metrics: Metrics,
+                 record_stores: Optional[Mapping[str, tuple[kubernetes.client.ApiClient, str]]] = None,
+                 **informer_options: Any) -> None:
+        """`record_stores`: store name (local | shared) -> (its API, its namespace): the
+        allocation records watched there. The local store is part of `synced` (it decides
+        whether this cluster allocates from records at all); another store that cannot be
+        read only keeps the Services of its pools waiting."""
         self._loop, self._on_change = loop, on_change
+        record_stores = dict(record_stores or {})
+        self._record_resources = {store: records_resource(store, namespace)
+                                  for store, (_, namespace) in record_stores.items()}
+        self._required = {r.name for r in RESOURCES} | {
+            r.name for store, r in self._record_resources.items() if store == LOCAL}
         self._views: dict[str, dict[str, Any]] = {r.name: {} for r in RESOURCES}
+        self._views.update({r.name: {} for r in self._record_resources.values()})
+        self._imported: set[str] = set()  # records resources whose store holds the import marker
         self._shared: set[str] = set()  # dicts the last snapshot holds: copy before writing
         self._snapshot: Optional[Snapshot] = None
         self._synced: set[str] = set()
@@ -49,6 +73,9 @@ class KubeWatcher:
         self.changed_at: Optional[float] = None  # monotonic receipt time of the oldest change not yet snapshotted
         self._informers = [Informer(api_client, r, self._batch_from_thread, metrics,
                                     on_lost=self._lost_from_thread, **informer_options) for r in RESOURCES]
+        self._informers += [Informer(record_stores[store][0], resource, self._batch_from_thread, metrics,
+                                     on_lost=self._lost_from_thread, **informer_options)
+                            for store, resource in self._record_resources.items()]
 
     def start(self) -> None:
         nodes = next(i for i in self._informers if i.resource is NODES)
@@ -66,8 +93,13 @@ class KubeWatcher:
 
     @property
     def synced(self) -> bool:
-        """All three initial lists have been applied."""
-        return len(self._synced) == len(RESOURCES)
+        """The initial lists of Services, EndpointSlices, Nodes (and local records) are applied."""
+        return self._required <= self._synced
+
+    def record_store_readable(self, store: str) -> bool:
+        """The store's records were listed at least once and its watch is not lost now."""
+        resource = self._record_resources.get(store)
+        return resource is not None and resource.name in self._synced and resource.name not in self._stale
 
     @property
     def stale(self) -> bool:
@@ -84,10 +116,18 @@ class KubeWatcher:
         if self._snapshot is None:
             self._snapshot = Snapshot(services=self._views[SERVICES.name],
                                       endpoint_slices=self._views[ENDPOINT_SLICES.name],
-                                      nodes=self._views[NODES.name])
+                                      nodes=self._views[NODES.name], records=self._records())
             self._shared = set(self._views)
         self.changed_at = None
         return self._snapshot
+
+    def _records(self) -> Optional[dict[str, Mapping[str, Any]]]:
+        """The records of every store listed once, or None before this cluster imported its
+        allocations (no import marker in the local store): see bgpspeaker/records.py."""
+        local = self._record_resources.get(LOCAL)
+        if local is None or local.name not in self._imported:
+            return None
+        return {store: self._views[r.name] for store, r in self._record_resources.items() if r.name in self._synced}
 
     # ---- from the informer threads to the loop ------------------------------------------
 
@@ -112,6 +152,11 @@ class KubeWatcher:
                 self._shared.discard(resource)
             views = self._views[resource]
             for key, view in changes:
+                if key.endswith("/" + IMPORT_MARKER) and resource.startswith("records-"):
+                    # The import marker is a flag, not a record: kept apart so the records
+                    # dict holds records only (the allocator's memo compares it by identity).
+                    (self._imported.add if view is IMPORTED else self._imported.discard)(resource)
+                    continue
                 if view is None:
                     views.pop(key, None)
                 else:

@@ -50,6 +50,7 @@ RESOURCES = (
     Resource("", "v1", "namespaces", "Namespace", False, True, ("ns",), ("status.phase",)),
     Resource("", "v1", "events", "Event", True, False, ("ev",), _EVENT_FIELDS),
     Resource("", "v1", "endpoints", "Endpoints", True, False, ("ep",)),
+    Resource("", "v1", "configmaps", "ConfigMap", True, False, ("cm",)),
     Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True),
     Resource("events.k8s.io", "v1", "events", "Event", True, False, ("ev",),
              ("regarding.kind", "regarding.namespace", "regarding.name", "reason", "type")),

@@ -161,7 +161,11 @@ class _Routes:
             return json_response(self.store.update(resource, namespace, name, await self._body(request),
                                                    sub, patch_type))
         if method == "DELETE" and name is not None and sub is None:
-            return json_response(self.store.delete(resource, namespace, name))
+            # DeleteOptions may carry preconditions (resourceVersion, uid): a mismatch is a 409.
+            options = await self._body(request) if request.can_read_body else None
+            preconditions = options.get("preconditions") if isinstance(options, dict) else None
+            return json_response(self.store.delete(resource, namespace, name,
+                                                   preconditions if isinstance(preconditions, dict) else None))
         raise ApiError(405, "MethodNotAllowed", f"{method} is not supported on {request.path}")
 
     @staticmethod

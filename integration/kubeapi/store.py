@@ -230,9 +230,16 @@ class Store:
                 new["status"] = old.obj["status"]
         return self._commit(resource, old, new)
 
-    def delete(self, resource: Resource, namespace: str | None, name: str) -> dict:
+    def delete(self, resource: Resource, namespace: str | None, name: str,
+               preconditions: dict | None = None) -> dict:
         old = self.get(resource, namespace, name)
         meta = old.obj["metadata"]
+        for field in ("resourceVersion", "uid"):
+            wanted = (preconditions or {}).get(field)
+            if wanted is not None and wanted != meta.get(field):
+                raise ApiError(409, "Conflict", f"Precondition failed: {field} in precondition: {wanted}, "
+                                                f"{field} in object meta: {meta.get(field)}", name=name,
+                               resource=resource)
         if meta.get("finalizers"):
             if meta.get("deletionTimestamp"):
                 return old.obj

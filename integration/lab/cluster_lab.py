@@ -74,6 +74,8 @@ DEFAULT_ASNS = {"east": 64512, "west": 64512, "central": 64512}
 DEFAULT_NODES = (("east-1", "east"), ("east-2", "east"), ("west-1", "west"), ("central-1", "central"))
 POOL = "203.0.113.0/28"
 API_PORT_IN_NODE = 6443
+STORE_PORT_IN_NODE = 6444  # the record store's API (shared_store=True), inside every node
+RECORDS_NAMESPACE = "bgpspeaker-records"
 METRICS_PORT_IN_NODE = 7472
 HTTP_PORT = 80
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -150,9 +152,11 @@ def tier_table(asn: int, prepends: tuple[int, int, int] = (0, 1, 2)) -> dict:
 def speaker_config(node: Node, asn: int, *, hold_time: int = 3, graceful_restart: int = 0,
                    shutdown: str = "withdraw", drain_seconds: float = 3,
                    prepends: tuple[int, int, int] = (0, 1, 2), maintenance: Optional[str] = None,
-                   bfd: Optional[dict] = None) -> dict:
+                   bfd: Optional[dict] = None, store_kubeconfig: Optional[str] = None) -> dict:
     """The YAML config (as a dict) of one node's speaker, in the schema of docs/design.md §3.2.
-    `bfd`: a bfdProfiles entry (MetalLB's shape) used by the speaker's peer."""
+    `bfd`: a bfdProfiles entry (MetalLB's shape) used by the speaker's peer.
+    `store_kubeconfig`: the pool is shared, its records in the lab's record store (README,
+    "Multi-cluster addresses"); else each cluster records its addresses in its own API."""
     config = {
         "cluster": {"name": node.cluster, "defaultTier": "primary",
                     **({"maintenance": maintenance} if maintenance else {})},
@@ -166,6 +170,9 @@ def speaker_config(node: Node, asn: int, *, hold_time: int = 3, graceful_restart
     if bfd is not None:
         config["bfdProfiles"] = [bfd]
         config["peers"][0]["bfdProfile"] = bfd["name"]
+    if store_kubeconfig is not None:
+        config["pools"][0]["shared"] = True
+        config["sharedStore"] = {"kubeconfig": store_kubeconfig, "namespace": RECORDS_NAMESPACE}
     return config
 
 
@@ -182,9 +189,10 @@ def node_object(node: Node, ready: bool = True) -> dict:
     }
 
 
-def service_object(name: str, vip: str, preference: Optional[str], etp: str = "Cluster",
+def service_object(name: str, vip: Optional[str], preference: Optional[str], etp: str = "Cluster",
                    namespace: str = "default", annotations: Optional[Mapping[str, str]] = None) -> dict:
-    annotations = {**(annotations or {}), "bgpspeaker.io/load-balancer-ips": vip}
+    """A LoadBalancer Service; `vip` None: it asks for no address (the allocator picks one)."""
+    annotations = {**(annotations or {}), **({"bgpspeaker.io/load-balancer-ips": vip} if vip is not None else {})}
     if preference is not None:
         annotations["bgpspeaker.io/cluster-preference"] = preference
     return {
@@ -381,7 +389,11 @@ class MultiClusterLab:
                  speaker_options: Optional[Mapping] = None, allocator: bool = True, router: str = "frr",
                  log: Callable[[str], None] = lambda s: None, bfd: Optional[Mapping] = None,
                  bfd_check_control_plane_failure: bool = False, graceful_restart: bool | str = False,
-                 dampening: Optional[str] = None):
+                 dampening: Optional[str] = None, shared_store: bool = False):
+        # shared_store: one more emulated API holds the records of the shared pool, used by
+        # every cluster (self.store); without it each cluster records in its own API.
+        self.shared_store = shared_store
+        self.store = None
         self.allocator = allocator  # False: `run --no-allocator` (announce only, never write Service status)
         self.asns = dict(DEFAULT_ASNS if asns is None else asns)
         self.always_compare_med = always_compare_med
@@ -473,18 +485,29 @@ class MultiClusterLab:
                                       None, ("127.0.0.1", self.emulators[node.cluster].port),
                                       name=f"api-{node.name}").start()
             self.forwarders.append(fwd)
+        if self.shared_store:
+            cm = run_emulator()
+            self.store = cm.__enter__()
+            self._emu_cms.append(cm)
+            self.store.set_object({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": RECORDS_NAMESPACE}})
+            for node in self.nodes.values():
+                self.forwarders.append(nsforward.Forwarder(
+                    self.ns[node.name], ("127.0.0.1", STORE_PORT_IN_NODE), None, ("127.0.0.1", self.store.port),
+                    name=f"store-{node.name}").start())
 
     def _make_speaker(self, node: NodeSpec) -> Speaker:
         d = os.path.join(self.dir, node.name)
         os.makedirs(d, exist_ok=True)
         kubeconfig = os.path.join(d, "kubeconfig")
-        with open(kubeconfig, "w") as f:
-            yaml.safe_dump({
-                "apiVersion": "v1", "kind": "Config", "current-context": node.cluster,
-                "clusters": [{"name": node.cluster, "cluster": {"server": f"http://127.0.0.1:{API_PORT_IN_NODE}"}}],
-                "users": [{"name": "bgpspeaker", "user": {"token": "lab-token"}}],
-                "contexts": [{"name": node.cluster, "context": {"cluster": node.cluster, "user": "bgpspeaker",
-                                                                "namespace": "default"}}]}, f)
+        for path, port, name in ((kubeconfig, API_PORT_IN_NODE, node.cluster),
+                                 (os.path.join(d, "store.kubeconfig"), STORE_PORT_IN_NODE, "store")):
+            with open(path, "w") as f:
+                yaml.safe_dump({
+                    "apiVersion": "v1", "kind": "Config", "current-context": name,
+                    "clusters": [{"name": name, "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+                    "users": [{"name": "bgpspeaker", "user": {"token": "lab-token"}}],
+                    "contexts": [{"name": name, "context": {"cluster": name, "user": "bgpspeaker",
+                                                            "namespace": "default"}}]}, f)
         api = nsforward.Forwarder(None, ("127.0.0.1", 0), self.ns[node.name], ("127.0.0.1", METRICS_PORT_IN_NODE),
                                   name=f"http-{node.name}").start()
         self.forwarders.append(api)
@@ -497,6 +520,8 @@ class MultiClusterLab:
     def config_of(self, node_name: str, **overrides) -> dict:
         sp = self.speakers[node_name]
         options = {"hold_time": self.hold_time, **self.speaker_options, **sp.overrides, **overrides}
+        if self.shared_store:
+            options.setdefault("store_kubeconfig", os.path.join(sp.dir, "store.kubeconfig"))
         return speaker_config(sp.node, self.asns[sp.node.cluster], **options)
 
     def write_config(self, node_name: str, **overrides) -> None:
@@ -635,7 +660,7 @@ class MultiClusterLab:
         of `clusters` (default all), with one EndpointSlice per cluster: `endpoints` maps
         cluster -> {node: ready}; default: a ready endpoint on every node of the cluster."""
         clusters = list(clusters or self.clusters)
-        for node in self.nodes.values():
+        for node in self.nodes.values() if vip is not None else ():  # None: the allocator picks it
             with contextlib.suppress(netns.LabError):  # already there (another Service on the same VIP)
                 netns.add_lo_addr(self.ns[node.name], vip)
         eps = {c: dict((endpoints or {}).get(c) or {n.name: True for n in self.nodes.values() if n.cluster == c})
@@ -669,7 +694,7 @@ class MultiClusterLab:
                 emu.delete_object("discovery.k8s.io/v1", "EndpointSlice", svc["namespace"], f"{name}-{c}")
             with contextlib.suppress(Exception):
                 emu.delete_object("v1", "Service", svc["namespace"], name)
-        if not any(s["vip"] == svc["vip"] for s in self.services.values()):
+        if svc["vip"] is not None and not any(s["vip"] == svc["vip"] for s in self.services.values()):
             for node in self.nodes.values():
                 with contextlib.suppress(netns.LabError):
                     netns.del_lo_addr(self.ns[node.name], svc["vip"])

@@ -1,0 +1,344 @@
+"""The allocator in records mode: records are the only evidence (issue 13's invariants).
+
+Each rule as a table, the attacks that used to work (forged status + allocated-from-pool
+marker), and a property over three simulated clusters sharing one record store: random
+creates, deletes, requests and restarts never give one address to two identities, and
+an identity has one address in every cluster that announces it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bgpspeaker.allocator import (
+    IP_IN_USE, INVALID_SHARING_KEY, PORT_CONFLICT, Allocation, RecordsMemo, allocate_recorded, record_updates,
+)
+from bgpspeaker.config.schema import ClusterConfig, Config, PoolConfig, SpeakerConfig
+from bgpspeaker.model import ServicePort, ServiceView
+from bgpspeaker.records import LOCAL, SHARED, AddressRecord, holder_of, record_name
+
+ip = ipaddress.ip_address
+net = ipaddress.ip_network
+
+
+def cfg(cluster="east", shared=False, reservations=(), autoassign=True, namespaces=()):
+    pool = PoolConfig("public", (net("203.0.113.0/28"), net("2001:db8::/124")), auto_assign=autoassign,
+                      shared=shared, namespaces=namespaces,
+                      reservations=tuple((ip(a), who) for a, who in reservations))
+    return Config(cluster=ClusterConfig(cluster), speaker=SpeakerConfig(64512), pools=(pool,))
+
+
+def svc(name, namespace="default", *, ann=None, ingress=(), created="2025-01-01T00:00:00Z", ports=(("TCP", 80),),
+        **kw):
+    return ServiceView(namespace=namespace, name=name, created=created, ingress_ips=tuple(ingress),
+                       annotations=tuple(sorted((ann or {}).items())),
+                       ports=tuple(ServicePort("", p, n) for p, n in ports), **kw)
+
+
+def rec(address, holder, clusters=("east",), pool="public", store=LOCAL):
+    namespace, _, name = holder.partition("/")
+    share = name[1:] if name.startswith("*") else None
+    return AddressRecord(ip(address), pool, namespace, None if share else name, share, frozenset(clusters),
+                         store=store)
+
+
+def store(*records):
+    return {LOCAL: {record_name(r.address): r for r in records}}
+
+
+def assigned(allocation: Allocation, key):
+    return tuple(str(a) for a in allocation.assigned[key].addresses)
+
+
+# --- the rules ------------------------------------------------------------------------------
+
+
+def test_a_new_service_claims_a_record_and_waits_for_it():
+    first = allocate_recorded(cfg(), [svc("web")], store(), "east")
+    assert "default/web" not in first.assigned
+    assert "203.0.113.0" in first.pending["default/web"]
+    assert [(str(c.address), c.holder, c.clusters) for c in first.claims] == [
+        ("203.0.113.0", "default/web", frozenset({"east"}))]
+    then = allocate_recorded(cfg(), [svc("web")], store(*first.claims), "east")
+    assert assigned(then, "default/web") == ("203.0.113.0",) and not then.claims and not then.pending
+
+
+def test_the_record_decides_not_the_status_or_the_marker():
+    """The three forged-marker attacks and the older-Service variant: a tenant Service, older
+    than the holder, writes the holder's address into its status with our marker. Before
+    records, it took the running address and the younger holder was silently renumbered."""
+    holder = svc("web", created="2025-06-01T00:00:00Z")
+    forger = svc("attacker", "tenant", created="2020-01-01T00:00:00Z", ingress=["203.0.113.5"],
+                 ann={"bgpspeaker.io/ip-allocated-from-pool": "public", "metallb.io/ip-allocated-from-pool": "public"})
+    out = allocate_recorded(cfg(), [holder, forger], store(rec("203.0.113.5", "default/web")), "east")
+    assert assigned(out, "default/web") == ("203.0.113.5",)
+    assert "default/web" not in out.pending
+    assert all(str(c.address) != "203.0.113.5" for c in out.claims)  # the forger gets a fresh address
+    assert [c.holder for c in out.claims] == ["tenant/attacker"]
+
+
+def test_a_request_for_a_recorded_address_is_refused_naming_the_holder():
+    thief = svc("thief", "tenant", ann={"bgpspeaker.io/load-balancer-ips": "203.0.113.5"},
+                created="2000-01-01T00:00:00Z")
+    out = allocate_recorded(cfg(), [thief], store(rec("203.0.113.5", "default/shop", ("west",))), "east")
+    refusal = out.refused["tenant/thief"]
+    assert refusal.reason == IP_IN_USE
+    assert "default/shop" in refusal.message and "allocation record" in refusal.message
+    assert not out.claims
+
+
+def test_the_same_identity_joins_the_address_another_cluster_recorded():
+    records = store(rec("203.0.113.7", "default/shop", ("east",)))
+    out = allocate_recorded(cfg("west"), [svc("shop")], records, "west")
+    assert assigned(out, "default/shop") == ("203.0.113.7",)
+    joins, leaves = record_updates(records, out, "west")
+    assert [str(r.address) for r in joins] == ["203.0.113.7"] and leaves == []
+
+
+def test_a_deleted_service_is_left_and_the_last_cluster_out_deletes():
+    records = store(rec("203.0.113.7", "default/shop", ("east", "west")), rec("203.0.113.8", "default/gone"))
+    out = allocate_recorded(cfg(), [svc("shop")], records, "east")
+    joins, leaves = record_updates(records, out, "east")
+    assert joins == [] and [r.holder for r in leaves] == ["default/gone"]
+
+
+def test_two_records_of_one_identity_the_lowest_is_kept_and_the_other_left():
+    records = store(rec("203.0.113.9", "default/shop", ("west",)), rec("203.0.113.3", "default/shop", ("east",)))
+    for cluster in ("east", "west"):
+        out = allocate_recorded(cfg(cluster), [svc("shop")], records, cluster)
+        assert assigned(out, "default/shop") == ("203.0.113.3",)
+    joins, leaves = record_updates(records, allocate_recorded(cfg("west"), [svc("shop")], records, "west"), "west")
+    assert [str(r.address) for r in leaves] == ["203.0.113.9"] and [str(r.address) for r in joins] == ["203.0.113.3"]
+
+
+def test_reservations_pin_an_address_to_its_identity():
+    config = cfg(reservations=[("203.0.113.0", "default/pinned")])
+    out = allocate_recorded(config, [svc("other", created="2000-01-01T00:00:00Z"), svc("pinned")], store(), "east")
+    claims = {c.holder: str(c.address) for c in out.claims}
+    assert claims == {"default/other": "203.0.113.1", "default/pinned": "203.0.113.0"}
+    asks = svc("asks", ann={"bgpspeaker.io/load-balancer-ips": "203.0.113.0"})
+    refused = allocate_recorded(config, [asks], store(), "east").refused["default/asks"]
+    assert refused.reason == IP_IN_USE and "reserved" in refused.message and "default/pinned" in refused.message
+
+
+def test_a_reservation_does_not_override_an_existing_record():
+    config = cfg(reservations=[("203.0.113.0", "default/pinned")])
+    out = allocate_recorded(config, [svc("pinned")], store(rec("203.0.113.0", "default/earlier")), "east")
+    assert out.refused["default/pinned"].reason == IP_IN_USE
+    assert "default/earlier" in out.refused["default/pinned"].message
+
+
+def test_a_sharing_group_holds_one_record_and_ports_still_conflict():
+    share = {"bgpspeaker.io/allow-shared-ip": "k"}
+    a = svc("a", ann=share, ports=(("TCP", 80),), created="2025-01-01T00:00:00Z")
+    b = svc("b", ann=share, ports=(("TCP", 443),), created="2025-01-02T00:00:00Z")
+    c = svc("c", ann=share, ports=(("TCP", 80),), created="2025-01-03T00:00:00Z")
+    first = allocate_recorded(cfg(), [a, b, c], store(), "east")
+    # c's port collides with a's. Without records the group took a second address for c;
+    # with records one group has one address per family in every cluster, so c is refused
+    # (another cluster, where c's group has other members, could not tell the two apart).
+    assert [(str(r.address), r.holder) for r in first.claims] == [("203.0.113.0", "default/*k")]
+    assert first.refused["default/c"].reason == PORT_CONFLICT
+    then = allocate_recorded(cfg(), [a, b, c], store(*first.claims), "east")
+    assert assigned(then, "default/a") == assigned(then, "default/b") == ("203.0.113.0",)
+    assert then.refused["default/c"].reason == PORT_CONFLICT and not then.claims
+    bad = svc("bad", ann={"bgpspeaker.io/allow-shared-ip": "a key with spaces"})
+    assert allocate_recorded(cfg(), [bad], store(), "east").refused["default/bad"].reason == INVALID_SHARING_KEY
+
+
+def test_a_pool_whose_store_is_unknown_waits():
+    out = allocate_recorded(cfg(shared=True), [svc("web")], store(), "east")  # only the local store is known
+    assert "shared record store" in out.pending["default/web"] and not out.claims and not out.assigned
+
+
+def test_a_record_in_the_wrong_store_is_not_evidence():
+    records = {LOCAL: {}, SHARED: {"x": rec("203.0.113.0", "default/other", store=SHARED)}}
+    out = allocate_recorded(cfg(), [svc("web")], records, "east")  # the pool is local: the shared record is ignored
+    assert [str(c.address) for c in out.claims] == ["203.0.113.0"]
+
+
+def test_a_namespace_that_may_not_use_the_pool_does_not_keep_a_record():
+    records = store(rec("203.0.113.4", "tenant/web"))
+    out = allocate_recorded(cfg(namespaces=("default",)), [svc("web", "tenant")], records, "east")
+    assert "tenant/web" in out.refused and "tenant/web" not in out.assigned
+
+
+def test_holder_names():
+    assert holder_of("ns", "web", None) == "ns/web" and holder_of("ns", "web", "k") == "ns/*k"
+    assert record_name(ip("2001:db8::5")) == "bgpspeaker-ip-v6-20010db8000000000000000000000005"
+
+
+# --- three clusters, one store: the invariants under random events --------------------------
+
+
+class SharedStore:
+    """What the API server does for records: create-if-absent, update, delete."""
+
+    def __init__(self):
+        self.objects: dict[str, AddressRecord] = {}
+
+    def view(self):
+        return {SHARED: dict(self.objects)}
+
+    def create(self, record: AddressRecord) -> bool:
+        name = record_name(record.address)
+        if name in self.objects:
+            return False  # 409 AlreadyExists: the allocator re-reads and decides again
+        self.objects[name] = record
+        return True
+
+    def apply(self, cluster, joins, leaves):
+        for r in joins:
+            current = self.objects.get(record_name(r.address))
+            if current == r:
+                self.objects[record_name(r.address)] = dataclasses.replace(r, clusters=r.clusters | {cluster})
+        for r in leaves:
+            current = self.objects.get(record_name(r.address))
+            if current == r:
+                rest = r.clusters - {cluster}
+                if rest:
+                    self.objects[record_name(r.address)] = dataclasses.replace(r, clusters=rest)
+                else:
+                    del self.objects[record_name(r.address)]
+
+
+CLUSTERS = ("east", "west", "central")
+NAMES = [f"s{i}" for i in range(8)]
+SHARE = {"bgpspeaker.io/allow-shared-ip": "k"}
+
+
+def _check_invariants(latest: dict[str, tuple[Allocation, dict[str, ServiceView]]]):
+    """Over what each cluster announces now: its latest allocation, of the Services as they
+    were when it was made (the identity of a Service that joined a sharing group since is
+    its group only once its cluster has decided again)."""
+    by_address: dict = {}
+    by_identity: dict = {}
+    for cluster, (allocation, seen) in latest.items():
+        for key, assignment in allocation.assigned.items():
+            service = seen[key]
+            share = dict(service.annotations).get("bgpspeaker.io/allow-shared-ip")
+            identity = holder_of(service.namespace, service.name, share)
+            for address in assignment.addresses:
+                by_address.setdefault(address, set()).add(identity)
+            by_identity.setdefault(key, set()).add(assignment.addresses)
+    assert all(len(ids) == 1 for ids in by_address.values()), by_address
+    assert all(len(sets) == 1 for sets in by_identity.values()), by_identity
+
+
+ACTIONS = st.lists(st.tuples(st.sampled_from(["create", "delete", "request", "share", "restart", "step"]),
+                             st.sampled_from(CLUSTERS), st.sampled_from(NAMES), st.integers(0, 15)),
+                   min_size=5, max_size=60)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ACTIONS, st.randoms(use_true_random=False))
+def test_three_clusters_one_store_never_break_invariants_1_and_2(actions, rnd):
+    store_ = SharedStore()
+    services: dict[str, dict[str, ServiceView]] = {c: {} for c in CLUSTERS}
+    latest: dict[str, Allocation] = {}
+    clock = 0
+
+    memos = {c: RecordsMemo() for c in CLUSTERS}
+    configs = {c: cfg(c, shared=True) for c in CLUSTERS}
+
+    def step(cluster):
+        # A cluster's allocator: decide from what it sees, create its claims (some may lose
+        # the race: 409), join and leave; its nodes then announce what it assigned.
+        config = configs[cluster]
+        seen = store_.view()
+        allocation = allocate_recorded(config, dict(services[cluster]), seen, cluster, memo=memos[cluster])
+        # The incremental run decides exactly what a run from scratch decides.
+        assert allocation == allocate_recorded(config, services[cluster].values(), seen, cluster)
+        order = list(allocation.claims)
+        rnd.shuffle(order)
+        for claim in order:
+            store_.create(claim)
+        joins, leaves = record_updates(seen, allocation, cluster)
+        store_.apply(cluster, joins, leaves)
+        latest[cluster] = (allocation, dict(services[cluster]))
+        _check_invariants(latest)
+
+    for action, cluster, name, n in actions:
+        clock += 1
+        if action == "create" and f"default/{name}" not in services[cluster]:
+            # The same identity may exist in another cluster already: the same Service (its
+            # spec and annotations; docs/design.md §6: a Service whose sharing key differs
+            # between clusters is two identities). A request stays per cluster (below).
+            same = next((services[o][f"default/{name}"] for o in CLUSTERS if f"default/{name}" in services[o]), None)
+            services[cluster][f"default/{name}"] = same or svc(name, created=f"2025-01-01T00:00:{clock:02d}Z")
+        elif action == "delete":
+            services[cluster].pop(f"default/{name}", None)
+        elif action == "request" and f"default/{name}" in services[cluster]:
+            old = services[cluster][f"default/{name}"]
+            wanted = {**dict(old.annotations), "bgpspeaker.io/load-balancer-ips": f"203.0.113.{n}"}
+            services[cluster][old.key] = dataclasses.replace(old, annotations=tuple(sorted(wanted.items())))
+        elif action == "share":
+            # A spec change made the same way in every cluster holding the Service (one
+            # identity, one spec): it joins sharing group "k" with its own port.
+            for c in CLUSTERS:
+                if f"default/{name}" in services[c]:
+                    old = services[c][f"default/{name}"]
+                    services[c][old.key] = dataclasses.replace(
+                        old, annotations=tuple(sorted(SHARE.items())), ports=(ServicePort("", "TCP", 80 + n),))
+        elif action == "restart":
+            latest.pop(cluster, None)  # a new allocator starts from the store alone
+            memos[cluster] = RecordsMemo()
+        step(cluster)
+    # Quiesce: every cluster runs until nothing changes; then every identity is settled.
+    for _ in range(4):
+        for cluster in CLUSTERS:
+            step(cluster)
+    for cluster in CLUSTERS:
+        allocation = latest[cluster][0]
+        assert not allocation.claims or all("waiting" in allocation.pending.get(k, "waiting")
+                                            for k in allocation.pending)
+
+
+def test_the_issue_payroll_and_shop_case_in_three_clusters():
+    """payroll only in west (older), shop in east and west: one address each, shop's the same."""
+    store_ = SharedStore()
+    payroll = svc("payroll", created="2024-01-01T00:00:00Z")
+    shop = svc("shop", created="2025-01-01T00:00:00Z", ann={"bgpspeaker.io/cluster-preference": "east,west"})
+    services = {"east": {shop.key: shop}, "west": {payroll.key: payroll, shop.key: shop}, "central": {}}
+    latest = {}
+    for cluster in ("east", "west", "central", "east", "west"):
+        seen = store_.view()  # joins and leaves come from the records the allocation saw, never fresher
+        allocation = allocate_recorded(cfg(cluster, shared=True), services[cluster].values(), seen, cluster)
+        for claim in allocation.claims:
+            store_.create(claim)
+        store_.apply(cluster, *record_updates(seen, allocation, cluster))
+        latest[cluster] = (allocation, dict(services[cluster]))
+    _check_invariants(latest)
+    east, west = latest["east"][0], latest["west"][0]
+    assert assigned(east, "default/shop") == assigned(west, "default/shop")
+    assert assigned(west, "default/payroll") != assigned(west, "default/shop")
+    assert random  # the module's hypothesis strategies use it through st.randoms
+
+
+def test_a_changed_request_waits_while_another_cluster_announces_the_old_address():
+    records = store(rec("203.0.113.0", "default/shop", ("east", "west")))
+    moved = svc("shop", ann={"bgpspeaker.io/load-balancer-ips": "203.0.113.9"})
+    out = allocate_recorded(cfg("east"), [moved], records, "east")
+    assert "default/shop" not in out.assigned and not out.claims
+    assert "203.0.113.0 in cluster(s) east, west" in out.pending["default/shop"]
+    # once this cluster is the only one left on it, the move goes ahead: leave, then claim
+    alone = store(rec("203.0.113.0", "default/shop", ("east",)))
+    out = allocate_recorded(cfg("east"), [moved], alone, "east")
+    assert [str(c.address) for c in out.claims] == ["203.0.113.9"]
+    assert [str(r.address) for r in record_updates(alone, out, "east")[1]] == ["203.0.113.0"]
+
+
+def test_a_pool_marked_shared_keeps_every_address_it_had_in_the_local_store():
+    """Moving a pool to a shared store renumbers nothing: a Service without a record there
+    asks for the address its local record held, and a conflict is refused naming the holder."""
+    local = {"a": rec("203.0.113.4", "default/web"), "b": rec("203.0.113.5", "default/api")}
+    shared = {"c": rec("203.0.113.5", "default/other", ("west",), store=SHARED)}
+    out = allocate_recorded(cfg(shared=True), [svc("web"), svc("api")], {LOCAL: local, SHARED: shared}, "east")
+    assert [(str(c.address), c.holder, c.store) for c in out.claims] == [("203.0.113.4", "default/web", SHARED)]
+    assert out.refused["default/api"].reason == IP_IN_USE and "default/other" in out.refused["default/api"].message

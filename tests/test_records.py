@@ -1,0 +1,55 @@
+"""Allocation records as API objects: names, parsing and rendering (bgpspeaker/records.py)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from bgpspeaker.kube.watcher import records_resource
+from bgpspeaker.records import (
+    IMPORT_MARKER, SHARED, AddressRecord, BadRecord, import_marker_body, record_body, record_from_dict, record_name,
+)
+from bgpspeaker.views import IMPORTED
+
+RECORD = AddressRecord(ipaddress.ip_address("203.0.113.7"), "public", "default", "shop",
+                       clusters=frozenset({"east", "west"}))
+
+
+def test_a_record_round_trips_through_its_configmap():
+    body = record_body(RECORD, "bgpspeaker-system")
+    assert body["metadata"]["name"] == "bgpspeaker-ip-203.0.113.7"
+    assert body["data"] == {"address": "203.0.113.7", "pool": "public", "namespace": "default",
+                            "clusters": "east,west", "service": "shop"}
+    assert record_from_dict(body) == RECORD
+    group = AddressRecord(ipaddress.ip_address("2001:db8::5"), "public", "team", None, "web", frozenset({"east"}))
+    assert record_from_dict(record_body(group, "x")) == group and group.holder == "team/*web"
+
+
+@pytest.mark.parametrize("edit, why", [
+    (lambda b: b["metadata"].update(name="bgpspeaker-ip-203.0.113.8"), "named"),  # claims another address
+    (lambda b: b["data"].update(address="not-an-ip"), "not an IP address"),
+    (lambda b: b["data"].update(namespace="Bad_NS"), "namespace"),
+    (lambda b: b["data"].update(sharingKey="k"), "exactly one"),
+    (lambda b: b["data"].pop("pool"), "pool"),
+    (lambda b: b["data"].update(clusters="east,West!"), "cluster name"),
+])
+def test_a_record_edited_into_nonsense_is_not_evidence(edit, why):
+    body = record_body(RECORD, "ns")
+    edit(body)
+    with pytest.raises(BadRecord, match=why):
+        record_from_dict(body)
+
+
+def test_the_informer_parses_records_as_records_of_their_store():
+    """Found in the lab: records of the shared store were parsed as local ones, so the keeper
+    joined and left them in the wrong API (a 404 there, silently nothing)."""
+    resource = records_resource(SHARED, "bgpspeaker-records")
+    assert resource.parse(record_body(RECORD, "bgpspeaker-records")).store == SHARED
+    assert resource.label_selector == "bgpspeaker.io/address-record=v1"
+    assert resource.parse(import_marker_body("bgpspeaker-records", "east", 3)) is IMPORTED
+    assert import_marker_body("ns", "east", 0)["metadata"]["name"] == IMPORT_MARKER
+
+
+def test_record_names_are_unique_per_address_whatever_the_spelling():
+    assert record_name(ipaddress.ip_address("2001:db8::1")) == record_name(ipaddress.ip_address("2001:0db8:0::1"))
