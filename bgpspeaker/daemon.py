@@ -471,7 +471,7 @@ class Daemon:
                 log.exception("record writes failed")
                 result = None
             if result is not None:
-                for claim, holder in result.conflicts:
+                for claim, _holder in result.conflicts:
                     self.metrics.allocator_conflicts.labels(claim.pool).inc()
             if result is None or result.failed:
                 # The store is down: new Services wait (pending; nothing running changes),
@@ -566,7 +566,7 @@ class Daemon:
             if self.elector is not None and self.elector.is_leader:
                 conflicts = {(key, refusal.message) for key, refusal in allocation.refused.items()
                              if refusal.reason == IP_IN_USE}
-                for key, message in conflicts - self._conflicts_seen:
+                for _key, message in conflicts - self._conflicts_seen:
                     pool = self._pool_named_in(message)
                     self.metrics.allocator_conflicts.labels(pool).inc()
                 self._conflicts_seen = conflicts

@@ -66,7 +66,7 @@ class AddressRecord:
     @property
     def holder(self) -> str:
         """The identity holding the address: `ns/name`, or `ns/*key` for a sharing group."""
-        return f"{self.namespace}/{self.service}" if self.service is not None else f"{self.namespace}/*{self.sharing_key}"
+        return holder_of(self.namespace, self.service or "", self.sharing_key if self.service is None else None)
 
     def describe_holder(self) -> str:
         if self.service is not None:

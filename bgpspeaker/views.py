@@ -149,7 +149,8 @@ def snapshot_from_objects(documents: Iterable[Optional[Mapping[str, Any]]]) -> S
             nodes.append(node_from_dict(obj))
     snapshot = Snapshot.of(services, slices, nodes)
     if imported:
-        snapshot = dataclasses.replace(snapshot, records={records_module.LOCAL: records, records_module.SHARED: records})
+        snapshot = dataclasses.replace(snapshot, records={records_module.LOCAL: records,
+                                                          records_module.SHARED: records})
     return snapshot
 
 

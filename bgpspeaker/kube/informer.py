@@ -195,7 +195,8 @@ class Informer:
         fresh: dict[str, Any] = {}
         changes: list[Change] = []
         rv = None
-        for page in iter_pages(self._client, self.resource.path, self.page_size, self.resource.label_selector):  # parsed page by page: see iter_pages
+        # parsed page by page: see iter_pages
+        for page in iter_pages(self._client, self.resource.path, self.page_size, self.resource.label_selector):
             for obj in page.get("items") or ():
                 key = self.resource.key(obj)
                 view = self._parse(key, obj)
