@@ -152,7 +152,8 @@ def tier_table(asn: int, prepends: tuple[int, int, int] = (0, 1, 2)) -> dict:
 def speaker_config(node: Node, asn: int, *, hold_time: int = 3, graceful_restart: int = 0,
                    shutdown: str = "withdraw", drain_seconds: float = 3,
                    prepends: tuple[int, int, int] = (0, 1, 2), maintenance: Optional[str] = None,
-                   bfd: Optional[dict] = None, store_kubeconfig: Optional[str] = None) -> dict:
+                   bfd: Optional[dict] = None, store_kubeconfig: Optional[str] = None,
+                   pool: str = POOL) -> dict:
     """The YAML config (as a dict) of one node's speaker, in the schema of docs/design.md §3.2.
     `bfd`: a bfdProfiles entry (MetalLB's shape) used by the speaker's peer.
     `store_kubeconfig`: the pool is shared, its records in the lab's record store (README,
@@ -163,7 +164,7 @@ def speaker_config(node: Node, asn: int, *, hold_time: int = 3, graceful_restart
         "speaker": {"myASN": asn, "routerID": "auto", "shutdown": shutdown, "drainSeconds": drain_seconds},
         "exabgp": {"gracefulRestart": graceful_restart},
         "peers": [{"name": "tor", "address": node.tor_address, "asn": ROUTER_ASN, "holdTime": hold_time}],
-        "pools": [{"name": "public", "addresses": [POOL], "autoAssign": True}],
+        "pools": [{"name": "public", "addresses": [pool], "autoAssign": True}],
         "tiers": tier_table(asn, prepends),
         "metrics": {"address": f"127.0.0.1:{METRICS_PORT_IN_NODE}"},
     }
@@ -532,7 +533,8 @@ class MultiClusterLab:
             yaml.safe_dump(self.config_of(node_name), f, sort_keys=False)
         os.replace(tmp, sp.config_path)  # atomic: the daemon's reload poller never reads half a file
 
-    def start_speaker(self, node_name: str, **overrides) -> Speaker:
+    def start_speaker(self, node_name: str, allocator: Optional[bool] = None, **overrides) -> Speaker:
+        """Start the node's speaker; `allocator` False: `run --no-allocator` (default: the lab's)."""
         sp = self.speakers[node_name]
         if sp.running:
             raise RuntimeError(f"speaker {node_name} already running (pid {sp.proc.pid})")
@@ -548,7 +550,8 @@ class MultiClusterLab:
             sp.proc = self.lab.popen(sp.ns, [sys.executable, "-m", "bgpspeaker", "run",
                                              "--config", sp.config_path, "--node-name", node_name,
                                              "--kubeconfig", sp.kubeconfig, "--run-dir", run_dir]
-                                     + ([] if self.allocator else ["--no-allocator"]),
+                                     + ([] if (self.allocator if allocator is None else allocator)
+                                        else ["--no-allocator"]),
                                      stdout=log, stderr=subprocess.STDOUT, env=env, cwd=sp.dir)
         return sp
 
