@@ -167,10 +167,13 @@ def profile_rows(profiler: Optional[s.Profiler], section: Section, name: str) ->
 
 def load_services(emu: s.NodeEmulator, indices, nodes: list[str], ready: bool = True,
                   preference: Optional[str] = None, cluster: str = "east") -> None:
-    objs = []
+    """Services with their addresses in status and in allocation records: a steady cluster
+    that has imported its allocations (README, "Multi-cluster addresses")."""
+    objs = [s.import_marker_object(cluster)]
     for i in indices:
         objs.append(s.service_object(i, preference))
         objs.append(s.slice_object(i, nodes, ready, cluster))
+        objs.append(s.record_object(i, cluster))
     emu.load_many(objs)
 
 
@@ -201,9 +204,26 @@ def _events_daemon(lab: s.SystemLab, bg: int, n: int, profile_to: Optional[Path]
     cpu = (sp.cpu() - cpu0) / (2 * n)
     profile_rows(profiler, section, f"event → RIB with {bg:,} Services (daemon, during the {2 * n} events)")
     section.checks[f"events with {bg} Services: all reached the RIB"] = len(up) == n and len(down) == n
+    # A new Service among them (no record yet: the allocator claims one, creates it, reads it
+    # back, and only then is it announced), and its deletion.
+    created, deleted = [], []
+    for i in range(bg + n, bg + n + min(n, 50)):
+        pfx = s.prefix(i)
+        fresh = s.service_object(i)
+        fresh["metadata"]["annotations"].pop("bgpspeaker.io/ip-allocated-from-pool")
+        fresh.pop("status")
+        emu.set_object(s.slice_object(i, [node.name], True))
+        t0 = time.monotonic()
+        emu.set_object(fresh)
+        created.append(poll(lambda: lab.rib.has(pfx), 30, f"{pfx} of a new Service announced") - t0)
+        time.sleep(rnd.uniform(*GAP))
+        t0 = time.monotonic()
+        emu.delete_object("v1", "Service", fresh["metadata"]["namespace"], fresh["metadata"]["name"])
+        deleted.append(poll(lambda: not lab.rib.has(pfx), 30, f"{pfx} of a deleted Service withdrawn") - t0)
+        time.sleep(rnd.uniform(*GAP))
     sp.stop()
     lab.wait_empty()
-    return {"up": up, "down": down, "cpu": cpu}
+    return {"up": up, "down": down, "cpu": cpu, "created": created, "deleted": deleted}
 
 
 def _events_raw(lab: s.SystemLab, bg: int, n: int) -> dict:
@@ -254,6 +274,15 @@ def event_latency(lab: s.SystemLab, mode: Mode, out: Path) -> Section:
         sec_.rows.append(Row("1 event → router", f"… p99 ({bg:,} Services)", ms(d99), f"raw ExaBGP {ms(r99)}",
                              f"+{ms(d99 - r99)} ({d99 / r99:.1f}×)", "≤ +100 ms", d99 - r99 <= 0.100,
                              f"daemon CPU per event {ms(d['cpu'])} with {bg:,} Services"))
+        c50, c99 = pct(d["created"], .5), pct(d["created"], .99)
+        sec_.samples[f"daemon, {bg:,} Services: new Service → RIB"] = d["created"]
+        sec_.rows.append(Row("1 event → router", f"a new Service → route in RIB, p50 / p99 ({bg:,} Services; "
+                                                 f"record created and read back first)",
+                             f"{ms(c50)} / {ms(c99)}", f"raw ExaBGP {ms(r50)} / {ms(r99)}",
+                             f"+{ms(c50 - r50)} p50", "≤ 30 / 100 ms", c50 <= 0.030 and c99 <= 0.100,
+                             f"deleted → gone {ms(pct(d['deleted'], .5))} p50"))
+        sec_.numbers.update({f"create_p50_{bg}": c50, f"create_p99_{bg}": c99,
+                             f"delete_p50_{bg}": pct(d["deleted"], .5)})
         sec_.numbers.update({f"up_p50_{bg}": d50, f"up_p99_{bg}": d99, f"cpu_per_event_{bg}": d["cpu"],
                              f"down_p50_{bg}": pct(down, .5), f"down_p99_{bg}": pct(down, .99)})
         if bg == biggest:

@@ -106,6 +106,24 @@ def service_object(i: int, preference: Optional[str] = None) -> dict:
             "status": {"loadBalancer": {"ingress": [{"ip": vip(i)}]}}}
 
 
+RECORDS_NAMESPACE = "bgpspeaker-system"  # the daemon's own namespace (POD_NAMESPACE's default): its records
+
+
+def record_object(i: int, cluster: str = "east") -> dict:
+    """The allocation record of Service i (a cluster that has imported its allocations)."""
+    from bgpspeaker.records import AddressRecord, record_body
+
+    record = AddressRecord(ipaddress.ip_address(vip(i)), "public", f"team-{i % NAMESPACES}", service_name(i),
+                           clusters=frozenset({cluster}))
+    return record_body(record, RECORDS_NAMESPACE)
+
+
+def import_marker_object(cluster: str = "east") -> dict:
+    from bgpspeaker.records import import_marker_body
+
+    return import_marker_body(RECORDS_NAMESPACE, cluster, 0)
+
+
 def slice_object(i: int, nodes: Iterable[str], ready: bool, cluster: str = "east") -> dict:
     """The EndpointSlice of Service i: one endpoint per node, all `ready` or all not."""
     return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
