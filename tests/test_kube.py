@@ -47,6 +47,13 @@ def test_needs_write(svc, expected):
     assert needs_write(ASSIGNED, svc) == expected
 
 
+def test_a_service_waiting_for_its_record_keeps_what_its_status_shows():
+    """Records mode: a pending Service (its record being created, or its store unreadable)
+    is not cleared: its status stays until the allocator has decided."""
+    waiting = Allocation(assigned={}, refused={}, pending={"default/web": "waiting for the allocation record"})
+    assert desired_state(waiting, service(ingress=("203.0.113.1",), pool="public")) is None
+
+
 def test_desired_state_of_an_unmanaged_service_is_none():
     assert desired_state(ASSIGNED, service("other", ingress=("192.0.2.1",))) is None
 

@@ -54,6 +54,8 @@ def desired_state(allocation: Allocation, service: ServiceView) -> Optional[Desi
     assignment = allocation.assigned.get(service.key)
     if assignment is not None:
         return Desired(tuple(str(a) for a in assignment.addresses), assignment.pool)
+    if service.key in allocation.pending:
+        return None  # waiting for its record (or for a store): what it shows stays until decided
     if service.key in allocation.refused or service.annotation(ALLOCATED_FROM_POOL_ANNOTATION) is not None:
         return Desired((), None)
     return None
