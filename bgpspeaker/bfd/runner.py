@@ -235,12 +235,8 @@ class BfdService:
                                       ready=self.vty_path.exists, on_exit=self._exited,
                                       stale_pid=self.pid_path, stale_marker=str(self.config_path).encode())
         self._supervisor.start()
-        self._poller = asyncio.create_task(self._poll_loop(), name="bfd-poll")
-        if await self._supervisor.wait_ready(START_TIMEOUT):
-            log.info("bfdd started", extra=fields(pid=self._supervisor.pid, peers=len(self._peers)))
-        else:
-            log.error("bfdd not answering yet; its supervisor keeps trying",
-                      extra=fields(log_tail=self._log_tail()))
+        # not awaited: update() runs inside the reconcile loop, which must never wait on bfdd
+        self._poller = asyncio.create_task(self._poll_loop(self._supervisor), name="bfd-poll")
 
     def _exited(self, rc: Optional[int]) -> None:
         self.vty_path.unlink(missing_ok=True)  # the next bfdd's readiness is its new socket
@@ -249,7 +245,11 @@ class BfdService:
         if self._supervisor is not None and not self._supervisor.stopping:
             log.error("bfdd exited", extra=fields(rc=rc, log_tail=self._log_tail()))
 
-    async def _poll_loop(self) -> None:
+    async def _poll_loop(self, supervisor: Supervisor) -> None:
+        if await supervisor.wait_ready(START_TIMEOUT):
+            log.info("bfdd started", extra=fields(pid=supervisor.pid, peers=len(self._peers)))
+        else:
+            log.error("bfdd not answering yet; its supervisor keeps trying", extra=fields(log_tail=self._log_tail()))
         while True:
             sessions = None
             if self.running and self.vty_path.exists():
