@@ -105,6 +105,7 @@ class Supervisor:
         self._task: Optional[asyncio.Task] = None
         self._stopping = False
         self._restart = asyncio.Event()
+        self._restart_signal: int = signal.SIGTERM
         self._changed = asyncio.Event()
 
     @property
@@ -133,8 +134,10 @@ class Supervisor:
             await asyncio.sleep(0.02)
         return False
 
-    def restart(self) -> None:
-        """Stop the child (SIGTERM) and start it again at once (e.g. its config changed)."""
+    def restart(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the child and start it again at once: SIGTERM (its config changed) or
+        SIGKILL (it is wedged: ExaBGP's driver kills one that stopped acknowledging)."""
+        self._restart_signal = sig
         self._restart.set()
 
     async def stop(self) -> Optional[int]:
@@ -195,7 +198,8 @@ class Supervisor:
         finally:
             asked.cancel()
         requested = not exited.done()
-        rc = await self._terminate() if requested else self.proc.returncode
+        rc = await self._terminate(self._restart_signal) if requested else self.proc.returncode
+        self._restart_signal = signal.SIGTERM
         self._on_exit(rc)
         if self._stopping:
             return
@@ -207,12 +211,12 @@ class Supervisor:
             raise _HealthyExit()
         raise ChildExited(f"{self.name} rc={rc}")
 
-    async def _terminate(self) -> Optional[int]:
+    async def _terminate(self, sig: int = signal.SIGTERM) -> Optional[int]:
         proc = self.proc
         if proc is None:
             return None
         if proc.returncode is None:
-            _signal_group(proc.pid, signal.SIGTERM)
+            _signal_group(proc.pid, sig)
             try:
                 async with asyncio.timeout(self.stop_grace):
                     await proc.wait()

@@ -71,6 +71,25 @@ def test_restart_on_request_and_stop_reach_the_whole_group(tmp_path):
     assert not alive(second) and not alive(grandchild) and sup.starts == 2
 
 
+def test_restart_with_sigkill_for_a_wedged_child():
+    exits: list = []
+
+    async def main():
+        # ignores SIGTERM: only the SIGKILL restart can replace it in time
+        sup = Supervisor("wedged", lambda: ["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"],
+                         on_exit=exits.append, stop_grace=30.0)
+        sup.start()
+        await until(lambda: sup.running)
+        first = sup.pid
+        sup.restart(signal.SIGKILL)
+        await until(lambda: sup.pid not in (None, first), timeout=5.0)
+        sup.stop_grace = 0.5
+        await sup.stop()
+
+    asyncio.run(main())
+    assert exits[0] == -signal.SIGKILL
+
+
 def test_the_child_dies_with_its_parent(tmp_path):
     """SIGKILL of the supervising process: the kernel kills the child (PR_SET_PDEATHSIG)."""
     pid_file = tmp_path / "child.pid"
