@@ -25,9 +25,19 @@ def run_daemon(args: argparse.Namespace) -> int:
     return run_command(args)
 
 
+def run_allocator(args: argparse.Namespace) -> int:
+    """`bgpspeaker allocator`: the daemon without BGP (MetalLB's controller beside its
+    speakers): on the Lease holder, the only writer of Service status, allocation Events
+    and allocation records; the DaemonSet's speakers run `run --no-allocator`."""
+    from bgpspeaker.daemon import run_command
+    args.node_name, args.no_allocator, args.dry_run, args.speaker = args.identity, False, False, False
+    return run_command(args)
+
+
 # command -> the function that runs it: takes the parsed args, returns the exit code.
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": run_daemon,
+    "allocator": run_allocator,
     "check-config": offline.check_config_command,
     "render-exabgp": offline.render_command,
     "plan": offline.plan_command,
@@ -55,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-dir", default="/run/bgpspeaker",
                      help="ExaBGP's config and socket and the control socket (control.sock) live here")
     run.add_argument("--log-level", default="INFO")
+
+    allocator = commands.add_parser("allocator", help="the allocator alone: status, Events, records; no BGP")
+    allocator.add_argument("--config", required=True)
+    allocator.add_argument("--identity", default=os.environ.get("POD_NAME"),
+                           help="the Lease holder's name: the pod's (default: $POD_NAME)")
+    allocator.add_argument("--kubeconfig", help="default: in-cluster config")
+    allocator.add_argument("--run-dir", default="/run/bgpspeaker", help="its control socket")
+    allocator.add_argument("--log-level", default="INFO")
 
     check = commands.add_parser("check-config", help="validate a config file (several: a fleet, checked together)")
     check.add_argument("config", nargs="+")

@@ -73,6 +73,9 @@ class Options:
     dry_run: bool
     run_dir: Path
     lease_namespace: str = "bgpspeaker-system"
+    # False: `bgpspeaker allocator`: allocate, write status, Events and records (on the Lease
+    # holder), announce nothing and start no ExaBGP; `node_name` is then the pod's name.
+    speaker: bool = True
 
 
 class DrainState:
@@ -150,6 +153,11 @@ class Daemon:
         self._conflicts_seen: set[tuple[str, str]] = set()  # (service, message) of ipInUse refusals counted
         self._pending_services: tuple[Any, Any] = ({}, None)  # (allocation.pending, snapshot) last handed over
         self._pending_reported: set[str] = set()  # Services told by an Event that they wait for the store
+        self._allocation_notices: set[tuple[str, str, str]] = set()  # discarded status addresses last reported
+        self._records_seen: tuple[Any, Any] = (None, None)  # (allocation, records) the last record work came from
+        self._records_retry = False  # the last record writes failed or lost a race: decide again
+        # Record writes have their own thread: a claim must not queue behind a status pass.
+        self._records_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="record-writer")
         # Not the loop's default executor: asyncio.run() joins that one at exit, and a
         # write stuck on a slow API (30 s read timeout) would hold the shutdown.
         self._status_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="status-writer")
@@ -281,6 +289,7 @@ class Daemon:
         if self._status_task is not None:
             self._status_task.cancel()
         self._status_executor.shutdown(wait=False, cancel_futures=True)  # a write in flight is abandoned
+        self._records_executor.shutdown(wait=False, cancel_futures=True)
         for server in self.servers:
             server.stop()
         log.info("stopped")
@@ -319,12 +328,12 @@ class Daemon:
             # lists finish: serially, cold start at 10k Services was 2x raw ExaBGP (bench).
             # The driver sends nothing, not even End-of-RIB, before its first apply().
             node = self.watcher.snapshot().nodes.get(self.options.node_name)
-            if node is not None and self.driver is None:
+            if node is not None and self.driver is None and self.options.speaker:
                 await self._ensure_driver(node)
             return
         snapshot: Snapshot = self.watcher.snapshot()
         node = snapshot.nodes.get(self.options.node_name)
-        if node is None:
+        if node is None and self.options.speaker:
             log.warning("this node is not in the API (yet); announcing nothing",
                         extra=fields(node=self.options.node_name))
         allocation = self._allocate(snapshot)
@@ -334,6 +343,10 @@ class Daemon:
             if allocation is not self._status_in_line:
                 self._write_status_later(allocation, snapshot.services)
             self._keep_records_later(snapshot, allocation)  # records too: never behind this node's BGP
+        if not self.options.speaker:  # `bgpspeaker allocator`: no BGP here
+            self._node_seen = True
+            self._publish_allocation(snapshot, allocation)
+            return
         maintenance = self.maintenance()
         the_plan = make_plan(self.config, snapshot, self.options.node_name, allocation,
                              drained=self.drain is not None or maintenance is not None, memo=self._plan_memo,
@@ -440,6 +453,10 @@ class Daemon:
     def _keep_records_later(self, snapshot: Snapshot, allocation: Allocation) -> None:
         """The leader's record writes (claims, joins, leaves, or the one-time import), beside
         the reconcile loop like status writes: latest wins, nothing waits on them."""
+        seen = (allocation, _records_identity(snapshot))
+        if seen[0] is self._records_seen[0] and seen[1] == self._records_seen[1] and not self._records_retry:
+            return  # an endpoint event: neither the allocation nor the records changed (O(1), not O(records))
+        self._records_seen, self._records_retry = seen, False
         if snapshot.records is None:
             if self.watcher is None or not self.watcher.synced:
                 return
@@ -463,10 +480,10 @@ class Daemon:
             (kind, payload), self._records_pending = self._records_pending, None
             try:
                 if kind == "import":
-                    result = await self.loop.run_in_executor(self._status_executor, self.records.import_once,
+                    result = await self.loop.run_in_executor(self._records_executor, self.records.import_once,
                                                              payload, LOCAL)
                 else:
-                    result = await self.loop.run_in_executor(self._status_executor, self.records.apply, *payload)
+                    result = await self.loop.run_in_executor(self._records_executor, self.records.apply, *payload)
             except Exception:
                 log.exception("record writes failed")
                 result = None
@@ -477,10 +494,10 @@ class Daemon:
                 # The store is down: new Services wait (pending; nothing running changes),
                 # each told once by a Warning Event.
                 self._report_pending(result.failed if result is not None else {"?": "record writes failed"})
-                self._records_done = None
+                self._records_done, self._records_retry = None, True
                 self.loop.call_later(RECORD_RETRY_SECONDS, self._on_change)
             elif result.conflicts:
-                self._records_done = None  # re-decide with what the watch brings
+                self._records_done, self._records_retry = None, True  # re-decide with what the watch brings
                 self.loop.call_later(RECONCILE_RETRY_SECONDS, self._on_change)
 
     def _report_pending(self, failed: dict[str, str]) -> None:
@@ -547,19 +564,26 @@ class Daemon:
                 self._event(snapshot, service, "AnnouncementChanged", f"node {self.options.node_name}: {text}",
                             warning=not isinstance(now, frozenset))
 
-        # Something in the Service was ignored (a community its pool does not allow, a
-        # status address it wrote itself): an Event and a log line say why (invariant 6).
-        # Every node plans, so warnings are per node; discarded status addresses are an
-        # allocation outcome, reported by the leader only. Both only when they change.
-        notices = {(w.service, w.reason, w.message) for w in the_plan.warnings}
-        if self.elector is not None and self.elector.is_leader:
-            notices |= {(service, refusal.reason, refusal.message)
-                        for service, refusals in allocation.discarded.items() for refusal in refusals}
-        for service, reason, message in sorted(notices - self._notices):
+        # Something in the Service was ignored (a community its pool does not allow): an
+        # Event and a log line say why (invariant 6). Every node plans, so these warnings are
+        # per node, and only when they change.
+        self._notices = self._notify(snapshot, {(w.service, w.reason, w.message) for w in the_plan.warnings},
+                                     self._notices)
+        self._publish_allocation(snapshot, allocation)
+
+    def _notify(self, snapshot: Snapshot, notices: set, before: set) -> set:
+        for service, reason, message in sorted(notices - before):
             log.warning("service setting ignored", extra=fields(service=service, reason=reason, message=message))
             self._event(snapshot, service, event_reason(reason), message, warning=True)
-        self._notices = notices
+        return notices
 
+    def _publish_allocation(self, snapshot: Snapshot, allocation: Allocation) -> None:
+        """The allocation's metrics, and (leader only) the Events about it: what a status
+        address ignored says, once. Shared by `run` and `bgpspeaker allocator`."""
+        if self.elector is not None and self.elector.is_leader:
+            discarded = {(service, refusal.reason, refusal.message)
+                         for service, refusals in allocation.discarded.items() for refusal in refusals}
+            self._allocation_notices = self._notify(snapshot, discarded, self._allocation_notices)
         if allocation is not self._usage_published:  # an endpoint event reuses the allocation
             self._usage_published = allocation
             self.metrics.allocator_pending.set(len(allocation.pending))
@@ -874,8 +898,10 @@ def run_command(args: argparse.Namespace) -> int:
     # sockets) is for its own user only, from the moment it exists.
     os.umask(0o077)
     setup_logging(args.log_level)
+    speaker = getattr(args, "speaker", True)
     if not args.node_name:
-        log.error("no node name: pass --node-name or set NODE_NAME")
+        log.error("no node name: pass --node-name or set NODE_NAME" if speaker
+                  else "no identity: pass --identity or set POD_NAME")
         return 2
     if not is_dns_subdomain(args.node_name):
         log.error("the node name is not a Kubernetes Node name (an RFC 1123 DNS subdomain)",
@@ -900,7 +926,7 @@ def run_command(args: argparse.Namespace) -> int:
         return 1
     options = Options(config_path=args.config, node_name=args.node_name, kubeconfig=args.kubeconfig,
                       allocator=not args.no_allocator, dry_run=args.dry_run, run_dir=run_dir,
-                      lease_namespace=os.environ.get("POD_NAMESPACE") or "bgpspeaker-system")
+                      lease_namespace=os.environ.get("POD_NAMESPACE") or "bgpspeaker-system", speaker=speaker)
     try:
         code = asyncio.run(Daemon(options, config).run())
     except Exception:

@@ -55,9 +55,14 @@ def container() -> dict:
     return speaker
 
 
-def container_argv(root: img.ImageRoot) -> list[str]:
+def allocator_container() -> dict:
+    (allocator,) = manifest("allocator.yaml")["spec"]["template"]["spec"]["containers"]
+    return allocator
+
+
+def container_argv(root: img.ImageRoot, spec: dict | None = None) -> list[str]:
     """What the kubelet executes: `command` (else the image's ENTRYPOINT) + `args` (else CMD)."""
-    spec, config = container(), root.config()
+    spec, config = spec or container(), root.config()
     command = spec.get("command") or config.get("Entrypoint") or []
     args = spec["args"] if "args" in spec else (config.get("Cmd") or [])
     return [*command, *args]
@@ -67,11 +72,11 @@ def prestop_argv() -> list[str]:
     return container()["lifecycle"]["preStop"]["exec"]["command"]
 
 
-def container_env(namespace: str) -> dict[str, str]:
+def container_env(namespace: str, spec: dict | None = None) -> dict[str, str]:
     """The container's env, its fieldRefs resolved as the kubelet would for a pod on NODE."""
-    fields = {"spec.nodeName": NODE, "metadata.namespace": namespace}
+    fields = {"spec.nodeName": NODE, "metadata.namespace": namespace, "metadata.name": "bgpspeaker-allocator-0"}
     env = {}
-    for item in container().get("env", []):
+    for item in (spec or container()).get("env", []):
         if "value" in item:
             env[item["name"]] = str(item["value"])
         else:
@@ -215,10 +220,29 @@ def test_image_announces_a_service_and_its_prestop_withdraws_it(lab, world, imag
     # It runs as the image's user (chroot started it as 65532, so this is its own uid).
     assert Path(f"/proc/{proc.pid}/status").read_text().split("Uid:")[1].split()[:2] == ["65532", "65532"]
 
+    # The allocator Deployment's container (the speakers run announce-only), in a pod
+    # network namespace of its own with the same API, as the image's user.
+    alloc_ns = lab.netns("allocator")
+    api = Forwarder(alloc_ns, ("127.0.0.1", 6443), node, ("127.0.0.1", 6443), name="allocator-api").start()
+    lab.on_close(api.close)
+    alloc_spec = allocator_container()
+    alloc_argv = [*container_argv(root, alloc_spec), "--kubeconfig", str(config_dir / "kubeconfig")]
+    alloc_log = tmp_path / "allocator.log"
+    allocator = lab.popen(alloc_ns, root.argv(alloc_argv, volumes=volumes, tmpfs=tmpfs,
+                                              env=container_env(namespace, alloc_spec)),
+                          stdout=open(alloc_log, "wb"), stderr=subprocess.STDOUT)
+
     def ingress():
         service = emu.get_object("v1", "Service", "demo", "web")
         return [i.get("ip") for i in (service.get("status", {}).get("loadBalancer", {}).get("ingress") or [])]
-    assert wait_until(ingress, 20, "status.loadBalancer.ingress written by the image's allocator") == [VIP]
+    try:
+        assert wait_until(ingress, 30, "status.loadBalancer.ingress written by the image's allocator") == [VIP]
+    except AssertionError:
+        raise AssertionError("the image's allocator log:\n" + alloc_log.read_text(errors="replace")[-3000:]) from None
+    lease = emu.get_object("coordination.k8s.io/v1", "Lease", namespace, "bgpspeaker-allocator")
+    assert lease["spec"]["holderIdentity"] == "bgpspeaker-allocator-0"
+    allocator.send_signal(signal.SIGTERM)
+    assert allocator.wait(20) == 0, alloc_log.read_text(errors="replace")[-3000:]
 
     # The probes, at the manifest's paths and ports.
     for probe in ("livenessProbe", "readinessProbe"):

@@ -103,12 +103,47 @@ def test_daemonset_runs_the_speaker_as_designed():
 
 
 def test_service_account_and_bindings_line_up():
-    (account,) = by_kind("ServiceAccount")
+    accounts = {(a["metadata"]["name"], a["metadata"]["namespace"]) for a in by_kind("ServiceAccount")}
     (daemonset,) = by_kind("DaemonSet")
-    assert daemonset["spec"]["template"]["spec"]["serviceAccountName"] == account["metadata"]["name"]
+    (deployment,) = by_kind("Deployment")
+    assert {w["spec"]["template"]["spec"]["serviceAccountName"] for w in (daemonset, deployment)} == \
+        {name for name, _ in accounts}
     for binding in by_kind("ClusterRoleBinding") + by_kind("RoleBinding"):
         (subject,) = binding["subjects"]
-        assert (subject["name"], subject["namespace"]) == (account["metadata"]["name"], account["metadata"]["namespace"])
+        assert (subject["name"], subject["namespace"]) in accounts
+
+
+def grants_of(account: str) -> set[tuple[str, str, str]]:
+    """(group, resource, verb) granted to one ServiceAccount through its bindings."""
+    roles = {(r["kind"], r["metadata"]["name"]): r for r in by_kind("ClusterRole") + by_kind("Role")}
+    out = set()
+    for binding in by_kind("ClusterRoleBinding") + by_kind("RoleBinding"):
+        if binding["subjects"][0]["name"] != account:
+            continue
+        role = roles[(binding["roleRef"]["kind"], binding["roleRef"]["name"])]
+        out |= {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+                for v in rule["verbs"]}
+    return out
+
+
+def test_the_speaker_is_read_only_and_one_allocator_identity_writes():
+    """Issue 14: the DaemonSet's speakers read Services, EndpointSlices, Nodes and records,
+    and write only Events about their own announcements; the allocator is the only writer of
+    Service status, its Lease and the allocation records."""
+    speaker, allocator = grants_of("bgpspeaker"), grants_of("bgpspeaker-allocator")
+    writes = {"create", "update", "patch", "delete"}
+    assert {(g, r) for g, r, v in speaker if v in writes} == {("", "events")}
+    assert {("", "configmaps", "list"), ("", "configmaps", "watch")} <= speaker
+    for write in [("", "services/status", "patch"), ("", "services", "patch"), ("coordination.k8s.io", "leases",
+                                                                                 "update"),
+                  ("", "configmaps", "create"), ("", "configmaps", "delete")]:
+        assert write in allocator and write not in speaker
+    (daemonset,) = by_kind("DaemonSet")
+    assert "--no-allocator" in daemonset["spec"]["template"]["spec"]["containers"][0]["args"]
+    (deployment,) = by_kind("Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["containers"][0]["args"][0] == "allocator" and not pod.get("hostNetwork")
+    assert {e["name"] for e in pod["containers"][0]["env"]} == {"POD_NAME", "POD_NAMESPACE"}
 
 
 def test_kustomize_renders_the_manifests():

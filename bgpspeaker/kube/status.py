@@ -35,6 +35,11 @@ from bgpspeaker.model import ServiceView
 
 log = logging.getLogger(__name__)
 
+# (connect, read) seconds of one status request: well inside the Lease's margin (a leader
+# that cannot renew steps down after 10 s of a 15 s Lease), so a hung API cannot keep a
+# deposed leader writing after its successor has started.
+WRITE_TIMEOUT = (2.0, 4.0)
+
 
 @dataclass(frozen=True)
 class Desired:
@@ -176,7 +181,8 @@ class StatusWriter:
     def _attempt(self, seen: ServiceView, desired: Desired) -> str:
         """One read-check-write round; 'written' or 'skipped'."""
         try:
-            obj = read_json(request_raw(self._client, "GET", object_path(CORE, "services", seen.namespace, seen.name)))
+            obj = read_json(request_raw(self._client, "GET", object_path(CORE, "services", seen.namespace, seen.name),
+                                        request_timeout=WRITE_TIMEOUT))
         except ApiException as exc:
             if exc.status == 404:
                 return "skipped"  # deleted since the snapshot: nothing to release
@@ -214,7 +220,7 @@ class StatusWriter:
         body.setdefault("metadata", {})["resourceVersion"] = rv
         path = object_path(CORE, "services", service.namespace, service.name, "status" if status else None)
         # merge-patch: the ingress list is replaced as a whole and `null` deletes the annotation.
-        answer = read_json(request_raw(self._client, "PATCH", path, body, MERGE_PATCH))
+        answer = read_json(request_raw(self._client, "PATCH", path, body, MERGE_PATCH, request_timeout=WRITE_TIMEOUT))
         return answer["metadata"]["resourceVersion"]
 
 

@@ -42,9 +42,11 @@ class Hooks:
         else:
             self._delays.pop(path_glob, None)
 
-    def record(self, method: str, path: str, query: dict, content_type: str, body: object) -> None:
+    def record(self, method: str, path: str, query: dict, content_type: str, body: object,
+               user: str | None = None) -> None:
+        """`user`: the bearer token (the emulator accepts any): which identity made the request."""
         self.requests.append({"method": method, "path": path, "query": query,
-                              "content_type": content_type, "body": body})
+                              "content_type": content_type, "body": body, "user": user})
 
     def delay_for(self, path: str) -> float:
         return max((s for g, s in self._delays.items() if fnmatch.fnmatchcase(path, g)), default=0.0)

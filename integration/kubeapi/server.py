@@ -54,7 +54,8 @@ def make_app(emu: KubeEmulator) -> web.Application:
         except ValueError:
             body = raw.decode(errors="replace")
         emu.hooks.record(request.method, request.path, dict(request.query),
-                         request.headers.get("Content-Type", ""), body)
+                         request.headers.get("Content-Type", ""), body,
+                         user=request.headers.get("Authorization", "").removeprefix("Bearer ") or None)
         pause = emu.hooks.delay_for(request.path)
         if pause:
             await asyncio.sleep(pause)
