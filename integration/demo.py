@@ -92,14 +92,22 @@ class Demo:
                  + f"; total {time.monotonic() - self.t0:.0f}s")
         return 0
 
+    def _record(self) -> dict:
+        """The VIP's allocation record, as the shared store holds it."""
+        for obj in self.lab.store.snapshot().get("v1/ConfigMap") or []:
+            if (obj.get("data") or {}).get("address") == VIP:
+                return obj["data"]
+        return {}
+
     def _walk(self) -> None:
         self.step("bring the lab up")
         self.indent("""\
   east-1    10.99.1.2 ─┐  cluster east    (AS 64512, emulated API #1)
   east-2    10.99.2.2 ─┤
   west-1    10.99.3.2 ─┼─ tor  FRR AS 64500, always-compare-med ── client 10.99.100.2
-  central-1 10.99.4.2 ─┘  clusters west, central (AS 64512, APIs #2, #3)""")
-        self.lab = MultiClusterLab(log=lambda s: self.say("   " + s))
+  central-1 10.99.4.2 ─┘  clusters west, central (AS 64512, APIs #2, #3)
+  one more emulated API holds the record store that the three clusters share for pool 203.0.113.0/28""")
+        self.lab = MultiClusterLab(shared_store=True, log=lambda s: self.say("   " + s))
         self.lab.start()
         for name in self.lab.speakers:
             self.say(f"   {name:<10} bgpspeaker run pid {self.lab.speakers[name].proc.pid}: ready, session to "
@@ -117,6 +125,12 @@ class Demo:
                        "every cluster's allocator to write the Service's status")
             self.say("   status.loadBalancer.ingress written by each cluster's allocator: "
                      + ", ".join(f"{c} {','.join(self.lab.service_ingress(c, 'web'))}" for c in self.lab.clusters))
+            wait_until(lambda: self._record().get("clusters") == "central,east,west", 15,
+                       "the three clusters on the address's record")
+            record = self._record()
+            self.say(f"   allocation record in the shared store: {record['address']} held by "
+                     f"{record['namespace']}/{record['service']}, used by {record['clusters']} "
+                     f"(one address, one Service, in every cluster)")
         self.show_table()
         self.show_fib()
         self.show_curl()
