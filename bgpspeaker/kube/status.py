@@ -106,6 +106,10 @@ class StatusWriter:
         self._workers, self._attempts = workers, attempts
         # The refusal last reported per Service: an Event only when it is new or changed.
         self._refusals: dict[str, Refusal] = {}
+        # The last pass that left every Service in line, but for `leftover`: a later pass
+        # checks only what changed since (by identity: the watcher and the records
+        # allocator keep unchanged objects), not all 10,000 Services.
+        self._checked: Optional[tuple[Allocation, Mapping[str, ServiceView], frozenset[str]]] = None
 
     def pending(self, allocation: Allocation, services: Mapping[str, ServiceView]) -> dict[str, Desired]:
         """The Services whose status differs from the allocation (pure: no request)."""
@@ -116,6 +120,21 @@ class StatusWriter:
                 out[key] = desired
         return out
 
+    def _changed(self, allocation: Allocation, services: Mapping[str, ServiceView]) -> Optional[set[str]]:
+        """The Services that may need a write since the last complete pass (None: all)."""
+        if self._checked is None:
+            return None
+        before, seen, leftover = self._checked
+        keys = set(leftover)
+        if services is not seen:
+            keys.update(k for k, v in services.items() if seen.get(k) is not v)
+        for now, then in ((allocation.assigned, before.assigned), (allocation.refused, before.refused),
+                          (allocation.pending, before.pending)):
+            if now is not then:
+                keys.update(k for k, v in now.items() if then.get(k) is not v)
+                keys.update(then.keys() - now.keys())
+        return keys
+
     def write(self, allocation: Allocation, services: Mapping[str, ServiceView]) -> WriteResult:
         """Bring every Service of `services` (a snapshot) in line with `allocation`."""
         result = WriteResult()
@@ -123,9 +142,16 @@ class StatusWriter:
             # Only the leader writes, and only the leader reports: N replicas posting the
             # same refusal would be N Events.
             result.not_leader = True
+            self._checked = None
             return result
         self._report_refusals(allocation, services)
-        todo = self.pending(allocation, services)
+        changed = self._changed(allocation, services)
+        if changed is None:
+            todo = self.pending(allocation, services)
+        else:
+            todo = {k: d for k in changed if k in services
+                    and (d := needs_write(allocation, services[k])) is not None}
+        self._checked = (allocation, services, frozenset(todo))  # until this pass says otherwise
         if not todo:
             return result
 
@@ -149,6 +175,10 @@ class StatusWriter:
                 else:
                     result.failed[key] = error
                     log.warning("service %s: status write failed: %s", key, error)
+        if result.not_leader:
+            self._checked = None
+        else:
+            self._checked = (allocation, services, frozenset(result.failed) | frozenset(result.skipped))
         return result
 
     def _report_refusals(self, allocation: Allocation, services: Mapping[str, ServiceView]) -> None:
