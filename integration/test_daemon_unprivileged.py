@@ -65,6 +65,17 @@ def reachable_by_others(path: str) -> bool:
     return all(os.stat(p).st_mode & stat.S_IXOTH for p in parts)
 
 
+def searchable_by_others(path: Path, lab) -> None:
+    """Let others traverse every directory on the way to `path` (its search bit only), for
+    the test's duration: a checkout in a 0700 directory (ci-fresh's mktemp, some CI
+    workspaces) would otherwise hide the package from uid 65532 ("No module named bgpspeaker")."""
+    for parent in [Path(os.path.realpath(path)), *Path(os.path.realpath(path)).parents]:
+        mode = os.stat(parent).st_mode
+        if not mode & stat.S_IXOTH:
+            os.chmod(parent, stat.S_IMODE(mode) | stat.S_IXOTH)
+            lab.on_close(lambda p=parent, m=stat.S_IMODE(mode): os.chmod(p, m))
+
+
 def unprivileged_python(work: Path) -> tuple[str, dict, Path]:
     """(python, environment, exabgp) that uid 65532 can execute: this interpreter if it can
     reach it, else the system's python of the same version with this venv's packages."""
@@ -113,6 +124,8 @@ def test_md5_as_uid_65532_without_capabilities_and_a_rotated_password_leaves_the
         speaker = Speaker(lab, node, work, str(kubeconfig), config(secret))
         private_to(speaker.config_path, 0o400)
         python, env, exabgp_wrapper = unprivileged_python(work)
+        for tree in env["PYTHONPATH"].split(os.pathsep):
+            searchable_by_others(Path(tree), lab)
         speaker.start(prefix=UNPRIVILEGED, python=python, env={**env, "BGPSPEAKER_EXABGP": str(exabgp_wrapper)})
 
         def log() -> str:
