@@ -4,7 +4,8 @@ Everything that decides lives elsewhere (allocator, planner, reconciler: pure); 
 module only moves values between the shells, on one asyncio loop that owns all state:
 
     informers ──on_change──▶ [dirty] ──▶ reconcile: snapshot → allocate → plan → driver.apply
-                                                    └─ leader only: status writer, refusal Events
+                                                    ├─ leader only: status and record writes (leader_writes.py)
+                                                    └─ metrics, Events, log lines (publish.py)
 
 Coalescing without added latency: a change wakes the loop at once; changes that arrive
 while a reconcile is running are folded into the next one. So a lone event is handled
@@ -23,24 +24,22 @@ import os
 import signal
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from bgpspeaker.allocator import (
-    IP_IN_USE, Allocation, RecordsMemo, allocate_snapshot, pool_of, pool_usage, record_updates, records_from_status,
-)
+from bgpspeaker.allocator import Allocation, RecordsMemo, allocate_snapshot
 from bgpspeaker.bfd.runner import BfdService
 from bgpspeaker.config.load import ConfigError, config_warnings, load_config
 from bgpspeaker.config.schema import Config
 from bgpspeaker.httpapi import HttpServer, control_routes, tcp_routes
-from bgpspeaker.ledger import AnnouncementLedger
+from bgpspeaker.leader_writes import RecordSchedule, StatusSchedule
 from bgpspeaker.logs import fields, setup_logging
 from bgpspeaker.metrics import Metrics
 from bgpspeaker.model import NodeView, RouteIntent, Snapshot, is_dns_subdomain
 from bgpspeaker.planner import Health, Plan, PlanMemo, plan as make_plan
-from bgpspeaker.reasons import event_reason
+from bgpspeaker.publish import Publisher
 from bgpspeaker.records import LOCAL, SHARED
 from bgpspeaker.routes_view import route_entries
 
@@ -48,7 +47,6 @@ if TYPE_CHECKING:  # imported for real in run(): the kubernetes client is slow t
     from bgpspeaker.exabgp.driver import ExabgpDriver
     from bgpspeaker.kube.events import EventRecorder
     from bgpspeaker.kube.leader import LeaderElector
-    from bgpspeaker.kube.status import StatusWriter
     from bgpspeaker.kube.watcher import KubeWatcher
 
 log = logging.getLogger("bgpspeaker.daemon")
@@ -56,7 +54,6 @@ log = logging.getLogger("bgpspeaker.daemon")
 LEASE_NAME = "bgpspeaker-allocator"
 CONFIG_POLL_SECONDS = 1.0  # a ConfigMap update lands as a symlink swap; polling catches it without inotify
 RECONCILE_RETRY_SECONDS = 1.0
-RECORD_RETRY_SECONDS = 2.0  # a record store that failed is tried again this often (and on any change)
 SHUTDOWN_JOIN_SECONDS = 2.0
 GC_PAUSE_LIMIT_SECONDS = 60.0  # the cyclic collector is back on by then, synced or not
 HEARTBEAT_SECONDS = 1.0
@@ -76,6 +73,18 @@ class Options:
     # False: `bgpspeaker allocator`: allocate, write status, Events and records (on the Lease
     # holder), announce nothing and start no ExaBGP; `node_name` is then the pod's name.
     speaker: bool = True
+
+
+@dataclass(frozen=True)
+class _Allocator:
+    """On an allocator: the Lease elector, and the leader's writes it gates (all or none).
+
+    One allocator per cluster: the Lease holder writes Service status and records, the
+    others only read."""
+
+    elector: LeaderElector
+    status: StatusSchedule
+    records: RecordSchedule
 
 
 class DrainState:
@@ -105,15 +114,17 @@ class Daemon:
     It exists so that the shells (informers, the ExaBGP driver, the status writer, the
     Event recorder, the control server) never share state with each other: each reports
     to the daemon, and the daemon alone decides when to reconcile, runs the pure core
-    (allocate, plan) and hands the results out. Besides that wiring it still schedules the
-    status writes, publishes metrics and Events, and runs drain and config reload; giving
-    those their own rooms is issue 15's remaining work.
+    (allocate, plan) and hands the results out: to the driver, to the leader's writes
+    (leader_writes.py: what to write when) and to the Publisher (publish.py: metrics,
+    Events and log lines, by difference). Besides that wiring it runs drain, the fleet
+    switch and config reload.
     """
 
     def __init__(self, options: Options, config: Config, metrics: Optional[Metrics] = None) -> None:
+        """Made on the loop it runs on (see run_command): every timer and thread hand-off uses it."""
         self.options, self.config = options, config
         self.metrics = metrics or Metrics()
-        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self.loop = asyncio.get_running_loop()
         self.drain: Optional[str] = None
         self._drain_timer: Optional[asyncio.TimerHandle] = None
         # cluster.maintenance: (mode, loop time draining began), and the wake-up for its withdraw
@@ -137,36 +148,13 @@ class Daemon:
         # traffic), and the wake-up for the next rise that ends.
         self._health: Optional[Health] = None
         self._rise_timer: Optional[tuple[float, asyncio.TimerHandle]] = None
-        self._status_in_line: Optional[Allocation] = None  # the allocation every Service status matches
-        # Per Service: what is announced for it, or why not; None before the first plan.
-        self._ledger: Optional[AnnouncementLedger] = None
-        self._usage_published: Optional[Allocation] = None
-        self._notices: set[tuple[str, str, str]] = set()  # (service, reason, message) last reported
-        self._dry_run_entries: list[dict[str, Any]] = []
-        self._status_pending: Optional[tuple[Allocation, Any]] = None
-        self._status_task: Optional[asyncio.Task] = None
-        # Allocation records (bgpspeaker/records.py): what the leader must write, latest wins.
-        self.records: Any = None  # the RecordKeeper, on an allocator
-        self._records_pending: Optional[tuple[str, Any]] = None
-        self._records_task: Optional[asyncio.Task] = None
-        self._records_done: Optional[Any] = None  # the last (allocation or import) handed to the keeper
-        self._conflicts_seen: set[tuple[str, str]] = set()  # (service, message) of ipInUse refusals counted
-        self._pending_services: tuple[Any, Any] = ({}, None)  # (allocation.pending, snapshot) last handed over
-        self._pending_reported: set[str] = set()  # Services told by an Event that they wait for the store
-        self._allocation_notices: set[tuple[str, str, str]] = set()  # discarded status addresses last reported
-        self._records_seen: tuple[Any, Any] = (None, None)  # (allocation, records) the last record work came from
-        self._records_retry = False  # the last record writes failed or lost a race: decide again
-        # Record writes have their own thread: a claim must not queue behind a status pass.
-        self._records_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="record-writer")
-        # Not the loop's default executor: asyncio.run() joins that one at exit, and a
-        # write stuck on a slow API (30 s read timeout) would hold the shutdown.
-        self._status_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="status-writer")
+        self.publisher = Publisher(self.metrics, options.node_name)
+        self._dry_run_entries: list[dict[str, object]] = []
         self._node_seen = False
         self.watcher: Optional[KubeWatcher] = None
         self.driver: Optional[ExabgpDriver] = None
-        self.elector: Optional[LeaderElector] = None
-        self.status_writer: Optional[StatusWriter] = None
         self.events: Optional[EventRecorder] = None
+        self.allocator: Optional[_Allocator] = None  # with options.allocator, once the API client exists
         self.servers: list[HttpServer] = []
         # Liveness, read by the HTTP threads without touching the loop (httpapi.py):
         # the loop's last heartbeat, and since when this node has been unable to announce.
@@ -177,7 +165,6 @@ class Daemon:
     # --- lifecycle ---------------------------------------------------------------------
 
     async def run(self) -> int:
-        self.loop = asyncio.get_running_loop()
         self._follow_maintenance(at_start=True)
         self._pause_gc_for_the_initial_sync()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -213,7 +200,8 @@ class Daemon:
         controls = _ThreadSafeControls(self)
         metrics, health = self.config.metrics, self.config.health
         listeners = [("http", metrics.host, metrics.port)]
-        if health.host is not None and (health.host, health.port) != (metrics.host, metrics.port):
+        if health.host is not None and health.port is not None and (health.host, health.port) != (
+                metrics.host, metrics.port):  # (host and port are set together: one address)
             listeners.append(("health", health.host, health.port))
         for name, host, port in listeners:
             server = HttpServer.tcp(host, port, tcp_routes(controls, self.metrics.registry), name=name).start()
@@ -231,6 +219,7 @@ class Daemon:
 
         api = api_client(self.options.kubeconfig)
         self.events = EventRecorder(api, instance=self.options.node_name)
+        self.publisher.events = self.events
         # The allocation records: this cluster's own (the Lease's namespace), and the shared
         # store of pools several clusters announce (docs/design.md, "Addresses across clusters").
         stores = {LOCAL: Store(LOCAL, api, self.options.lease_namespace)}
@@ -249,18 +238,26 @@ class Daemon:
             from bgpspeaker.kube.leader import LeaderElector
             from bgpspeaker.kube.status import StatusWriter
 
+            loop = self.loop
+
             def from_elector_thread() -> None:
-                self.loop.call_soon_threadsafe(self._on_change)
+                loop.call_soon_threadsafe(self._on_change)
 
             # One allocator per cluster: the Lease holder writes Service status, the others only read.
-            self.elector = LeaderElector(api, identity=self.options.node_name,
-                                         namespace=self.options.lease_namespace, name=LEASE_NAME,
-                                         on_started_leading=from_elector_thread,
-                                         on_stopped_leading=from_elector_thread)
+            elector = LeaderElector(api, identity=self.options.node_name,
+                                    namespace=self.options.lease_namespace, name=LEASE_NAME,
+                                    on_started_leading=from_elector_thread, on_stopped_leading=from_elector_thread)
+
+            def is_leader() -> bool:
+                return elector.is_leader
+
             # The writer reports allocations, refusals and releases as Events itself (deduplicated).
-            self.status_writer = StatusWriter(api, is_leader=lambda: self.elector.is_leader, events=self.events)
-            self.records = RecordKeeper(stores, self.config.cluster.name, is_leader=lambda: self.elector.is_leader)
-            self.elector.start()
+            self.allocator = _Allocator(
+                elector,
+                StatusSchedule(StatusWriter(api, is_leader=is_leader, events=self.events), on_retry=self._on_change),
+                RecordSchedule(RecordKeeper(stores, self.config.cluster.name, is_leader=is_leader),
+                               reports=self.publisher, on_retry=self._on_change))
+            elector.start()
 
     async def _shutdown(self) -> None:
         if self._drain_timer:
@@ -278,18 +275,20 @@ class Daemon:
         # Bounded joins: informer threads sit in blocking watch reads and are daemon threads,
         # so waiting long for them would only delay the exit (and the next pod's start).
         # The elector releases its Lease (an immediate takeover) and events flush first.
-        stops = [(self.elector, {"timeout": SHUTDOWN_JOIN_SECONDS}), (self.watcher, {"timeout": 0.2}),
-                 (self.events, {"timeout": SHUTDOWN_JOIN_SECONDS})]
-        results = await asyncio.gather(*(asyncio.to_thread(component.stop, **kwargs)
-                                         for component, kwargs in stops if component is not None),
-                                       return_exceptions=True)
+        stops: list[Callable[[], None]] = []
+        if self.allocator is not None:
+            stops.append(partial(self.allocator.elector.stop, timeout=SHUTDOWN_JOIN_SECONDS))
+        if self.watcher is not None:
+            stops.append(partial(self.watcher.stop, timeout=0.2))
+        if self.events is not None:
+            stops.append(partial(self.events.stop, timeout=SHUTDOWN_JOIN_SECONDS))
+        results = await asyncio.gather(*(asyncio.to_thread(stop) for stop in stops), return_exceptions=True)
         for result in results:
             if isinstance(result, Exception):
                 log.error("stopping a component failed", extra=fields(error=repr(result)))
-        if self._status_task is not None:
-            self._status_task.cancel()
-        self._status_executor.shutdown(wait=False, cancel_futures=True)  # a write in flight is abandoned
-        self._records_executor.shutdown(wait=False, cancel_futures=True)
+        if self.allocator is not None:
+            self.allocator.status.stop()  # a write in flight is abandoned
+            self.allocator.records.stop()
         for server in self.servers:
             server.stop()
         log.info("stopped")
@@ -339,13 +338,12 @@ class Daemon:
         allocation = self._allocate(snapshot)
         # Status first, in its own task: it never waits on this node's BGP (a leader whose
         # ExaBGP crash-loops still writes every Service's status; issue 14).
-        if self.elector is not None and self.elector.is_leader:
-            if allocation is not self._status_in_line:
-                self._write_status_later(allocation, snapshot.services)
-            self._keep_records_later(snapshot, allocation)  # records too: never behind this node's BGP
+        if self.allocator is not None and self.allocator.elector.is_leader:
+            self.allocator.status.offer(allocation, snapshot.services)
+            self.allocator.records.offer(self.config, snapshot, allocation)  # records too: never behind this node's BGP
         if not self.options.speaker:  # `bgpspeaker allocator`: no BGP here
             self._node_seen = True
-            self._publish_allocation(snapshot, allocation)
+            self.publisher.allocation(self.config, snapshot, allocation, self._is_leader())
             return
         maintenance = self.maintenance()
         the_plan = make_plan(self.config, snapshot, self.options.node_name, allocation,
@@ -368,10 +366,15 @@ class Daemon:
                     log.info("dry-run: would announce", extra=fields(**entry))
                 self._dry_run_entries = entries
         self._node_seen = node is not None
-        first_plan = self._ledger is None
-        self._publish(snapshot, allocation, the_plan, desired)
+        first_plan = not self.publisher.planned
+        self._last_plan = the_plan
+        self.publisher.plan(snapshot, the_plan, desired)
+        self.publisher.allocation(self.config, snapshot, allocation, self._is_leader())
         if first_plan:
             self._resume_gc()
+
+    def _is_leader(self) -> bool:
+        return self.allocator is not None and self.allocator.elector.is_leader
 
     def _wake_at(self, when: Optional[float]) -> None:
         """Plan again at `when` (loop time): a Service's riseSeconds end then. One timer, the earliest."""
@@ -414,101 +417,12 @@ class Daemon:
         """allocate(), skipped while neither the config nor the Services changed (identity:
         both are replaced, never mutated, when they change)."""
         memo = self._allocation_memo
-        records = _records_identity(snapshot)
+        records = snapshot.records_identity()
         if memo is not None and memo[0] is self.config and memo[1] is snapshot.services and memo[3] == records:
             return memo[2]
         allocation = allocate_snapshot(self.config, snapshot, memo=self._records_memo)
         self._allocation_memo = (self.config, snapshot.services, allocation, records)
         return allocation
-
-    def _write_status_later(self, allocation: Allocation, services: Any) -> None:
-        """Status writes run beside the reconcile loop, latest allocation wins.
-
-        They are API round trips (3.5 s for 1,000 new Services, measured): awaited inline,
-        an endpoint change arriving meanwhile would wait for them before reaching BGP.
-        """
-        self._status_pending = (allocation, services)
-        if self._status_task is None or self._status_task.done():
-            self._status_task = asyncio.create_task(self._status_writes(), name="status-writer")
-
-    async def _status_writes(self) -> None:
-        while self._status_pending is not None:
-            (allocation, services), self._status_pending = self._status_pending, None
-            try:
-                result = await self.loop.run_in_executor(self._status_executor, self.status_writer.write,
-                                                         allocation, services)
-            except Exception:
-                log.exception("status write failed")
-                result = None
-            if result is not None and not result.failed and not result.not_leader:
-                # Every status matches this allocation: while it is reused (no Service or config
-                # change), there is nothing to write; checking all of them per event was 17% of
-                # an endpoint event's CPU at 1,000 Services (bench profile).
-                self._status_in_line = allocation
-            if result is None or result.failed:  # retried inside already: come back with fresh state
-                log.warning("status writes failed; retrying",
-                            extra=fields(services=len(result.failed) if result else "all"))
-                self.loop.call_later(RECONCILE_RETRY_SECONDS, self._on_change)
-
-    def _keep_records_later(self, snapshot: Snapshot, allocation: Allocation) -> None:
-        """The leader's record writes (claims, joins, leaves, or the one-time import), beside
-        the reconcile loop like status writes: latest wins, nothing waits on them."""
-        seen = (allocation, _records_identity(snapshot))
-        if seen[0] is self._records_seen[0] and seen[1] == self._records_seen[1] and not self._records_retry:
-            return  # an endpoint event: neither the allocation nor the records changed (O(1), not O(records))
-        self._records_seen, self._records_retry = seen, False
-        if snapshot.records is None:
-            if self.watcher is None or not self.watcher.synced:
-                return
-            work: Any = ("import", records_from_status(self.config, snapshot.services.values(),
-                                                       self.config.cluster.name))
-        else:
-            joins, leaves = record_updates(snapshot.records, allocation, self.config.cluster.name)
-            if not (allocation.claims or joins or leaves):
-                return
-            work = ("apply", (allocation.claims, joins, leaves))
-            self._pending_services = (allocation.pending, snapshot)
-        if work == self._records_done:
-            return  # already handed over; the watch brings the result, or a retry is scheduled
-        self._records_done = work
-        self._records_pending = work
-        if self._records_task is None or self._records_task.done():
-            self._records_task = asyncio.create_task(self._record_writes(), name="record-writer")
-
-    async def _record_writes(self) -> None:
-        while self._records_pending is not None:
-            (kind, payload), self._records_pending = self._records_pending, None
-            try:
-                if kind == "import":
-                    result = await self.loop.run_in_executor(self._records_executor, self.records.import_once,
-                                                             payload, LOCAL)
-                else:
-                    result = await self.loop.run_in_executor(self._records_executor, self.records.apply, *payload)
-            except Exception:
-                log.exception("record writes failed")
-                result = None
-            if result is not None:
-                for claim, _holder in result.conflicts:
-                    self.metrics.allocator_conflicts.labels(claim.pool).inc()
-            if result is None or result.failed:
-                # The store is down: new Services wait (pending; nothing running changes),
-                # each told once by a Warning Event.
-                self._report_pending(result.failed if result is not None else {"?": "record writes failed"})
-                self._records_done, self._records_retry = None, True
-                self.loop.call_later(RECORD_RETRY_SECONDS, self._on_change)
-            elif result.conflicts:
-                self._records_done, self._records_retry = None, True  # re-decide with what the watch brings
-                self.loop.call_later(RECONCILE_RETRY_SECONDS, self._on_change)
-
-    def _report_pending(self, failed: dict[str, str]) -> None:
-        pending, snapshot = self._pending_services
-        why = "; ".join(f"{store} record store: {error}" for store, error in sorted(failed.items()))
-        for key, waiting in sorted(pending.items()):
-            if key not in self._pending_reported:
-                self._pending_reported.add(key)
-                self._event(snapshot, key, "AllocationPending", f"{waiting}; cannot write it now ({why}); "
-                            f"retrying", warning=True)
-        self._pending_reported &= set(pending)
 
     async def _ensure_driver(self, node: NodeView) -> None:
         if self.options.dry_run:
@@ -530,90 +444,6 @@ class Daemon:
             restarted = await self.driver.reconfigure(self.config, node)
             self._node = node
             log.info("node changed", extra=fields(node=node.name, exabgp_restarted=restarted))
-
-    def _publish(self, snapshot: Snapshot, allocation: Allocation, the_plan: Plan,
-                 desired: tuple[RouteIntent, ...]) -> None:
-        """Metrics, Events and logs for what changed since the last reconcile.
-
-        Per-Service work here is by difference (ledger.py): with 10,000 Services, rebuilding
-        every Service's state on each event was 46 % of the daemon's CPU per event (bench
-        profile). The first reconcile is not a change: it gets one summary line, not one
-        Event per Service (10,000 queued Events took half an hour to drain at the API's rate).
-        """
-        self._last_plan = the_plan
-        first_plan = self._ledger is None
-        if self._ledger is None:
-            self._ledger = AnnouncementLedger()
-        changes = self._ledger.update(desired, the_plan.skipped)
-        for gone in changes.labels_removed:
-            self.metrics.service_announced.remove(*gone)
-        for new in changes.labels_added:
-            self.metrics.service_announced.labels(*new).set(1)
-
-        if first_plan:
-            states = self._ledger.states
-            log.info("initial plan", extra=fields(services_announced=self._ledger.announced, routes=len(desired),
-                                                  services_not_announced=len(states) - self._ledger.announced))
-        else:
-            for service, now in sorted(changes.states.items()):
-                if now is None:
-                    log.info("announcement removed", extra=fields(service=service))
-                    continue
-                text = _describe(now)
-                log.info("announcement changed", extra=fields(service=service, now=text))
-                self._event(snapshot, service, "AnnouncementChanged", f"node {self.options.node_name}: {text}",
-                            warning=not isinstance(now, frozenset))
-
-        # Something in the Service was ignored (a community its pool does not allow): an
-        # Event and a log line say why (invariant 6). Every node plans, so these warnings are
-        # per node, and only when they change.
-        self._notices = self._notify(snapshot, {(w.service, w.reason, w.message) for w in the_plan.warnings},
-                                     self._notices)
-        self._publish_allocation(snapshot, allocation)
-
-    def _notify(self, snapshot: Snapshot, notices: set, before: set) -> set:
-        for service, reason, message in sorted(notices - before):
-            log.warning("service setting ignored", extra=fields(service=service, reason=reason, message=message))
-            self._event(snapshot, service, event_reason(reason), message, warning=True)
-        return notices
-
-    def _publish_allocation(self, snapshot: Snapshot, allocation: Allocation) -> None:
-        """The allocation's metrics, and (leader only) the Events about it: what a status
-        address ignored says, once. Shared by `run` and `bgpspeaker allocator`."""
-        if self.elector is not None and self.elector.is_leader:
-            discarded = {(service, refusal.reason, refusal.message)
-                         for service, refusals in allocation.discarded.items() for refusal in refusals}
-            self._allocation_notices = self._notify(snapshot, discarded, self._allocation_notices)
-        if allocation is not self._usage_published:  # an endpoint event reuses the allocation
-            self._usage_published = allocation
-            self.metrics.allocator_pending.set(len(allocation.pending))
-            if self.elector is not None and self.elector.is_leader:
-                conflicts = {(key, refusal.message) for key, refusal in allocation.refused.items()
-                             if refusal.reason == IP_IN_USE}
-                for _key, message in conflicts - self._conflicts_seen:
-                    pool = self._pool_named_in(message)
-                    self.metrics.allocator_conflicts.labels(pool).inc()
-                self._conflicts_seen = conflicts
-            for pool, (size, in_use) in pool_usage(self.config, allocation).items():
-                self.metrics.allocator_addresses.labels(pool).set(size)
-                self.metrics.allocator_in_use.labels(pool).set(in_use)
-
-    def _pool_named_in(self, message: str) -> str:
-        """The pool of the first address in a refusal message (for the conflicts metric's label)."""
-        import ipaddress
-
-        for word in message.replace(",", " ").split():
-            try:
-                pool = pool_of(self.config, ipaddress.ip_address(word))
-            except ValueError:
-                continue
-            return pool.name if pool is not None else ""
-        return ""
-
-    def _event(self, snapshot: Snapshot, service_key: str, reason: str, message: str, warning: bool = False) -> None:
-        service = snapshot.services.get(service_key)
-        if service is not None and self.events is not None:
-            self.events.record(service, reason, message, warning=warning)
 
     # --- drain ---------------------------------------------------------------------------
 
@@ -773,7 +603,7 @@ class Daemon:
             "ready": self.ready()[0],
             "drain": self.drain,
             "maintenance": {"mode": self.config.cluster.maintenance, "state": self.maintenance()},
-            "leader": bool(self.elector is not None and self.elector.is_leader),
+            "leader": self._is_leader(),
             "kubernetes": {"synced": bool(self.watcher and self.watcher.synced),
                            "stale": bool(self.watcher and self.watcher.stale)},
             "peers": peers,
@@ -825,33 +655,6 @@ class _ThreadSafeControls:
 
     def undrain(self) -> dict[str, Any]:
         return self._on_loop(self.daemon.stop_drain)
-
-
-def _records_identity(snapshot: Snapshot) -> Any:
-    """What the allocation read of the records, compared by identity: the watcher replaces a
-    store's dict when a record in it changes (copy on write), and keeps it otherwise."""
-    if snapshot.records is None:
-        return None
-    return _SameObjects(records for _, records in sorted(snapshot.records.items()))
-
-
-class _SameObjects(tuple):
-    """A tuple whose == compares its items by identity (cheap, and exact for copy-on-write dicts)."""
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, tuple) and len(self) == len(other) and all(a is b for a, b in zip(self, other))
-
-    def __ne__(self, other: object) -> bool:
-        return not self == other
-
-    __hash__ = tuple.__hash__
-
-
-def _describe(state: object) -> str:
-    """`203.0.113.5/32=primary`, or `not announced: noEndpoints`."""
-    if isinstance(state, frozenset):
-        return " ".join(f"{prefix}={tier.value}" for prefix, tier in sorted(state, key=lambda i: (i[0].version, i[0])))
-    return f"not announced: {state}"
 
 
 def _fingerprint(path: str) -> Optional[str]:
@@ -927,8 +730,11 @@ def run_command(args: argparse.Namespace) -> int:
     options = Options(config_path=args.config, node_name=args.node_name, kubeconfig=args.kubeconfig,
                       allocator=not args.no_allocator, dry_run=args.dry_run, run_dir=run_dir,
                       lease_namespace=os.environ.get("POD_NAMESPACE") or "bgpspeaker-system", speaker=speaker)
+    async def main() -> int:
+        return await Daemon(options, config).run()
+
     try:
-        code = asyncio.run(Daemon(options, config).run())
+        code = asyncio.run(main())
     except Exception:
         log.exception("fatal error")
         code = 1

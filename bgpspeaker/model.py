@@ -287,6 +287,25 @@ class Snapshot:
             nodes={n.name: n for n in nodes},
         )
 
+    def records_identity(self) -> Optional["SameObjects"]:
+        """What an allocation read of the records, compared by identity: the watcher replaces a
+        store's dict when a record in it changes (copy on write), and keeps it otherwise."""
+        if self.records is None:
+            return None
+        return SameObjects(records for _, records in sorted(self.records.items()))
+
+
+class SameObjects(tuple):
+    """A tuple whose == compares its items by identity (cheap, and exact for copy-on-write dicts)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, tuple) and len(self) == len(other) and all(a is b for a, b in zip(self, other))
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = tuple.__hash__
+
 
 # --- what the node announces ----------------------------------------------------------
 

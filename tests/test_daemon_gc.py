@@ -15,18 +15,19 @@ from bgpspeaker.daemon import Daemon, Options
 
 
 @pytest.fixture
-def speaker(tmp_path):
+def make_speaker(tmp_path):
+    """A Daemon is made on the loop it runs on: call this inside the scenario."""
     config_path = tmp_path / "speaker.yaml"
     config_path.write_text("")
-    yield Daemon(Options(str(config_path), "node-a", None, allocator=False, dry_run=True, run_dir=tmp_path),
-                 Config(cluster=ClusterConfig("east"), speaker=SpeakerConfig(64512)))
+    yield lambda: Daemon(Options(str(config_path), "node-a", None, allocator=False, dry_run=True, run_dir=tmp_path),
+                         Config(cluster=ClusterConfig("east"), speaker=SpeakerConfig(64512)))
     gc.unfreeze()
     gc.enable()
 
 
-def test_paused_until_the_first_plan_then_frozen_and_back_on(speaker):
+def test_paused_until_the_first_plan_then_frozen_and_back_on(make_speaker):
     async def scenario() -> None:
-        speaker.loop = asyncio.get_running_loop()
+        speaker = make_speaker()
         speaker._pause_gc_for_the_initial_sync()
         assert not gc.isenabled()
         speaker._resume_gc()
@@ -35,11 +36,11 @@ def test_paused_until_the_first_plan_then_frozen_and_back_on(speaker):
     asyncio.run(scenario())
 
 
-def test_back_on_after_the_limit_if_the_sync_never_completes(speaker, monkeypatch):
+def test_back_on_after_the_limit_if_the_sync_never_completes(make_speaker, monkeypatch):
     monkeypatch.setattr(daemon_module, "GC_PAUSE_LIMIT_SECONDS", 0.05)
 
     async def scenario() -> None:
-        speaker.loop = asyncio.get_running_loop()
+        speaker = make_speaker()
         speaker._pause_gc_for_the_initial_sync()
         assert not gc.isenabled()
         async with asyncio.timeout(5):

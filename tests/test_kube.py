@@ -151,22 +151,3 @@ def test_object_path_quotes_names_whatever_they_hold():
     assert object_path(LEASES, "leases", "kube-system", "x") == "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/x"
     # a name can never leave its path segment (names are validated elsewhere; this is the last line)
     assert object_path(CORE, "services", "a/b", "../x?y#z") == "/api/v1/namespaces/a%2Fb/services/..%2Fx%3Fy%23z"
-
-
-def test_a_status_pass_checks_only_what_changed_since_the_last_one():
-    """10,000 Services: a pass after one Service's event looks at that Service (and what the
-    last pass left undone), by identity, instead of every Service's status."""
-    from bgpspeaker.kube.status import StatusWriter
-
-    a, b = service("a"), service("b")
-    one = Assignment("public", (IP("203.0.113.1"),))
-    before = Allocation(assigned={"default/a": one, "default/b": Assignment("public", (IP("203.0.113.2"),))},
-                        refused={})
-    services = {"default/a": a, "default/b": b}
-    writer = StatusWriter(None, is_leader=lambda: True)
-    assert writer._changed(before, services) is None  # no pass yet: all of them
-    writer._checked = (before, services, frozenset({"default/b"}))
-    after = Allocation(assigned={"default/a": one}, refused={}, pending={"default/c": "waiting"})
-    c = service("c")
-    assert writer._changed(after, {**services, "default/c": c}) == {"default/b", "default/c"}
-    assert writer._changed(before, services) == {"default/b"}

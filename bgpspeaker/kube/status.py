@@ -13,7 +13,8 @@ from a fresh read (tenacity). Nothing is sent for a Service whose status is alre
 right: a reconcile that finds no difference costs no request at all.
 
 `is_leader` is checked before every write request, so a replica that loses its Lease
-mid-batch stops writing at once.
+mid-batch stops writing at once. Which Services a pass looks at, and when passes run, is
+decided by bgpspeaker/leader_writes.py (StatusSchedule).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Callable, Mapping, Optional
+from typing import Callable, Collection, Mapping, Optional
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
@@ -31,6 +32,7 @@ from bgpspeaker import views
 from bgpspeaker.allocator import ALLOCATED_FROM_POOL_ANNOTATION, Allocation, Refusal
 from bgpspeaker.kube.client import CORE, MERGE_PATCH, object_path, read_json, request_raw
 from bgpspeaker.kube.events import EventRecorder
+from bgpspeaker.logs import fields
 from bgpspeaker.model import ServiceView
 
 log = logging.getLogger(__name__)
@@ -106,10 +108,6 @@ class StatusWriter:
         self._workers, self._attempts = workers, attempts
         # The refusal last reported per Service: an Event only when it is new or changed.
         self._refusals: dict[str, Refusal] = {}
-        # The last pass that left every Service in line, but for `leftover`: a later pass
-        # checks only what changed since (by identity: the watcher and the records
-        # allocator keep unchanged objects), not all 10,000 Services.
-        self._checked: Optional[tuple[Allocation, Mapping[str, ServiceView], frozenset[str]]] = None
 
     def pending(self, allocation: Allocation, services: Mapping[str, ServiceView]) -> dict[str, Desired]:
         """The Services whose status differs from the allocation (pure: no request)."""
@@ -120,38 +118,21 @@ class StatusWriter:
                 out[key] = desired
         return out
 
-    def _changed(self, allocation: Allocation, services: Mapping[str, ServiceView]) -> Optional[set[str]]:
-        """The Services that may need a write since the last complete pass (None: all)."""
-        if self._checked is None:
-            return None
-        before, seen, leftover = self._checked
-        keys = set(leftover)
-        if services is not seen:
-            keys.update(k for k, v in services.items() if seen.get(k) is not v)
-        for now, then in ((allocation.assigned, before.assigned), (allocation.refused, before.refused),
-                          (allocation.pending, before.pending)):
-            if now is not then:
-                keys.update(k for k, v in now.items() if then.get(k) is not v)
-                keys.update(then.keys() - now.keys())
-        return keys
-
-    def write(self, allocation: Allocation, services: Mapping[str, ServiceView]) -> WriteResult:
-        """Bring every Service of `services` (a snapshot) in line with `allocation`."""
+    def write(self, allocation: Allocation, services: Mapping[str, ServiceView],
+              keys: Optional[Collection[str]] = None) -> WriteResult:
+        """Bring the Services of `services` (a snapshot) in line with `allocation`: those
+        named in `keys` (the others are known to be in line already), or all of them."""
         result = WriteResult()
         if not self._is_leader():
             # Only the leader writes, and only the leader reports: N replicas posting the
             # same refusal would be N Events.
             result.not_leader = True
-            self._checked = None
             return result
         self._report_refusals(allocation, services)
-        changed = self._changed(allocation, services)
-        if changed is None:
+        if keys is None:
             todo = self.pending(allocation, services)
         else:
-            todo = {k: d for k in changed if k in services
-                    and (d := needs_write(allocation, services[k])) is not None}
-        self._checked = (allocation, services, frozenset(todo))  # until this pass says otherwise
+            todo = {k: d for k in keys if k in services and (d := needs_write(allocation, services[k])) is not None}
         if not todo:
             return result
 
@@ -174,11 +155,7 @@ class StatusWriter:
                     result.not_leader = True
                 else:
                     result.failed[key] = error
-                    log.warning("service %s: status write failed: %s", key, error)
-        if result.not_leader:
-            self._checked = None
-        else:
-            self._checked = (allocation, services, frozenset(result.failed) | frozenset(result.skipped))
+                    log.warning("status write failed", extra=fields(service=key, error=error))
         return result
 
     def _report_refusals(self, allocation: Allocation, services: Mapping[str, ServiceView]) -> None:
@@ -224,7 +201,8 @@ class StatusWriter:
         # Only our fields may differ from what the allocation saw: anything else (spec,
         # annotations, a recreated uid) means the allocation is stale for this Service.
         if _without_ours(fresh) != _without_ours(seen):
-            log.info("service %s: changed since the snapshot; leaving it to the next reconcile", seen.key)
+            log.info("service changed since the snapshot; leaving it to the next reconcile",
+                     extra=fields(service=seen.key))
             return "skipped"
         rv = obj["metadata"]["resourceVersion"]
         writes = []
@@ -240,7 +218,8 @@ class StatusWriter:
             writes.reverse()
         for body, status in writes:
             rv = self._patch(seen, rv, body, status=status)
-        log.info("service %s: status %s from pool %s", seen.key, list(desired.ingress) or "cleared", desired.pool)
+        log.info("service status written", extra=fields(
+            service=seen.key, ingress=",".join(desired.ingress) or "cleared", pool=desired.pool or ""))
         return "written"
 
     def _patch(self, service: ServiceView, rv: str, body: dict, status: bool) -> str:

@@ -1,0 +1,228 @@
+"""The leader's write scheduling (bgpspeaker/leader_writes.py), without network.
+
+The pure decisions directly; the two schedules on a real asyncio loop, with writers that
+record what they were asked (the API side is integration/test_kube.py and test_daemon.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import threading
+
+from bgpspeaker import leader_writes
+from bgpspeaker.allocator import Allocation, Assignment, Refusal
+from bgpspeaker.config.schema import ClusterConfig, Config, PoolConfig, SpeakerConfig
+from bgpspeaker.kube.records import KeeperResult
+from bgpspeaker.kube.status import WriteResult
+from bgpspeaker.leader_writes import (
+    RecordApply, RecordImport, RecordSchedule, StatusPass, StatusSchedule, all_in_line, keys_to_check, pass_left,
+    record_work, status_retry,
+)
+from bgpspeaker.model import ServiceView, Snapshot
+from bgpspeaker.records import LOCAL, AddressRecord, record_name
+
+IP = ipaddress.ip_address
+CONFIG = Config(cluster=ClusterConfig("east"), speaker=SpeakerConfig(64512),
+                pools=(PoolConfig("public", (ipaddress.ip_network("203.0.113.0/28"),)),))
+
+
+def service(name: str) -> ServiceView:
+    return ServiceView("default", name, type="LoadBalancer")
+
+
+def assignment(address: str) -> Assignment:
+    return Assignment("public", (IP(address),))
+
+
+# --- status: pure decisions ---------------------------------------------------------------
+
+
+def test_a_status_pass_checks_only_what_changed_since_the_last_one():
+    """10,000 Services: a pass after one Service's event looks at that Service (and what the
+    last pass left undone), by identity, instead of every Service's status."""
+    a, b = service("a"), service("b")
+    one = assignment("203.0.113.1")
+    before = Allocation(assigned={"default/a": one, "default/b": assignment("203.0.113.2")}, refused={})
+    services = {"default/a": a, "default/b": b}
+    assert keys_to_check(None, before, services) is None  # no pass yet: all of them
+    last = StatusPass(before, services, frozenset({"default/b"}))
+    after = Allocation(assigned={"default/a": one}, refused={}, pending={"default/c": "waiting"})
+    # b: left undone and gone from `assigned`; c: a new view and a new wait; a: the same objects
+    assert keys_to_check(last, after, {**services, "default/c": service("c")}) == {"default/b", "default/c"}
+    assert keys_to_check(last, before, services) == {"default/b"}
+    # a new view of a (same content, a new object: the watcher replaced it) is looked at again
+    assert keys_to_check(last, before, {**services, "default/a": service("a")}) == {"default/a", "default/b"}
+    # a refusal that replaces an assignment
+    refused = Allocation(assigned={"default/b": before.assigned["default/b"]},
+                         refused={"default/a": Refusal("notInPool", "x")})
+    assert keys_to_check(StatusPass(before, services, frozenset()), refused, services) == {"default/a"}
+
+
+def test_what_a_pass_leaves_for_the_next_one():
+    allocation, services = Allocation(assigned={}, refused={}), {"default/a": service("a")}
+    assert pass_left(allocation, services, None) is None  # it raised: vouches for nothing
+    assert pass_left(allocation, services, WriteResult(written=["default/a"], not_leader=True)) is None
+    left = pass_left(allocation, services, WriteResult(written=["default/a"], skipped=["default/b"],
+                                                       failed={"default/c": "HTTP 500"}))
+    assert left == StatusPass(allocation, services, frozenset({"default/b", "default/c"}))
+
+
+def test_when_statuses_count_as_in_line_and_when_to_retry():
+    assert all_in_line(WriteResult(written=["a"], skipped=["b"])) and not status_retry(WriteResult(skipped=["b"]))
+    assert not all_in_line(WriteResult(not_leader=True)) and not status_retry(WriteResult(not_leader=True))
+    assert not all_in_line(WriteResult(failed={"a": "x"})) and status_retry(WriteResult(failed={"a": "x"}))
+    assert not all_in_line(None) and status_retry(None)
+
+
+# --- records: pure decisions --------------------------------------------------------------
+
+
+def record(address: str, holder: str = "a") -> AddressRecord:
+    return AddressRecord(IP(address), "public", "default", holder, None, frozenset({"east"}), store=LOCAL)
+
+
+def test_record_work_imports_once_then_applies_what_the_allocation_needs():
+    a = ServiceView("default", "a", type="LoadBalancer", ingress_ips=("203.0.113.1",),
+                    annotations=(("bgpspeaker.io/ip-allocated-from-pool", "public"),))
+    before_import = Snapshot(services={"default/a": a}, endpoint_slices={}, nodes={})
+    work = record_work(CONFIG, before_import, Allocation(assigned={"default/a": assignment("203.0.113.1")},
+                                                         refused={}))
+    assert isinstance(work, RecordImport) and [r.address for r in work.records] == [IP("203.0.113.1")]
+
+    held = record("203.0.113.1")
+    imported = Snapshot(services={"default/a": a}, endpoint_slices={}, nodes={},
+                        records={LOCAL: {record_name(held.address): held}})
+    steady = Allocation(assigned={"default/a": assignment("203.0.113.1")}, refused={})
+    assert record_work(CONFIG, imported, steady) is None  # held and joined: nothing to write
+    claim = record("203.0.113.2", "b")
+    wants = Allocation(assigned=steady.assigned, refused={}, claims=(claim,), pending={"default/b": "its record"})
+    assert record_work(CONFIG, imported, wants) == RecordApply((claim,), (), ())
+    gone = Allocation(assigned={}, refused={})
+    assert record_work(CONFIG, imported, gone) == RecordApply((), (), (held,))  # the last one out leaves
+
+
+# --- the schedules, on a loop -------------------------------------------------------------
+
+
+class GatedStatusWriter:
+    """A StatusWriter's write(): records each call, blocks until released, answers `result`."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Allocation, object, object]] = []
+        self.gate = threading.Event()
+        self.result = WriteResult()
+
+    def write(self, allocation, services, keys=None) -> WriteResult:
+        self.calls.append((allocation, services, None if keys is None else set(keys)))
+        assert self.gate.wait(10)
+        return self.result
+
+
+async def until(condition, what: str, seconds: float = 5.0) -> None:
+    async with asyncio.timeout(seconds):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+def test_status_latest_wins_then_only_changes_are_checked_and_an_unchanged_allocation_costs_nothing():
+    async def scenario() -> None:
+        writer, retries = GatedStatusWriter(), []
+        schedule = StatusSchedule(writer, on_retry=lambda: retries.append(1))
+        try:
+            a, b = service("a"), service("b")
+            first = Allocation(assigned={"default/a": assignment("203.0.113.1")}, refused={})
+            services = {"default/a": a}
+            schedule.offer(first, services)
+            await until(lambda: len(writer.calls) == 1, "the first pass")
+            # while it runs, two more: only the latest is written
+            middle = Allocation(assigned={**first.assigned, "default/b": assignment("203.0.113.2")}, refused={})
+            services2 = {"default/a": a, "default/b": b}
+            latest = Allocation(assigned={**first.assigned, "default/b": assignment("203.0.113.3")}, refused={})
+            schedule.offer(middle, services2)
+            schedule.offer(latest, services2)
+            writer.gate.set()
+            await until(lambda: len(writer.calls) == 2 and schedule._task.done(), "the second pass")
+            assert writer.calls[0] == (first, services, None)  # the first pass checks every Service
+            assert writer.calls[1] == (latest, services2, {"default/b"})  # then only what changed
+            schedule.offer(latest, services2)  # an endpoint event: the allocation every status matches
+            await asyncio.sleep(0.05)
+            assert len(writer.calls) == 2 and not retries
+        finally:
+            schedule.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_status_pass_wakes_the_loop_and_the_next_pass_checks_what_failed(monkeypatch):
+    monkeypatch.setattr(leader_writes, "STATUS_RETRY_SECONDS", 0.01)
+
+    async def scenario() -> None:
+        writer, retries = GatedStatusWriter(), []
+        writer.gate.set()
+        writer.result = WriteResult(failed={"default/a": "HTTP 500"})
+        schedule = StatusSchedule(writer, on_retry=lambda: retries.append(1))
+        try:
+            allocation = Allocation(assigned={"default/a": assignment("203.0.113.1")}, refused={})
+            services = {"default/a": service("a")}
+            schedule.offer(allocation, services)
+            await until(lambda: retries, "the retry's wake-up")
+            writer.result = WriteResult(written=["default/a"])
+            schedule.offer(allocation, services)  # what the woken reconcile hands over: not in line yet
+            await until(lambda: len(writer.calls) == 2, "the retried pass")
+            assert writer.calls[1][2] == {"default/a"}
+        finally:
+            schedule.stop()
+
+    asyncio.run(scenario())
+
+
+class FakeKeeper:
+    def __init__(self, result: KeeperResult) -> None:
+        self.result = result
+        self.calls: list[tuple] = []
+
+    def import_once(self, records, local):
+        self.calls.append(("import", tuple(records), local))
+        return self.result
+
+    def apply(self, claims, joins, leaves):
+        self.calls.append(("apply", tuple(claims), tuple(joins), tuple(leaves)))
+        return self.result
+
+
+class Reports:
+    def __init__(self) -> None:
+        self.pending: list[tuple] = []
+        self.conflicts: list = []
+
+    def records_pending(self, pending, snapshot, failed) -> None:
+        self.pending.append((dict(pending), dict(failed)))
+
+    def record_conflicts(self, conflicts) -> None:
+        self.conflicts.extend(conflicts)
+
+
+def test_record_work_is_handed_over_once_and_again_after_a_failure():
+    async def scenario() -> None:
+        claim = record("203.0.113.2", "b")
+        keeper, reports, wakes = FakeKeeper(KeeperResult(failed={LOCAL: "HTTP 503"})), Reports(), []
+        schedule = RecordSchedule(keeper, reports, on_retry=lambda: wakes.append(1))
+        try:
+            snapshot = Snapshot(services={"default/b": service("b")}, endpoint_slices={}, nodes={}, records={LOCAL: {}})
+            wants = Allocation(assigned={}, refused={}, claims=(claim,), pending={"default/b": "its record"})
+            schedule.offer(CONFIG, snapshot, wants)
+            schedule.offer(CONFIG, snapshot, wants)  # an endpoint event: same allocation, same records
+            await until(lambda: reports.pending, "the failure reported")
+            assert keeper.calls == [("apply", (claim,), (), ())]
+            assert reports.pending == [({"default/b": "its record"}, {LOCAL: "HTTP 503"})]
+            keeper.result = KeeperResult(created=[claim])
+            schedule.offer(CONFIG, snapshot, wants)  # the retry: decided again, written again
+            await until(lambda: len(keeper.calls) == 2 and schedule._task.done(), "the retried write")
+            schedule.offer(CONFIG, snapshot, wants)
+            await asyncio.sleep(0.05)
+            assert len(keeper.calls) == 2
+        finally:
+            schedule.stop()
+
+    asyncio.run(scenario())
