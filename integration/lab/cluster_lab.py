@@ -60,7 +60,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Optional
+from typing import Callable, Iterable, Iterator, Mapping, Optional
 
 import yaml
 
@@ -125,6 +125,19 @@ class Speaker:
                 return "".join(f.readlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
+
+
+@dataclass(frozen=True)
+class Freeze:
+    """Nodes frozen by `MultiClusterLab.frozen`: when the freeze began, and what was stopped."""
+    started: float
+    pids: tuple[int, ...]
+
+
+def _signal_all(pids: Iterable[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
 
 
 @dataclass(frozen=True)
@@ -865,12 +878,24 @@ class MultiClusterLab:
 
     def signal_node(self, node_name: str, sig: int) -> list[int]:
         """`sig` to every process in the node's network namespace (the speaker, ExaBGP, its
-        relay, bfdd): SIGSTOP is a host that hangs, with no FIN and no BFD packet. Returns the pids."""
+        relay, bfdd). Returns the pids."""
         pids = netns.netns_pids(self.ns[node_name])
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
+        _signal_all(pids, sig)
         return pids
+
+    @contextlib.contextmanager
+    def frozen(self, *node_names: str) -> Iterator["Freeze"]:
+        """Every process of the nodes stopped for the block (SIGSTOP: a host that hangs, with
+        no FIN and no BFD packet), thawed (SIGCONT) after it. The pids are read before the
+        freeze begins: `Freeze.started` is the instant just before the first stop, so what a
+        failover is measured from is the failure, not the lab's bookkeeping."""
+        pids = tuple(pid for name in node_names for pid in netns.netns_pids(self.ns[name]))
+        started = time.monotonic()
+        _signal_all(pids, signal.SIGSTOP)
+        try:
+            yield Freeze(started, pids)
+        finally:
+            _signal_all(pids, signal.SIGCONT)
 
     def exabgp_pid(self, node_name: str) -> Optional[int]:
         """PID of the ExaBGP child of the node's speaker (a direct child whose command line says exabgp)."""
