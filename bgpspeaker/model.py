@@ -18,13 +18,22 @@ import functools
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Union
+
+if TYPE_CHECKING:  # records.py builds on this module's types
+    from bgpspeaker.records import AddressRecord
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 # (key, value) pairs sorted by key: hashable, comparable, deterministic.
 Pairs = tuple[tuple[str, str], ...]
+
+# JSON as parsed from, or about to be sent to, an API, vtysh or an HTTP client: genuinely
+# any shape, checked where it is read (views.py, records.py, bfd/state.py). The one `Any`
+# of the code base that stands for data; JSONObject is one JSON object.
+JSON = Any
+JSONObject = Mapping[str, JSON]
 
 
 def parse_ip(text: object) -> IPAddress:
@@ -276,7 +285,7 @@ class Snapshot:
     # The allocation records by store (local | shared), only of the stores read at least
     # once; None while this cluster has not imported its allocations into records yet
     # (then the allocator works from Service status, as before records).
-    records: Optional[Mapping[str, Mapping[str, Any]]] = None
+    records: Optional[Mapping[str, Mapping[str, AddressRecord]]] = None
 
     @classmethod
     def of(cls, services: Iterable[ServiceView] = (), endpoint_slices: Iterable[EndpointSliceView] = (),

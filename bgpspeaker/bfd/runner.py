@@ -278,10 +278,11 @@ class BfdService:
             flaps = self._flaps[name] = flaps.tick(self.damping, now)
             session = sessions.get(peer.address.compressed)
             shut = session is not None and session.status in ("shutdown", "admin-down")
-            if flaps.held and not shut:
+            held_until = flaps.held_until(self.damping)  # None: not held
+            if held_until is not None and not shut:
                 action = "shutdown"
                 log.warning("bfd session flapping: holding it down", extra=fields(
-                    peer=name, penalty=round(flaps.penalty), seconds=round(flaps.held_until(self.damping) - now, 1)))
+                    peer=name, penalty=round(flaps.penalty), seconds=round(held_until - now, 1)))
             elif not flaps.held and (shut or name in self._held_in_bfdd):
                 action = "no shutdown"
                 log.info("bfd session released after damping", extra=fields(peer=name))

@@ -108,6 +108,7 @@ class Tracker:
         self.new_downs = {}
         for address, old in self.states.items():
             session = sessions.get(address) if sessions is not None else None
+            why: Optional[str]  # why it is down (None: up)
             if session is None:
                 status, why, counted = "down", NOT_RUNNING, 0
                 step = 1 if old.status == UP else 0

@@ -24,8 +24,7 @@ class Vty:
     def __init__(self, path: str, timeout: float = 2.0) -> None:
         self.path = path
         self.timeout = timeout
-        self._reader: Optional[asyncio.StreamReader] = None
-        self._writer: Optional[asyncio.StreamWriter] = None
+        self._connection: Optional[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = None  # None: closed
         self._lock = asyncio.Lock()
 
     async def command(self, text: str) -> str:
@@ -38,16 +37,19 @@ class Vty:
                 raise VtyError(f"{self.path}: {text!r}: {exc!r}") from None
 
     async def _command(self, text: str) -> str:
-        if self._writer is None:
-            self._reader, self._writer = await asyncio.open_unix_connection(self.path, limit=MAX_ANSWER)
-            await self._exchange("enable")  # bfdd installs its `show bfd` commands in enable mode only
-        return await self._exchange(text)
+        if self._connection is None:
+            self._connection = await asyncio.open_unix_connection(self.path, limit=MAX_ANSWER)
+            # bfdd installs its `show bfd` commands in enable mode only
+            await self._exchange(self._connection, "enable")
+        return await self._exchange(self._connection, text)
 
-    async def _exchange(self, text: str) -> str:
-        self._writer.write(text.encode() + b"\0")
-        await self._writer.drain()
-        data = await self._reader.readuntil(b"\0\0\0")
-        status = await self._reader.readexactly(1)
+    @staticmethod
+    async def _exchange(connection: tuple[asyncio.StreamReader, asyncio.StreamWriter], text: str) -> str:
+        reader, writer = connection
+        writer.write(text.encode() + b"\0")
+        await writer.drain()
+        data = await reader.readuntil(b"\0\0\0")
+        status = await reader.readexactly(1)
         if status != b"\0":
             raise VtyError(f"status {status[0]}: {data[:-3].decode(errors='replace').strip()}")
         return data[:-3].decode(errors="replace")
@@ -61,8 +63,9 @@ class Vty:
         return json.loads(await self.command(text + " json") or "null")
 
     async def close(self) -> None:
-        writer, self._reader, self._writer = self._writer, None, None
-        if writer is not None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            writer = connection[1]
             writer.close()
             try:
                 await writer.wait_closed()

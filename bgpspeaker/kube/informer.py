@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
-from tenacity import Retrying, retry_if_exception, wait_random_exponential
+from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
 
 from bgpspeaker import views
 from bgpspeaker.kube.client import ENDPOINT_SLICES_PATH, NODES_PATH, SERVICES_PATH, iter_pages, request_raw
@@ -152,9 +152,9 @@ class Informer:
     def _run(self) -> None:
         while not self._stopping.is_set():
             retrying = Retrying(
-                wait=self._wait, sleep=self._stopping.wait, reraise=True,
+                wait=self._wait, sleep=self._sleep, reraise=True,
                 retry=retry_if_exception(lambda exc: not self._stopping.is_set()),
-                before_sleep=lambda state: self._lost(state.outcome.exception()),
+                before_sleep=self._before_sleep,
             )
             try:
                 retrying(self._session)
@@ -181,6 +181,14 @@ class Informer:
             if time.monotonic() - started < self.healthy_after:
                 raise  # the Retrying backs off before the next relist
             self._lost(exc)
+
+    def _sleep(self, seconds: float) -> None:
+        """tenacity's sleep between attempts, cut short by stop()."""
+        self._stopping.wait(seconds)
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        if state.outcome is not None:  # always set once an attempt failed
+            self._lost(state.outcome.exception())
 
     def _lost(self, exc: BaseException | None) -> None:
         self._restarts.inc()

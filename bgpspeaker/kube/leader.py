@@ -31,6 +31,7 @@ from kubernetes.client.exceptions import ApiException
 
 from bgpspeaker.kube.client import LEASES, object_path, read_json, request_raw
 from bgpspeaker.logs import fields
+from bgpspeaker.model import JSON, JSONObject
 
 log = logging.getLogger(__name__)
 
@@ -167,10 +168,10 @@ class LeaderElector:
                                    "acquireTime": now, "renewTime": now,
                                    "leaseTransitions": (spec.get("leaseTransitions") or 0) + (1 if holder else 0)})
 
-    def _write(self, lease: Optional[dict], spec: dict) -> bool:
+    def _write(self, lease: Optional[JSONObject], spec: JSONObject) -> bool:
         """Create or replace (with the read resourceVersion); False when someone else won."""
-        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": self.name, "namespace": self.namespace}, "spec": spec}
+        body: dict[str, JSON] = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                                 "metadata": {"name": self.name, "namespace": self.namespace}, "spec": spec}
         try:
             if lease is None:
                 request_raw(self._client, "POST", object_path(LEASES, "leases", self.namespace), body).release_conn()
@@ -199,8 +200,10 @@ class LeaderElector:
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ApiException):
-        try:
-            return f"HTTP {exc.status}: {json.loads(exc.body).get('message')}"
-        except Exception:
-            return f"HTTP {exc.status} {exc.reason}"
+        if exc.body:
+            try:
+                return f"HTTP {exc.status}: {json.loads(exc.body).get('message')}"
+            except Exception:  # not a Status object
+                pass
+        return f"HTTP {exc.status} {exc.reason}"
     return f"{type(exc).__name__}: {exc}"

@@ -33,7 +33,7 @@ from bgpspeaker.allocator import ALLOCATED_FROM_POOL_ANNOTATION, Allocation, Ref
 from bgpspeaker.kube.client import CORE, MERGE_PATCH, object_path, read_json, request_raw
 from bgpspeaker.kube.events import EventRecorder
 from bgpspeaker.logs import fields
-from bgpspeaker.model import ServiceView
+from bgpspeaker.model import JSON, ServiceView
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ class StatusWriter:
                      extra=fields(service=seen.key))
             return "skipped"
         rv = obj["metadata"]["resourceVersion"]
-        writes = []
+        writes: list[tuple[dict[str, JSON], bool]] = []  # (merge patch, to the status subresource)
         if current.pool != desired.pool:
             writes.append(({"metadata": {"annotations": {ALLOCATED_FROM_POOL_ANNOTATION: desired.pool}}}, False))
         if current.ingress != desired.ingress:
@@ -222,7 +222,7 @@ class StatusWriter:
             service=seen.key, ingress=",".join(desired.ingress) or "cleared", pool=desired.pool or ""))
         return "written"
 
-    def _patch(self, service: ServiceView, rv: str, body: dict, status: bool) -> str:
+    def _patch(self, service: ServiceView, rv: str, body: dict[str, JSON], status: bool) -> str:
         """A merge patch guarded by `rv`; returns the new resourceVersion."""
         if not self._is_leader():
             raise _NotLeader()
