@@ -36,11 +36,11 @@ import ipaddress
 from collections import defaultdict
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 from bgpspeaker.allocator import allocate_snapshot, is_managed, sharing_key
 from bgpspeaker.config.schema import Config
-from bgpspeaker.model import IPAddress, ServiceView, Snapshot
+from bgpspeaker.model import JSON, IPAddress, JSONObject, ServiceView, Snapshot
 from bgpspeaker.planner import plan, service_tier
 from bgpspeaker.reasons import CLUSTER_WIDE
 
@@ -320,7 +320,7 @@ def report_text(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report_json(report: Report) -> dict[str, Any]:
+def report_json(report: Report) -> dict[str, JSON]:
     return {
         "clusters": [{"name": c.name, "source": c.source, "services": c.services, "assigned": c.assigned,
                       "announced": c.announced, "basis": c.basis} for c in report.clusters],
@@ -335,7 +335,7 @@ def report_json(report: Report) -> dict[str, Any]:
     }
 
 
-def report_from_json(data: Mapping[str, Any]) -> Report:
+def report_from_json(data: JSONObject) -> Report:
     """The inverse of report_json (for tools that consume `audit --format json`)."""
     ip = ipaddress.ip_address
     return Report(

@@ -15,7 +15,10 @@ import json
 import socket
 import sys
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:  # nothing else of bgpspeaker is imported: the client starts fast
+    from bgpspeaker.model import JSONObject
 
 TIMEOUT_SECONDS = 5.0
 WITHDRAW_MARGIN_SECONDS = 15.0
@@ -51,7 +54,7 @@ def control_request(path: str, target: str, method: str = "GET",
         connection.close()
 
 
-def _call(path: str, target: str, method: str = "GET") -> Optional[dict[str, Any]]:
+def _call(path: str, target: str, method: str = "GET") -> Optional[JSONObject]:
     try:
         code, body = control_request(path, target, method)
         if code != 200:
@@ -63,7 +66,7 @@ def _call(path: str, target: str, method: str = "GET") -> Optional[dict[str, Any
         return None
 
 
-def format_status(status: dict[str, Any]) -> str:
+def format_status(status: JSONObject) -> str:
     lines = [f"node {status.get('node')}  cluster {status.get('cluster')}  "
              f"ready {status.get('ready')}  drain {status.get('drain') or 'no'}  "
              f"allocator leader {status.get('leader')}"]

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, TypeVar
 
 from bgpspeaker.allocator import Allocation, RecordsMemo, allocate_snapshot
 from bgpspeaker.bfd.runner import BfdService
@@ -37,7 +37,7 @@ from bgpspeaker.httpapi import HttpServer, control_routes, tcp_routes
 from bgpspeaker.leader_writes import RecordSchedule, StatusSchedule
 from bgpspeaker.logs import fields, setup_logging
 from bgpspeaker.metrics import Metrics
-from bgpspeaker.model import NodeView, RouteIntent, Snapshot, is_dns_subdomain
+from bgpspeaker.model import JSON, NodeView, RouteIntent, SameObjects, ServiceView, Snapshot, is_dns_subdomain
 from bgpspeaker.planner import Health, Plan, PlanMemo, plan as make_plan
 from bgpspeaker.publish import Publisher
 from bgpspeaker.records import LOCAL, SHARED
@@ -50,6 +50,7 @@ if TYPE_CHECKING:  # imported for real in run(): the kubernetes client is slow t
     from bgpspeaker.kube.watcher import KubeWatcher
 
 log = logging.getLogger("bgpspeaker.daemon")
+T = TypeVar("T")
 
 LEASE_NAME = "bgpspeaker-allocator"
 CONFIG_POLL_SECONDS = 1.0  # a ConfigMap update lands as a symlink swap; polling catches it without inotify
@@ -140,7 +141,8 @@ class Daemon:
         # as they were (the watcher replaces a dict only when its resource changed), so the
         # allocation is reused as is, and the planner re-decides only the Services whose
         # inputs changed. 1,000 Services: most of an event's CPU before (bench profile).
-        self._allocation_memo: Optional[tuple[Config, Any, Allocation, Any]] = None
+        self._allocation_memo: Optional[
+            tuple[Config, Mapping[str, ServiceView], Allocation, Optional[SameObjects]]] = None
         self._plan_memo = PlanMemo()
         self._records_memo = RecordsMemo()  # the records allocation, by difference (allocator.RecordsMemo)
         # Tier hysteresis (planner._health): the records each plan hands to the next (None:
@@ -149,7 +151,7 @@ class Daemon:
         self._health: Optional[Health] = None
         self._rise_timer: Optional[tuple[float, asyncio.TimerHandle]] = None
         self.publisher = Publisher(self.metrics, options.node_name)
-        self._dry_run_entries: list[dict[str, object]] = []
+        self._dry_run_entries: list[dict[str, JSON]] = []
         self._node_seen = False
         self.watcher: Optional[KubeWatcher] = None
         self.driver: Optional[ExabgpDriver] = None
@@ -447,7 +449,7 @@ class Daemon:
 
     # --- drain ---------------------------------------------------------------------------
 
-    def start_drain(self) -> dict[str, Any]:
+    def start_drain(self) -> dict[str, JSON]:
         if self.drain is None:
             self.drain = DrainState.DRAINING
             seconds = self.config.speaker.drain_seconds
@@ -462,7 +464,7 @@ class Daemon:
             log.info("drained: withdrawing every route")
             self._on_change()
 
-    def stop_drain(self) -> dict[str, Any]:
+    def stop_drain(self) -> dict[str, JSON]:
         if self._drain_timer:
             self._drain_timer.cancel()
         if self.drain is not None:
@@ -585,7 +587,7 @@ class Daemon:
             return False, "ExaBGP not ready"
         return True, "ok (kubernetes watch stale: keeping the last known state)" if self.watcher.stale else "ok"
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> dict[str, JSON]:
         peers = []
         states = self.driver.peer_states() if self.driver is not None else {}
         held = self.driver.held_peers() if self.driver is not None else frozenset()
@@ -635,8 +637,8 @@ class _ThreadSafeControls:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
 
-    def _on_loop(self, function: Any) -> Any:
-        async def call() -> Any:
+    def _on_loop(self, function: Callable[[], T]) -> T:
+        async def call() -> T:
             return function()
 
         return asyncio.run_coroutine_threadsafe(call(), self.daemon.loop).result(self.TIMEOUT_SECONDS)
@@ -647,13 +649,13 @@ class _ThreadSafeControls:
     def ready(self) -> tuple[bool, str]:
         return self.daemon.ready()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> dict[str, JSON]:
         return self._on_loop(self.daemon.status)
 
-    def drain(self) -> dict[str, Any]:
+    def drain(self) -> dict[str, JSON]:
         return self._on_loop(self.daemon.start_drain)
 
-    def undrain(self) -> dict[str, Any]:
+    def undrain(self) -> dict[str, JSON]:
         return self._on_loop(self.daemon.stop_drain)
 
 

@@ -34,11 +34,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from bgpspeaker.logs import fields
+from bgpspeaker.model import JSON
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,9 @@ class Probes(Protocol):
 class Controls(Protocol):
     """What the control socket may ask; the daemon runs each on its loop (with a timeout)."""
 
-    def status(self) -> dict[str, Any]: ...
-    def drain(self) -> dict[str, Any]: ...
-    def undrain(self) -> dict[str, Any]: ...
+    def status(self) -> dict[str, JSON]: ...
+    def drain(self) -> dict[str, JSON]: ...
+    def undrain(self) -> dict[str, JSON]: ...
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def text_answer(ok_text: tuple[bool, str]) -> Answer:
     return (200 if ok else 503), (text + "\n").encode(), "text/plain; charset=utf-8"
 
 
-def json_answer(body: Any, code: int = 200) -> Answer:
+def json_answer(body: JSON, code: int = 200) -> Answer:
     return code, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode(), "application/json"
 
 

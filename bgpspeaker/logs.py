@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any, Mapping
+from typing import Mapping
 
 
 def _escape(char: str) -> str:
@@ -26,7 +26,7 @@ def _escape(char: str) -> str:
     return char
 
 
-def _logfmt_value(value: Any) -> str:
+def _logfmt_value(value: object) -> str:
     """A logfmt value: quoted when it holds a space, `=` or `"`, escaped so that hostile
     text (a Service name, an annotation) can neither forge a second log line nor send
     escape sequences to an operator's terminal. (An encoding of the log format, not
@@ -42,7 +42,7 @@ class LogfmtFormatter(logging.Formatter):
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
         parts = [f"ts={stamp}", f"level={record.levelname.lower()}", f"logger={record.name}",
                  f"msg={_logfmt_value(record.getMessage())}"]
-        fields: Mapping[str, Any] = getattr(record, "fields", None) or {}
+        fields: Mapping[str, object] = getattr(record, "fields", None) or {}
         parts.extend(f"{key}={_logfmt_value(value)}" for key, value in fields.items())
         if record.exc_info:
             parts.append(f"error={_logfmt_value(self.formatException(record.exc_info))}")
@@ -59,6 +59,6 @@ def setup_logging(level: str = "INFO") -> None:
     logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
-def fields(**values: Any) -> dict[str, Any]:
+def fields(**values: object) -> dict[str, Mapping[str, object]]:
     """`log.info("route announced", extra=fields(prefix=p, peer=n))`."""
     return {"fields": values}

@@ -30,8 +30,8 @@ IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 Pairs = tuple[tuple[str, str], ...]
 
 # JSON as parsed from, or about to be sent to, an API, vtysh or an HTTP client: genuinely
-# any shape, checked where it is read (views.py, records.py, bfd/state.py). The one `Any`
-# of the code base that stands for data; JSONObject is one JSON object.
+# any shape, checked where it is read (views.py, records.py, bfd/state.py). `Any` stands
+# for data only, under a name: this, config/rules.Parsed, config/source.Value.
 JSON = Any
 JSONObject = Mapping[str, JSON]
 

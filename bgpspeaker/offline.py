@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable, Optional, Sequence, TextIO
+from typing import Callable, Optional, Sequence, TextIO
 
 import yaml
 
@@ -36,7 +36,7 @@ from bgpspeaker.config.load import load_config as load_config_file
 from bgpspeaker.config.warn import fleet_warnings
 from bgpspeaker.config.schema import Config
 from bgpspeaker.exabgp.render import DEFAULT_SOCKET, RenderError, render_config
-from bgpspeaker.model import NodeView, Snapshot
+from bgpspeaker.model import JSON, NodeView, Snapshot
 from bgpspeaker.planner import Explanation, Plan, Skip, explain, plan
 from bgpspeaker.routes_view import route_entries
 from bgpspeaker.views import snapshot_from_objects
@@ -84,7 +84,7 @@ def _check_node(snapshot: Snapshot, node_name: str, source: str) -> NodeView:
 # --- rendering -------------------------------------------------------------------------
 
 
-def plan_entries(result: Plan) -> list[dict[str, Any]]:
+def plan_entries(result: Plan) -> list[dict[str, JSON]]:
     """The route entries of docs/design.md §3.1: one per (service, prefix, identical attributes), peers grouped.
 
     The same function renders the running daemon's /status, so a prediction made with
@@ -97,7 +97,7 @@ def _skip_entry(skip: Skip) -> dict[str, str]:
     return {"service": skip.service, "reason": skip.reason, "message": skip.message}
 
 
-def plan_json(node_name: str, result: Plan) -> dict[str, Any]:
+def plan_json(node_name: str, result: Plan) -> dict[str, JSON]:
     return {"node": node_name, "routes": plan_entries(result), "skipped": [_skip_entry(s) for s in result.skipped]}
 
 
@@ -107,7 +107,7 @@ def _table(rows: Sequence[Sequence[str]], out: TextIO, indent: str = "") -> None
         out.write(indent + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() + "\n")
 
 
-def _route_rows(entries: list[dict[str, Any]]) -> list[list[str]]:
+def _route_rows(entries: list[dict[str, JSON]]) -> list[list[str]]:
     rows = [["SERVICE", "PREFIX", "TIER", "NEXT-HOP", "MED", "LOCAL-PREF", "AS-PATH", "COMMUNITIES",
              "LARGE-COMMUNITIES", "PEERS"]]
     for e in entries:

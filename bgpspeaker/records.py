@@ -31,9 +31,9 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Mapping, Optional
 
-from bgpspeaker.model import IPAddress
+from bgpspeaker.model import JSON, IPAddress, JSONObject
 
 RECORD_LABEL = "bgpspeaker.io/address-record"  # label selector of the records' watch: "<label>=v1"
 RECORD_LABEL_VALUE = "v1"
@@ -90,7 +90,7 @@ def record_name(address: IPAddress) -> str:
     return RECORD_PREFIX + "v6-" + f"{int(address):032x}"
 
 
-def record_body(record: AddressRecord, namespace: str) -> dict[str, Any]:
+def record_body(record: AddressRecord, namespace: str) -> dict[str, JSON]:
     """The ConfigMap that stores `record` (a create body; resourceVersion added for updates)."""
     data = {"address": str(record.address), "pool": record.pool, "namespace": record.namespace,
             "clusters": ",".join(sorted(record.clusters))}
@@ -98,7 +98,7 @@ def record_body(record: AddressRecord, namespace: str) -> dict[str, Any]:
         data["service"] = record.service
     else:
         data["sharingKey"] = record.sharing_key or ""
-    metadata: dict[str, Any] = {"name": record_name(record.address), "namespace": namespace,
+    metadata: dict[str, JSON] = {"name": record_name(record.address), "namespace": namespace,
                                 "labels": {RECORD_LABEL: RECORD_LABEL_VALUE,
                                            "app.kubernetes.io/managed-by": "bgpspeaker"}}
     if record.resource_version:
@@ -110,7 +110,7 @@ class BadRecord(ValueError):
     """A ConfigMap with our label that does not hold a valid record (it is ignored, and logged)."""
 
 
-def record_from_dict(obj: Mapping[str, Any], store: str = LOCAL) -> AddressRecord:
+def record_from_dict(obj: JSONObject, store: str = LOCAL) -> AddressRecord:
     """Parse a record ConfigMap; BadRecord says what is wrong.
 
     Strict: the address must match the object's name (a record renamed or edited by hand
@@ -146,11 +146,11 @@ def record_from_dict(obj: Mapping[str, Any], store: str = LOCAL) -> AddressRecor
                          clusters=clusters, resource_version=str(meta.get("resourceVersion") or ""), store=store)
 
 
-def is_import_marker(obj: Mapping[str, Any]) -> bool:
+def is_import_marker(obj: JSONObject) -> bool:
     return (obj.get("metadata") or {}).get("name") == IMPORT_MARKER
 
 
-def import_marker_body(namespace: str, cluster: str, imported: int) -> dict[str, Any]:
+def import_marker_body(namespace: str, cluster: str, imported: int) -> dict[str, JSON]:
     return {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": IMPORT_MARKER, "namespace": namespace,
                          "labels": {RECORD_LABEL: RECORD_LABEL_VALUE, "app.kubernetes.io/managed-by": "bgpspeaker"}},

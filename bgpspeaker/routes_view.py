@@ -8,12 +8,12 @@ more often than not, so entries group peers: one entry per (service, prefix, att
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Iterable
+from typing import Iterable
 
-from bgpspeaker.model import RouteIntent
+from bgpspeaker.model import JSON, RouteIntent
 
 
-def route_entries(routes: Iterable[RouteIntent]) -> list[dict[str, Any]]:
+def route_entries(routes: Iterable[RouteIntent]) -> list[dict[str, JSON]]:
     peers_by_route: dict[tuple, list[str]] = defaultdict(list)
     for route in routes:
         for service in route.services:

@@ -27,7 +27,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import BinaryIO, Callable, Optional, Sequence
 
 from tenacity import AsyncRetrying, retry_if_exception_type
 from tenacity.wait import wait_base, wait_exponential_jitter
@@ -85,8 +85,8 @@ class Supervisor:
 
     def __init__(self, name: str, argv: Callable[[], Sequence[str]], *, log_path: Optional[Path] = None,
                  env: Optional[dict[str, str]] = None, ready: Callable[[], bool] = lambda: True,
-                 on_start: Callable[[int], Any] = lambda pid: None,
-                 on_exit: Callable[[Optional[int]], Any] = lambda rc: None,
+                 on_start: Callable[[int], object] = lambda pid: None,
+                 on_exit: Callable[[Optional[int]], object] = lambda rc: None,
                  wait: Optional[wait_base] = None, healthy_run: float = HEALTHY_RUN,
                  stop_grace: float = STOP_GRACE, stale_pid: Optional[Path] = None,
                  stale_marker: Optional[bytes] = None) -> None:
@@ -176,16 +176,14 @@ class Supervisor:
             if stale is not None:
                 log.warning("killed a stale child left by an earlier run", extra=fields(child=self.name, pid=stale))
         argv = list(self._argv())
-        out: Any = asyncio.subprocess.DEVNULL
-        if self.log_path is not None:
-            out = open(self.log_path, "ab")
+        log_file: Optional[BinaryIO] = open(self.log_path, "ab") if self.log_path is not None else None
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
-                env=self.env, preexec_fn=_die_with_parent, process_group=0)
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log_file or asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.STDOUT, env=self.env, preexec_fn=_die_with_parent, process_group=0)
         finally:
-            if out is not asyncio.subprocess.DEVNULL:
-                out.close()
+            if log_file is not None:
+                log_file.close()
         self.starts += 1
         started = time.monotonic()
         log.info("child started", extra=fields(child=self.name, pid=self.proc.pid, start=self.starts))

@@ -30,16 +30,16 @@ import pwd
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from bgpspeaker.bfd.render import BfdPeer, bfd_peers, render_bfdd_config
-from bgpspeaker.bfd.state import Damping, FlapState, Tracker, parse_sessions
+from bgpspeaker.bfd.state import Damping, FlapState, Session, Tracker, parse_sessions
 from bgpspeaker.bfd.vty import Vty, VtyError
 from bgpspeaker.config.schema import Config
 from bgpspeaker.exabgp.render import RenderError
 from bgpspeaker.logs import fields
 from bgpspeaker.metrics import Metrics
-from bgpspeaker.model import NodeView
+from bgpspeaker.model import JSON, NodeView
 from bgpspeaker.supervise import Supervisor
 
 log = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ class BfdService:
         self._observe(None)
         self._text = ""
 
-    def peer_states(self) -> dict[str, dict[str, Any]]:
+    def peer_states(self) -> dict[str, dict[str, JSON]]:
         """By BGP peer name, for /status: status, up, whyDown, since, transitions, profile."""
         out = {}
         for name, peer in self._peers.items():
@@ -264,7 +264,7 @@ class BfdService:
                 await self._apply_holds(sessions)
             await asyncio.sleep(self.poll_seconds)
 
-    async def _apply_holds(self, sessions: Any) -> None:
+    async def _apply_holds(self, sessions: dict[str, Session]) -> None:
         """Hold a flapping session administratively down, and let it up when its penalty decayed.
 
         Taken at once, while the router's side is still down from the flap itself, the
@@ -297,7 +297,7 @@ class BfdService:
                 continue
             (self._held_in_bfdd.add if action == "shutdown" else self._held_in_bfdd.discard)(name)
 
-    def _observe(self, sessions: Any) -> None:
+    def _observe(self, sessions: Optional[dict[str, Session]]) -> None:
         before = {a: s.status for a, s in self._tracker.states.items()}
         grown = self._tracker.observe(sessions, time.time())
         by_address = {p.address.compressed: name for name, p in self._peers.items()}

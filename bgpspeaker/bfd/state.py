@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Iterable, Optional
+
+from bgpspeaker.model import JSON
 
 UP = "up"
 NOT_RUNNING = "bfdd not running"
@@ -34,7 +36,7 @@ class Session:
     downs: int = 0
 
 
-def parse_sessions(peers_json: Any, counters_json: Any) -> dict[str, Session]:
+def parse_sessions(peers_json: JSON, counters_json: JSON) -> dict[str, Session]:
     """bfdd's two JSON answers (lists of dicts) → {peer address: Session}; bad rows are skipped."""
     counters: dict[str, tuple[int, int]] = {}
     for row in counters_json if isinstance(counters_json, list) else ():
@@ -53,7 +55,7 @@ def parse_sessions(peers_json: Any, counters_json: Any) -> dict[str, Session]:
     return sessions
 
 
-def _int(value: Any) -> int:
+def _int(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
@@ -70,7 +72,7 @@ class PeerBfd:
     def up(self) -> bool:
         return self.status == UP
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, JSON]:
         return {"status": self.status, "up": self.up, "whyDown": self.why_down, "since": self.since,
                 "transitions": self.transitions}
 

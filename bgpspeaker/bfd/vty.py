@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Optional
+from typing import Optional
+
+from bgpspeaker.model import JSON
 
 MAX_ANSWER = 4 << 20
 
@@ -59,7 +61,7 @@ class Vty:
         for line in ["configure terminal", *lines, "end"]:
             await self.command(line)
 
-    async def show_json(self, text: str) -> Any:
+    async def show_json(self, text: str) -> JSON:
         return json.loads(await self.command(text + " json") or "null")
 
     async def close(self) -> None:

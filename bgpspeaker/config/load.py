@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import Any, Optional
+from typing import Optional, Union
 
 from bgpspeaker.config.issues import ConfigError, ConfigIssue
 from bgpspeaker.config.schema import (
@@ -40,7 +40,7 @@ from bgpspeaker.config.values import (
     large_community, load_balancer_class, password_env, password_file, pool_entry, router_id, service_ref,
 )
 from bgpspeaker.config.warn import config_warnings
-from bgpspeaker.model import Tier
+from bgpspeaker.model import IPAddress, Tier
 
 __all__ = ["ConfigError", "ConfigIssue", "load_config", "load_config_text", "config_warnings"]
 
@@ -165,7 +165,7 @@ TOP = section([
 # --- checks across fields -------------------------------------------------------------
 
 
-def _line(root: Node, *steps: Any) -> Optional[int]:
+def _line(root: Node, *steps: Union[str, int]) -> Optional[int]:
     node: Optional[Node] = root
     for step in steps:
         if node is None:
@@ -181,7 +181,7 @@ def _items(values: dict, key: str) -> list[tuple[int, dict]]:
 
 def _check_peers(issues: Issues, root: Node, values: dict) -> None:
     names: dict[str, int] = {}
-    addresses: dict[Any, list[int]] = {}
+    addresses: dict[IPAddress, list[int]] = {}
     peers = _items(values, "peers")
     by_index = dict(peers)
     for i, peer in peers:
@@ -293,7 +293,7 @@ def _check_pools(issues: Issues, root: Node, values: dict) -> None:
 
 def _check_reservations(issues: Issues, root: Node, i: int, pool: dict) -> None:
     entries = [e for e in pool.get("addresses") or () if e is not INVALID]
-    seen: dict[Any, int] = {}
+    seen: dict[IPAddress, int] = {}
     for k, reservation in enumerate(pool.get("reservations") or ()):
         address = reservation.get("address") if isinstance(reservation, dict) else None
         if address is None or address is INVALID:
@@ -310,7 +310,7 @@ def _check_reservations(issues: Issues, root: Node, i: int, pool: dict) -> None:
             seen[address] = k
 
 
-def _span(first: Any, last: Any) -> str:
+def _span(first: IPAddress, last: IPAddress) -> str:
     networks = list(ipaddress.summarize_address_range(first, last))
     return str(networks[0]) if len(networks) == 1 else f"{first}-{last}"
 

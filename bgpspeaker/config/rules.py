@@ -26,9 +26,14 @@ class _Invalid:
         return "INVALID"
 
 
-INVALID: Any = _Invalid()  # what a rule returns after it reported the problem
+# What a rule makes of a YAML node: a value of whatever type its field has (an int, an
+# address, a tuple of dataclasses...), or INVALID. Genuinely any type: the schema tables
+# (load.py) give each field its rule, and the typed Config is built from the results.
+Parsed = Any
 
-Rule = Callable[["Issues", str, Node], Any]
+INVALID: Parsed = _Invalid()  # what a rule returns after it reported the problem
+
+Rule = Callable[["Issues", str, Node], Parsed]
 
 
 class Issues:
@@ -37,12 +42,12 @@ class Issues:
     def __init__(self) -> None:
         self.list: list[ConfigIssue] = []
 
-    def add(self, path: str, message: str, node: Optional[Node] = None, line: Optional[int] = None) -> Any:
+    def add(self, path: str, message: str, node: Optional[Node] = None, line: Optional[int] = None) -> Parsed:
         self.list.append(ConfigIssue(path, message, line if line is not None else node.line if node else None))
         return INVALID
 
 
-def apply_rule(rule: Rule, issues: Issues, path: str, node: Node) -> Any:
+def apply_rule(rule: Rule, issues: Issues, path: str, node: Node) -> Parsed:
     """rule(node), except for a scalar YAML could not construct: source.py reported it already."""
     return INVALID if node.kind == "broken" else rule(issues, path, node)
 
@@ -72,7 +77,7 @@ def show(node: Node) -> str:
 DECIMAL = re.compile(r"[-+]?(0|[1-9][0-9]*)")  # fullmatch
 
 
-def integer_value(issues: Issues, path: str, node: Node) -> Any:
+def integer_value(issues: Issues, path: str, node: Node) -> Parsed:
     if node.kind == "scalar" and type(node.value) is int:
         if node.plain and not DECIMAL.fullmatch(node.text):
             # YAML 1.1 reads 010 as 8, 1:30 as 90, 0x10 as 16: almost never what was meant.
@@ -83,7 +88,7 @@ def integer_value(issues: Issues, path: str, node: Node) -> Any:
 
 
 def integer(low: int, high: int) -> Rule:
-    def rule(issues: Issues, path: str, node: Node) -> Any:
+    def rule(issues: Issues, path: str, node: Node) -> Parsed:
         value = integer_value(issues, path, node)
         if value is not INVALID and not low <= value <= high:
             return issues.add(path, f"must be {low}..{high}, got {value}", node)
@@ -91,7 +96,7 @@ def integer(low: int, high: int) -> Rule:
     return rule
 
 
-def seconds(issues: Issues, path: str, node: Node) -> Any:
+def seconds(issues: Issues, path: str, node: Node) -> Parsed:
     value = node.value if node.kind == "scalar" else None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return issues.add(path, f"must be a number of seconds, got {show(node)}", node)
@@ -100,13 +105,13 @@ def seconds(issues: Issues, path: str, node: Node) -> Any:
     return float(value)
 
 
-def boolean(issues: Issues, path: str, node: Node) -> Any:
+def boolean(issues: Issues, path: str, node: Node) -> Parsed:
     if node.kind == "scalar" and isinstance(node.value, bool):
         return node.value
     return issues.add(path, f"must be true or false, got {show(node)}", node)
 
 
-def string(issues: Issues, path: str, node: Node) -> Any:
+def string(issues: Issues, path: str, node: Node) -> Parsed:
     if node.kind != "scalar" or (node.plain and node.value is None):
         return issues.add(path, f"must be a string, got {show(node)}", node)
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in node.text):  # no field needs them; they forge output
@@ -114,8 +119,8 @@ def string(issues: Issues, path: str, node: Node) -> Any:
     return node.text  # as written: `name: no` is the string 'no', not false
 
 
-def one_of(choices: dict[str, Any]) -> Rule:
-    def rule(issues: Issues, path: str, node: Node) -> Any:
+def one_of(choices: dict[str, Parsed]) -> Rule:
+    def rule(issues: Issues, path: str, node: Node) -> Parsed:
         text = string(issues, path, node)
         if text is INVALID:
             return text
@@ -128,7 +133,7 @@ def one_of(choices: dict[str, Any]) -> Rule:
 def pattern(regex: str, what: str) -> Rule:
     compiled = re.compile(regex)
 
-    def rule(issues: Issues, path: str, node: Node) -> Any:
+    def rule(issues: Issues, path: str, node: Node) -> Parsed:
         text = string(issues, path, node)
         if text is not INVALID and not compiled.fullmatch(text):
             return issues.add(path, f"{quote(text)} is not {what}", node)
@@ -141,14 +146,14 @@ def pattern(regex: str, what: str) -> Rule:
 
 def optional(rule: Rule) -> Rule:
     """null is allowed and means "not set" (for tier attributes that are simply not sent)."""
-    def wrapped(issues: Issues, path: str, node: Node) -> Any:
+    def wrapped(issues: Issues, path: str, node: Node) -> Parsed:
         return None if node.kind == "scalar" and node.plain and node.value is None else rule(issues, path, node)
     return wrapped
 
 
 def list_of(item: Rule, *, unique: bool = False, non_empty: bool = False) -> Rule:
     """A YAML list (null = empty). Keeps INVALID items, so indices still match the file."""
-    def rule(issues: Issues, path: str, node: Node) -> Any:
+    def rule(issues: Issues, path: str, node: Node) -> Parsed:
         if node.kind == "scalar" and node.value is None:
             items: list[Node] = []
         elif node.kind != "sequence":
@@ -159,7 +164,7 @@ def list_of(item: Rule, *, unique: bool = False, non_empty: bool = False) -> Rul
         if non_empty and not items:
             return issues.add(path, "must list at least one entry", node)
         values = []
-        first_at: dict[Any, int] = {}
+        first_at: dict[Parsed, int] = {}
         for index, child in enumerate(items):
             value = apply_rule(item, issues, f"{path}[{index}]", child)
             if unique and value is not INVALID:
@@ -175,7 +180,7 @@ def list_of(item: Rule, *, unique: bool = False, non_empty: bool = False) -> Rul
 
 def refused(why: str) -> Rule:
     """A field we know (another tool has it) but cannot honour: an error saying why, never ignored."""
-    def rule(issues: Issues, path: str, node: Node) -> Any:
+    def rule(issues: Issues, path: str, node: Node) -> Parsed:
         return issues.add(path, why, node)
     return rule
 
@@ -198,14 +203,14 @@ def section(fields: Iterable[Field]) -> Rule:
     """
     table = {f.key: f for f in fields}
 
-    def rule(issues: Issues, path: str, node: Node) -> Any:
+    def rule(issues: Issues, path: str, node: Node) -> Parsed:
         if node.kind == "scalar" and node.value is None:
             children: dict[str, Node] = {}
         elif node.kind != "mapping":
             return issues.add(path, f"must be a mapping, got {show(node)}", node)
         else:
             children = node.value
-        values: dict[str, Any] = {}
+        values: dict[str, Parsed] = {}
         for key, child in children.items():
             if key not in table:
                 issues.add(join(path, key), f"unknown field ({suggest(key, table)})",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import yaml
 
@@ -22,18 +22,23 @@ from bgpspeaker.config.issues import ConfigIssue
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
+# A node's value, by its kind: a scalar of any type YAML constructs, a dict[str, Node]
+# or a list[Node]; the rules (rules.py, values.py) check which before they read it.
+Value = Any
+
+
 @dataclass(eq=False)
 class Node:
     """One YAML value. `value` is the constructed scalar, a dict of Nodes or a list of Nodes."""
 
     kind: str  # "scalar" | "mapping" | "sequence" | "broken" (a scalar YAML could not construct)
     line: int
-    value: Any = None
+    value: Value = None
     text: str = ""  # a scalar as written (after unquoting)
     plain: bool = False  # an unquoted scalar: YAML guessed its type
     key_lines: dict[str, int] = field(default_factory=dict)  # mapping: where each key is
 
-    def get(self, key: Any) -> Optional["Node"]:
+    def get(self, key: Union[str, int]) -> Optional["Node"]:
         """The child at a mapping key or sequence index, or None (for error lines only)."""
         if self.kind == "mapping" and isinstance(key, str):
             return self.value.get(key)

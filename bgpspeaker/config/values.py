@@ -11,19 +11,18 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from bgpspeaker.config import secrets
 from bgpspeaker.config.rules import (
-    DECIMAL, INVALID, Field, Issues, apply_rule, integer_value, list_of, one_of, pattern, quote, section, show,
+    DECIMAL, INVALID, Field, Parsed, Issues, apply_rule, integer_value, list_of, one_of, pattern, quote, section, show,
     string,
 )
 from bgpspeaker.config.schema import LabelRequirement, LabelSelector
 from bgpspeaker.config.source import Node, join
-from bgpspeaker.model import Community, LargeCommunity, freeze_pairs, parse_any_community
+from bgpspeaker.model import Community, IPAddress, LargeCommunity, freeze_pairs, parse_any_community
 
 
-def hold_time(issues: Issues, path: str, node: Node) -> Any:
+def hold_time(issues: Issues, path: str, node: Node) -> Parsed:
     value = integer_value(issues, path, node)
     if value is not INVALID and not (value == 0 or 3 <= value <= 65535):  # RFC 4271 §4.2
         return issues.add(path, f"must be 0 (no keepalives) or 3..65535, got {value}", node)
@@ -36,7 +35,7 @@ dns_label = pattern(LABEL, "a DNS label (lowercase letters, digits and '-', at m
 service_ref = pattern(f"{LABEL}/{LABEL}", "a Service as namespace/name")
 
 
-def kubeconfig_file(issues: Issues, path: str, node: Node) -> Any:
+def kubeconfig_file(issues: Issues, path: str, node: Node) -> Parsed:
     """An absolute path (the record store's kubeconfig). Not read here: it is mounted from a
     Secret on the nodes, not where the config is checked; the daemon reads it at start."""
     text = string(issues, path, node)
@@ -53,14 +52,14 @@ label_key = pattern(QUALIFIED, "a label key ([prefix/]name)")
 label_value = pattern(rf"({NAME_PART})?", "a label value (at most 63 letters, digits, '-', '_', '.')")
 
 
-def load_balancer_class(issues: Issues, path: str, node: Node) -> Any:
+def load_balancer_class(issues: Issues, path: str, node: Node) -> Parsed:
     text = string(issues, path, node)
     if text not in (INVALID, "") and not re.fullmatch(QUALIFIED, text):
         return issues.add(path, f"{quote(text)} is not a class name like example.com/lb", node)
     return text
 
 
-def ip_text(issues: Issues, path: str, node: Node) -> Any:
+def ip_text(issues: Issues, path: str, node: Node) -> Parsed:
     """A string meant to hold IP addresses, refusing IPv6 scope ids (`fe80::1%eth0`).
 
     ipaddress accepts any text after '%' (newlines included) and str() gives it back, so a
@@ -72,7 +71,7 @@ def ip_text(issues: Issues, path: str, node: Node) -> Any:
     return text
 
 
-def ip_address(issues: Issues, path: str, node: Node) -> Any:
+def ip_address(issues: Issues, path: str, node: Node) -> Parsed:
     """An address we connect to or from: not loopback, unspecified or multicast."""
     text = ip_text(issues, path, node)
     if text is INVALID:
@@ -89,7 +88,7 @@ def ip_address(issues: Issues, path: str, node: Node) -> Any:
     return address
 
 
-def router_id(issues: Issues, path: str, node: Node) -> Any:
+def router_id(issues: Issues, path: str, node: Node) -> Parsed:
     text = string(issues, path, node)
     if text is INVALID or text == "auto":
         return None if text == "auto" else text
@@ -102,7 +101,7 @@ def router_id(issues: Issues, path: str, node: Node) -> Any:
     return address
 
 
-def password_file(issues: Issues, path: str, node: Node) -> Any:
+def password_file(issues: Issues, path: str, node: Node) -> Parsed:
     text = string(issues, path, node)
     if text is INVALID:
         return text
@@ -118,7 +117,7 @@ def password_file(issues: Issues, path: str, node: Node) -> Any:
     return text
 
 
-def password_env(issues: Issues, path: str, node: Node) -> Any:
+def password_env(issues: Issues, path: str, node: Node) -> Parsed:
     # Never echo the value (see password_file): a password like `hunter2` is a valid name too.
     name = string(issues, path, node)
     if name is INVALID:
@@ -135,7 +134,7 @@ def password_env(issues: Issues, path: str, node: Node) -> Any:
     return name
 
 
-def host_port(issues: Issues, path: str, node: Node) -> Any:
+def host_port(issues: Issues, path: str, node: Node) -> Parsed:
     text = ip_text(issues, path, node)
     if text is INVALID:
         return text
@@ -155,7 +154,7 @@ def host_port(issues: Issues, path: str, node: Node) -> Any:
     return (str(address), int(port))
 
 
-def community(issues: Issues, path: str, node: Node) -> Any:
+def community(issues: Issues, path: str, node: Node) -> Parsed:
     text = string(issues, path, node)
     if text is INVALID:
         return text
@@ -167,7 +166,7 @@ def community(issues: Issues, path: str, node: Node) -> Any:
         return issues.add(path, str(error), node)
 
 
-def large_community(issues: Issues, path: str, node: Node) -> Any:
+def large_community(issues: Issues, path: str, node: Node) -> Parsed:
     text = string(issues, path, node)
     if text is INVALID:
         return text
@@ -177,7 +176,7 @@ def large_community(issues: Issues, path: str, node: Node) -> Any:
         return issues.add(path, str(error), node)
 
 
-def any_community(issues: Issues, path: str, node: Node) -> Any:
+def any_community(issues: Issues, path: str, node: Node) -> Parsed:
     text = string(issues, path, node)
     if text is INVALID:
         return text
@@ -203,12 +202,12 @@ class PoolEntry:
     """One item of pools[i].addresses: the CIDRs it stands for and its first/last address."""
 
     text: str
-    first: Any
-    last: Any
+    first: IPAddress
+    last: IPAddress
     networks: tuple
 
 
-def pool_entry(issues: Issues, path: str, node: Node) -> Any:
+def pool_entry(issues: Issues, path: str, node: Node) -> Parsed:
     text = ip_text(issues, path, node)
     if text is INVALID:
         return text
@@ -242,7 +241,7 @@ def pool_entry(issues: Issues, path: str, node: Node) -> Any:
     return PoolEntry(text, low, high, networks)
 
 
-def labels(issues: Issues, path: str, node: Node) -> Any:
+def labels(issues: Issues, path: str, node: Node) -> Parsed:
     """A Kubernetes matchLabels mapping, as sorted (key, value) pairs."""
     if node.kind == "scalar" and node.value is None:
         return ()
@@ -267,7 +266,7 @@ _REQUIREMENT = section([
 ])
 
 
-def label_requirement(issues: Issues, path: str, node: Node) -> Any:
+def label_requirement(issues: Issues, path: str, node: Node) -> Parsed:
     """A matchExpressions entry: In/NotIn need values, Exists/DoesNotExist take none (as Kubernetes)."""
     values = _REQUIREMENT(issues, path, node)
     if values is INVALID or not {"key", "operator"} <= values.keys():
@@ -288,7 +287,7 @@ _SELECTOR = section([
 ])
 
 
-def label_selector(issues: Issues, path: str, node: Node) -> Any:
+def label_selector(issues: Issues, path: str, node: Node) -> Parsed:
     """A Kubernetes LabelSelector (MetalLB's nodeSelectors entries): matchLabels and matchExpressions."""
     values = _SELECTOR(issues, path, node)
     if values is INVALID or INVALID in values.get("match_expressions", ()):

@@ -35,10 +35,11 @@ import struct
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from bgpspeaker.exabgp.commands import SHOW_NEIGHBOR_JSON
 from bgpspeaker.logs import fields
+from bgpspeaker.model import JSON
 
 log = logging.getLogger(__name__)
 
@@ -359,7 +360,7 @@ def neighbor_fsm(neighbors: list) -> dict[str, str]:
     for n in neighbors:
         if not isinstance(n, dict):
             continue
-        peer: Any = n.get("peer") or {}
+        peer: JSON = n.get("peer") or {}
         address = peer.get("address") if isinstance(peer, dict) else None
         if isinstance(address, str):
             result[address] = str(n.get("fsm", "")).upper()
