@@ -30,7 +30,7 @@ import bisect
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Iterable, Mapping, Optional, Sequence, Union
 
 # Annotation names, reason codes and `quote` live in annotations.py, reasons.py and
 # model.py (one home each); the allocator's names for them stay importable from here.
@@ -312,7 +312,7 @@ def _parse_request(config: Config, service: ServiceView) -> _Request:
     request = _Request(service)
     annotations = dict(service.annotations)
     request.marker = next((annotations[n] for n in ALLOCATED_FROM_POOL_ANNOTATIONS if n in annotations), None)
-    status = []
+    status: list[tuple[str, Optional[IPAddress]]] = []
     for text in service.ingress_ips:
         try:
             status.append((text, parse_ip(text.strip())))
@@ -364,7 +364,8 @@ def _parse_request(config: Config, service: ServiceView) -> _Request:
         request.mode = "require"
 
     # Requested addresses, first source present wins.
-    source, text = None, None
+    source: Optional[str] = None
+    text = ""
     for name in REQUESTED_IPS_ANNOTATIONS:
         if name in annotations:
             source, text = f"annotation {name}", annotations[name]
@@ -412,27 +413,26 @@ def _parse_request(config: Config, service: ServiceView) -> _Request:
     return request
 
 
-def _check_address(state: _State, request: _Request, addr: Addr, what: str) -> tuple[Optional[PoolConfig],
-                                                                                     Optional[Refusal]]:
-    """Whether `request` may hold `addr` (a requested or status address): (its pool, refusal)."""
+def _check_address(state: _State, request: _Request, addr: Addr, what: str) -> Union[PoolConfig, Refusal]:
+    """Whether `request` may hold `addr` (a requested or status address): its pool, or why not."""
     namespace = request.service.namespace
     pool = state.pool_of(addr)
     if pool is None:
-        return None, Refusal(NOT_IN_POOL, f"{what} {_ip(addr)} is not in any address pool")
+        return Refusal(NOT_IN_POOL, f"{what} {_ip(addr)} is not in any address pool")
     if not pool.allows_namespace(namespace):
-        return pool, Refusal(POOL_NOT_ALLOWED, f"{what} {_ip(addr)} is in pool {pool.name!r}, which namespace "
-                                               f"{namespace!r} may not use")
+        return Refusal(POOL_NOT_ALLOWED, f"{what} {_ip(addr)} is in pool {pool.name!r}, which namespace "
+                                         f"{namespace!r} may not use")
     if request.pool is not None and pool.name != request.pool.name:
-        return pool, Refusal(NOT_IN_POOL, f"{what} {_ip(addr)} is not in the requested pool {request.pool.name!r}")
+        return Refusal(NOT_IN_POOL, f"{what} {_ip(addr)} is not in the requested pool {request.pool.name!r}")
     if not request.requested and request.pool is None and not pool.auto_assign:
-        return pool, Refusal(NOT_IN_POOL, f"{what} {_ip(addr)} is in pool {pool.name!r}, which is not "
-                                          f"auto-assigned and the Service does not ask for it")
+        return Refusal(NOT_IN_POOL, f"{what} {_ip(addr)} is in pool {pool.name!r}, which is not "
+                                    f"auto-assigned and the Service does not ask for it")
     if pool.avoid_buggy_ips and _is_buggy(*addr):
-        return pool, Refusal(BUGGY_IP, f"{what} {_ip(addr)} ends in .0 or .255, which pool {pool.name!r} avoids")
+        return Refusal(BUGGY_IP, f"{what} {_ip(addr)} ends in .0 or .255, which pool {pool.name!r} avoids")
     conflict = state.conflict(addr, request)
     if conflict is not None:
-        return pool, Refusal(conflict.reason, f"{what} {conflict.message}")
-    return pool, None
+        return Refusal(conflict.reason, f"{what} {conflict.message}")
+    return pool
 
 
 def _keep_status(state: _State, request: _Request, given_up: Mapping[Addr, Refusal], marked: bool,
@@ -448,7 +448,6 @@ def _keep_status(state: _State, request: _Request, given_up: Mapping[Addr, Refus
     stronger than a request. Whoever can write a Service's status cannot use it to take an
     address an older Service asked for (tests/test_hardening_attacks.py).
     """
-    svc = request.service
     kept: dict[int, tuple[Addr, PoolConfig]] = dict(kept_before)
     discarded: list[Refusal] = []
     for text, address in request.status:
@@ -473,10 +472,11 @@ def _keep_status(state: _State, request: _Request, given_up: Mapping[Addr, Refus
             discarded.append(Refusal(INVALID_IP, f"status address {address}: a second IPv{address.version} "
                                                  f"address"))
             continue
-        pool, refusal = _check_address(state, request, addr, "status address")
-        if refusal is not None:
-            discarded.append(refusal)
+        checked = _check_address(state, request, addr, "status address")
+        if isinstance(checked, Refusal):
+            discarded.append(checked)
             continue
+        pool = checked
         if kept and pool.name != next(iter(kept.values()))[1].name:
             # A Service's addresses come from one pool; the one kept first stays.
             discarded.append(Refusal(DIFFERENT_POOLS, f"status address {address} is in another pool than "
@@ -486,23 +486,24 @@ def _keep_status(state: _State, request: _Request, given_up: Mapping[Addr, Refus
     return kept, discarded
 
 
-def _complete(state: _State, request: _Request, kept: Mapping[int, tuple[Addr, PoolConfig]]) -> tuple[
-        Optional[tuple[PoolConfig, tuple[Addr, ...]]], Optional[Refusal]]:
+def _complete(state: _State, request: _Request,
+              kept: Mapping[int, tuple[Addr, PoolConfig]]) -> Union[tuple[PoolConfig, tuple[Addr, ...]], Refusal]:
     """Phase 2: (pool, addresses) for the Service, or a Refusal."""
     svc = request.service
     if request.requested:
         pools = []
         for addr in request.requested:
-            pool, refusal = _check_address(state, request, addr, "requested address")
-            if refusal is not None:
-                return None, refusal
-            pools.append(pool)
+            checked = _check_address(state, request, addr, "requested address")
+            if isinstance(checked, Refusal):
+                return checked
+            pools.append(checked)
         if len({p.name for p in pools}) > 1:
-            return None, Refusal(DIFFERENT_POOLS, "the requested addresses are in different pools ("
-                                 + ", ".join(sorted({p.name for p in pools}))
-                                 + "); one Service takes its addresses from one pool")
-        return (pools[0], request.requested), None
+            return Refusal(DIFFERENT_POOLS, "the requested addresses are in different pools ("
+                           + ", ".join(sorted({p.name for p in pools}))
+                           + "); one Service takes its addresses from one pool")
+        return pools[0], request.requested
 
+    candidates: list[PoolConfig]
     if request.pool is not None:
         candidates = [request.pool]
     else:
@@ -527,8 +528,8 @@ def _complete(state: _State, request: _Request, kept: Mapping[int, tuple[Addr, P
         for pool in pools:
             got = _fill(state, request, pool, wanted, kept)
             if got is not None:
-                return (pool, got), None
-    return None, _why_not(state, request, candidates)
+                return pool, got
+    return _why_not(state, request, candidates)
 
 
 def _fill(state: _State, request: _Request, pool: PoolConfig, wanted: Sequence[int],
@@ -644,24 +645,24 @@ def _pass(config: Config, requests: Sequence[_Request], given_up: Mapping[str, M
         for version, (addr, _) in kept.items():
             if version not in marked:
                 state.claim(addr, request)
-        result, refusal = _complete(state, request, kept)
-        chosen = result[1] if result is not None else ()
+        result = _complete(state, request, kept)
+        chosen = result[1] if not isinstance(result, Refusal) else ()
         for version, (addr, pool) in kept.items():
             if addr in chosen:
                 continue
             state.release(addr, request)
             if version in marked:
                 # Released after others were served: re-run the pass with it given up (see allocate).
-                why = refusal if refusal is not None else Refusal(
+                why = result if isinstance(result, Refusal) else Refusal(
                     DUAL_STACK_UNAVAILABLE, f"pool {pool.name!r} cannot give it both IP families; moved to pool "
                                             f"{result[0].name!r}")
                 released.setdefault(key, {})[addr] = Refusal(
                     why.reason, f"status address {_ip(addr)} given up: {why.message}")
-            elif refusal is None:
+            elif not isinstance(result, Refusal):
                 discarded[key].append(Refusal(DUAL_STACK_UNAVAILABLE, f"status address {_ip(addr)} given up: pool "
                                               f"{pool.name!r} cannot give it both IP families"))
-        if refusal is not None:
-            refused[key] = refusal
+        if isinstance(result, Refusal):
+            refused[key] = result
             continue
         pool, addrs = result
         for addr in addrs:
@@ -722,7 +723,7 @@ class RecordsMemo:
         self.last: Optional[Allocation] = None
 
     def reset(self, config: Config, cluster: str) -> None:
-        self.__init__()
+        RecordsMemo.__init__(self)  # forget everything
         self.config, self.cluster = config, cluster
         state = _State(config)
         for pool in config.pools:
@@ -803,8 +804,8 @@ class RecordsMemo:
         return holders
 
 
-def allocate_recorded(config: Config, services: Iterable[ServiceView], records: Records,
-                      cluster: str, memo: Optional[RecordsMemo] = None) -> Allocation:
+def allocate_recorded(config: Config, services: Union[Mapping[str, ServiceView], Iterable[ServiceView]],
+                      records: Records, cluster: str, memo: Optional[RecordsMemo] = None) -> Allocation:
     """Assign addresses from the records; claim new records for Services that have none.
 
     `records` holds only the stores whose contents are known (listed at least once):
@@ -812,21 +813,31 @@ def allocate_recorded(config: Config, services: Iterable[ServiceView], records: 
     that a store we cannot read may already hold for someone else. With `memo` (and
     `services` a dict by key, replaced when it changes), only what changed is re-decided.
     """
-    if memo is None or not isinstance(services, Mapping):
-        memo, services = RecordsMemo(), {s.key: s for s in services}
-    fresh = memo.config is not config or memo.cluster != cluster or memo.last is None
-    if fresh:
+    if isinstance(services, Mapping):
+        by_key: Mapping[str, ServiceView] = services
+    else:
+        by_key, memo = {s.key: s for s in services}, None  # a new dict each call: nothing to compare with
+    if memo is None:
+        memo = RecordsMemo()
+    return _allocate_recorded(config, by_key, records, cluster, memo)
+
+
+def _allocate_recorded(config: Config, services: Mapping[str, ServiceView], records: Records, cluster: str,
+                       memo: RecordsMemo) -> Allocation:
+    # The last allocation to start from; None: afresh (no run yet, or another config or cluster)
+    last = memo.last if memo.config is config and memo.cluster == cluster else None
+    if last is None:
         memo.reset(config, cluster)
     changed_holders = memo.update_records(records)
 
-    if fresh:
+    if last is None:
         dirty = {key for key, s in services.items() if is_managed(config, s)}
         assigned: dict[str, Assignment] = {}
         refused: dict[str, Refusal] = {}
         pending: dict[str, str] = {}
         discarded: dict[str, tuple[Refusal, ...]] = {}
     else:
-        last, old = memo.last, memo.services or {}
+        old = memo.services or {}
         dirty = set(last.refused) | set(last.pending)
         if services is not old:
             dirty |= {key for key, s in services.items() if old.get(key) is not s}
@@ -917,14 +928,15 @@ def _decide_recorded(config: Config, state: _State, memo: RecordsMemo, records: 
             continue
         if not request.requested and addr[0] not in request.families[:1 if request.mode == "single" else 2]:
             continue
-        pool, refusal = _check_address(state, request, addr, "recorded address")
-        if refusal is not None and group is not None:
-            # One sharing group, one address per family, in every cluster: a member whose
-            # ports collide is refused, not given a second address that another cluster,
-            # where the group has other members, could not tell apart (invariant 2).
-            return refusal, holder, group
-        if refusal is None and (not kept or next(iter(kept.values()))[1].name == pool.name):
-            kept[addr[0]] = (addr, pool)
+        checked = _check_address(state, request, addr, "recorded address")
+        if isinstance(checked, Refusal):
+            if group is not None:
+                # One sharing group, one address per family, in every cluster: a member whose
+                # ports collide is refused, not given a second address that another cluster,
+                # where the group has other members, could not tell apart (invariant 2).
+                return checked, holder, group
+        elif not kept or next(iter(kept.values()))[1].name == checked.name:
+            kept[addr[0]] = (addr, checked)
     for addr, _ in kept.values():
         state.claim(addr, request)
     # A Service that joined a sharing group counts its own former record: while another
@@ -941,11 +953,11 @@ def _decide_recorded(config: Config, state: _State, memo: RecordsMemo, records: 
         # _complete would keep, without its search).
         pool = next(iter(kept.values()))[1]
         return Assignment(pool.name, tuple(_ip(kept[v][0]) for v in wanted)), holder, group
-    result, refusal = _complete(state, request, kept)
-    if refusal is not None:
+    result = _complete(state, request, kept)
+    if isinstance(result, Refusal):
         for addr, _ in kept.values():
             state.release(addr, request)
-        return refusal, holder, group
+        return result, holder, group
     pool, addrs = result
     new = [addr for addr in addrs if not any(addr == held_addr for held_addr, _ in kept.values())]
     # Invariant 2: while another cluster announces the identity on a recorded address,

@@ -259,7 +259,10 @@ class _Context:
                 communities.update(advertisement.communities)
                 large.update(advertisement.large_communities)
         for community in extra:
-            (large if isinstance(community, LargeCommunity) else communities).add(community)
+            if isinstance(community, LargeCommunity):
+                large.add(community)
+            else:
+                communities.add(community)
         if self.drained:
             communities.add(GRACEFUL_SHUTDOWN)
         my_asn = config.speaker.my_asn
@@ -356,10 +359,10 @@ def _decide(ctx: _Context, service: ServiceView, skips: list[Skip], warnings: li
     slices = ctx.slices.get(key, ())
     minimum, rise = 1, 0.0
     if tier in ctx.hysteresis or any(k in _THRESHOLD_ANNOTATIONS for k, _ in service.annotations):
-        minimum, rise, origin, problems = service_thresholds(config, tier, service)
-        for message in problems:
-            warnings.append(Skip(key, INVALID_THRESHOLD, message))
-            step("health", True, message, INVALID_THRESHOLD, warning=True)
+        minimum, rise, origin, threshold_problems = service_thresholds(config, tier, service)
+        for problem in threshold_problems:
+            warnings.append(Skip(key, INVALID_THRESHOLD, problem))
+            step("health", True, problem, INVALID_THRESHOLD, warning=True)
     ready = -1  # counted only when needed: the hot path (defaults 1 and 0) never counts twice
     if minimum > 1 or rise > 0 or service.external_traffic_policy != "Local":
         ready = sum(1 for s in slices for e in s.endpoints if e.ready)
@@ -410,22 +413,20 @@ def _health(ctx: _Context, key: str, ready: int, minimum: int, rise: float, orig
         step("health", True, lambda: f"{ready} ready endpoint(s), below minReadyEndpoints {minimum} ({origin}): "
                                      f"announced with the {LOWEST_TIER.value} tier")
         return True
-    prior = _ABSENT if ctx.health is None or rise <= 0 else ctx.health.get(key, _ABSENT)
-    if prior is _ABSENT:
-        since = None  # settled, or not tracked
-    elif prior is None:
-        since = ctx.now  # healthy from now on
-    else:
-        since = prior
-    if since is None or ctx.now >= since + rise:  # type: ignore[operator]
+    since: Optional[float] = None  # settled, or not tracked
+    if ctx.health is not None and rise > 0 and key in ctx.health:
+        record = ctx.health[key]
+        since = ctx.now if record is None else record  # None: unhealthy until now, healthy from now on
+    if since is None or ctx.now >= since + rise:
         ctx.outcome = (_ABSENT, None)
         step("health", True, lambda: f"{ready} ready endpoint(s) >= minReadyEndpoints {minimum}" +
              (f", healthy for longer than riseSeconds {rise:g}" if rise > 0 else "") + f" ({origin})")
         return False
-    until = since + rise  # type: ignore[operator]
-    ctx.outcome = (since, until)
-    step("health", True, lambda: f"healthy again {ctx.now - since:.1f} s ago, riseSeconds {rise:g} ({origin}): "  # type: ignore[operator]
-                                 f"announced with the {LOWEST_TIER.value} tier for {until - ctx.now:.1f} s more")
+    rising_since, until = since, since + rise
+    ctx.outcome = (rising_since, until)
+    step("health", True, lambda: f"healthy again {ctx.now - rising_since:.1f} s ago, riseSeconds {rise:g} "
+                                 f"({origin}): announced with the {LOWEST_TIER.value} tier for "
+                                 f"{until - ctx.now:.1f} s more")
     return True
 
 
@@ -473,7 +474,7 @@ class PlanMemo:
         fresh = (self._scope is None or self._scope[0] is not config or self._scope[1:] != scope[1:])
         dirty: Iterable[str]
         if fresh:
-            self.__init__()  # forget everything
+            PlanMemo.__init__(self)  # forget everything
             self._scope = scope
             for view in snapshot.endpoint_slices.values():
                 self._slices_of.setdefault(view.service_key, []).append(view)
@@ -638,6 +639,8 @@ def _routes_for(ctx: _Context, candidates: list[_Candidate], peers: list[PeerCon
     services = tuple(sorted({c.service for c in candidates}))
     pool = candidates[0].pool
     next_hop = ctx.next_hops[address.version][0]
+    if next_hop is None:  # never: _decide makes a candidate only where the family has a usable next hop
+        return []
     prefix = (ipaddress.IPv4Network if address.version == 4 else ipaddress.IPv6Network)(
         (int(address), address.max_prefixlen))  # /32 or /128; the tuple form skips text parsing
     if trace is not None and trace in services and len(services) > 1:

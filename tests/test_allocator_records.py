@@ -342,3 +342,19 @@ def test_a_pool_marked_shared_keeps_every_address_it_had_in_the_local_store():
     out = allocate_recorded(cfg(shared=True), [svc("web"), svc("api")], {LOCAL: local, SHARED: shared}, "east")
     assert [(str(c.address), c.holder, c.store) for c in out.claims] == [("203.0.113.4", "default/web", SHARED)]
     assert out.refused["default/api"].reason == IP_IN_USE and "default/other" in out.refused["default/api"].message
+
+
+def test_a_snapshot_with_records_allocates_without_a_memo():
+    """The offline commands (plan, explain, audit) allocate a snapshot of a file without a
+    memo: its Services, a dict by key, were iterated as if they were views (AttributeError:
+    'str' object has no attribute 'key'). Found by mypy. Same result as with a memo."""
+    from bgpspeaker.allocator import RecordsMemo, allocate_snapshot
+    from bgpspeaker.model import Snapshot
+
+    config = cfg()
+    held = rec("203.0.113.1", "default/a")
+    snapshot = dataclasses.replace(Snapshot.of([svc("a"), svc("b")]), records=store(held))
+    without = allocate_snapshot(config, snapshot)
+    assert without == allocate_snapshot(config, snapshot, memo=RecordsMemo())
+    assert assigned(without, "default/a") == ("203.0.113.1",)
+    assert "default/b" in without.pending  # a new Service: claims its record and waits for it
