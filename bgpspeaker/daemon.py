@@ -503,8 +503,8 @@ class Daemon:
             log.info("cluster maintenance", extra=fields(
                 mode=mode or "none", state=self.maintenance() or "in service",
                 withdraw_after_seconds=self.config.speaker.drain_seconds if mode == "withdraw" else ""))
-        if self.maintenance() == DrainState.DRAINING and mode == "withdraw":
-            when = self._maintenance[1] + self.config.speaker.drain_seconds  # type: ignore[index]
+        if self._maintenance is not None and mode == "withdraw" and self.maintenance() == DrainState.DRAINING:
+            when = self._maintenance[1] + self.config.speaker.drain_seconds
             # a hair late: asyncio may run a timer up to its clock resolution early
             self._maintenance_timer = self.loop.call_at(when + 0.005, self._maintenance_withdraws)
 

@@ -81,7 +81,7 @@ def next_hop_problem(address: IPAddress) -> Optional[str]:
                                    ("reserved", address.is_reserved)) if test]
     if address.version == 4 and address in _THIS_NETWORK:
         bad.append("this-network")
-    if address.version == 6 and address.ipv4_mapped is not None:  # type: ignore[union-attr]
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         bad.append("ipv4-mapped")
     return ", ".join(bad) or None
 
