@@ -1,10 +1,12 @@
 """A supervised child process: started, restarted with backoff when it dies, never left behind.
 
-Why a module of its own: the daemon runs helpers beside it (bfdd today; ExaBGP's driver
-has its own older loop and can move onto this one) and each needs the same four things:
+Why a module of its own: the daemon runs two helpers beside it, ExaBGP
+(exabgp/driver.py) and bfdd (bfd/runner.py), and each needs the same four things:
 - start it, and know when it is up (`ready`: a predicate the owner supplies, polled);
 - restart it when it exits, with tenacity's wait strategies (exponential with jitter by
   default) so a child that cannot start does not spin, and at once after a healthy run;
+  a child that cannot even be spawned (not found, not executable) is retried the same
+  way, and so is one its owner restarts with `backoff=True` (ExaBGP not ready in time);
 - never leave it behind: the child gets PR_SET_PDEATHSIG(SIGKILL), so it dies with us,
   and its own process group, so stop() reaches whatever it forked. The kernel clears the
   death signal when the child changes its credentials or executes a file with
@@ -13,8 +15,10 @@ has its own older loop and can move onto this one) and each needs the same four 
   each start, so a helper orphaned by a SIGKILLed daemon is reaped by the next one;
 - stop in order: SIGTERM to its group, SIGKILL after a grace period, then reap.
 
-The argv is asked for at every start (`argv()`), so a changed config is picked up by
-the next (re)start without the supervisor knowing what a config is.
+The argv is asked for at every start (`argv()`), and so is the environment when it is
+a callable, so a changed config is picked up by the next (re)start without the
+supervisor knowing what a config is. `argv()` is also where an owner prepares a start
+(writes the config, rotates the log): it runs just before each spawn.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import BinaryIO, Callable, Optional, Sequence
+from typing import BinaryIO, Callable, Mapping, Optional, Sequence, Union
 
 from tenacity import AsyncRetrying, retry_if_exception_type
 from tenacity.wait import wait_base, wait_exponential_jitter
@@ -75,27 +79,36 @@ def kill_stale(pid_file: Path, must_contain: bytes) -> Optional[int]:
     return pid
 
 
+Env = Union[Mapping[str, str], Callable[[], Mapping[str, str]], None]
+
+
 class Supervisor:
     """Runs one child until stop(); restarts it whenever it exits.
 
-    `argv()` gives the command line for each start; `on_start(pid)` / `on_exit(returncode)`
-    let the owner keep its bookkeeping (metrics, state reset); `ready()` says the child
-    serves (checked by `wait_ready`). `stale_pid` and `stale_marker`: see kill_stale.
+    `argv()` gives the command line for each start; `env` the environment (a mapping, or a
+    callable asked at each start; None: ours). `on_start(pid)` / `on_exit(returncode)` let
+    the owner keep its bookkeeping (metrics, state reset); `on_failure(why)` is told of
+    every run that counts as failed (cannot spawn, exited before `healthy_run`, restarted
+    with backoff): the next start waits. `ready()` says the child serves (checked by
+    `wait_ready`). `stale_pid` and `stale_marker`: see kill_stale. `die_with_parent=False`
+    keeps the child alive after our death (its own process group either way).
     """
 
     def __init__(self, name: str, argv: Callable[[], Sequence[str]], *, log_path: Optional[Path] = None,
-                 env: Optional[dict[str, str]] = None, ready: Callable[[], bool] = lambda: True,
+                 env: Env = None, ready: Callable[[], bool] = lambda: True,
                  on_start: Callable[[int], object] = lambda pid: None,
                  on_exit: Callable[[Optional[int]], object] = lambda rc: None,
+                 on_failure: Callable[[str], object] = lambda why: None,
                  wait: Optional[wait_base] = None, healthy_run: float = HEALTHY_RUN,
                  stop_grace: float = STOP_GRACE, stale_pid: Optional[Path] = None,
-                 stale_marker: Optional[bytes] = None) -> None:
+                 stale_marker: Optional[bytes] = None, die_with_parent: bool = True) -> None:
         self.name = name
         self._argv = argv
         self.log_path = log_path
         self.env = env
         self._ready = ready
-        self._on_start, self._on_exit = on_start, on_exit
+        self._on_start, self._on_exit, self._on_failure = on_start, on_exit, on_failure
+        self.die_with_parent = die_with_parent
         self.wait = wait or wait_exponential_jitter(multiplier=0.2, max=10.0, jitter=0.2)
         self.healthy_run = healthy_run
         self.stop_grace = stop_grace
@@ -106,7 +119,7 @@ class Supervisor:
         self._stopping = False
         self._restart = asyncio.Event()
         self._restart_signal: int = signal.SIGTERM
-        self._changed = asyncio.Event()
+        self._restart_backoff = False
 
     @property
     def pid(self) -> Optional[int]:
@@ -134,10 +147,12 @@ class Supervisor:
             await asyncio.sleep(0.02)
         return False
 
-    def restart(self, sig: int = signal.SIGTERM) -> None:
-        """Stop the child and start it again at once: SIGTERM (its config changed) or
-        SIGKILL (it is wedged: ExaBGP's driver kills one that stopped acknowledging)."""
+    def restart(self, sig: int = signal.SIGTERM, *, backoff: bool = False) -> None:
+        """Stop the child and start it again: SIGTERM (its config changed) or SIGKILL (it is
+        wedged: ExaBGP's driver kills one that stopped acknowledging). At once, or with
+        `backoff` after the wait a crash gets (a child that never got ready is a failed start)."""
         self._restart_signal = sig
+        self._restart_backoff = backoff
         self._restart.set()
 
     async def stop(self) -> Optional[int]:
@@ -176,11 +191,18 @@ class Supervisor:
             if stale is not None:
                 log.warning("killed a stale child left by an earlier run", extra=fields(child=self.name, pid=stale))
         argv = list(self._argv())
+        env = self.env() if callable(self.env) else self.env
         log_file: Optional[BinaryIO] = open(self.log_path, "ab") if self.log_path is not None else None
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log_file or asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.STDOUT, env=self.env, preexec_fn=_die_with_parent, process_group=0)
+                stderr=asyncio.subprocess.STDOUT, env=None if env is None else dict(env),
+                preexec_fn=_die_with_parent if self.die_with_parent else None, process_group=0)
+        except OSError as exc:  # not found, not executable: retried with backoff like a crash
+            self.proc = None
+            log.error("cannot start child; retrying", extra=fields(child=self.name, error=exc))
+            self._on_failure(f"cannot start: {exc}")
+            raise ChildExited(f"{self.name}: {exc}") from None
         finally:
             if log_file is not None:
                 log_file.close()
@@ -196,17 +218,19 @@ class Supervisor:
         finally:
             asked.cancel()
         requested = not exited.done()
+        backoff = requested and self._restart_backoff
         rc = await self._terminate(self._restart_signal) if requested else self.proc.returncode
-        self._restart_signal = signal.SIGTERM
+        self._restart_signal, self._restart_backoff = signal.SIGTERM, False
         self._on_exit(rc)
         if self._stopping:
             return
-        if requested:
+        if requested and not backoff:
             log.info("child restarted on request", extra=fields(child=self.name))
             raise _HealthyExit()
         log.warning("child exited; restarting", extra=fields(child=self.name, rc=rc))
-        if time.monotonic() - started > self.healthy_run:
+        if not backoff and time.monotonic() - started > self.healthy_run:
             raise _HealthyExit()
+        self._on_failure(f"rc={rc}")
         raise ChildExited(f"{self.name} rc={rc}")
 
     async def _terminate(self, sig: int = signal.SIGTERM) -> Optional[int]:

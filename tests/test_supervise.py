@@ -4,6 +4,7 @@ on request, stops its whole process group, dies with its parent, reaps a stale o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -146,3 +147,104 @@ def test_kill_stale_kills_only_a_process_whose_command_line_matches(tmp_path):
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def test_a_child_that_cannot_be_spawned_is_retried_with_the_wait_and_reported(tmp_path):
+    """Not found / not executable: a failed run like a crash (the wait between tries, the
+    owner told), never the 1 s retry of an unexpected error; it runs once it can."""
+    program = tmp_path / "child"
+    starts: list[float] = []
+    failures: list[str] = []
+
+    async def main():
+        def argv() -> list[str]:
+            starts.append(time.monotonic())
+            if len(starts) == 3:
+                program.write_text("#!/bin/sh\nexec sleep 300\n")
+                program.chmod(0o755)
+            return [str(program)]
+        sup = Supervisor("missing", argv, wait=wait_fixed(0.2), on_failure=failures.append)
+        sup.start()
+        await until(lambda: sup.running)
+        await sup.stop()
+        return sup
+
+    sup = asyncio.run(main())
+    assert len(starts) == 3 and sup.starts == 1
+    assert len(failures) == 2 and all(f.startswith("cannot start") for f in failures), failures
+    assert all(b - a >= 0.19 for a, b in zip(starts, starts[1:])), starts
+
+
+def test_a_restart_with_backoff_is_a_failed_run_and_waits(tmp_path):
+    starts: list[float] = []
+    failures: list[str] = []
+
+    async def main():
+        sup = Supervisor("slow", lambda: ["sleep", "300"], wait=wait_fixed(0.3), on_failure=failures.append,
+                         on_start=lambda pid: starts.append(time.monotonic()))
+        sup.start()
+        await until(lambda: sup.running)
+        sup.restart(signal.SIGKILL, backoff=True)
+        await until(lambda: len(starts) == 2)
+        sup.restart()  # without backoff: at once, not a failure
+        await until(lambda: len(starts) == 3)
+        await sup.stop()
+
+    asyncio.run(main())
+    assert failures == [f"rc={-signal.SIGKILL}"]
+    assert starts[1] - starts[0] >= 0.29 and starts[2] - starts[1] < 0.29
+
+
+def test_a_callable_environment_is_asked_at_every_start(tmp_path):
+    out = tmp_path / "seen"
+    calls: list[int] = []
+
+    def env() -> dict[str, str]:
+        calls.append(1)
+        return {"PATH": os.environ["PATH"], "START": str(len(calls))}
+
+    async def main():
+        sup = Supervisor("env", lambda: ["sh", "-c", f"echo $START >> {out}; exit 1"], env=env, wait=wait_fixed(0.05))
+        sup.start()
+        await until(lambda: out.exists() and len(out.read_text().split()) >= 2)
+        await sup.stop()
+
+    asyncio.run(main())
+    assert out.read_text().split()[:2] == ["1", "2"]
+
+
+def test_a_child_kept_after_its_parent_with_die_with_parent_false(tmp_path):
+    """ExaBGP's driver keeps this choice of before supervise.py: an orphaned ExaBGP exits on
+    its own once its helper cannot reconnect (integration/test_exabgp_driver.py)."""
+    pid_file = tmp_path / "child.pid"
+    program = textwrap.dedent(f"""
+        import asyncio, pathlib
+        from bgpspeaker.supervise import Supervisor
+        async def main():
+            sup = Supervisor("sleeper", lambda: ["sleep", "300"], die_with_parent=False)
+            sup.start()
+            while not sup.running:
+                await asyncio.sleep(0.01)
+            pathlib.Path({str(pid_file)!r}).write_text(str(sup.pid))
+            await asyncio.sleep(300)
+        asyncio.run(main())
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", program], cwd=Path(__file__).resolve().parent.parent)
+    child = None
+    try:
+        deadline = time.monotonic() + 10
+        while not (pid_file.exists() and pid_file.read_text()):
+            assert time.monotonic() < deadline and parent.poll() is None
+            time.sleep(0.02)
+        child = int(pid_file.read_text())
+        parent.kill()
+        parent.wait()
+        time.sleep(0.3)  # the death signal, had it been set, is delivered at once (the test above: ms)
+        assert alive(child)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
