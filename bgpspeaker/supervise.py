@@ -115,7 +115,7 @@ class Supervisor:
         self.stale_pid, self.stale_marker = stale_pid, stale_marker
         self.proc: Optional[asyncio.subprocess.Process] = None
         self.starts = 0
-        self._task: Optional[asyncio.Task] = None
+        self._task: Optional[asyncio.Task[None]] = None
         self._stopping = False
         self._restart = asyncio.Event()
         self._restart_signal: int = signal.SIGTERM

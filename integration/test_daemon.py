@@ -375,4 +375,4 @@ def test_exabgp_failing_40s_recovers_on_its_own_and_the_leader_writes_status_mea
     except AssertionError:
         raise AssertionError("no recovery; speaker log:\n" + speaker.log()[-4000:])
     wait_until(lambda: speaker.http("/healthz")[0] == 200, 10, "/healthz 200 again")
-    assert "cannot start exabgp" not in speaker.log() and 'msg="exabgp exited; restarting" rc=1' in speaker.log()
+    assert "cannot start child" not in speaker.log() and 'msg="child exited; restarting" child=exabgp rc=1' in speaker.log()

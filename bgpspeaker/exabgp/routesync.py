@@ -52,7 +52,13 @@ from typing import Iterable, Mapping, Optional, Sequence, Union
 from bgpspeaker.model import RouteIntent
 from bgpspeaker.reconciler import Batch, Key, by_identity, diff_indexed
 
-WINDOW = 8  # see driver.py: measured in the bench lab
+# Commands in flight, and prefixes per command. ExaBGP runs 50 NLRI steps per reactor loop,
+# sleeps between loops, and scans its whole command queue every loop (docs/reference/exabgp-api.md §7):
+# a deep queue slows it down. Measured in the bench lab (integration/bench/bench_window.py,
+# raw ExaBGP, 10,000 routes into FRR, medians of 3): windows 4-10 x 100 prefixes 1.38-1.42 s,
+# 16 x 50 1.42 s, 32 x 100 1.71 s, 64 x 100 2.18 s, 8 x 200 2.1 s. exabgp-api.md §7's "about
+# 20-50" is slower here: the daemon's cold start at 10,000 took 2.08 s with 8, 2.32 s with 32.
+WINDOW = 8
 BATCH_SIZE = 100
 
 

@@ -439,7 +439,7 @@ def _log_marks(log_path: Path, wall0: float) -> dict[str, float]:
             marks["slices listed"] = ts - wall0
         if "listed" in line and "services" in line and "services listed" not in marks:
             marks["services listed"] = ts - wall0
-        if "exabgp started" in line and "ExaBGP started" not in marks:
+        if "child started" in line and "child=exabgp" in line and "ExaBGP started" not in marks:
             marks["ExaBGP started"] = ts - wall0
     return marks
 
