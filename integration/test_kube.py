@@ -229,9 +229,9 @@ def test_fetch_snapshot_lists_all_three_kinds(emu):
 
 
 def test_fetch_snapshot_follows_pages(emu):
-    emu.load_objects([svc(f"s{i:04d}") for i in range(1203)])  # a small first page, then pages of 500
+    emu.load_objects([svc(f"s{i:04d}") for i in range(1203)])  # pages of 500, each parsed as it streams
     assert len(fetch_snapshot(emu.kubeconfig).services) == 1203
-    assert [q["query"]["limit"] for q in service_lists(emu)] == ["50", "500", "500", "500"]
+    assert [q["query"]["limit"] for q in service_lists(emu)] == ["500", "500", "500"]
 
 
 def test_watcher_syncs_then_follows_changes_and_drops_noise(emu, watching):

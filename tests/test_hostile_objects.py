@@ -8,10 +8,14 @@ how many more.
 from __future__ import annotations
 
 import ipaddress
+import json
 import sys
+
+import pytest
 
 from bgpspeaker.annotations import COMMUNITIES_ANNOTATION, MAX_VALUE_CHARS, READ_ANNOTATIONS
 from bgpspeaker.config.schema import PoolConfig
+from bgpspeaker.kube.client import iter_list_items
 from bgpspeaker.planner import MAX_WARNINGS, service_communities
 from bgpspeaker.views import service_from_dict
 
@@ -64,9 +68,49 @@ def test_warnings_are_capped_per_service():
                                f"(only the first {MAX_WARNINGS} problems are listed)")
 
 
-def test_list_pages_are_bounded_in_bytes_not_only_in_objects():
-    from bgpspeaker.kube.client import MIN_PAGE, PAGE_BYTES, next_page_size
-    assert next_page_size(500 * 1500, 500, 500) == 500  # ordinary Services: full pages
-    assert next_page_size(50 * 250_000, 50, 500) == PAGE_BYTES // 250_000  # 250 KB each: 16 a page
-    assert next_page_size(5 * 2_000_000, 5, 500) == MIN_PAGE
-    assert next_page_size(0, 0, 500) == 500  # an empty page
+def _list_text(items: list, **rest) -> bytes:
+    return json.dumps({"kind": "ServiceList", "apiVersion": "v1", **rest, "items": items},
+                      ensure_ascii=False).encode()
+
+
+def _cut(data: bytes, size: int) -> list[bytes]:
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 100, 4096, 1 << 20])
+def test_a_list_is_parsed_as_it_streams_whatever_the_chunks(size):
+    # Multi-byte UTF-8 and numbers cut by a chunk's end; metadata before and after the items.
+    items = [{"metadata": {"name": f"é{i}", "annotations": {"x": "ü" * (i * 31)}}, "n": 10 ** i, "f": 1.5e3,
+              "t": True, "z": None} for i in range(12)]
+    for text in (_list_text(items, metadata={"resourceVersion": "12", "continue": "c"}),
+                 _list_text(items)[:-1] + b', "metadata": {"resourceVersion": "13"}, "count": 12345}'):
+        rest: dict = {}
+        assert list(iter_list_items(_cut(text, size), rest)) == items
+        assert rest["kind"] == "ServiceList" and rest["metadata"]["resourceVersion"] in ("12", "13")
+    for empty in (b'{"items": []}', b'{"items": null, "metadata": {}}', b"{}", b' { "items" : [ ] } '):
+        assert list(iter_list_items(_cut(empty, size), {})) == []
+
+
+def test_a_list_stream_holds_one_object_not_the_page():
+    # A page of 250 KB objects: the first object comes out once its own bytes have been
+    # read, long before the page's end (a page read whole would read every chunk first).
+    blob = "x" * 250_000
+    text = _list_text([{"metadata": {"name": f"s{i}"}, "note": blob} for i in range(40)])
+    read = []
+
+    def chunks():
+        for chunk in _cut(text, 64 << 10):
+            read.append(len(chunk))
+            yield chunk
+
+    items = iter_list_items(chunks(), {})
+    assert next(items)["metadata"]["name"] == "s0"
+    assert sum(read) < 2 * len(blob) < len(text) / 10
+
+
+@pytest.mark.parametrize("text", [b'{"items": [{"a": 1}', b'{"items": [{"a": 1} {"b": 2}]}', b"[1, 2]",
+                                  b'{"items": [{"a": tru}]}', b""])
+def test_a_malformed_list_is_a_clear_error(text):
+    with pytest.raises(ValueError):
+        list(iter_list_items(_cut(text, 3), {}))
+

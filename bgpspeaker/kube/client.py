@@ -14,8 +14,10 @@ the first status write, it became a CPU burst in the middle of a failover test.
 
 from __future__ import annotations
 
+import codecs
 import json
-from typing import Any, Iterator, Optional
+import re
+from typing import Any, Iterable, Iterator, Optional
 from urllib.parse import quote
 
 import kubernetes
@@ -85,58 +87,140 @@ def read_json(response: Any) -> Any:
         response.release_conn()
 
 
-# A LIST page is read whole, then parsed: its size is the informer's peak memory. Pages
-# aim at PAGE_BYTES of JSON: the first asks for FIRST_PAGE objects, each next one for as
-# many as fit at the previous page's bytes per object (between MIN_PAGE and page_size).
-# Ordinary Services (1-2 KB) reach 500 a page from the second page on; 10,000 Services
-# with a 250 KB annotation each (issue 14) made a 125 MB first page at a fixed 500.
-PAGE_BYTES = 4 << 20
-FIRST_PAGE = 50
-MIN_PAGE = 5
+# A LIST page is parsed as it streams in, one object at a time (iter_list_items): the
+# informer holds one object's JSON and dict at once, never a page's. Pages were first
+# read whole and parsed, then bounded in bytes by guessing the next page's count from
+# the last one's size; a tenant's Services sorted among ours still made 50 MB pages
+# (issue 14: 10,000 ClusterIP Services with a 250 KB annotation each peaked the speaker
+# at 291 MB). Streamed, the page's size no longer matters, so pages are client-go's 500.
+LIST_CHUNK = 256 << 10  # bytes read from the socket at a time
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
 
 
-def next_page_size(page_bytes: int, objects: int, page_size: int) -> int:
-    """Objects to ask for next, from the last page's size. Pure."""
-    per_object = page_bytes / max(objects, 1)
-    return max(MIN_PAGE, min(page_size, int(PAGE_BYTES / max(per_object, 1.0))))
+class _JsonStream:
+    """A JSON text read from `chunks` of bytes, a value at a time (json's own C scanner
+    does each value): it holds the unparsed rest of the last chunk plus at most the value
+    being read, however long the text."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self._text, self._pos, self._eof = "", 0, False
+
+    def _more(self) -> bool:
+        """Append the next chunk (dropping what was consumed); False at the end."""
+        if self._eof:
+            return False
+        chunk = next(self._chunks, None)
+        self._eof = chunk is None
+        text = self._utf8.decode(chunk or b"", final=self._eof)
+        self._text, self._pos = self._text[self._pos:] + text, 0
+        return True
+
+    def peek(self) -> str:
+        """The next character that is not whitespace ("" at the end), not consumed."""
+        while True:
+            self._pos = _WHITESPACE.match(self._text, self._pos).end()  # type: ignore[union-attr]
+            if self._pos < len(self._text):
+                return self._text[self._pos]
+            if not self._more():
+                return ""
+
+    def take(self, allowed: str) -> str:
+        """Consume the next character, one of `allowed`, or raise ValueError."""
+        char = self.peek()
+        if not char or char not in allowed:
+            raise ValueError(f"malformed JSON list: expected one of {allowed!r}, found {char or 'the end'!r}")
+        self._pos += 1
+        return char
+
+    def value(self) -> Any:
+        """Parse the next whole value."""
+        self.peek()
+        while True:
+            try:
+                value, end = _DECODER.raw_decode(self._text, self._pos)
+            except json.JSONDecodeError:
+                if self._more():
+                    continue  # cut by the chunk's end: parse it again with the next chunk
+                raise
+            # A number (or literal) that ends the text may go on in the next chunk.
+            if end == len(self._text) and self._more():
+                continue
+            self._pos = end
+            return value
 
 
-def iter_pages(client: kubernetes.client.ApiClient, path: str, page_size: int = 500,
-               label_selector: Optional[str] = None) -> Iterator[dict]:
-    """One LIST as its raw `*List` pages, each fetched when the previous one is consumed.
-
-    Paged like client-go's pager (at most 500 a page, bounded in bytes too: see
-    PAGE_BYTES) and consumed page by page: at 10,000 objects, holding every raw dict at
-    once costs ~80 MB of RSS that Python keeps after they are freed (measured:
-    bench_kube.py), whereas one page is ~2 MB. All pages come from the first page's
-    snapshot, so the last page's `metadata.resourceVersion` is where a watch resumes. An
-    expired continue token raises ApiException(410).
-    """
-    cont = None
-    limit = min(page_size, FIRST_PAGE)
+def iter_list_items(chunks: Iterable[bytes], rest: dict) -> Iterator[Any]:
+    """The `items` of a `*List` JSON object read from `chunks`, one object at a time, as
+    they are parsed; the object's other fields (kind, metadata, ...) go into `rest`,
+    complete once the iterator is exhausted. A malformed text raises ValueError. Pure."""
+    text = _JsonStream(chunks)
+    text.take("{")
+    if text.peek() == "}":
+        return
     while True:
-        response = request_raw(client, "GET", path, limit=limit, labelSelector=label_selector, **{"continue": cont})
-        try:
-            data = response.data
-            page = json.loads(data)
-        finally:
-            response.release_conn()
-        size = len(data)
-        del data
-        cont = (page.get("metadata") or {}).get("continue")
-        limit = next_page_size(size, len(page.get("items") or ()), page_size)
-        yield page
-        if not cont:
+        key = text.value()
+        text.take(":")
+        if key == "items" and text.peek() == "[":
+            text.take("[")
+            if text.peek() == "]":
+                text.take("]")
+            else:
+                while True:
+                    yield text.value()
+                    if text.take(",]") == "]":
+                        break
+        else:
+            rest[key] = text.value()
+        if text.take(",}") == "}":
             return
+
+
+class Listing:
+    """One LIST, every page followed, as an iterator over its objects.
+
+    Paged like client-go's pager (at most `page_size` a page), each page fetched when the
+    previous one is consumed and streamed (iter_list_items): at 10,000 objects, holding
+    every raw dict at once costs ~80 MB of RSS that Python keeps after they are freed
+    (measured: bench_kube.py). All pages come from the first page's snapshot, so
+    `resource_version` (the last page's, set once the iteration is done) is where a
+    watch resumes. An expired continue token raises ApiException(410).
+    """
+
+    def __init__(self, client: kubernetes.client.ApiClient, path: str, page_size: int = 500,
+                 label_selector: Optional[str] = None) -> None:
+        self._client, self._path, self._page_size, self._label_selector = client, path, page_size, label_selector
+        self.resource_version: Optional[str] = None
+
+    def __iter__(self) -> Iterator[Any]:
+        cont = None
+        while True:
+            response = request_raw(self._client, "GET", self._path, limit=self._page_size,
+                                   labelSelector=self._label_selector, **{"continue": cont})
+            rest: dict = {}
+            done = False
+            try:
+                yield from iter_list_items(response.stream(LIST_CHUNK, decode_content=True), rest)
+                done = True
+            finally:
+                if not done:  # abandoned or malformed: the rest of the body must not reach the pool
+                    response.close()
+                response.release_conn()
+            meta = rest.get("metadata") or {}
+            self.resource_version = meta.get("resourceVersion")
+            cont = meta.get("continue")
+            if not cont:
+                return
 
 
 def list_raw(client: kubernetes.client.ApiClient, path: str, page_size: int = 500) -> dict:
     """One LIST, every page followed, as one raw `*List` dict holding the items of all pages."""
-    items: list = []
-    for page in iter_pages(client, path, page_size):
-        items.extend(page.get("items") or [])
-    page["items"] = items
-    return page
+    listing = Listing(client, path, page_size)
+    items = list(listing)
+    return {"items": items, "metadata": {"resourceVersion": listing.resource_version}}
 
 
 def fetch_snapshot(kubeconfig: Optional[str] = None) -> Snapshot:

@@ -33,7 +33,7 @@ from kubernetes.client.exceptions import ApiException
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
 
 from bgpspeaker import views
-from bgpspeaker.kube.client import ENDPOINT_SLICES_PATH, NODES_PATH, SERVICES_PATH, iter_pages, request_raw
+from bgpspeaker.kube.client import ENDPOINT_SLICES_PATH, NODES_PATH, SERVICES_PATH, Listing, request_raw
 from bgpspeaker.logs import fields
 from bgpspeaker.metrics import Metrics
 
@@ -202,31 +202,29 @@ class Informer:
         old = self._cache
         fresh: dict[str, Any] = {}
         changes: list[Change] = []
-        rv = None
-        # parsed page by page: see iter_pages
-        for page in iter_pages(self._client, self.resource.path, self.page_size, self.resource.label_selector):
-            for obj in page.get("items") or ():
-                key = self.resource.key(obj)
-                view = self._parse(key, obj)
-                known = old.get(key)
-                if view is None:  # unparseable: keep what we had, if anything
-                    if known is not None:
-                        fresh[key] = known
-                    continue
-                # Views are frozen dataclasses: == is "did anything the core reads change?".
-                # An unchanged object keeps its old view, and the new one is freed at once:
-                # a relist holds one copy of the cache, not two (peak RSS at 10,000
-                # Services was 157 MB with both, bench), and the daemon's caches, which
-                # compare views by identity first, stay valid.
-                if known is not None and known == view:
+        # Each object becomes a view as it is parsed off the stream: see Listing.
+        listing = Listing(self._client, self.resource.path, self.page_size, self.resource.label_selector)
+        for obj in listing:
+            key = self.resource.key(obj)
+            view = self._parse(key, obj)
+            known = old.get(key)
+            if view is None:  # unparseable: keep what we had, if anything
+                if known is not None:
                     fresh[key] = known
-                else:
-                    fresh[key] = view
-                    changes.append((key, view))
-            rv = (page.get("metadata") or {}).get("resourceVersion")
+                continue
+            # Views are frozen dataclasses: == is "did anything the core reads change?".
+            # An unchanged object keeps its old view, and the new one is freed at once:
+            # a relist holds one copy of the cache, not two (peak RSS at 10,000
+            # Services was 157 MB with both, bench), and the daemon's caches, which
+            # compare views by identity first, stay valid.
+            if known is not None and known == view:
+                fresh[key] = known
+            else:
+                fresh[key] = view
+                changes.append((key, view))
         changes.extend((k, None) for k in old if k not in fresh)
         self._cache = fresh
-        self.resource_version = rv
+        self.resource_version = listing.resource_version
         if self.stale or not self.synced or changes:
             log.info("listed", extra=fields(resource=self.resource.name, objects=len(fresh),
                                             resource_version=self.resource_version, changed=len(changes)))
