@@ -15,7 +15,7 @@ import pytest
 
 from bgpspeaker.annotations import COMMUNITIES_ANNOTATION, MAX_VALUE_CHARS, READ_ANNOTATIONS
 from bgpspeaker.config.schema import PoolConfig
-from bgpspeaker.kube.client import iter_list_items
+from bgpspeaker.kube.client import iter_list_items, page_items
 from bgpspeaker.planner import MAX_WARNINGS, service_communities
 from bgpspeaker.views import service_from_dict
 
@@ -84,11 +84,14 @@ def test_a_list_is_parsed_as_it_streams_whatever_the_chunks(size):
               "t": True, "z": None} for i in range(12)]
     for text in (_list_text(items, metadata={"resourceVersion": "12", "continue": "c"}),
                  _list_text(items)[:-1] + b', "metadata": {"resourceVersion": "13"}, "count": 12345}'):
-        rest: dict = {}
-        assert list(iter_list_items(_cut(text, size), rest)) == items
-        assert rest["kind"] == "ServiceList" and rest["metadata"]["resourceVersion"] in ("12", "13")
+        # streamed, and (page_items) parsed whole when small or streamed when not
+        for parse in (iter_list_items, page_items, lambda chunks, rest: page_items(chunks, rest, whole=size)):
+            rest: dict = {}
+            assert list(parse(_cut(text, size), rest)) == items
+            assert rest["kind"] == "ServiceList" and rest["metadata"]["resourceVersion"] in ("12", "13")
     for empty in (b'{"items": []}', b'{"items": null, "metadata": {}}', b"{}", b' { "items" : [ ] } '):
         assert list(iter_list_items(_cut(empty, size), {})) == []
+        assert list(page_items(_cut(empty, size), {})) == []
 
 
 def test_a_list_stream_holds_one_object_not_the_page():
@@ -103,9 +106,9 @@ def test_a_list_stream_holds_one_object_not_the_page():
             read.append(len(chunk))
             yield chunk
 
-    items = iter_list_items(chunks(), {})
+    items = page_items(chunks(), {}, whole=1 << 20)
     assert next(items)["metadata"]["name"] == "s0"
-    assert sum(read) < 2 * len(blob) < len(text) / 10
+    assert sum(read) < (1 << 20) + 2 * len(blob) < len(text) / 5
 
 
 @pytest.mark.parametrize("text", [b'{"items": [{"a": 1}', b'{"items": [{"a": 1} {"b": 2}]}', b"[1, 2]",
@@ -113,4 +116,6 @@ def test_a_list_stream_holds_one_object_not_the_page():
 def test_a_malformed_list_is_a_clear_error(text):
     with pytest.raises(ValueError):
         list(iter_list_items(_cut(text, 3), {}))
+    with pytest.raises(ValueError):
+        list(page_items(_cut(text, 3), {}))
 

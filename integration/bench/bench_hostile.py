@@ -5,8 +5,8 @@ already in their status) plus 10,000 ClusterIP Services that each carry a 250 KB
 annotation bgpspeaker never reads. The speaker is `bgpspeaker run --dry-run
 --no-allocator` (the whole daemon: informers, caches, allocator views, planner, ledger;
 no ExaBGP child, whose memory is its own process's), run once with this checkout and
-once with the package as it was at `--baseline` (default: the commit before views kept
-only our annotations), each in a fresh process against the same emulator (a third
+once with the package as it was at each `--baseline` (default: before views kept only
+our annotations, and before LIST pages were parsed as they stream), each in a fresh process against the same emulator (a third
 process, not counted). Printed, never asserted: RSS once the first plan is made and
 VmHWM (the peak, which includes the LIST pages being parsed). "first plan" is the
 daemon's own "initial plan" log line.
@@ -30,7 +30,9 @@ sys.path.insert(0, REPO)
 
 from integration.bench.bench_kube import make_objects  # noqa: E402
 
-BASELINE = "e231b9f~1"  # before "views keep only the annotations we read"
+# Earlier versions run beside this checkout: (row label, git revision).
+BASELINES = (("before the trim", "e231b9f~1"),  # before "views keep only the annotations we read"
+             ("pages read whole", "44c89ff"))  # before LIST pages were parsed as they stream
 ANNOTATION_BYTES = 250_000
 GOAL_MB = 150
 
@@ -117,7 +119,9 @@ def run_speaker(pythonpath: str, kubeconfig: str, workdir: str, expected: int) -
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="300 + 300 objects: a smoke run")
-    parser.add_argument("--baseline", default=BASELINE, help=f"git revision to compare with (default {BASELINE})")
+    parser.add_argument("--baseline", action="append", metavar="REV",
+                        help="a git revision to compare with (repeatable; default: "
+                             + ", ".join(f"{rev} ({label})" for label, rev in BASELINES) + ")")
     parser.add_argument("--services", type=int, help="N of each kind (default 10,000, --small 300)")
     parser.add_argument("--only-this", action="store_true", help="skip the baseline run")
     args = parser.parse_args()
@@ -144,28 +148,34 @@ def main() -> int:
             print(f"{n:,} LoadBalancer Services (+ {n:,} EndpointSlices, 40 Nodes) and {n:,} ClusterIP Services "
                   f"with a {ANNOTATION_BYTES // 1000} KB annotation each; `bgpspeaker run --dry-run "
                   f"--no-allocator`, each version in a fresh process\n")
-            base_dir = os.path.join(tmp, "baseline")
-            os.makedirs(base_dir)
             results = {}
-            versions = [("this checkout", REPO)]
+            versions = []
             if not args.only_this:
-                versions.insert(0, (f"before ({args.baseline})", package_at(args.baseline, base_dir)))
-            for name, path in versions:
-                work = os.path.join(tmp, name.split()[0])
+                labels = dict((rev, label) for label, rev in BASELINES)
+                for i, rev in enumerate(args.baseline or [rev for _, rev in BASELINES]):
+                    base_dir = os.path.join(tmp, f"baseline-{i}")
+                    os.makedirs(base_dir)
+                    versions.append((f"before ({rev}) {labels.get(rev, '')}".strip(), package_at(rev, base_dir)))
+            versions.append(("this checkout", REPO))
+            for i, (name, path) in enumerate(versions):
+                work = os.path.join(tmp, f"run-{i}")
                 os.makedirs(work, exist_ok=True)
                 results[name] = run_speaker(path, kubeconfig, work, n)
         finally:
             emulator.terminate()
             emulator.wait(timeout=30)
 
-    print(f"{'speaker':<28}{'RSS MB':>8}{'peak MB':>9}{'first plan s':>14}{'CPU s':>7}")
+    print(f"{'speaker':<40}{'RSS MB':>8}{'peak MB':>9}{'first plan s':>14}{'CPU s':>7}")
     for name, r in results.items():
-        print(f"{name:<28}{r['rss']:>8.0f}{r['hwm']:>9.0f}{r['settled_s']:>14.1f}{r['cpu']:>7.1f}")
+        print(f"{name:<40}{r['rss']:>8.0f}{r['hwm']:>9.0f}{r['settled_s']:>14.1f}{r['cpu']:>7.1f}")
     if len(results) < 2:
         return 0
-    (before, now) = results.values()
-    print(f"\nRSS now / before: {now['rss'] / before['rss']:.2f}x; goal RSS <= {GOAL_MB} MB: "
-          f"{'met' if now['rss'] <= GOAL_MB else 'NOT met'} ({now['rss']:.0f} MB); peak (VmHWM) {now['hwm']:.0f} MB")
+    *befores, now = results.values()
+    for name, before in zip(results, befores):
+        print(f"\nnow / {name}: RSS {now['rss'] / before['rss']:.2f}x, peak {now['hwm'] / before['hwm']:.2f}x, "
+              f"first plan {now['settled_s'] / before['settled_s']:.2f}x", end="")
+    print(f"\ngoal RSS <= {GOAL_MB} MB: {'met' if now['rss'] <= GOAL_MB else 'NOT met'} ({now['rss']:.0f} MB); "
+          f"peak (VmHWM) {now['hwm']:.0f} MB: {'under' if now['hwm'] <= GOAL_MB else 'over'} {GOAL_MB} MB")
     return 0
 
 
