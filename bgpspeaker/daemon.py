@@ -29,7 +29,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Optional, TypeVar
 
-from bgpspeaker.allocator import Allocation, RecordsMemo, allocate_snapshot
+from bgpspeaker.allocator import Allocation, RecordsMemo, allocate_snapshot, is_managed
 from bgpspeaker.bfd.runner import BfdService
 from bgpspeaker.config.load import ConfigError, config_warnings, load_config
 from bgpspeaker.config.schema import Config
@@ -228,9 +228,11 @@ class Daemon:
         if self.config.shared_store is not None:
             shared = self.config.shared_store
             stores[SHARED] = Store(SHARED, api_client(shared.kubeconfig), shared.namespace)
+        # The EndpointSlices cached are those of the Services we may announce (issue 14).
         self.watcher = KubeWatcher(api, self.loop, on_change=self._on_change, metrics=self.metrics,
                                    record_stores={name: (store.client, store.namespace)
-                                                  for name, store in stores.items()})
+                                                  for name, store in stores.items()},
+                                   announced=lambda service: is_managed(self.config, service))
         self.watcher.start()
         if not self.options.dry_run:
             # Imported while the Node list is in flight, rather than between that list and
@@ -544,6 +546,8 @@ class Daemon:
         for warning in config_warnings(new):
             log.warning("config warning", extra=fields(path=warning.path, message=warning.message))
         self.config = new
+        if self.watcher is not None:
+            self.watcher.reannounce()  # loadBalancerClass may have changed which Services are ours
         self._follow_maintenance()
         if self.driver is not None and self._node is not None:
             restarted = await self.driver.reconfigure(new, self._node)

@@ -9,6 +9,7 @@ The helpers here (LoopThread, Replica) are reused by test_kube_leader.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import os
 import threading
@@ -18,14 +19,15 @@ from typing import Any, Callable, Optional
 import pytest
 
 from bgpspeaker import views
-from bgpspeaker.allocator import ALLOCATED_FROM_POOL_ANNOTATION, allocate
-from bgpspeaker.config.schema import ClusterConfig, Config, PoolConfig, SpeakerConfig
+from bgpspeaker.allocator import ALLOCATED_FROM_POOL_ANNOTATION, allocate, is_managed
+from bgpspeaker.config.schema import ClusterConfig, Config, PeerConfig, PoolConfig, SpeakerConfig
 from bgpspeaker.kube.client import api_client, fetch_snapshot
 from bgpspeaker.kube.events import EventRecorder
 from bgpspeaker.kube.leader import LeaderElector
 from bgpspeaker.kube.status import StatusWriter, WriteResult
 from bgpspeaker.kube.watcher import KubeWatcher
 from bgpspeaker.metrics import Metrics
+from bgpspeaker.planner import plan
 from integration.kubeapi import run_emulator
 from integration.lab.wait import wait_until
 
@@ -232,6 +234,103 @@ def test_fetch_snapshot_follows_pages(emu):
     emu.load_objects([svc(f"s{i:04d}") for i in range(1203)])  # pages of 500, each parsed as it streams
     assert len(fetch_snapshot(emu.kubeconfig).services) == 1203
     assert [q["query"]["limit"] for q in service_lists(emu)] == ["500", "500", "500"]
+
+
+# ---- the EndpointSlices of Services we never announce are not cached (issue 14) ---------------
+
+SLICES_OF_DEFAULT = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+
+
+def announcing_config() -> Config:
+    return Config(cluster=ClusterConfig("east"), speaker=SpeakerConfig(my_asn=64512),
+                  peers=(PeerConfig("tor", ipaddress.ip_address("10.0.0.1"), 64500),),
+                  pools=(PoolConfig("public", (ipaddress.ip_network("203.0.113.0/24"),)),))
+
+
+def slice_ips(w: Watching) -> dict[str, set[str]]:
+    """slice key -> its endpoints' addresses, as the watcher's snapshot has them."""
+    return {key: {a for e in view.endpoints for a in e.addresses}
+            for key, view in w.snapshot().endpoint_slices.items()}
+
+
+def test_slices_are_cached_only_for_services_we_may_announce(emu, watching):
+    cfg = announcing_config()
+    emu.load_objects([svc("web", type="ClusterIP"), endpoint_slice("web-1", "web"),
+                      svc("api"), endpoint_slice("api-1", "api", ip="10.1.0.2"), node("node-a")])
+    w = watching(announced=lambda s: is_managed(cfg, s))  # what the daemon passes
+
+    def announced() -> set[str]:
+        snapshot = w.snapshot()
+        return {k for r in plan(cfg, snapshot, "node-a", allocate(cfg, snapshot.services.values())).routes
+                for k in r.services}
+
+    def informer_cache() -> set[str]:
+        return set(dict(w.watcher._slices._cache))
+
+    wait_until(lambda: w.state("synced") and set(slice_ips(w)) == {"default/api-1"}, 10, "web-1 dropped")
+    assert informer_cache() == {"default/api-1"}
+    assert announced() == {"default/api"}
+
+    # ClusterIP -> LoadBalancer: the slice the watch dropped is listed by its label, its
+    # endpoint counts, and web is announced; no relist, no restart.
+    since = len(emu.requests)
+    emu.set_object(svc("web"))
+    wait_until(lambda: announced() == {"default/api", "default/web"}, 10, "web announced")
+    assert informer_cache() == {"default/api-1", "default/web-1"}
+    assert [r["query"].get("labelSelector") for r in emu.requests[since:]
+            if r["method"] == "GET" and r["path"] == SLICES_OF_DEFAULT] == ["kubernetes.io/service-name=web"]
+
+    # ... and back: its slice is dropped, and its changes are not cached any more.
+    emu.set_object(svc("web", type="ClusterIP"))
+    wait_until(lambda: set(slice_ips(w)) == {"default/api-1"}, 10, "web-1 dropped again")
+    assert announced() == {"default/api"}
+    emu.set_object(endpoint_slice("web-1", "web", ip="10.1.0.9"))
+    emu.set_object(endpoint_slice("api-1", "api", ip="10.1.0.3"))  # the watch has passed web-1 once this shows
+    wait_until(lambda: slice_ips(w).get("default/api-1") == {"10.1.0.3"}, 10, "api-1 changed")
+    assert set(slice_ips(w)) == {"default/api-1"} and informer_cache() == {"default/api-1"}
+    assert len([r for r in emu.requests if r["method"] == "GET" and r["path"] == "/apis/discovery.k8s.io/v1/endpointslices"
+                and str(r["query"].get("watch", "")).lower() not in ("true", "1")]) == 1  # the first list only
+    assert w.restarts("endpointslices") == 0
+
+
+def test_a_reload_that_changes_the_class_decides_the_slices_again(emu, watching):
+    current = [announcing_config()]  # the daemon's self.config, replaced by a reload
+    emu.load_objects([svc("gold", loadBalancerClass="example.com/gold"), endpoint_slice("gold-1", "gold"),
+                      svc("web"), endpoint_slice("web-1", "web"), node("node-a")])
+    w = watching(announced=lambda s: is_managed(current[0], s))
+    wait_until(lambda: w.state("synced") and set(slice_ips(w)) == {"default/web-1"}, 10, "gold-1 dropped")
+    current[0] = dataclasses.replace(current[0], speaker=SpeakerConfig(my_asn=64512,
+                                                                       load_balancer_class="example.com/gold"))
+    w.loop.call(w.watcher.reannounce)  # what Daemon.reload_config does
+    wait_until(lambda: set(slice_ips(w)) == {"default/gold-1"}, 10, "gold's slices instead of web's")
+
+
+def test_slices_of_a_service_turned_announceable_miss_no_event(emu, watching):
+    # The race between the two watches: slices made before their Service, changed and
+    # added while the Service turns LoadBalancer (the slice watch may see those events
+    # before or after the Service's), then the Service turned back while a slice goes.
+    emu.load_objects([node("node-a")])
+    w = watching(announced=lambda s: s.type == "LoadBalancer")
+    wait_until(lambda: w.state("synced"), 10, "initial sync")
+    names = [f"s{i}" for i in range(6)]
+    for name in names:
+        emu.set_object(endpoint_slice(f"{name}-1", name, ip="10.2.0.1"))
+    for name in names:
+        emu.set_object(svc(name))
+        for k in range(2, 5):
+            emu.set_object(endpoint_slice(f"{name}-1", name, ip=f"10.2.0.{k}"))
+        emu.set_object(endpoint_slice(f"{name}-2", name, ip="10.3.0.1"))
+    want = {f"default/{n}-1": {"10.2.0.4"} for n in names} | {f"default/{n}-2": {"10.3.0.1"} for n in names}
+    wait_until(lambda: slice_ips(w) == want, 15, "every slice as it is in the API")
+    for name in names[:3]:
+        emu.set_object(svc(name, type="ClusterIP"))
+        emu.delete_object("discovery.k8s.io/v1", "EndpointSlice", "default", f"{name}-2")
+        emu.set_object(endpoint_slice(f"{name}-1", name, ip="10.2.0.9"))
+    want = {f"default/{n}-1": {"10.2.0.4"} for n in names[3:]} | {f"default/{n}-2": {"10.3.0.1"} for n in names[3:]}
+    wait_until(lambda: slice_ips(w) == want, 15, "only the LoadBalancer Services' slices")
+    emu.set_object(svc(names[0]))  # and on again: its one remaining slice, as it is now
+    want[f"default/{names[0]}-1"] = {"10.2.0.9"}
+    wait_until(lambda: slice_ips(w) == want, 15, "s0-1 listed again")
 
 
 def test_watcher_syncs_then_follows_changes_and_drops_noise(emu, watching):

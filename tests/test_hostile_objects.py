@@ -119,3 +119,42 @@ def test_a_malformed_list_is_a_clear_error(text):
     with pytest.raises(ValueError):
         list(page_items(_cut(text, 3), {}))
 
+
+
+# ---- the EndpointSlices cache keeps only the slices of Services we may announce -------------
+
+def _services(**types: str) -> dict:
+    from bgpspeaker.views import service_from_dict as parse
+    return {f"shop/{name}": parse({"metadata": {"name": name, "namespace": "shop"}, "spec": {"type": type_}})
+            for name, type_ in types.items()}
+
+
+def test_the_announced_services_are_the_managed_ones_updated_by_what_changed():
+    from bgpspeaker.allocator import is_managed
+    from bgpspeaker.config.schema import ClusterConfig, Config, SpeakerConfig
+    from bgpspeaker.kube.watcher import announced_services
+
+    cfg = Config(cluster=ClusterConfig("east"), speaker=SpeakerConfig(my_asn=64512), pools=())
+    managed = lambda s: is_managed(cfg, s)  # noqa: E731
+    services = _services(web="LoadBalancer", db="ClusterIP", api="LoadBalancer")
+    before = announced_services(services, managed)
+    assert before == {"shop/web", "shop/api"}
+    # db turned LoadBalancer, api deleted, web unchanged but listed as changed
+    services.update(_services(db="LoadBalancer"))
+    del services["shop/api"]
+    assert announced_services(services, managed, ["shop/db", "shop/api", "shop/web"], before) == {
+        "shop/web", "shop/db"}
+    # nothing came or went: the same set, not a copy
+    now = frozenset({"shop/web", "shop/db"})
+    assert announced_services(services, managed, ["shop/web", "shop/db"], now) is now
+
+
+def test_slices_are_kept_for_every_service_until_the_services_are_listed_then_only_for_the_announced():
+    from bgpspeaker.kube.watcher import slices_kept, to_decide_again
+    assert slices_kept("shop/db", None)
+    assert not slices_kept("shop/db", frozenset({"shop/web"}))
+    assert slices_kept("shop/web", frozenset({"shop/web"}))
+    assert to_decide_again(None, frozenset({"shop/web"})) is None  # first list: every group
+    assert to_decide_again(frozenset({"shop/web", "shop/api"}), frozenset({"shop/web", "shop/db"})) == {
+        "shop/api", "shop/db"}
+    assert to_decide_again(frozenset({"shop/web"}), frozenset({"shop/web"})) == frozenset()

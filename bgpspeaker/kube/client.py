@@ -33,7 +33,8 @@ CORE = "/api/v1"
 LEASES = "/apis/coordination.k8s.io/v1"
 SERVICES_PATH = f"{CORE}/services"
 NODES_PATH = f"{CORE}/nodes"
-ENDPOINT_SLICES_PATH = "/apis/discovery.k8s.io/v1/endpointslices"
+DISCOVERY = "/apis/discovery.k8s.io/v1"
+ENDPOINT_SLICES_PATH = f"{DISCOVERY}/endpointslices"
 MERGE_PATCH = "application/merge-patch+json"
 
 

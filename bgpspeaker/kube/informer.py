@@ -26,14 +26,16 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
 
 from bgpspeaker import views
-from bgpspeaker.kube.client import ENDPOINT_SLICES_PATH, NODES_PATH, SERVICES_PATH, Listing, request_raw
+from bgpspeaker.kube.client import (
+    DISCOVERY, ENDPOINT_SLICES_PATH, NODES_PATH, SERVICES_PATH, Listing, object_path, request_raw,
+)
 from bgpspeaker.logs import fields
 from bgpspeaker.metrics import Metrics
 
@@ -49,6 +51,11 @@ class Resource:
     path: str  # the list-all URL path, e.g. /api/v1/services
     parse: Callable[[Mapping[str, Any]], Any]  # raw dict -> view
     label_selector: Optional[str] = None  # list and watch only the objects it selects
+    # Views fall into groups (an EndpointSlice's: its Service's key) that the informer's
+    # `keeps` decides on, and a group's objects can be listed alone: view -> group, and
+    # group -> (list path, label selector). See Informer.regroup.
+    group: Optional[Callable[[Any], str]] = None
+    group_list: Optional[Callable[[str], tuple[str, str]]] = None
 
     def key(self, obj: Mapping[str, Any]) -> str:
         meta = obj.get("metadata") or {}
@@ -56,8 +63,17 @@ class Resource:
         return f"{namespace}/{meta.get('name')}" if namespace else str(meta.get("name"))
 
 
+def _slices_of_service(service_key: str) -> tuple[str, str]:
+    namespace, _, name = service_key.partition("/")
+    return (object_path(DISCOVERY, "endpointslices", namespace), f"{views.SERVICE_NAME_LABEL}={name}")
+
+
 SERVICES = Resource("services", SERVICES_PATH, views.service_from_dict)
-ENDPOINT_SLICES = Resource("endpointslices", ENDPOINT_SLICES_PATH, views.endpoint_slice_from_dict)
+ENDPOINT_SLICES = Resource("endpointslices", ENDPOINT_SLICES_PATH, views.endpoint_slice_from_dict,
+                           group=lambda view: view.service_key, group_list=_slices_of_service)
+# More groups than this to fetch at once (a config reload that changes loadBalancerClass,
+# thousands of Services turned LoadBalancer together) are fetched by one relist instead.
+MAX_GROUP_LISTS = 20
 NODES = Resource("nodes", NODES_PATH, views.node_from_dict)
 
 
@@ -93,14 +109,26 @@ class Informer:
     order: `changes` is a list of (key, view | None); `listed` is True when the batch
     completes a (re)list, i.e. the sender's cache is now complete and fresh. `on_lost`
     (resource_name) is called from the thread when the watch is lost (the cache stands).
+
+    A resource with groups keeps only the views whose group `keeps(group)` (called from
+    this thread; it must be safe to call there); whoever changes its answer for a group
+    calls `regroup` afterwards (see there).
     """
 
     def __init__(self, api_client: kubernetes.client.ApiClient, resource: Resource,
                  on_batch: Callable[[str, list[Change], bool], None],
                  metrics: Metrics, *, on_lost: Callable[[str], None] = lambda name: None,
                  watch_timeout: float = 60.0, backoff_initial: float = 0.2, backoff_max: float = 10.0,
-                 healthy_after: float = 1.0, page_size: int = 500) -> None:
+                 healthy_after: float = 1.0, page_size: int = 500,
+                 keeps: Callable[[str], bool] = lambda group: True) -> None:
         self.resource = resource
+        self._keeps = keeps
+        # Groups to decide again (regroup), shared with the threads that ask; `_response`
+        # is set under the same lock, so a request either sees the watch to interrupt or
+        # is seen by the thread before it reads that watch.
+        self._lock = threading.Lock()
+        self._regroup: set[str] = set()
+        self._regroup_all = False
         self._client = api_client
         self._on_batch, self._on_lost = on_batch, on_lost
         self._restarts = metrics.watch_restarts.labels(resource=resource.name)
@@ -146,6 +174,38 @@ class Informer:
         self.request_stop()
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def regroup(self, groups: Optional[Iterable[str]] = None) -> None:
+        """Decide these groups (None: every group) again with `keeps`, from any thread, once
+        `keeps` gives its new answers: the views of a group no longer kept are dropped
+        (delivered as deletions); a group kept now is listed alone (its label selector),
+        since the watch dropped its objects until now, and kept from then on.
+
+        Done on the informer's thread between two watches: the watch in progress is cut
+        and resumed from its resourceVersion afterwards. That order is what makes it
+        lossless: an event the watch dropped came before the request, so the group's LIST
+        (a fresh read) shows it; every event after the request is kept; and events that
+        the resumed watch replays, older than that LIST, are followed by the newer ones.
+        """
+        with self._lock:
+            if groups is None:
+                self._regroup_all = True
+            else:
+                self._regroup.update(groups)
+            response = self._response
+        if response is not None:
+            try:
+                response.shutdown()  # unblocks the watch's read (urllib3 >= 2.3)
+            except Exception:  # already closed
+                pass
+
+    def _asked(self) -> bool:
+        with self._lock:
+            return self._regroup_all or bool(self._regroup)
+
+    def _kept(self, view: Any) -> bool:
+        group = self.resource.group
+        return group is None or self._keeps(group(view))
 
     # ---- the loop -----------------------------------------------------------------------
 
@@ -199,6 +259,10 @@ class Informer:
             self._on_lost(self.resource.name)
 
     def _relist(self) -> None:
+        # A relist decides every group with `keeps` as it is now: requests made so far are done.
+        with self._lock:
+            self._regroup.clear()
+            self._regroup_all = False
         old = self._cache
         fresh: dict[str, Any] = {}
         changes: list[Change] = []
@@ -211,6 +275,8 @@ class Informer:
             if view is None:  # unparseable: keep what we had, if anything
                 if known is not None:
                     fresh[key] = known
+                continue
+            if not self._kept(view):  # as if absent: a deletion if we had it
                 continue
             # Views are frozen dataclasses: == is "did anything the core reads change?".
             # An unchanged object keeps its old view, and the new one is freed at once:
@@ -235,6 +301,9 @@ class Informer:
         """Watch from self.resource_version, re-watching on a clean end, until an error."""
         short = 0  # consecutive watches that ended at once with nothing in them
         while not self._stopping.is_set():
+            if self._asked():
+                self._do_regroup()
+                continue
             opened, lines = time.monotonic(), 0
             try:
                 response = request_raw(
@@ -248,25 +317,81 @@ class Informer:
                 if exc.status == 410:
                     raise _Expired(f"watch from {self.resource_version}: 410 Gone") from None
                 raise
-            self._response = response
+            with self._lock:
+                self._response = response
             try:
                 if self._stopping.is_set():  # stop() ran before _response was visible
                     return
-                for line in iter_lines(response):
-                    lines += 1
-                    self._handle(json.loads(line))
+                if self._asked():  # regroup() ran before _response was visible
+                    continue
+                try:
+                    for line in iter_lines(response):
+                        lines += 1
+                        self._handle(json.loads(line))
+                except Exception:
+                    if not self._asked():
+                        raise
+                    # cut by regroup(): resumed from self.resource_version after it
             finally:
-                self._response = None
+                with self._lock:
+                    self._response = None
                 response.close()
                 response.release_conn()
             if self._stopping.is_set():
                 return
+            if self._asked():
+                continue  # cut by regroup(): not a restart
             self._restarts.inc()  # a clean end: resume from the last resourceVersion
             # A server (or proxy) that closes every watch at once would make this a busy
             # loop; client-go calls it a "very short watch". Back off, without relisting.
             short = short + 1 if lines == 0 and time.monotonic() - opened < 1.0 else 0
             if short and self._stopping.wait(self._wait_seconds(short)):
                 return
+
+    def _do_regroup(self) -> None:
+        """What regroup() asked, on the informer's thread (see there); one batch of changes.
+        A failed LIST raises, as a failed watch does: the relist that follows decides
+        every group anyway."""
+        with self._lock:
+            groups, every = self._regroup, self._regroup_all
+            self._regroup, self._regroup_all = set(), False
+        group_of, group_list = self.resource.group, self.resource.group_list
+        if group_of is None or group_list is None:
+            return
+        changes: list[Change] = []
+        fetch = {group for group in groups if self._keeps(group)}
+        members: dict[str, set[str]] = {group: set() for group in fetch}
+        for key, view in list(self._cache.items()):
+            group = group_of(view)
+            if (every or group in groups) and not self._keeps(group):
+                del self._cache[key]
+                changes.append((key, None))
+            elif group in members:
+                members[group].add(key)
+        if len(fetch) > MAX_GROUP_LISTS:
+            if changes:
+                self._on_batch(self.resource.name, changes, False)
+            self._relist()
+            return
+        for group in sorted(fetch):
+            path, selector = group_list(group)
+            for obj in Listing(self._client, path, self.page_size, selector):
+                key = self.resource.key(obj)
+                view = self._parse(key, obj)
+                if view is None or group_of(view) != group:
+                    members[group].discard(key)  # unparseable: keep what we had
+                    continue
+                members[group].discard(key)
+                if self._cache.get(key) != view:
+                    self._cache[key] = view
+                    changes.append((key, view))
+            for key in members[group]:  # gone since the watch last kept this group
+                del self._cache[key]
+                changes.append((key, None))
+        log.debug("regrouped", extra=fields(resource=self.resource.name, listed=len(fetch),
+                                           every=every, changed=len(changes)))
+        if changes:
+            self._on_batch(self.resource.name, changes, False)
 
     def _wait_seconds(self, attempt: int) -> float:
         class _State:  # what a tenacity wait strategy reads
@@ -288,7 +413,10 @@ class Informer:
                     change = (key, None)
             else:
                 view = self._parse(key, obj)
-                if view is not None and self._cache.get(key) != view:
+                if view is not None and not self._kept(view):
+                    if self._cache.pop(key, None) is not None:  # moved to a group we do not keep
+                        change = (key, None)
+                elif view is not None and self._cache.get(key) != view:
                     self._cache[key] = view
                     change = (key, view)
             if change is not None:

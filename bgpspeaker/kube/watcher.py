@@ -13,14 +13,14 @@ import asyncio
 import functools
 import logging
 import time
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 import kubernetes
 
 from bgpspeaker.kube.client import object_path
 from bgpspeaker.kube.informer import ENDPOINT_SLICES, NODES, SERVICES, Change, Informer, Resource
 from bgpspeaker.metrics import Metrics
-from bgpspeaker.model import Snapshot
+from bgpspeaker.model import ServiceView, Snapshot
 from bgpspeaker.records import IMPORT_MARKER, LOCAL, RECORD_LABEL, RECORD_LABEL_VALUE
 from bgpspeaker.views import IMPORTED, record_or_marker_from_dict
 
@@ -31,6 +31,41 @@ RESOURCES: tuple[Resource, ...] = (SERVICES, ENDPOINT_SLICES, NODES)
 # config depends on this Node, so its session can come up while they are read. Listed
 # side by side, the one-object Node list queued behind them (1.3 s at 50,000 Services, bench).
 NODES_FIRST_WAIT = 2.0
+
+
+# ---- which EndpointSlices the cache keeps (issue 14) ---------------------------------------
+# Only those of Services this speaker may announce: the planner reads no others, and a
+# tenant's ClusterIP Services (any number of them) must not grow every node's cache.
+
+
+def announced_services(services: Mapping[str, ServiceView], announced: Callable[[ServiceView], bool],
+                       keys: Optional[Iterable[str]] = None,
+                       before: frozenset[str] = frozenset()) -> frozenset[str]:
+    """The keys of the Services `announced` says yes to: all of `services`, or only `keys`
+    (the ones that changed, a missing key being a deleted Service) updating `before`. Pure."""
+    if keys is None:
+        return frozenset(key for key, service in services.items() if announced(service))
+    now = set(before)
+    for key in keys:
+        service = services.get(key)
+        if service is not None and announced(service):
+            now.add(key)
+        else:
+            now.discard(key)
+    return frozenset(now) if now != before else before
+
+
+def slices_kept(service_key: str, wanted: Optional[frozenset[str]]) -> bool:
+    """Whether the cache keeps the EndpointSlices of this Service: every Service's until
+    the Services are first listed (`wanted` None: nothing is known to be unannounced
+    yet, and the lists run side by side), then only the announced ones'. Pure."""
+    return wanted is None or service_key in wanted
+
+
+def to_decide_again(before: Optional[frozenset[str]], now: frozenset[str]) -> Optional[frozenset[str]]:
+    """The Services whose slices must be decided again when `wanted` goes from `before`
+    to `now`: every one (None) when it was unknown, else those that came or went. Pure."""
+    return None if before is None else before ^ now
 
 
 def records_resource(store: str, namespace: str) -> Resource:
@@ -52,12 +87,21 @@ class KubeWatcher:
     def __init__(self, api_client: kubernetes.client.ApiClient, loop: asyncio.AbstractEventLoop,
                  on_change: Callable[[], None], metrics: Metrics,
                  record_stores: Optional[Mapping[str, tuple[kubernetes.client.ApiClient, str]]] = None,
+                 announced: Optional[Callable[[ServiceView], bool]] = None,
                  **informer_options: Any) -> None:
         """`record_stores`: store name (local | shared) -> (its API, its namespace): the
         allocation records watched there. The local store is part of `synced` (it decides
         whether this cluster allocates from records at all); another store that cannot be
-        read only keeps the Services of its pools waiting."""
+        read only keeps the Services of its pools waiting.
+
+        `announced(service)`: whether this speaker may announce the Service (the daemon
+        passes allocator.is_managed with its config); only those Services' EndpointSlices
+        are kept. Called on the loop only. None keeps every slice."""
         self._loop, self._on_change = loop, on_change
+        self._announced = announced
+        # The Services whose slices are kept: None until the Services are listed. Replaced,
+        # never mutated: the slices informer's thread reads it (slices_kept).
+        self._wanted: Optional[frozenset[str]] = None
         record_stores = dict(record_stores or {})
         self._record_resources = {store: records_resource(store, namespace)
                                   for store, (_, namespace) in record_stores.items()}
@@ -72,7 +116,11 @@ class KubeWatcher:
         self._stale: set[str] = set()
         self.changed_at: Optional[float] = None  # monotonic receipt time of the oldest change not yet snapshotted
         self._informers = [Informer(api_client, r, self._batch_from_thread, metrics,
-                                    on_lost=self._lost_from_thread, **informer_options) for r in RESOURCES]
+                                    on_lost=self._lost_from_thread, **informer_options) for r in RESOURCES
+                           if r is not ENDPOINT_SLICES]
+        self._slices = Informer(api_client, ENDPOINT_SLICES, self._batch_from_thread, metrics,
+                                on_lost=self._lost_from_thread, keeps=self._keeps_slices_of, **informer_options)
+        self._informers.insert(1, self._slices)
         self._informers += [Informer(record_stores[store][0], resource, self._batch_from_thread, metrics,
                                      on_lost=self._lost_from_thread, **informer_options)
                             for store, resource in self._record_resources.items()]
@@ -90,6 +138,22 @@ class KubeWatcher:
             informer.request_stop()
         for informer in self._informers:
             informer.stop(timeout)
+
+    def reannounce(self) -> None:
+        """Decide again which Services' slices are kept (on the loop), after `announced`
+        changed its answers (a config reload: loadBalancerClass)."""
+        if self._announced is not None and self._wanted is not None:
+            self._want(announced_services(self._views[SERVICES.name], self._announced))
+
+    def _keeps_slices_of(self, service_key: str) -> bool:  # the slices informer's thread
+        return slices_kept(service_key, self._wanted)
+
+    def _want(self, wanted: frozenset[str]) -> None:
+        """The slices of `wanted` kept from now on; the informer told which changed."""
+        again = to_decide_again(self._wanted, wanted)
+        self._wanted = wanted  # before regroup: the informer decides with the new set
+        if again is None or again:
+            self._slices.regroup(again)
 
     @property
     def synced(self) -> bool:
@@ -164,6 +228,10 @@ class KubeWatcher:
             self._snapshot = None
             if self.changed_at is None:
                 self.changed_at = received
+            if resource == SERVICES.name and self._announced is not None and self._wanted is not None:
+                self._want(announced_services(views, self._announced, (key for key, _ in changes), self._wanted))
+        if resource == SERVICES.name and listed and self._announced is not None and self._wanted is None:
+            self._want(announced_services(self._views[SERVICES.name], self._announced))
         became_synced = False
         if listed:
             self._stale.discard(resource)
