@@ -111,6 +111,22 @@ def test_a_list_stream_holds_one_object_not_the_page():
     assert sum(read) < (1 << 20) + 2 * len(blob) < len(text) / 5
 
 
+def test_a_malformed_list_is_not_read_to_its_end(monkeypatch):
+    import bgpspeaker.kube.client as client
+    monkeypatch.setattr(client, "MAX_VALUE_CHARS", 1000)
+    read = []
+
+    def chunks():
+        yield b'{"items": [{"a": ]'  # broken at once; a 200 MB page follows
+        for _ in range(200_000):
+            read.append(1)
+            yield b" " * 1000
+
+    with pytest.raises(ValueError, match="no value parses in 1000 characters"):
+        list(iter_list_items(chunks(), {}))
+    assert len(read) <= 2
+
+
 @pytest.mark.parametrize("text", [b'{"items": [{"a": 1}', b'{"items": [{"a": 1} {"b": 2}]}', b"[1, 2]",
                                   b'{"items": [{"a": tru}]}', b""])
 def test_a_malformed_list_is_a_clear_error(text):

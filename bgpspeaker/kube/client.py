@@ -99,6 +99,9 @@ def read_json(response: Any) -> Any:
 # shared across the page), and the cold start at 50,000 Services parses 100 of them.
 LIST_CHUNK = 256 << 10  # bytes read from the socket at a time
 WHOLE_PAGE = 4 << 20
+# No object is larger (the API refuses requests over 3 MB): past this, a value that does
+# not parse is malformed text, not one cut by a chunk's end, and is not read to the end.
+MAX_VALUE_CHARS = 16 << 20
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
@@ -148,6 +151,8 @@ class _JsonStream:
             try:
                 value, end = _DECODER.raw_decode(self._text, self._pos)
             except json.JSONDecodeError:
+                if len(self._text) - self._pos > MAX_VALUE_CHARS:
+                    raise ValueError(f"malformed JSON list: no value parses in {MAX_VALUE_CHARS} characters") from None
                 if self._more():
                     continue  # cut by the chunk's end: parse it again with the next chunk
                 raise

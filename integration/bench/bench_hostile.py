@@ -2,14 +2,14 @@
 
 10,000 LoadBalancer Services with their EndpointSlices (bench_kube's shapes, addresses
 already in their status) plus 10,000 ClusterIP Services that each carry a 250 KB
-annotation bgpspeaker never reads. The speaker is `bgpspeaker run --dry-run
+annotation bgpspeaker never reads, and have an EndpointSlice it never needs. The speaker is `bgpspeaker run --dry-run
 --no-allocator` (the whole daemon: informers, caches, allocator views, planner, ledger;
 no ExaBGP child, whose memory is its own process's), run once with this checkout and
 once with the package as it was at each `--baseline` (default: before views kept only
-our annotations, and before LIST pages were parsed as they stream), each in a fresh process against the same emulator (a third
-process, not counted). Printed, never asserted: RSS once the first plan is made and
-VmHWM (the peak, which includes the LIST pages being parsed). "first plan" is the
-daemon's own "initial plan" log line.
+our annotations, and before LIST pages were parsed as they stream), each in a fresh
+process against the same emulator (a third process, not counted). Printed, never
+asserted: RSS once the first plan is made and VmHWM (the peak, which includes the LIST
+pages being parsed). "first plan" is the daemon's own "initial plan" log line.
 
     .venv/bin/python integration/bench/bench_hostile.py            # 10,000 + 10,000 (goal: speaker RSS <= 150 MB)
     .venv/bin/python integration/bench/bench_hostile.py --small    # 300 + 300, a smoke run
@@ -44,6 +44,22 @@ def hostile_services(n: int) -> list[dict]:
                           "annotations": {"example.com/notes": blob}},
              "spec": {"type": "ClusterIP", "clusterIP": f"10.97.{i // 250}.{i % 250}",
                       "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}
+            for i in range(n)]
+
+
+def internal_slices(n: int) -> list[dict]:
+    """One EndpointSlice per ClusterIP Service, as its controller makes them: the speaker
+    never announces those Services, so it should not keep their slices either."""
+    return [{"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+             "metadata": {"name": f"internal-{i:05d}-fghij", "namespace": f"team-{i % 50}",
+                          "labels": {"kubernetes.io/service-name": f"internal-{i:05d}",
+                                     "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+             "endpoints": [{"addresses": [f"10.{(i + k) % 250}.{100 + k}.{i % 250}"],
+                            "nodeName": f"node-{(i + k) % 40}",
+                            "conditions": {"ready": True, "serving": True, "terminating": False},
+                            "targetRef": {"kind": "Pod", "namespace": f"team-{i % 50}", "name": f"internal-{i}-{k}"}}
+                           for k in range(3)],
+             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}
             for i in range(n)]
 
 
@@ -145,8 +161,13 @@ def main() -> int:
             for i in range(0, len(hostile), 50):
                 remote.load_objects(hostile[i:i + 50])
             del hostile
+            slices = internal_slices(n)
+            for i in range(0, len(slices), 2000):
+                remote.load_objects(slices[i:i + 2000])
+            del slices
             print(f"{n:,} LoadBalancer Services (+ {n:,} EndpointSlices, 40 Nodes) and {n:,} ClusterIP Services "
-                  f"with a {ANNOTATION_BYTES // 1000} KB annotation each; `bgpspeaker run --dry-run "
+                  f"with a {ANNOTATION_BYTES // 1000} KB annotation each (+ {n:,} EndpointSlices); "
+                  f"`bgpspeaker run --dry-run "
                   f"--no-allocator`, each version in a fresh process\n")
             results = {}
             versions = []
