@@ -97,7 +97,7 @@ def read_json(response: Any) -> Any:
 # 500 objects. A smaller page (500 ordinary Services are ~0.5 MB) is still parsed whole:
 # one json.loads is ~1.5x faster than a raw_decode per object (measured: key strings are
 # shared across the page), and the cold start at 50,000 Services parses 100 of them.
-LIST_CHUNK = 256 << 10  # bytes read from the socket at a time
+LIST_CHUNK = 1 << 20  # bytes read from the socket at a time (256 KB cost 1.5x the parse of 250 KB objects)
 WHOLE_PAGE = 4 << 20
 # No object is larger (the API refuses requests over 3 MB): past this, a value that does
 # not parse is malformed text, not one cut by a chunk's end, and is not read to the end.

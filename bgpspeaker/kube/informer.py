@@ -150,8 +150,9 @@ class Informer:
 
     # ---- lifecycle ----------------------------------------------------------------------
 
-    def start(self, after: Optional[threading.Event] = None, wait: float = 0.0) -> None:
-        """Start the thread; with `after`, its first list waits up to `wait` seconds for that event."""
+    def start(self, after: Optional[threading.Event] = None, wait: Optional[float] = 0.0) -> None:
+        """Start the thread; with `after`, its first list waits up to `wait` seconds (None:
+        until it is set) for that event."""
         def run() -> None:
             if after is not None:
                 after.wait(wait)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 import time
 from typing import Any, Callable, Iterable, Mapping, Optional
 
@@ -56,9 +57,9 @@ def announced_services(services: Mapping[str, ServiceView], announced: Callable[
 
 
 def slices_kept(service_key: str, wanted: Optional[frozenset[str]]) -> bool:
-    """Whether the cache keeps the EndpointSlices of this Service: every Service's until
-    the Services are first listed (`wanted` None: nothing is known to be unannounced
-    yet, and the lists run side by side), then only the announced ones'. Pure."""
+    """Whether the cache keeps the EndpointSlices of this Service: only the announced
+    ones' once the Services are listed; every one while `wanted` is None (nothing known
+    yet; the watcher lists the slices after the Services, so only without `announced`). Pure."""
     return wanted is None or service_key in wanted
 
 
@@ -102,6 +103,12 @@ class KubeWatcher:
         # The Services whose slices are kept: None until the Services are listed. Replaced,
         # never mutated: the slices informer's thread reads it (slices_kept).
         self._wanted: Optional[frozenset[str]] = None
+        # The slices list waits for it (set once `_wanted` is known, or at stop): listed
+        # before the Services, every slice would be kept until then, and the memory of the
+        # dropped ones is not given back (bench_hostile: 165 MB against 144 without them).
+        # Measured not to slow the first snapshot: 1.10 / 11.5 s after the Services at
+        # 10,000 / 50,000 LoadBalancer Services, against 1.68 / 12.2 s side by side (min).
+        self._services_known = threading.Event()
         record_stores = dict(record_stores or {})
         self._record_resources = {store: records_resource(store, namespace)
                                   for store, (_, namespace) in record_stores.items()}
@@ -129,13 +136,16 @@ class KubeWatcher:
         nodes = next(i for i in self._informers if i.resource is NODES)
         nodes.start()
         for informer in self._informers:
-            if informer is not nodes:
+            if informer is self._slices and self._announced is not None:
+                informer.start(after=self._services_known, wait=None)
+            elif informer is not nodes:
                 informer.start(after=nodes.first_list_tried, wait=NODES_FIRST_WAIT)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop every informer thread (blocking, up to `timeout` each); the cache stands."""
         for informer in self._informers:
             informer.request_stop()
+        self._services_known.set()  # a slices informer still waiting ends
         for informer in self._informers:
             informer.stop(timeout)
 
@@ -154,6 +164,7 @@ class KubeWatcher:
         self._wanted = wanted  # before regroup: the informer decides with the new set
         if again is None or again:
             self._slices.regroup(again)
+        self._services_known.set()
 
     @property
     def synced(self) -> bool:
