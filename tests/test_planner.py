@@ -492,7 +492,7 @@ def random_inputs(seed, steps=60, withdraw=False):
     snap = Snapshot(dict(by_service), dict(slice_of), {n.name: n for n in nodes})
     for step in range(steps):
         change = rnd.choice(["endpoints"] * 6 + ["service", "remove", "drain", "node", "config", "nothing"]
-                            + ["withdraw"] * withdraw)
+                            + ["allocation"] * 2 + ["withdraw"] * withdraw)
         if change == "endpoints":
             svc = rnd.choice(list(by_service.values()))
             view = endpoints(svc, *rnd.sample(["node-a", "node-b"], rnd.randint(1, 2)), ready=rnd.random() < 0.5)
@@ -515,11 +515,52 @@ def random_inputs(seed, steps=60, withdraw=False):
             config = make_config(default_tier=rnd.choice([Tier.PRIMARY, Tier.SECONDARY, None]))
         services_changed = by_service != snap.services or change == "config"
         if services_changed:
-            allocation = allocate(config, by_service.values())
+            allocation = _kept(allocate(config, by_service.values()), allocation)
+        elif change == "allocation" and by_service:
+            allocation = _one_entry_changed(allocation, rnd.choice(sorted(by_service)), rnd)
         snap = Snapshot(dict(by_service) if by_service != snap.services else snap.services,
                         dict(slice_of) if slice_of != snap.endpoint_slices else snap.endpoint_slices,
                         {n.name: n for n in nodes})
         yield step, change, config, snap, allocation, drained, withdrawn
+
+
+def _kept(new: Allocation, old: Allocation) -> Allocation:
+    """`new` with every entry equal to `old`'s being `old`'s very object, as the records
+    allocator hands them out (allocator.RecordsMemo keeps what it did not re-decide)."""
+    def same(fresh, before):
+        return {key: before[key] if before.get(key) == value else value for key, value in fresh.items()}
+    return Allocation(assigned=same(new.assigned, old.assigned), refused=same(new.refused, old.refused),
+                      discarded=same(new.discarded, old.discarded), pending=same(new.pending, old.pending))
+
+
+def _one_entry_changed(allocation: Allocation, key: str, rnd: random.Random) -> Allocation:
+    """One Service's allocation entries changed, every other entry the same object (a record
+    of its changed): refused, given another address, waiting (and why), discarded a status
+    address, or an equal copy (a new object that changes nothing)."""
+    assigned, refused, discarded = dict(allocation.assigned), dict(allocation.refused), dict(allocation.discarded)
+    pending = dict(allocation.pending)
+    how = rnd.choice(["refused", "moved", "discarded", "copy", "restored", "pending", "pending"])
+    if how == "pending":  # waits (for its record, or a store), or a waiting Service waits for something else now
+        key = rnd.choice(sorted(pending)) if pending and rnd.random() < 0.5 else key
+        assigned.pop(key, None)
+        refused.pop(key, None)
+        pending[key] = rnd.choice(["waiting for the allocation record of 203.0.113.9",
+                                   "waiting for the local record store: not read yet",
+                                   "waiting for the shared record store: timed out"])
+    elif how == "refused":
+        assigned.pop(key, None)
+        refused[key] = Refusal("ipInUse", "held by someone else")
+    elif how == "moved":
+        refused.pop(key, None)
+        assigned[key] = Assignment("public", (ip(f"203.0.113.{rnd.randint(0, 15)}"),))
+    elif how == "discarded":
+        discarded[key] = (Refusal("statusIgnored", "status address 192.0.2.9 ignored"),)
+    elif how == "copy" and key in assigned:
+        assigned[key] = dataclasses.replace(assigned[key])
+    else:
+        discarded.pop(key, None)
+        pending.pop(key, None)
+    return Allocation(assigned=assigned, refused=refused, discarded=discarded, pending=pending)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -528,13 +569,16 @@ def test_a_memo_plan_equals_a_fresh_plan_through_random_changes(seed):
     exactly what a fresh plan gives, whatever changed in between."""
     memo = PlanMemo()
     reused = partial = 0
+    health = None  # each plan's health records handed to the next, as the daemon does
     for step, change, config, snap, allocation, drained, _ in random_inputs(seed):
-        fresh = plan(config, snap, "node-a", allocation, drained=drained)
+        fresh = plan(config, snap, "node-a", allocation, drained=drained, health=health)
         before = dict(memo._decisions)
-        assert plan(config, snap, "node-a", allocation, drained=drained, memo=memo) == fresh, (step, change)
+        got = plan(config, snap, "node-a", allocation, drained=drained, memo=memo, health=health)
+        assert got == fresh, (step, change)
+        health = got.health
         kept = sum(1 for key, decided in memo._decisions.items() if before.get(key) is decided)
         reused += kept
-        partial += 0 < kept < len(memo._decisions) and change == "endpoints"
+        partial += 0 < kept < len(memo._decisions) and change in ("endpoints", "service", "allocation")
     assert reused > 0 and partial > 0, "the memo never reused a decision: this test proved nothing"
 
 
