@@ -207,6 +207,7 @@ def _events_daemon(lab: s.SystemLab, bg: int, n: int, profile_to: Optional[Path]
     # A new Service among them (no record yet: the allocator claims one, creates it, reads it
     # back, and only then is it announced), and its deletion.
     created, deleted = [], []
+    profiler = s.Profiler(sp.pid, profile_to.with_name(profile_to.stem + "-new.txt")) if profile_to else None
     for i in range(bg + n, bg + n + min(n, 50)):
         pfx = s.prefix(i)
         fresh = s.service_object(i)
@@ -221,6 +222,8 @@ def _events_daemon(lab: s.SystemLab, bg: int, n: int, profile_to: Optional[Path]
         emu.delete_object("v1", "Service", fresh["metadata"]["namespace"], fresh["metadata"]["name"])
         deleted.append(poll(lambda: not lab.rib.has(pfx), 30, f"{pfx} of a deleted Service withdrawn") - t0)
         time.sleep(rnd.uniform(*GAP))
+    profile_rows(profiler, section, f"a new Service → RIB, then deleted, among {bg:,} Services (daemon, "
+                                    f"{len(created)} of each)")
     sp.stop()
     lab.wait_empty()
     return {"up": up, "down": down, "cpu": cpu, "created": created, "deleted": deleted}
