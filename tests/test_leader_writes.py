@@ -10,8 +10,10 @@ import asyncio
 import ipaddress
 import threading
 
+import pytest
+
 from bgpspeaker import leader_writes
-from bgpspeaker.allocator import Allocation, Assignment, Refusal
+from bgpspeaker.allocator import Allocation, Assignment, RecordUpdates, Refusal
 from bgpspeaker.config.schema import ClusterConfig, Config, PoolConfig, SpeakerConfig
 from bgpspeaker.kube.records import KeeperResult
 from bgpspeaker.kube.status import WriteResult
@@ -82,7 +84,11 @@ def record(address: str, holder: str = "a") -> AddressRecord:
     return AddressRecord(IP(address), "public", "default", holder, None, frozenset({"east"}), store=LOCAL)
 
 
-def test_record_work_imports_once_then_applies_what_the_allocation_needs():
+@pytest.mark.parametrize("by_difference", [False, True])
+def test_record_work_imports_once_then_applies_what_the_allocation_needs(by_difference):
+    """The same answers from record_updates and from RecordUpdates kept across the calls
+    (what RecordSchedule does)."""
+    updates = RecordUpdates() if by_difference else None
     a = ServiceView("default", "a", type="LoadBalancer", ingress_ips=("203.0.113.1",),
                     annotations=(("bgpspeaker.io/ip-allocated-from-pool", "public"),))
     before_import = Snapshot(services={"default/a": a}, endpoint_slices={}, nodes={})
@@ -94,12 +100,12 @@ def test_record_work_imports_once_then_applies_what_the_allocation_needs():
     imported = Snapshot(services={"default/a": a}, endpoint_slices={}, nodes={},
                         records={LOCAL: {record_name(held.address): held}})
     steady = Allocation(assigned={"default/a": assignment("203.0.113.1")}, refused={})
-    assert record_work(CONFIG, imported, steady) is None  # held and joined: nothing to write
+    assert record_work(CONFIG, imported, steady, updates) is None  # held and joined: nothing to write
     claim = record("203.0.113.2", "b")
     wants = Allocation(assigned=steady.assigned, refused={}, claims=(claim,), pending={"default/b": "its record"})
-    assert record_work(CONFIG, imported, wants) == RecordApply((claim,), (), ())
+    assert record_work(CONFIG, imported, wants, updates) == RecordApply((claim,), (), ())
     gone = Allocation(assigned={}, refused={})
-    assert record_work(CONFIG, imported, gone) == RecordApply((), (), (held,))  # the last one out leaves
+    assert record_work(CONFIG, imported, gone, updates) == RecordApply((), (), (held,))  # the last one out leaves
 
 
 # --- the schedules, on a loop -------------------------------------------------------------
