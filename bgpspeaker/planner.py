@@ -46,7 +46,7 @@ from bgpspeaker.reasons import (
     NO_LOCAL_ENDPOINTS, NO_NODE_ADDRESS, NO_PEERS, NODE_EXCLUDED, NODE_NOT_FOUND, NODE_NOT_READY, NOT_ALLOCATED,
     INVALID_THRESHOLD, NOT_IN_POOL, NOT_LISTED, POOL_NOT_ALLOWED,
 )
-from bgpspeaker.reconciler import replaced_keys
+from bgpspeaker.reconciler import Routes, replaced_keys
 
 _THRESHOLD_ANNOTATIONS = frozenset((MIN_READY_ANNOTATION, RISE_ANNOTATION))
 
@@ -466,6 +466,7 @@ class PlanMemo:
         self._noted: set[str] = set()  # the Services with skips or warnings
         self._health: Optional[Health] = None  # the health records the last plan returned
         self._rising: dict[str, float] = {}  # Service key -> when its rise ends (its decision depends on `now`)
+        self._last_routes: Optional[Routes] = None  # the routes the last plan returned (what the next one changes)
 
     def _dirty(self, config: Config, ctx: "_Context", snapshot: Snapshot,
                allocation: Allocation) -> set[str] | Iterable[str]:
@@ -584,24 +585,34 @@ def _run(config: Config, snapshot: Snapshot, node_name: str, allocation: Allocat
 
     peers = sorted(ctx.peers, key=lambda p: p.name)
     appeared, vanished = [], []
+    added: list[RouteIntent] = []  # route objects new since the last plan, and those gone (Routes)
+    removed: list[RouteIntent] = []
     for order in touched:
         candidates = memo._candidates.get(order)
         if not candidates:
             memo._candidates.pop(order, None)
-            if memo._routes.pop(order, None) is not None:
+            gone = memo._routes.pop(order, None)
+            if gone is not None:
                 vanished.append(order)
+                removed.extend(gone[1])
             continue
         found = memo._routes.get(order)
         if found is not None and found[0] == candidates and trace is None:
             continue  # decided again, the same way: keep the very same route objects
         if found is None:
             appeared.append(order)
+        else:
+            removed.extend(found[1])
         memo._routes[order] = (list(candidates), _routes_for(ctx, candidates, peers, trace, trail))
+        added.extend(memo._routes[order][1])
     _keep_sorted(memo._order, appeared, vanished)
     # Routes in (family, address, peer) order: the addresses are kept sorted between plans
     # (a sort key per route was most of an incremental plan at 10,000 Services), and the
     # routes are gathered in C.
-    routes = tuple(chain.from_iterable(map(_ROUTES, map(memo._routes.__getitem__, memo._order))))
+    routes = Routes(chain.from_iterable(map(_ROUTES, map(memo._routes.__getitem__, memo._order))))
+    if memo._last_routes is not None:
+        routes.since(memo._last_routes, added, removed)
+    memo._last_routes = routes
     by_text = operator.attrgetter("service", "reason", "message")
     noted = [memo._decisions[key] for key in memo._noted]
     if records or health is None:  # a new mapping only when a record changed: the caller's is never mutated

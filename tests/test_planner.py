@@ -18,6 +18,7 @@ from bgpspeaker.model import (
     Snapshot, Tier,
 )
 from bgpspeaker.planner import Plan, PlanMemo, explain, plan
+from bgpspeaker.reconciler import Routes, by_identity
 
 ip = ipaddress.ip_address
 net = ipaddress.ip_network
@@ -570,16 +571,25 @@ def test_a_memo_plan_equals_a_fresh_plan_through_random_changes(seed):
     memo = PlanMemo()
     reused = partial = 0
     health = None  # each plan's health records handed to the next, as the daemon does
+    previous: tuple = ()
+    shortcut = 0
     for step, change, config, snap, allocation, drained, _ in random_inputs(seed):
         fresh = plan(config, snap, "node-a", allocation, drained=drained, health=health)
         before = dict(memo._decisions)
         got = plan(config, snap, "node-a", allocation, drained=drained, memo=memo, health=health)
         assert got == fresh, (step, change)
         health = got.health
+        # What the plan says it replaced since the last one is what a full comparison finds.
+        told = by_identity(previous, got.routes)
+        found = by_identity(previous, tuple(got.routes))  # a plain tuple: the full walk
+        assert [sorted(map(id, side)) for side in told] == [sorted(map(id, side)) for side in found], (step, change)
+        shortcut += isinstance(got.routes, Routes) and got.routes.base is previous
+        previous = got.routes
         kept = sum(1 for key, decided in memo._decisions.items() if before.get(key) is decided)
         reused += kept
         partial += 0 < kept < len(memo._decisions) and change in ("endpoints", "service", "allocation")
     assert reused > 0 and partial > 0, "the memo never reused a decision: this test proved nothing"
+    assert shortcut > 0, "by_identity never answered from the plan: this test proved nothing"
 
 
 def test_a_memo_recomputes_only_the_service_whose_endpoints_changed():
