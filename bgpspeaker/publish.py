@@ -18,7 +18,7 @@ import ipaddress
 import logging
 from typing import Iterable, Mapping, Optional, Protocol, Sequence
 
-from bgpspeaker.allocator import IP_IN_USE, Allocation, Refusal, pool_of, pool_usage
+from bgpspeaker.allocator import IP_IN_USE, Allocation, PoolUsage, Refusal, pool_of
 from bgpspeaker.config.schema import Config
 from bgpspeaker.ledger import AnnouncementLedger, State
 from bgpspeaker.logs import fields
@@ -103,6 +103,7 @@ class Publisher:
         self._notices: set[Notice] = set()  # the plan's warnings last reported
         self._allocation_notices: set[Notice] = set()  # discarded status addresses last reported
         self._usage_published: Optional[Allocation] = None
+        self._pool_usage = PoolUsage()  # the pool gauges, by difference
         self._conflicts_seen: set[tuple[str, str]] = set()  # ipInUse refusals counted
         self._pending_told: set[str] = set()  # Services told by an Event that they wait for the store
 
@@ -160,7 +161,7 @@ class Publisher:
             for _key, message in conflicts - self._conflicts_seen:
                 self.metrics.allocator_conflicts.labels(pool_named_in(config, message)).inc()
             self._conflicts_seen = conflicts
-        for pool, (size, in_use) in pool_usage(config, allocation).items():
+        for pool, (size, in_use) in self._pool_usage.update(config, allocation).items():
             self.metrics.allocator_addresses.labels(pool).set(size)
             self.metrics.allocator_in_use.labels(pool).set(in_use)
 

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bgpspeaker.allocator import (
-    IP_IN_USE, INVALID_SHARING_KEY, PORT_CONFLICT, Allocation, Assignment, RecordsMemo, RecordUpdates,
-    allocate_recorded, record_updates,
+    IP_IN_USE, INVALID_SHARING_KEY, PORT_CONFLICT, Allocation, Assignment, PoolUsage, RecordsMemo, RecordUpdates,
+    allocate_recorded, pool_usage, record_updates,
 )
 from bgpspeaker.config.schema import ClusterConfig, Config, PoolConfig, SpeakerConfig
 from bgpspeaker.model import ServicePort, ServiceView
@@ -113,14 +113,15 @@ def test_record_writes_by_difference_keep_an_address_while_one_sharer_still_uses
     """RecordUpdates counts the assignments on each address: one of two Services sharing
     an address goes (the other's assignment the same object, as the allocator keeps it), so
     the record is not left; the last one going leaves it. Each step the same as
-    record_updates() from scratch."""
+    record_updates() from scratch; the pool gauges (PoolUsage) count the address until then."""
     address = Assignment("public", (ip("203.0.113.4"),))
     a, b = address, Assignment("public", (ip("203.0.113.4"),))
     records = store(rec("203.0.113.4", "default/*k"))
-    updates = RecordUpdates()
+    updates, usage, config = RecordUpdates(), PoolUsage(), cfg()
     for assigned_, leaving in (({"default/a": a, "default/b": b}, []), ({"default/a": a}, []),
                                ({}, ["203.0.113.4"])):
         out = Allocation(assigned=assigned_, refused={})
+        assert usage.update(config, out) == pool_usage(config, out) == {"public": (32, len(assigned_) and 1)}
         joins, leaves = updates.update(records, out, "east")
         assert (joins, leaves) == record_updates(records, out, "east")
         assert joins == [] and [str(r.address) for r in leaves] == leaving
@@ -264,6 +265,7 @@ def test_three_clusters_one_store_never_break_invariants_1_and_2(actions, rnd):
 
     memos = {c: RecordsMemo() for c in CLUSTERS}
     updates = {c: RecordUpdates() for c in CLUSTERS}
+    usages = {c: PoolUsage() for c in CLUSTERS}
     configs = {c: cfg(c, shared=True) for c in CLUSTERS}
 
     def step(cluster):
@@ -282,6 +284,7 @@ def test_three_clusters_one_store_never_break_invariants_1_and_2(actions, rnd):
         # ... and so do the record writes kept by difference: the very same records, in order.
         kept = updates[cluster].update(seen, allocation, cluster)
         assert [list(map(id, side)) for side in kept] == [list(map(id, joins)), list(map(id, leaves))]
+        assert usages[cluster].update(config, allocation) == pool_usage(config, allocation)  # the gauges too
         store_.apply(cluster, joins, leaves)
         latest[cluster] = (allocation, dict(services[cluster]))
         _check_invariants(latest)
@@ -310,7 +313,7 @@ def test_three_clusters_one_store_never_break_invariants_1_and_2(actions, rnd):
                         old, annotations=tuple(sorted(SHARE.items())), ports=(ServicePort("", "TCP", 80 + n),))
         elif action == "restart":
             latest.pop(cluster, None)  # a new allocator starts from the store alone
-            memos[cluster], updates[cluster] = RecordsMemo(), RecordUpdates()
+            memos[cluster], updates[cluster], usages[cluster] = RecordsMemo(), RecordUpdates(), PoolUsage()
         step(cluster)
     # Quiesce: every cluster runs until nothing changes; then every identity is settled.
     for _ in range(4):
