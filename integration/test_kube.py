@@ -305,6 +305,23 @@ def test_a_reload_that_changes_the_class_decides_the_slices_again(emu, watching)
     wait_until(lambda: set(slice_ips(w)) == {"default/gold-1"}, 10, "gold's slices instead of web's")
 
 
+def test_many_services_turned_ours_at_once_are_fetched_by_one_relist(emu, watching):
+    from bgpspeaker.kube.informer import MAX_GROUP_LISTS
+    n = MAX_GROUP_LISTS + 5
+    every = [False]
+    emu.load_objects([svc(f"c{i}", type="ClusterIP") for i in range(n)] + [node("node-a")]
+                     + [endpoint_slice(f"c{i}-1", f"c{i}", ip=f"10.4.0.{i + 1}") for i in range(n)])
+    w = watching(announced=lambda s: every[0] or s.type == "LoadBalancer")
+    wait_until(lambda: w.state("synced"), 10, "initial sync")
+    assert slice_ips(w) == {}
+    every[0] = True
+    w.loop.call(w.watcher.reannounce)
+    wait_until(lambda: len(slice_ips(w)) == n, 10, "every slice, by one LIST of them all")
+    assert len([r for r in emu.requests if r["method"] == "GET" and r["path"] == "/apis/discovery.k8s.io/v1/endpointslices"
+                and str(r["query"].get("watch", "")).lower() not in ("true", "1")]) == 2
+    assert not [r for r in emu.requests if r["path"] == SLICES_OF_DEFAULT]
+
+
 def test_slices_of_a_service_turned_announceable_miss_no_event(emu, watching):
     # The race between the two watches: slices made before their Service, changed and
     # added while the Service turns LoadBalancer (the slice watch may see those events
