@@ -243,15 +243,9 @@ def _outage(lab, seconds):
 
 
 def test_api_outage_short(steady):
+    """8 s here; the 60 s outage is integration/test_e2e_failover.py's, checked at every layer."""
     lab, want = steady
     _api_fault_keeps_the_router_quiet(lab, want, lambda: _outage(lab, 8), "API outage 8 s (end of outage → change seen)")
-
-
-@pytest.mark.slow
-def test_api_outage_60s(steady):
-    lab, want = steady
-    _api_fault_keeps_the_router_quiet(lab, want, lambda: _outage(lab, 60),
-                                      "API outage 60 s (end of outage → change seen)")
     assert (lab.metric(NODE, "bgpspeaker_kube_watch_restarts_total") or 0) >= 1
 
 
