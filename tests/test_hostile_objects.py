@@ -148,29 +148,26 @@ def _services(**types: str) -> dict:
 def test_the_announced_services_are_the_managed_ones_updated_by_what_changed():
     from bgpspeaker.allocator import is_managed
     from bgpspeaker.config.schema import ClusterConfig, Config, SpeakerConfig
-    from bgpspeaker.kube.watcher import announced_services
+    from bgpspeaker.kube.watcher import announced_services, came_and_went
 
     cfg = Config(cluster=ClusterConfig("east"), speaker=SpeakerConfig(my_asn=64512), pools=())
     managed = lambda s: is_managed(cfg, s)  # noqa: E731
     services = _services(web="LoadBalancer", db="ClusterIP", api="LoadBalancer")
-    before = announced_services(services, managed)
-    assert before == {"shop/web", "shop/api"}
+    wanted = announced_services(services, managed)
+    assert wanted == {"shop/web", "shop/api"}
     # db turned LoadBalancer, api deleted, web unchanged but listed as changed
     services.update(_services(db="LoadBalancer"))
     del services["shop/api"]
-    assert announced_services(services, managed, ["shop/db", "shop/api", "shop/web"], before) == {
-        "shop/web", "shop/db"}
-    # nothing came or went: the same set, not a copy
-    now = frozenset({"shop/web", "shop/db"})
-    assert announced_services(services, managed, ["shop/web", "shop/db"], now) is now
+    assert came_and_went(services, managed, ["shop/db", "shop/api", "shop/web"], wanted) == ({"shop/db"}, {"shop/api"})
+    assert came_and_went(services, managed, ["shop/web"], wanted) == (set(), set())
+    # another class's LoadBalancer is not ours
+    services.update({"shop/gold": service_from_dict({"metadata": {"name": "gold", "namespace": "shop"},
+                                                     "spec": {"type": "LoadBalancer", "loadBalancerClass": "x"}})})
+    assert came_and_went(services, managed, ["shop/gold"], wanted) == (set(), set())
 
 
 def test_slices_are_kept_for_every_service_until_the_services_are_listed_then_only_for_the_announced():
-    from bgpspeaker.kube.watcher import slices_kept, to_decide_again
+    from bgpspeaker.kube.watcher import slices_kept
     assert slices_kept("shop/db", None)
-    assert not slices_kept("shop/db", frozenset({"shop/web"}))
-    assert slices_kept("shop/web", frozenset({"shop/web"}))
-    assert to_decide_again(None, frozenset({"shop/web"})) is None  # first list: every group
-    assert to_decide_again(frozenset({"shop/web", "shop/api"}), frozenset({"shop/web", "shop/db"})) == {
-        "shop/api", "shop/db"}
-    assert to_decide_again(frozenset({"shop/web"}), frozenset({"shop/web"})) == frozenset()
+    assert not slices_kept("shop/db", {"shop/web"})
+    assert slices_kept("shop/web", {"shop/web"})

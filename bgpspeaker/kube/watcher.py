@@ -14,7 +14,7 @@ import functools
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import AbstractSet, Any, Callable, Iterable, Mapping, Optional
 
 import kubernetes
 
@@ -39,34 +39,32 @@ NODES_FIRST_WAIT = 2.0
 # tenant's ClusterIP Services (any number of them) must not grow every node's cache.
 
 
-def announced_services(services: Mapping[str, ServiceView], announced: Callable[[ServiceView], bool],
-                       keys: Optional[Iterable[str]] = None,
-                       before: frozenset[str] = frozenset()) -> frozenset[str]:
-    """The keys of the Services `announced` says yes to: all of `services`, or only `keys`
-    (the ones that changed, a missing key being a deleted Service) updating `before`. Pure."""
-    if keys is None:
-        return frozenset(key for key, service in services.items() if announced(service))
-    now = set(before)
+def announced_services(services: Mapping[str, ServiceView], announced: Callable[[ServiceView], bool]) -> set[str]:
+    """The keys of the Services `announced` says yes to. Pure."""
+    return {key for key, service in services.items() if announced(service)}
+
+
+def came_and_went(services: Mapping[str, ServiceView], announced: Callable[[ServiceView], bool],
+                  keys: Iterable[str], wanted: AbstractSet[str]) -> tuple[set[str], set[str]]:
+    """Of the Services `keys` (changed; a missing key is a deleted Service), those that
+    `announced` now says yes to and `wanted` lacks, and those it holds that it no longer
+    should. O(len(keys)): a Service event does not cost a pass over every Service. Pure."""
+    came, went = set(), set()
     for key in keys:
         service = services.get(key)
         if service is not None and announced(service):
-            now.add(key)
-        else:
-            now.discard(key)
-    return frozenset(now) if now != before else before
+            if key not in wanted:
+                came.add(key)
+        elif key in wanted:
+            went.add(key)
+    return came, went
 
 
-def slices_kept(service_key: str, wanted: Optional[frozenset[str]]) -> bool:
+def slices_kept(service_key: str, wanted: Optional[AbstractSet[str]]) -> bool:
     """Whether the cache keeps the EndpointSlices of this Service: only the announced
     ones' once the Services are listed; every one while `wanted` is None (nothing known
     yet; the watcher lists the slices after the Services, so only without `announced`). Pure."""
     return wanted is None or service_key in wanted
-
-
-def to_decide_again(before: Optional[frozenset[str]], now: frozenset[str]) -> Optional[frozenset[str]]:
-    """The Services whose slices must be decided again when `wanted` goes from `before`
-    to `now`: every one (None) when it was unknown, else those that came or went. Pure."""
-    return None if before is None else before ^ now
 
 
 def records_resource(store: str, namespace: str) -> Resource:
@@ -100,9 +98,11 @@ class KubeWatcher:
         are kept. Called on the loop only. None keeps every slice."""
         self._loop, self._on_change = loop, on_change
         self._announced = announced
-        # The Services whose slices are kept: None until the Services are listed. Replaced,
-        # never mutated: the slices informer's thread reads it (slices_kept).
-        self._wanted: Optional[frozenset[str]] = None
+        # The Services whose slices are kept: None until the Services are listed. Changed
+        # only on the loop, in place (a copy per new Service cost 7.5 ms at 50,000); the
+        # slices informer's thread only tests membership (slices_kept), one atomic
+        # operation on a set in CPython, and is told what changed afterwards (regroup).
+        self._wanted: Optional[set[str]] = None
         # The slices list waits for it (set once `_wanted` is known, or at stop): listed
         # before the Services, every slice would be kept until then, and the memory of the
         # dropped ones is not given back (bench_hostile: 165 MB against 144 without them).
@@ -153,17 +153,22 @@ class KubeWatcher:
         """Decide again which Services' slices are kept (on the loop), after `announced`
         changed its answers (a config reload: loadBalancerClass)."""
         if self._announced is not None and self._wanted is not None:
-            self._want(announced_services(self._views[SERVICES.name], self._announced))
+            wanted = announced_services(self._views[SERVICES.name], self._announced)
+            self._want(wanted - self._wanted, self._wanted - wanted)
 
     def _keeps_slices_of(self, service_key: str) -> bool:  # the slices informer's thread
         return slices_kept(service_key, self._wanted)
 
-    def _want(self, wanted: frozenset[str]) -> None:
-        """The slices of `wanted` kept from now on; the informer told which changed."""
-        again = to_decide_again(self._wanted, wanted)
-        self._wanted = wanted  # before regroup: the informer decides with the new set
-        if again is None or again:
-            self._slices.regroup(again)
+    def _want(self, came: set[str], went: set[str]) -> None:
+        """The slices of `came` kept from now on, those of `went` dropped: `_wanted`
+        changes first, then the informer is told to decide those Services again."""
+        if self._wanted is None:  # the first list of the Services: the slices informer waits for it
+            self._wanted = came
+            self._slices.regroup()
+        elif came or went:
+            self._wanted |= came
+            self._wanted -= went
+            self._slices.regroup(came | went)
         self._services_known.set()
 
     @property
@@ -240,9 +245,9 @@ class KubeWatcher:
             if self.changed_at is None:
                 self.changed_at = received
             if resource == SERVICES.name and self._announced is not None and self._wanted is not None:
-                self._want(announced_services(views, self._announced, (key for key, _ in changes), self._wanted))
+                self._want(*came_and_went(views, self._announced, (key for key, _ in changes), self._wanted))
         if resource == SERVICES.name and listed and self._announced is not None and self._wanted is None:
-            self._want(announced_services(self._views[SERVICES.name], self._announced))
+            self._want(announced_services(self._views[SERVICES.name], self._announced), set())
         became_synced = False
         if listed:
             self._stale.discard(resource)
