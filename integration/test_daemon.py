@@ -186,6 +186,21 @@ def test_announces_reports_and_writes_status(lab, world, tmp_path):
     assert f'bgpspeaker_service_announced{{ip="{VIP}",namespace="demo",service="web",tier="primary"}} 1.0' in metrics
     assert "bgpspeaker_event_to_ack_seconds_count" in metrics
 
+    # Issue 14: a ClusterIP Service's EndpointSlices are not cached. Turned ClusterIP, web
+    # is withdrawn and its slice dropped; turned LoadBalancer again, the same process lists
+    # that slice by its label, its endpoint counts, and the route is back at the router.
+    pid = speaker.proc.pid
+    flip = service_objects()[1]
+    emu.set_object({**flip, "spec": {**flip["spec"], "type": "ClusterIP"}})
+    wait_until(lambda: router.best_path(PREFIX) is None, 10, "withdrawn as ClusterIP")
+    since = len(emu.requests)
+    emu.set_object(flip)
+    wait_until(lambda: router.best_path(PREFIX), 10, "announced again as LoadBalancer")
+    assert speaker.proc.pid == pid and speaker.proc.poll() is None
+    assert [r["query"].get("labelSelector") for r in emu.requests[since:]
+            if r["path"] == "/apis/discovery.k8s.io/v1/namespaces/demo/endpointslices"] == [
+        "kubernetes.io/service-name=web"]
+
 
 def test_status_wiped_after_endpoint_events_is_written_again(lab, world, tmp_path):
     """The leader skips status checks while the allocation is reused (endpoint-only events);
