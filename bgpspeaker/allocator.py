@@ -40,7 +40,7 @@ from bgpspeaker.annotations import (  # noqa: F401
 )
 from bgpspeaker.config.schema import Config, PoolConfig
 from bgpspeaker.model import IPAddress, ServiceView, Snapshot, parse_ip, quote
-from bgpspeaker.reconciler import replaced_keys
+from bgpspeaker.reconciler import Versioned, replaced_keys
 from bgpspeaker.records import LOCAL, SHARED, SHARING_KEY, AddressRecord, holder_of
 from bgpspeaker.reasons import (  # noqa: F401
     BUGGY_IP, DIFFERENT_POOLS, DUAL_STACK_UNAVAILABLE, INVALID_IP, INVALID_IP_FAMILY, INVALID_PORT,
@@ -868,7 +868,7 @@ def _allocate_recorded(config: Config, services: Mapping[str, ServiceView], reco
 
     if last is None:
         dirty = {key for key, s in services.items() if is_managed(config, s)}
-        assigned: dict[str, Assignment] = {}
+        assigned: Versioned = Versioned()  # the next run's is its successor: what it re-decided is noted
         refused: dict[str, Refusal] = {}
         pending: dict[str, str] = {}
         discarded: dict[str, tuple[Refusal, ...]] = {}
@@ -880,7 +880,9 @@ def _allocate_recorded(config: Config, services: Mapping[str, ServiceView], reco
             dirty |= old.keys() - services.keys()
         for holder in changed_holders:
             dirty |= memo.by_holder.get(holder, set())
-        assigned, refused, pending, discarded = dict(last.assigned), {}, {}, dict(last.discarded)
+        previous = last.assigned
+        assigned = previous.successor() if isinstance(previous, Versioned) else Versioned(previous)
+        refused, pending, discarded = {}, {}, dict(last.discarded)
         for key in dirty:
             assigned.pop(key, None)
             discarded.pop(key, None)
@@ -925,6 +927,8 @@ def _allocate_recorded(config: Config, services: Mapping[str, ServiceView], reco
         memo.by_holder.setdefault(holder, set()).add(key)
         if group is not None:
             memo.by_group.setdefault(group, set()).add(key)
+    if assigned.base is not None:  # what this run re-decided: every key it popped or set (replaced_keys)
+        assigned.changed.update(dirty)
     memo.services = services
     memo.last = Allocation(assigned=assigned, refused=refused, discarded=discarded,
                            claims=tuple(claims[a] for a in sorted(claims)), pending=pending)

@@ -28,6 +28,7 @@ Decisions, and why:
 
 from __future__ import annotations
 
+import weakref
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Literal, Mapping, Optional, Sequence, TypeVar
@@ -177,11 +178,55 @@ def by_identity(before: Sequence[T], after: Sequence[T]) -> tuple[list[T], list[
     return [new[i] for i in new.keys() - old.keys()], [old[i] for i in old.keys() - new.keys()]
 
 
+class Versioned(dict):
+    """A copy-on-write dict that knows which keys it changed since the dict it was copied
+    from (`successor`), so replaced_keys can answer in O(change).
+
+    Why: the watcher's dicts (Services, records) and the allocator's assignments are
+    copied when they change, and five consumers ask what changed since the version they
+    saw; at 10,000 Services each such walk, even in C, was the largest cost left of a new
+    Service's reconcile (py-spy). The predecessor is held by a weak reference: a version
+    nobody holds any more is gone, and the question is then answered by the full walk.
+    Writers call `note(key)` for every key they set or pop in a successor.
+    """
+
+    __slots__ = ("__weakref__", "base", "changed")
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.base: Optional[weakref.ReferenceType] = None
+        self.changed: set = set()
+
+    def successor(self) -> "Versioned":
+        new = Versioned(self)
+        new.base = weakref.ref(self)
+        return new
+
+    def note(self, key: object) -> None:
+        if self.base is not None:  # a first version (a whole list) keeps no set of every key
+            self.changed.add(key)
+
+
+_MISSING = object()
+_MAX_STEPS = 16  # versions walked back before the full walk is cheaper to reason about
+
+
 def replaced_keys(old: Mapping, new: Mapping) -> set:
     """The keys whose value is not the same object in `old` and `new` (added, removed,
-    replaced). Built in C but for the differing keys: ~1 ms for 10,000 entries. The
-    watcher's dicts and the allocator's entries are replaced, never mutated, when they
-    change, so this is what changed (the planner and allocator.RecordUpdates use it)."""
+    replaced). The watcher's dicts and the allocator's entries are replaced, never
+    mutated, when they change, so this is what changed (the planner, the status and record
+    writers and the pool gauges use it). From the versions' notes when `new` descends from
+    `old` (Versioned); else built in C but for the differing keys: ~1 ms for 10,000 entries."""
+    if isinstance(new, Versioned):
+        keys: set = set()
+        version: Optional[Mapping] = new
+        for _ in range(_MAX_STEPS):
+            if version is old:
+                return {key for key in keys if old.get(key, _MISSING) is not new.get(key, _MISSING)}
+            if not isinstance(version, Versioned) or version.base is None:
+                break
+            keys |= version.changed
+            version = version.base()
     before = dict(zip(old.keys(), map(id, old.values())))
     after = dict(zip(new.keys(), map(id, new.values())))
     return {key for key, _ in before.items() ^ after.items()}  # a replaced key is in both sides

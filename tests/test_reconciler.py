@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bgpspeaker.model import Community, RouteAttributes, RouteIntent, Tier
-from bgpspeaker.reconciler import Batch, apply, diff, index
+from bgpspeaker.reconciler import Batch, Versioned, apply, diff, index, replaced_keys
 
 NH4 = ipaddress.ip_address("10.0.0.2")
 NH6 = ipaddress.ip_address("fd00::2")
@@ -158,3 +158,46 @@ def test_diff_is_deterministic_under_reordering(desired, announced, rnd):
 @given(ROUTES)
 def test_diff_of_a_set_with_itself_is_empty(routes):
     assert diff(routes, routes) == ()
+
+
+# --- what changed between two versions of a dict (replaced_keys, Versioned) -------------------
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_replaced_keys_from_the_versions_notes_equals_the_full_walk(seed):
+    """Copy-on-write versions, as the watcher and the allocator make them: a successor per
+    step, keys set (a new object, or the same one again), popped, noted; some versions
+    dropped by everyone (their weak reference dies), a few kept. From any kept version to
+    the latest, the answer from the notes equals the walk over both dicts."""
+    rnd = random.Random(seed)
+    kept: list[Versioned] = [Versioned({f"k{i}": object() for i in range(20)})]
+    current = kept[0]
+    shortcut = 0
+    for _ in range(60):
+        current = current.successor()
+        for _ in range(rnd.randint(0, 4)):
+            key = f"k{rnd.randint(0, 30)}"
+            current.note(key)
+            how = rnd.random()
+            if how < 0.4:
+                current[key] = object()
+            elif how < 0.6 and key in current:
+                current[key] = current[key]  # set again, the same object: not a change
+            else:
+                current.pop(key, None)
+        if rnd.random() < 0.5:
+            kept.append(current)  # else only `current` holds it: dropped at the next step
+        for old in kept[-6:]:
+            full = replaced_keys(dict(old), dict(current))  # plain dicts: the walk
+            assert replaced_keys(old, current) == full
+            shortcut += _descends(current, old)
+    assert shortcut > 20, "seldom answered from the notes: this test proved little"
+    first = Versioned({"a": 1})
+    assert first.changed == set() and not first.successor().changed  # a whole first list keeps no key set
+
+
+def _descends(new, old) -> bool:
+    version = new
+    while isinstance(version, Versioned) and version is not old and version.base is not None:
+        version = version.base()
+    return version is old

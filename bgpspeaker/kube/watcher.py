@@ -22,6 +22,7 @@ from bgpspeaker.kube.client import object_path
 from bgpspeaker.kube.informer import ENDPOINT_SLICES, NODES, SERVICES, Change, Informer, Resource
 from bgpspeaker.metrics import Metrics
 from bgpspeaker.model import ServiceView, Snapshot
+from bgpspeaker.reconciler import Versioned
 from bgpspeaker.records import IMPORT_MARKER, LOCAL, RECORD_LABEL, RECORD_LABEL_VALUE
 from bgpspeaker.views import IMPORTED, record_or_marker_from_dict
 
@@ -114,8 +115,9 @@ class KubeWatcher:
                                   for store, (_, namespace) in record_stores.items()}
         self._required = {r.name for r in RESOURCES} | {
             r.name for store, r in self._record_resources.items() if store == LOCAL}
-        self._views: dict[str, dict[str, Any]] = {r.name: {} for r in RESOURCES}
-        self._views.update({r.name: {} for r in self._record_resources.values()})
+        # Versioned: each copy notes what it changed, so consumers find that in O(change)
+        self._views: dict[str, Versioned] = {r.name: Versioned() for r in RESOURCES}
+        self._views.update({r.name: Versioned() for r in self._record_resources.values()})
         self._imported: set[str] = set()  # records resources whose store holds the import marker
         self._shared: set[str] = set()  # dicts the last snapshot holds: copy before writing
         self._snapshot: Optional[Snapshot] = None
@@ -228,15 +230,17 @@ class KubeWatcher:
     def _apply(self, resource: str, changes: list[Change], listed: bool, received: float) -> None:
         if changes:
             if resource in self._shared:
-                self._views[resource] = dict(self._views[resource])
+                self._views[resource] = self._views[resource].successor()
                 self._shared.discard(resource)
             views = self._views[resource]
+            note = views.note
             for key, view in changes:
                 if key.endswith("/" + IMPORT_MARKER) and resource.startswith("records-"):
                     # The import marker is a flag, not a record: kept apart so the records
                     # dict holds records only (the allocator's memo compares it by identity).
                     (self._imported.add if view is IMPORTED else self._imported.discard)(resource)
                     continue
+                note(key)
                 if view is None:
                     views.pop(key, None)
                 else:
