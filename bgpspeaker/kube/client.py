@@ -17,14 +17,15 @@ from __future__ import annotations
 import codecs
 import json
 import re
-from typing import Any, Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Mapping, Optional, Union
 from urllib.parse import quote
 
 import kubernetes
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from bgpspeaker import views
-from bgpspeaker.model import Snapshot
+from bgpspeaker.model import JSON, Snapshot
 
 # (connect, read) seconds for ordinary requests: a hung API must not hang a thread forever.
 REQUEST_TIMEOUT = (5.0, 30.0)
@@ -62,16 +63,19 @@ def object_path(api: str, plural: str, namespace: Optional[str] = None, name: Op
     return "/".join(parts)
 
 
-def request_raw(client: kubernetes.client.ApiClient, method: str, path: str, body: Any = None,
-                content_type: Optional[str] = None, request_timeout: Any = REQUEST_TIMEOUT, **query: Any) -> Any:
-    """`method` `path` (`query` in the API's own names: `resourceVersion`, `watch`, ...) with
-    a JSON `body`: the unread urllib3 response, as a generated method returns it with
-    `_preload_content=False`. A non-2xx answer raises ApiException, as those methods do."""
+def request_raw(client: kubernetes.client.ApiClient, method: str, path: str, body: JSON = None,
+                content_type: Optional[str] = None,
+                request_timeout: Union[float, tuple[float, float]] = REQUEST_TIMEOUT,
+                query: Optional[Mapping[str, Union[str, int, bool, None]]] = None) -> urllib3.BaseHTTPResponse:
+    """`method` `path` (`query` in the API's own names: `resourceVersion`, `watch`, ...; a
+    None value is left out) with a JSON `body`: the unread urllib3 response, as a generated
+    method returns it with `_preload_content=False`. A non-2xx answer raises ApiException,
+    as those methods do."""
     headers = {"Accept": "application/json"}
     if body is not None:
         headers["Content-Type"] = content_type or "application/json"
     request = client.param_serialize(
-        method=method, resource_path=path, query_params=[(k, v) for k, v in query.items() if v is not None],
+        method=method, resource_path=path, query_params=[(k, v) for k, v in (query or {}).items() if v is not None],
         header_params=headers, body=body, auth_settings=["BearerToken"])
     response = client.call_api(*request, _request_timeout=request_timeout)
     if not 200 <= response.status <= 299:
@@ -80,7 +84,7 @@ def request_raw(client: kubernetes.client.ApiClient, method: str, path: str, bod
     return response.response
 
 
-def read_json(response: Any) -> Any:
+def read_json(response: urllib3.BaseHTTPResponse) -> JSON:
     """The JSON body of a raw (`_preload_content=False`) response, which is then released."""
     try:
         return json.loads(response.data)
@@ -144,7 +148,7 @@ class _JsonStream:
         self._pos += 1
         return char
 
-    def value(self) -> Any:
+    def value(self) -> JSON:
         """Parse the next whole value."""
         self.peek()
         while True:
@@ -163,7 +167,7 @@ class _JsonStream:
             return value
 
 
-def iter_list_items(chunks: Iterable[bytes], rest: dict) -> Iterator[Any]:
+def iter_list_items(chunks: Iterable[bytes], rest: dict[str, JSON]) -> Iterator[JSON]:
     """The `items` of a `*List` JSON object read from `chunks`, one object at a time, as
     they are parsed; the object's other fields (kind, metadata, ...) go into `rest`,
     complete once the iterator is exhausted. A malformed text raises ValueError. Pure."""
@@ -189,7 +193,7 @@ def iter_list_items(chunks: Iterable[bytes], rest: dict) -> Iterator[Any]:
             return
 
 
-def page_items(chunks: Iterable[bytes], rest: dict, whole: int = WHOLE_PAGE) -> Iterator[Any]:
+def page_items(chunks: Iterable[bytes], rest: dict[str, JSON], whole: int = WHOLE_PAGE) -> Iterator[JSON]:
     """iter_list_items, but a text of at most `whole` bytes is parsed in one json.loads."""
     chunks = iter(chunks)
     head: list[bytes] = []
@@ -229,12 +233,12 @@ class Listing:
         self._client, self._path, self._page_size, self._label_selector = client, path, page_size, label_selector
         self.resource_version: Optional[str] = None
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[JSON]:
         cont = None
         while True:
-            response = request_raw(self._client, "GET", self._path, limit=self._page_size,
-                                   labelSelector=self._label_selector, **{"continue": cont})
-            rest: dict = {}
+            response = request_raw(self._client, "GET", self._path, query={
+                "limit": self._page_size, "labelSelector": self._label_selector, "continue": cont})
+            rest: dict[str, JSON] = {}
             done = False
             try:
                 yield from page_items(response.stream(LIST_CHUNK, decode_content=True), rest)

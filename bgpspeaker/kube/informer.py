@@ -26,9 +26,10 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
+from typing import Callable, Iterable, Iterator, Optional, Union
 
 import kubernetes
+import urllib3
 from kubernetes.client.exceptions import ApiException
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_exponential
 
@@ -38,26 +39,29 @@ from bgpspeaker.kube.client import (
 )
 from bgpspeaker.logs import fields
 from bgpspeaker.metrics import Metrics
+from bgpspeaker.model import EndpointSliceView, JSONObject, NodeView, ServiceView
 
 log = logging.getLogger(__name__)
 
+# What an informer caches: the view its resource's `parse` makes of an object.
+View = Union[ServiceView, EndpointSliceView, NodeView, views.RecordView]
 # (key, view or None for deleted)
-Change = tuple[str, Optional[Any]]
+Change = tuple[str, Optional[View]]
 
 
 @dataclass(frozen=True)
 class Resource:
     name: str  # the `resource` label of watch_restarts, and the batch's name
     path: str  # the list-all URL path, e.g. /api/v1/services
-    parse: Callable[[Mapping[str, Any]], Any]  # raw dict -> view
+    parse: Callable[[JSONObject], View]  # raw dict -> view
     label_selector: Optional[str] = None  # list and watch only the objects it selects
     # Views fall into groups (an EndpointSlice's: its Service's key) that the informer's
     # `keeps` decides on, and a group's objects can be listed alone: view -> group, and
     # group -> (list path, label selector). See Informer.regroup.
-    group: Optional[Callable[[Any], str]] = None
+    group: Optional[Callable[[View], str]] = None
     group_list: Optional[Callable[[str], tuple[str, str]]] = None
 
-    def key(self, obj: Mapping[str, Any]) -> str:
+    def key(self, obj: JSONObject) -> str:
         meta = obj.get("metadata") or {}
         namespace = meta.get("namespace")
         return f"{namespace}/{meta.get('name')}" if namespace else str(meta.get("name"))
@@ -69,8 +73,12 @@ def _slices_of_service(service_key: str) -> tuple[str, str]:
 
 
 SERVICES = Resource("services", SERVICES_PATH, views.service_from_dict)
+def _service_of_slice(view: View) -> str:
+    return view.service_key if isinstance(view, EndpointSliceView) else ""  # (only slices are parsed here)
+
+
 ENDPOINT_SLICES = Resource("endpointslices", ENDPOINT_SLICES_PATH, views.endpoint_slice_from_dict,
-                           group=lambda view: view.service_key, group_list=_slices_of_service)
+                           group=_service_of_slice, group_list=_slices_of_service)
 # More groups than this to fetch at once (a config reload that changes loadBalancerClass,
 # thousands of Services turned LoadBalancer together) are fetched by one relist instead.
 MAX_GROUP_LISTS = 20
@@ -85,7 +93,7 @@ class _Expired(Exception):
     """410: the resourceVersion we resume from was compacted away; relist."""
 
 
-def iter_lines(response: Any) -> Iterator[bytes]:
+def iter_lines(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
     """The newline-delimited events of a chunked watch response, as they arrive.
 
     kubernetes.watch.iter_resp_lines re-slices its whole buffer for every line (quadratic
@@ -139,13 +147,13 @@ class Informer:
         # A watch that fails sooner than this after its relist counts as a failed attempt
         # (backoff grows); one that ran longer starts a fresh backoff with an immediate relist.
         self.healthy_after = healthy_after
-        self._cache: dict[str, Any] = {}
+        self._cache: dict[str, View] = {}
         self.resource_version: Optional[str] = None
         self.synced = False  # the first LIST was delivered
         self.stale = False  # the watch is lost; cleared when a relist is delivered
         self._stopping = threading.Event()
         self.first_list_tried = threading.Event()  # set when the first list delivered or failed
-        self._response: Any = None
+        self._response: Optional[urllib3.BaseHTTPResponse] = None
         self._thread: Optional[threading.Thread] = None
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -204,7 +212,7 @@ class Informer:
         with self._lock:
             return self._regroup_all or bool(self._regroup)
 
-    def _kept(self, view: Any) -> bool:
+    def _kept(self, view: View) -> bool:
         group = self.resource.group
         return group is None or self._keeps(group(view))
 
@@ -265,7 +273,7 @@ class Informer:
             self._regroup.clear()
             self._regroup_all = False
         old = self._cache
-        fresh: dict[str, Any] = {}
+        fresh: dict[str, View] = {}
         changes: list[Change] = []
         # Each object becomes a view as it is parsed off the stream: see Listing.
         listing = Listing(self._client, self.resource.path, self.page_size, self.resource.label_selector)
@@ -308,9 +316,10 @@ class Informer:
             opened, lines = time.monotonic(), 0
             try:
                 response = request_raw(
-                    self._client, "GET", self.resource.path, watch=True, resourceVersion=self.resource_version,
-                    labelSelector=self.resource.label_selector,
-                    allowWatchBookmarks=True, timeoutSeconds=int(self.watch_timeout),
+                    self._client, "GET", self.resource.path, query={
+                        "watch": True, "resourceVersion": self.resource_version,
+                        "labelSelector": self.resource.label_selector,
+                        "allowWatchBookmarks": True, "timeoutSeconds": int(self.watch_timeout)},
                     # The server ends the stream after timeoutSeconds; a read that blocks
                     # much longer than that means a dead peer (half-open TCP).
                     request_timeout=(5.0, self.watch_timeout + 15.0))
@@ -378,14 +387,14 @@ class Informer:
             path, selector = group_list(group)
             for obj in Listing(self._client, path, self.page_size, selector):
                 key = self.resource.key(obj)
-                view = self._parse(key, obj)
-                if view is None or group_of(view) != group:
+                parsed = self._parse(key, obj)
+                if parsed is None or group_of(parsed) != group:
                     members[group].discard(key)  # unparseable: keep what we had
                     continue
                 members[group].discard(key)
-                if self._cache.get(key) != view:
-                    self._cache[key] = view
-                    changes.append((key, view))
+                if self._cache.get(key) != parsed:
+                    self._cache[key] = parsed
+                    changes.append((key, parsed))
             for key in members[group]:  # gone since the watch last kept this group
                 del self._cache[key]
                 changes.append((key, None))
@@ -399,7 +408,7 @@ class Informer:
             attempt_number = attempt
         return self._wait(_State())  # type: ignore[arg-type]
 
-    def _handle(self, event: Mapping[str, Any]) -> None:
+    def _handle(self, event: JSONObject) -> None:
         kind, obj = event.get("type"), event.get("object") or {}
         if kind == "ERROR":
             if obj.get("code") == 410:
@@ -426,7 +435,7 @@ class Informer:
         if rv:
             self.resource_version = rv
 
-    def _parse(self, key: str, obj: Mapping[str, Any]) -> Any:
+    def _parse(self, key: str, obj: JSONObject) -> Optional[View]:
         try:
             return self.resource.parse(obj)
         except Exception as exc:  # bad input affects only itself
