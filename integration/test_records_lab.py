@@ -125,7 +125,10 @@ def test_a_tenant_asking_for_another_clusters_address_is_refused_naming_the_hold
     assert _ingress(lab, "west", "thief") is None
     assert {lab.node_of_peer(p.peer) for p in lab.paths(shop)} == {"east-1", "east-2"}
     assert _services_by_prefix(lab)[f"{shop}/32"] == {"default/shop"}
-    assert lab.metric("west-1", "bgpspeaker_allocator_conflicts_total", {"pool": "public"}) >= 1
+    # Counted by the reconcile that made the refusal, after its plan reached ExaBGP; the
+    # Event comes from the status writer's thread, which does not wait for that: no order.
+    wait_until(lambda: (lab.metric("west-1", "bgpspeaker_allocator_conflicts_total", {"pool": "public"}) or 0) >= 1,
+               10, "west-1 counts the conflict")
 
 
 def test_the_store_down_for_30_s_moves_no_route_and_a_new_service_waits(lab):
