@@ -219,7 +219,7 @@ def pool_entry(issues: Issues, path: str, node: Node) -> Parsed:
             return issues.add(path, f"{quote(text)} is not a range of two IP addresses (a-b)", node)
         if low.version != high.version:
             return issues.add(path, f"{quote(text)} mixes IPv4 and IPv6", node)
-        if low > high:  # type: ignore[operator]  # same version, checked above
+        if int(low) > int(high):  # as integers: of one version, checked above
             return issues.add(path, f"{quote(text)} is backwards: {low} comes after {high}", node)
         networks = tuple(ipaddress.summarize_address_range(low, high))
     else:
@@ -234,8 +234,8 @@ def pool_entry(issues: Issues, path: str, node: Node) -> Parsed:
                                     f"(or {loose.ip}/{loose.max_prefixlen} for the single address)?", node)
         low, high = networks[0].network_address, networks[0].broadcast_address
     for special, what in _SPECIAL_NETWORKS:
-        if (special.version == low.version  # so the comparisons below are of one version
-                and special.network_address <= high and low <= special.broadcast_address):  # type: ignore[operator]
+        if (special.version == low.version  # so the integers below are of one version
+                and int(special.network_address) <= int(high) and int(low) <= int(special.broadcast_address)):
             return issues.add(path, f"{quote(text)} overlaps {special} ({what}), which cannot be a Service address",
                               node)
     return PoolEntry(text, low, high, networks)
