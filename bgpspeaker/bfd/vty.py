@@ -30,10 +30,19 @@ class Vty:
         self._lock = asyncio.Lock()
 
     async def command(self, text: str) -> str:
+        return (await self._commands([text]))[0]
+
+    async def _commands(self, texts: list[str]) -> list[str]:
+        """The commands in order on the one connection, nothing else between them (the lock
+        is held throughout); any failure closes the connection and raises VtyError."""
         async with self._lock:
+            text = texts[0]
             try:
-                async with asyncio.timeout(self.timeout):
-                    return await self._command(text)
+                async with asyncio.timeout(self.timeout * len(texts)):
+                    answers = []
+                    for text in texts:
+                        answers.append(await self._command(text))
+                    return answers
             except (OSError, TimeoutError, asyncio.IncompleteReadError, VtyError) as exc:
                 await self.close()
                 raise VtyError(f"{self.path}: {text!r}: {exc!r}") from None
@@ -57,9 +66,12 @@ class Vty:
         return data[:-3].decode(errors="replace")
 
     async def configure(self, lines: list[str]) -> None:
-        """`configure terminal`, the lines, `end`: one vty session, so the contexts nest."""
-        for line in ["configure terminal", *lines, "end"]:
-            await self.command(line)
+        """`configure terminal`, the lines, `end`, as one sequence: each line's meaning depends
+        on the node the ones before it entered (config, then `bfd`, then a peer), so nothing
+        may come between them. The status poller shares this connection: a `show` slipped in
+        fails in config mode, the connection is reopened in enable mode, and the rest of the
+        lines are unknown commands there (seen as "Unknown command: bfd" in the lab)."""
+        await self._commands(["configure terminal", *lines, "end"])
 
     async def show_json(self, text: str) -> JSON:
         return json.loads(await self.command(text + " json") or "null")
