@@ -99,6 +99,23 @@ def test_apply_announces_changes_and_withdraws(tmp_path):
     drive(tmp_path, body)
 
 
+def test_an_apply_that_changes_nothing_returns_on_progress_not_on_the_safety_net(tmp_path, monkeypatch):
+    """A new Service's claim and its status coming back are reconciles that change no route:
+    each apply() must return when its (empty) sync is done. It used to wait out _wait's
+    0.5 s safety net, twice per new Service (~0.9 s to the router at any size); with the net
+    at 60 s, that would be the 10 s deadline here."""
+    monkeypatch.setattr(ExabgpDriver, "progress_safety_net", 60.0)
+
+    async def body(d: ExabgpDriver, m: Metrics):
+        first = routes(20)
+        await asyncio.wait_for(d.apply(first), 10)
+        for _ in range(3):
+            await asyncio.wait_for(d.apply(tuple(first)), 10)  # the same route objects: nothing to send
+        await asyncio.wait_for(d.apply([]), 10)
+        await asyncio.wait_for(d.apply([]), 10)
+    drive(tmp_path, body)
+
+
 def test_random_applies_leave_exactly_the_desired_routes(tmp_path):
     """apply() diffs only what changed since the last one (by identity, like the planner hands
     routes over); whatever the sequence, ExaBGP must hold exactly the desired routes."""

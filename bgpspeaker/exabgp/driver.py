@@ -127,6 +127,10 @@ class ExabgpDriver:
     damping, and the worker that carries the machine's commands and reports their answers.
     """
 
+    # _wait's poll when no progress is signalled: a safety net only, never how a wait ends
+    # (a test sets it high to prove that).
+    progress_safety_net = 0.5
+
     def __init__(self, config: Config, node: NodeView, run_dir: Path, metrics: Metrics, *, window: int = WINDOW,
                  batch_size: int = BATCH_SIZE, ack_timeout: float = 30.0, exabgp_argv: Optional[list[str]] = None,
                  settle: float = SETTLE, reload_timeout: float = RELOAD_TIMEOUT):
@@ -496,9 +500,13 @@ class ExabgpDriver:
         """One sync of the route-sync machine, to its last answer or until the connection goes:
         send what it emits, tell it each answer."""
         sync = self._sync
-        if not sync.begin(self.held_peers()):
-            return
+        # Read before begin(): a sync with nothing to send is finished inside begin(), and
+        # apply() waiting for it must be woken then, not by _wait's 0.5 s safety net.
         synced = sync.synced
+        if not sync.begin(self.held_peers()):
+            if sync.synced > synced:
+                self._progress()
+            return
         while True:
             self._answered.clear()
             for command in sync.next_commands():
@@ -648,7 +656,7 @@ class ExabgpDriver:
             # asyncio.timeout, never wait_for: on 3.11 wait_for drops a cancellation that lands
             # as the event fires (gh-86296), and a lost cancel kept the daemon alive after SIGTERM.
             try:
-                async with asyncio.timeout(0.5):
+                async with asyncio.timeout(self.progress_safety_net):
                     await event.wait()
             except TimeoutError:
                 pass
