@@ -13,6 +13,7 @@ table; exits 0 (a measurement, not a test).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -70,7 +71,7 @@ def freezes(lab: MultiClusterLab, runs: int, bfd: bool) -> list[Failover]:
     for _ in range(runs):
         if bfd:
             wait_until(lambda: lab.router.bfd_peers().get(address, {}).get("status") == "up", 30, "BFD up")
-        with BfdDownWatch(lab, address) if bfd else _nothing() as watch, lab.frozen("east-1") as freeze:
+        with BfdDownWatch(lab, address) if bfd else contextlib.nullcontext() as watch, lab.frozen("east-1") as freeze:
             best = lab.wait_best_cluster(VIP, "west", timeout=lab.hold_time * 2 + 10)
         down = watch.down_at if watch is not None else None
         out.append(Failover(best - freeze.started, None if down is None else down - freeze.started))
@@ -81,14 +82,6 @@ def freezes(lab: MultiClusterLab, runs: int, bfd: bool) -> list[Failover]:
         lab.wait_ready(60, ["east-1"])
         lab.wait_best_cluster(VIP, "east", timeout=60)
     return out
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc) -> None:
-        return None
 
 
 def ms(values: list[float]) -> str:
@@ -108,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10, help="freezes per BFD profile")
     parser.add_argument("--reference-runs", type=int, default=3, help="freezes without BFD (hold time 3 s)")
-    parser.add_argument("--intervals", type=int, nargs="+", default=list(PROFILES), help="BFD intervals (ms) to measure")
+    parser.add_argument("--intervals", type=int, nargs="+", default=list(PROFILES),
+                        help="BFD intervals (ms) to measure")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench_bfd: needs root (network namespaces, FRR)", file=sys.stderr)

@@ -876,13 +876,6 @@ class MultiClusterLab:
                     return child
         return None
 
-    def signal_node(self, node_name: str, sig: int) -> list[int]:
-        """`sig` to every process in the node's network namespace (the speaker, ExaBGP, its
-        relay, bfdd). Returns the pids."""
-        pids = netns.netns_pids(self.ns[node_name])
-        _signal_all(pids, sig)
-        return pids
-
     @contextlib.contextmanager
     def frozen(self, *node_names: str) -> Iterator["Freeze"]:
         """Every process of the nodes stopped for the block (SIGSTOP: a host that hangs, with
