@@ -91,14 +91,16 @@ def test_restart_with_sigkill_for_a_wedged_child():
     assert exits[0] == -signal.SIGKILL
 
 
-def test_the_child_dies_with_its_parent(tmp_path):
-    """SIGKILL of the supervising process: the kernel kills the child (PR_SET_PDEATHSIG)."""
+@contextlib.contextmanager
+def supervising_parent(tmp_path: Path, options: str = ""):
+    """A Python process whose Supervisor runs `sleep 300` (Supervisor(..., **options)); yields
+    (that process, the child's pid) once the child runs. The parent is killed afterwards."""
     pid_file = tmp_path / "child.pid"
     program = textwrap.dedent(f"""
         import asyncio, pathlib
         from bgpspeaker.supervise import Supervisor
         async def main():
-            sup = Supervisor("sleeper", lambda: ["sleep", "300"])
+            sup = Supervisor("sleeper", lambda: ["sleep", "300"]{options})
             sup.start()
             while not sup.running:
                 await asyncio.sleep(0.01)
@@ -112,7 +114,16 @@ def test_the_child_dies_with_its_parent(tmp_path):
         while not (pid_file.exists() and pid_file.read_text()):
             assert time.monotonic() < deadline and parent.poll() is None
             time.sleep(0.02)
-        child = int(pid_file.read_text())
+        yield parent, int(pid_file.read_text())
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+
+
+def test_the_child_dies_with_its_parent(tmp_path):
+    """SIGKILL of the supervising process: the kernel kills the child (PR_SET_PDEATHSIG)."""
+    with supervising_parent(tmp_path) as (parent, child):
         assert alive(child)
         parent.kill()
         parent.wait()
@@ -120,10 +131,6 @@ def test_the_child_dies_with_its_parent(tmp_path):
         while alive(child):
             assert time.monotonic() < deadline, "the child outlived its parent"
             time.sleep(0.01)
-    finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait()
 
 
 def test_kill_stale_kills_only_a_process_whose_command_line_matches(tmp_path):
@@ -216,35 +223,14 @@ def test_a_callable_environment_is_asked_at_every_start(tmp_path):
 def test_a_child_kept_after_its_parent_with_die_with_parent_false(tmp_path):
     """ExaBGP's driver keeps this choice of before supervise.py: an orphaned ExaBGP exits on
     its own once its helper cannot reconnect (integration/test_exabgp_driver.py)."""
-    pid_file = tmp_path / "child.pid"
-    program = textwrap.dedent(f"""
-        import asyncio, pathlib
-        from bgpspeaker.supervise import Supervisor
-        async def main():
-            sup = Supervisor("sleeper", lambda: ["sleep", "300"], die_with_parent=False)
-            sup.start()
-            while not sup.running:
-                await asyncio.sleep(0.01)
-            pathlib.Path({str(pid_file)!r}).write_text(str(sup.pid))
-            await asyncio.sleep(300)
-        asyncio.run(main())
-    """)
-    parent = subprocess.Popen([sys.executable, "-c", program], cwd=Path(__file__).resolve().parent.parent)
     child = None
     try:
-        deadline = time.monotonic() + 10
-        while not (pid_file.exists() and pid_file.read_text()):
-            assert time.monotonic() < deadline and parent.poll() is None
-            time.sleep(0.02)
-        child = int(pid_file.read_text())
-        parent.kill()
-        parent.wait()
-        time.sleep(0.3)  # the death signal, had it been set, is delivered at once (the test above: ms)
-        assert alive(child)
-    finally:
-        if parent.poll() is None:
+        with supervising_parent(tmp_path, ", die_with_parent=False") as (parent, child):
             parent.kill()
             parent.wait()
+            time.sleep(0.3)  # the death signal, had it been set, is delivered at once (the test above: ms)
+            assert alive(child)
+    finally:
         if child is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGKILL)
