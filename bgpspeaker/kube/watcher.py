@@ -188,11 +188,6 @@ class KubeWatcher:
         """The initial lists of Services, EndpointSlices, Nodes (and local records) are applied."""
         return self._required <= self._synced
 
-    def record_store_readable(self, store: str) -> bool:
-        """The store's records were listed at least once and its watch is not lost now."""
-        resource = self._record_resources.get(store)
-        return resource is not None and resource.name in self._synced and resource.name not in self._stale
-
     @property
     def stale(self) -> bool:
         """Some watch is currently lost: the cache is the last known state, maybe outdated."""
