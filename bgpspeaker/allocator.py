@@ -35,7 +35,10 @@ from typing import Iterable, Mapping, Optional, Sequence, Union
 # Annotation names, reason codes and `quote` live in annotations.py, reasons.py and
 # model.py (one home each); the allocator's names for them stay importable from here.
 from bgpspeaker.annotations import (  # noqa: F401
-    ALLOCATED_FROM_POOL_ANNOTATION, ALLOCATED_FROM_POOL_ANNOTATIONS, POOL_ANNOTATIONS, REQUESTED_IPS_ANNOTATIONS,
+    ALLOCATED_FROM_POOL_ANNOTATION,
+    ALLOCATED_FROM_POOL_ANNOTATIONS,
+    POOL_ANNOTATIONS,
+    REQUESTED_IPS_ANNOTATIONS,
     SHARING_ANNOTATIONS,
 )
 from bgpspeaker.config.schema import Config, PoolConfig
@@ -43,9 +46,23 @@ from bgpspeaker.model import IPAddress, ServiceView, Snapshot, parse_ip, quote
 from bgpspeaker.reconciler import Versioned, replaced_keys
 from bgpspeaker.records import LOCAL, SHARED, SHARING_KEY, AddressRecord, holder_of
 from bgpspeaker.reasons import (  # noqa: F401
-    BUGGY_IP, DIFFERENT_POOLS, DUAL_STACK_UNAVAILABLE, INVALID_IP, INVALID_IP_FAMILY, INVALID_PORT,
-    IP_FAMILY_MISMATCH, IP_IN_USE, NO_POOL_FOR_FAMILY, NOT_IN_POOL, POOL_EXHAUSTED, POOL_NOT_ALLOWED, PORT_CONFLICT,
-    INVALID_SHARING_KEY, SHARING_KEY_MISMATCH, STATUS_IGNORED, UNKNOWN_POOL,
+    BUGGY_IP,
+    DIFFERENT_POOLS,
+    DUAL_STACK_UNAVAILABLE,
+    INVALID_IP,
+    INVALID_IP_FAMILY,
+    INVALID_PORT,
+    IP_FAMILY_MISMATCH,
+    IP_IN_USE,
+    NO_POOL_FOR_FAMILY,
+    NOT_IN_POOL,
+    POOL_EXHAUSTED,
+    POOL_NOT_ALLOWED,
+    PORT_CONFLICT,
+    INVALID_SHARING_KEY,
+    SHARING_KEY_MISMATCH,
+    STATUS_IGNORED,
+    UNKNOWN_POOL,
 )
 from bgpspeaker.reasons import REFUSALS as REASONS  # noqa: F401
 
@@ -313,17 +330,25 @@ class _State:
             if holder.key == svc.key:
                 continue  # its own status address, kept in phase 1
             text = str(_ip(addr))
-            by = holder.named() or (f"Service {holder.key}" if holder.namespace == svc.namespace
-                                    else "a Service in another namespace")  # do not leak other tenants' names
+            by = holder.named() or (
+                f"Service {holder.key}" if holder.namespace == svc.namespace else "a Service in another namespace"
+            )  # do not leak other tenants' names
             if request.share_key is None or holder.share_key is None:
-                return Refusal(IP_IN_USE, f"{text} is already used by {by}"
-                               + ("" if request.share_key is None else ", which does not allow sharing"))
+                return Refusal(
+                    IP_IN_USE,
+                    f"{text} is already used by {by}"
+                    + ("" if request.share_key is None else ", which does not allow sharing"),
+                )
             if holder.namespace != svc.namespace:
-                return Refusal(SHARING_KEY_MISMATCH, f"{text} is shared by {by}; sharing keys only apply "
-                                                     f"within one namespace")
+                return Refusal(
+                    SHARING_KEY_MISMATCH, f"{text} is shared by {by}; sharing keys only apply within one namespace"
+                )
             if holder.share_key != request.share_key:
-                return Refusal(SHARING_KEY_MISMATCH, f"{text} is used by {by} with sharing key "
-                                                     f"{quote(holder.share_key)}, not {quote(request.share_key)}")
+                return Refusal(
+                    SHARING_KEY_MISMATCH,
+                    f"{text} is used by {by} with sharing key "
+                    f"{quote(holder.share_key)}, not {quote(request.share_key)}",
+                )
             overlap = holder.ports & request.ports
             if overlap:
                 ports = ", ".join(f"{proto}/{port}" for proto, port in sorted(overlap))
@@ -365,11 +390,15 @@ def _parse_request(config: Config, service: ServiceView) -> _Request:
     ports = []
     for port in service.ports:
         if port.protocol not in PROTOCOLS:
-            return refuse(INVALID_PORT, f"port {_name(port.name or str(port.port))}: protocol "
-                                        f"{quote(port.protocol)} is not one of {', '.join(PROTOCOLS)}")
+            return refuse(
+                INVALID_PORT,
+                f"port {_name(port.name or str(port.port))}: protocol "
+                f"{quote(port.protocol)} is not one of {', '.join(PROTOCOLS)}",
+            )
         if type(port.port) is not int or not 1 <= port.port <= 65535:
-            return refuse(INVALID_PORT, f"port {_name(port.name or '?')}: {quote(port.port)} is not a port number "
-                                        f"(1..65535)")
+            return refuse(
+                INVALID_PORT, f"port {_name(port.name or '?')}: {quote(port.port)} is not a port number (1..65535)"
+            )
         if (port.protocol, port.port) in ports:
             return refuse(INVALID_PORT, f"port {port.protocol}/{port.port} is listed twice")
         ports.append((port.protocol, port.port))
@@ -422,13 +451,18 @@ def _parse_request(config: Config, service: ServiceView) -> _Request:
             requested.append(addr)
         versions = [v for v, _ in requested]
         if service.ip_families and any(v not in families for v in versions):
-            return refuse(IP_FAMILY_MISMATCH, f"{source}: {quote(text.strip())} does not match the Service's "
-                                              f"ipFamilies {list(service.ip_families)}")
+            return refuse(
+                IP_FAMILY_MISMATCH,
+                f"{source}: {quote(text.strip())} does not match the Service's ipFamilies {list(service.ip_families)}",
+            )
         if request.mode == "single" and len(requested) > 1:
             return refuse(IP_FAMILY_MISMATCH, f"{source}: a SingleStack Service cannot have two addresses")
         if request.mode == "require" and len(requested) < 2:
-            return refuse(DUAL_STACK_UNAVAILABLE, f"{source}: a RequireDualStack Service needs one IPv4 and one "
-                                                  f"IPv6 address, only {quote(text.strip())} requested")
+            return refuse(
+                DUAL_STACK_UNAVAILABLE,
+                f"{source}: a RequireDualStack Service needs one IPv4 and one "
+                f"IPv6 address, only {quote(text.strip())} requested",
+            )
         request.requested = tuple(requested)
         request.families = tuple(versions)
 
@@ -440,8 +474,10 @@ def _parse_request(config: Config, service: ServiceView) -> _Request:
             if pool is None:
                 return refuse(UNKNOWN_POOL, f"annotation {name}: there is no address pool {quote(wanted)}")
             if not pool.allows_namespace(service.namespace):
-                return refuse(POOL_NOT_ALLOWED, f"annotation {name}: pool {wanted!r} may not be used by "
-                                                f"namespace {service.namespace!r}")
+                return refuse(
+                    POOL_NOT_ALLOWED,
+                    f"annotation {name}: pool {wanted!r} may not be used by namespace {service.namespace!r}",
+                )
             request.pool = pool
             break
 
@@ -456,13 +492,17 @@ def _check_address(state: _State, request: _Request, addr: Addr, what: str) -> U
     if pool is None:
         return Refusal(NOT_IN_POOL, f"{what} {_ip(addr)} is not in any address pool")
     if not pool.allows_namespace(namespace):
-        return Refusal(POOL_NOT_ALLOWED, f"{what} {_ip(addr)} is in pool {pool.name!r}, which namespace "
-                                         f"{namespace!r} may not use")
+        return Refusal(
+            POOL_NOT_ALLOWED, f"{what} {_ip(addr)} is in pool {pool.name!r}, which namespace {namespace!r} may not use"
+        )
     if request.pool is not None and pool.name != request.pool.name:
         return Refusal(NOT_IN_POOL, f"{what} {_ip(addr)} is not in the requested pool {request.pool.name!r}")
     if not request.requested and request.pool is None and not pool.auto_assign:
-        return Refusal(NOT_IN_POOL, f"{what} {_ip(addr)} is in pool {pool.name!r}, which is not "
-                                    f"auto-assigned and the Service does not ask for it")
+        return Refusal(
+            NOT_IN_POOL,
+            f"{what} {_ip(addr)} is in pool {pool.name!r}, which is not "
+            f"auto-assigned and the Service does not ask for it",
+        )
     if pool.avoid_buggy_ips and _is_buggy(*addr):
         return Refusal(BUGGY_IP, f"{what} {_ip(addr)} ends in .0 or .255, which pool {pool.name!r} avoids")
     conflict = state.conflict(addr, request)
@@ -471,9 +511,13 @@ def _check_address(state: _State, request: _Request, addr: Addr, what: str) -> U
     return pool
 
 
-def _keep_status(state: _State, request: _Request, given_up: Mapping[Addr, Refusal], marked: bool,
-                 kept_before: Mapping[int, tuple[Addr, PoolConfig]]) -> tuple[
-        dict[int, tuple[Addr, PoolConfig]], list[Refusal]]:
+def _keep_status(
+    state: _State,
+    request: _Request,
+    given_up: Mapping[Addr, Refusal],
+    marked: bool,
+    kept_before: Mapping[int, tuple[Addr, PoolConfig]],
+) -> tuple[dict[int, tuple[Addr, PoolConfig]], list[Refusal]]:
     """The status addresses this Service keeps, by family, and the ones it does not, with why.
 
     Called twice. Phase 1 (`marked`): addresses we are known to have handed out (the
@@ -500,13 +544,13 @@ def _keep_status(state: _State, request: _Request, given_up: Mapping[Addr, Refus
         if request.requested:
             if addr not in request.requested:
                 continue  # replaced by the requested address: nothing suspicious
-        elif address.version not in request.families[:1 if request.mode == "single" else 2]:
-            discarded.append(Refusal(IP_FAMILY_MISMATCH, f"status address {address} is not of a family the "
-                                                         f"Service wants"))
+        elif address.version not in request.families[: 1 if request.mode == "single" else 2]:
+            discarded.append(
+                Refusal(IP_FAMILY_MISMATCH, f"status address {address} is not of a family the Service wants")
+            )
             continue
         if address.version in kept:
-            discarded.append(Refusal(INVALID_IP, f"status address {address}: a second IPv{address.version} "
-                                                 f"address"))
+            discarded.append(Refusal(INVALID_IP, f"status address {address}: a second IPv{address.version} address"))
             continue
         checked = _check_address(state, request, addr, "status address")
         if isinstance(checked, Refusal):
@@ -515,15 +559,20 @@ def _keep_status(state: _State, request: _Request, given_up: Mapping[Addr, Refus
         pool = checked
         if kept and pool.name != next(iter(kept.values()))[1].name:
             # A Service's addresses come from one pool; the one kept first stays.
-            discarded.append(Refusal(DIFFERENT_POOLS, f"status address {address} is in another pool than "
-                                                      f"{_ip(next(iter(kept.values()))[0])}"))
+            discarded.append(
+                Refusal(
+                    DIFFERENT_POOLS,
+                    f"status address {address} is in another pool than {_ip(next(iter(kept.values()))[0])}",
+                )
+            )
             continue
         kept[address.version] = (addr, pool)
     return kept, discarded
 
 
-def _complete(state: _State, request: _Request,
-              kept: Mapping[int, tuple[Addr, PoolConfig]]) -> Union[tuple[PoolConfig, tuple[Addr, ...]], Refusal]:
+def _complete(
+    state: _State, request: _Request, kept: Mapping[int, tuple[Addr, PoolConfig]]
+) -> Union[tuple[PoolConfig, tuple[Addr, ...]], Refusal]:
     """Phase 2: (pool, addresses) for the Service, or a Refusal."""
     svc = request.service
     if request.requested:
@@ -534,9 +583,12 @@ def _complete(state: _State, request: _Request,
                 return checked
             pools.append(checked)
         if len({p.name for p in pools}) > 1:
-            return Refusal(DIFFERENT_POOLS, "the requested addresses are in different pools ("
-                           + ", ".join(sorted({p.name for p in pools}))
-                           + "); one Service takes its addresses from one pool")
+            return Refusal(
+                DIFFERENT_POOLS,
+                "the requested addresses are in different pools ("
+                + ", ".join(sorted({p.name for p in pools}))
+                + "); one Service takes its addresses from one pool",
+            )
         return pools[0], request.requested
 
     candidates: list[PoolConfig]
@@ -568,8 +620,13 @@ def _complete(state: _State, request: _Request,
     return _why_not(state, request, candidates)
 
 
-def _fill(state: _State, request: _Request, pool: PoolConfig, wanted: Sequence[int],
-          kept: Mapping[int, tuple[Addr, PoolConfig]]) -> Optional[tuple[Addr, ...]]:
+def _fill(
+    state: _State,
+    request: _Request,
+    pool: PoolConfig,
+    wanted: Sequence[int],
+    kept: Mapping[int, tuple[Addr, PoolConfig]],
+) -> Optional[tuple[Addr, ...]]:
     got = []
     for version in wanted:
         held = kept.get(version)
@@ -581,8 +638,11 @@ def _fill(state: _State, request: _Request, pool: PoolConfig, wanted: Sequence[i
             # Join the sharing group's address if it is in this pool and the ports are disjoint:
             # that is how Services with one key converge on one IP.
             for candidate in sorted(state.groups.get((request.service.namespace, request.share_key), ())):
-                if (candidate[0] == version and state.pool_of(candidate) is pool
-                        and state.conflict(candidate, request) is None):
+                if (
+                    candidate[0] == version
+                    and state.pool_of(candidate) is pool
+                    and state.conflict(candidate, request) is None
+                ):
                     addr = candidate
                     break
         if addr is None:
@@ -598,20 +658,26 @@ def _why_not(state: _State, request: _Request, candidates: Sequence[PoolConfig])
     names = " and ".join(f"IPv{v}" for v in families)
     if not candidates:
         if any(p.auto_assign for p in state.config.pools):
-            return Refusal(POOL_NOT_ALLOWED, f"no auto-assign address pool may be used by namespace "
-                                             f"{svc.namespace!r}")
-        return Refusal(NO_POOL_FOR_FAMILY, "there is no auto-assign address pool; ask for one with the "
-                                           "bgpspeaker.io/address-pool annotation")
+            return Refusal(POOL_NOT_ALLOWED, f"no auto-assign address pool may be used by namespace {svc.namespace!r}")
+        return Refusal(
+            NO_POOL_FOR_FAMILY,
+            "there is no auto-assign address pool; ask for one with the bgpspeaker.io/address-pool annotation",
+        )
     with_family = [p for p in candidates if state.families_of(p) & set(families)]
     if not with_family:
         if request.pool is not None:
             return Refusal(NO_POOL_FOR_FAMILY, f"pool {request.pool.name!r} has no {names} addresses")
-        return Refusal(NO_POOL_FOR_FAMILY, f"no address pool that namespace {svc.namespace!r} may use "
-                                           f"has {names} addresses")
-    if len(families) > 1 and request.mode == "require" and not any(
-            state.families_of(p) >= set(families) for p in candidates):
-        return Refusal(DUAL_STACK_UNAVAILABLE, "RequireDualStack: no usable address pool has both IPv4 and IPv6 "
-                                               "addresses")
+        return Refusal(
+            NO_POOL_FOR_FAMILY, f"no address pool that namespace {svc.namespace!r} may use has {names} addresses"
+        )
+    if (
+        len(families) > 1
+        and request.mode == "require"
+        and not any(state.families_of(p) >= set(families) for p in candidates)
+    ):
+        return Refusal(
+            DUAL_STACK_UNAVAILABLE, "RequireDualStack: no usable address pool has both IPv4 and IPv6 addresses"
+        )
     pools = ", ".join(repr(p.name) for p in with_family)
     return Refusal(POOL_EXHAUSTED, f"no free {names} address left in {pools}")
 
@@ -689,14 +755,24 @@ def _pass(config: Config, requests: Sequence[_Request], given_up: Mapping[str, M
             state.release(addr, request)
             if version in marked:
                 # Released after others were served: re-run the pass with it given up (see allocate).
-                why = result if isinstance(result, Refusal) else Refusal(
-                    DUAL_STACK_UNAVAILABLE, f"pool {pool.name!r} cannot give it both IP families; moved to pool "
-                                            f"{result[0].name!r}")
+                why = (
+                    result
+                    if isinstance(result, Refusal)
+                    else Refusal(
+                        DUAL_STACK_UNAVAILABLE,
+                        f"pool {pool.name!r} cannot give it both IP families; moved to pool {result[0].name!r}",
+                    )
+                )
                 released.setdefault(key, {})[addr] = Refusal(
-                    why.reason, f"status address {_ip(addr)} given up: {why.message}")
+                    why.reason, f"status address {_ip(addr)} given up: {why.message}"
+                )
             elif not isinstance(result, Refusal):
-                discarded[key].append(Refusal(DUAL_STACK_UNAVAILABLE, f"status address {_ip(addr)} given up: pool "
-                                              f"{pool.name!r} cannot give it both IP families"))
+                discarded[key].append(
+                    Refusal(
+                        DUAL_STACK_UNAVAILABLE,
+                        f"status address {_ip(addr)} given up: pool {pool.name!r} cannot give it both IP families",
+                    )
+                )
         if isinstance(result, Refusal):
             refused[key] = result
             continue
@@ -835,13 +911,25 @@ class RecordsMemo:
         for identity, addrs in self.reserved.items():
             for addr in addrs:
                 if addr not in holders:
-                    holders[addr] = [_Holder(identity, identity.partition("/")[0], None, frozenset(),
-                                             f"Service {identity} (reserved by the pool's config)")]
+                    holders[addr] = [
+                        _Holder(
+                            identity,
+                            identity.partition("/")[0],
+                            None,
+                            frozenset(),
+                            f"Service {identity} (reserved by the pool's config)",
+                        )
+                    ]
         return holders
 
 
-def allocate_recorded(config: Config, services: Union[Mapping[str, ServiceView], Iterable[ServiceView]],
-                      records: Records, cluster: str, memo: Optional[RecordsMemo] = None) -> Allocation:
+def allocate_recorded(
+    config: Config,
+    services: Union[Mapping[str, ServiceView], Iterable[ServiceView]],
+    records: Records,
+    cluster: str,
+    memo: Optional[RecordsMemo] = None,
+) -> Allocation:
     """Assign addresses from the records; claim new records for Services that have none.
 
     `records` holds only the stores whose contents are known (listed at least once):
@@ -858,8 +946,9 @@ def allocate_recorded(config: Config, services: Union[Mapping[str, ServiceView],
     return _allocate_recorded(config, by_key, records, cluster, memo)
 
 
-def _allocate_recorded(config: Config, services: Mapping[str, ServiceView], records: Records, cluster: str,
-                       memo: RecordsMemo) -> Allocation:
+def _allocate_recorded(
+    config: Config, services: Mapping[str, ServiceView], records: Records, cluster: str, memo: RecordsMemo
+) -> Allocation:
     # The last allocation to start from; None: afresh (no run yet, or another config or cluster)
     last = memo.last if memo.config is config and memo.cluster == cluster else None
     if last is None:
@@ -930,19 +1019,33 @@ def _allocate_recorded(config: Config, services: Mapping[str, ServiceView], reco
     if assigned.base is not None:  # what this run re-decided: every key it popped or set (replaced_keys)
         assigned.changed.update(dirty)
     memo.services = services
-    memo.last = Allocation(assigned=assigned, refused=refused, discarded=discarded,
-                           claims=tuple(claims[a] for a in sorted(claims)), pending=pending)
+    memo.last = Allocation(
+        assigned=assigned,
+        refused=refused,
+        discarded=discarded,
+        claims=tuple(claims[a] for a in sorted(claims)),
+        pending=pending,
+    )
     return memo.last
 
 
-def _decide_recorded(config: Config, state: _State, memo: RecordsMemo, records: Records, cluster: str,
-                     service: ServiceView, claims: dict[Addr, AddressRecord]):
+def _decide_recorded(
+    config: Config,
+    state: _State,
+    memo: RecordsMemo,
+    records: Records,
+    cluster: str,
+    service: ServiceView,
+    claims: dict[Addr, AddressRecord],
+):
     """One Service's outcome: an Assignment, a Refusal, or why it waits (str); with its holder
     identity and sharing group. New addresses go into `claims`."""
     request = _parse_request(config, service)
     if request.refusal is None and request.share_key is not None and not SHARING_KEY.fullmatch(request.share_key):
-        request.refusal = Refusal(INVALID_SHARING_KEY, f"sharing key {quote(request.share_key)} is not a "
-                                                       f"plain token (letters, digits, '-', '_', '.')")
+        request.refusal = Refusal(
+            INVALID_SHARING_KEY,
+            f"sharing key {quote(request.share_key)} is not a plain token (letters, digits, '-', '_', '.')",
+        )
     holder = holder_of(service.namespace, service.name, request.share_key)
     group = (service.namespace, request.share_key) if request.share_key is not None else None
     if request.refusal is not None:
@@ -966,7 +1069,7 @@ def _decide_recorded(config: Config, state: _State, memo: RecordsMemo, records: 
     for addr, _ in held:
         if addr[0] in kept or (request.requested and addr not in request.requested):
             continue
-        if not request.requested and addr[0] not in request.families[:1 if request.mode == "single" else 2]:
+        if not request.requested and addr[0] not in request.families[: 1 if request.mode == "single" else 2]:
             continue
         checked = _check_address(state, request, addr, "recorded address")
         if isinstance(checked, Refusal):
@@ -981,13 +1084,16 @@ def _decide_recorded(config: Config, state: _State, memo: RecordsMemo, records: 
         state.claim(addr, request)
     # A Service that joined a sharing group counts its own former record: while another
     # cluster announces it there, this cluster does not announce it elsewhere (invariant 2).
-    own = [(addr, rec) for addr, rec in sorted(memo.held_by.get(service.key, {}).items())
-           if rec.clusters - {cluster}] if holder != service.key else []
+    own = (
+        [(addr, rec) for addr, rec in sorted(memo.held_by.get(service.key, {}).items()) if rec.clusters - {cluster}]
+        if holder != service.key
+        else []
+    )
     if own and not any(addr == k for addr, _ in own for k, _ in kept.values()):
         for addr, _ in kept.values():
             state.release(addr, request)
         return _moving(own[0][1], own[0][0]), holder, group
-    wanted = request.families[:1 if request.mode == "single" else 2]
+    wanted = request.families[: 1 if request.mode == "single" else 2]
     if not request.requested and len(kept) == len(wanted):
         # The common case: every family the Service wants is recorded for it (what
         # _complete would keep, without its search).
@@ -1003,18 +1109,27 @@ def _decide_recorded(config: Config, state: _State, memo: RecordsMemo, records: 
     # Invariant 2: while another cluster announces the identity on a recorded address,
     # this cluster does not give it a different one (a changed request, a pool that does
     # not fit here): it waits until every cluster has let the old address go.
-    elsewhere = [(addr, rec) for addr, rec in held
-                 if rec.clusters - {cluster} and not any(addr == k for k, _ in kept.values())]
+    elsewhere = [
+        (addr, rec) for addr, rec in held if rec.clusters - {cluster} and not any(addr == k for k, _ in kept.values())
+    ]
     if new and elsewhere:
         for addr, _ in kept.values():
             state.release(addr, request)
         return _moving(elsewhere[0][1], elsewhere[0][0]), holder, group
     for addr in new:
         state.claim(addr, request)
-        claims.setdefault(addr, AddressRecord(
-            address=_ip(addr), pool=pool.name, namespace=service.namespace,
-            service=None if request.share_key is not None else service.name,
-            sharing_key=request.share_key, clusters=frozenset({cluster}), store=store_of(pool)))
+        claims.setdefault(
+            addr,
+            AddressRecord(
+                address=_ip(addr),
+                pool=pool.name,
+                namespace=service.namespace,
+                service=None if request.share_key is not None else service.name,
+                sharing_key=request.share_key,
+                clusters=frozenset({cluster}),
+                store=store_of(pool),
+            ),
+        )
     if new:
         return "waiting for the allocation record of " + ", ".join(str(_ip(a)) for a in new), holder, group
     return Assignment(pool.name, tuple(_ip(a) for a in addrs)), holder, group
@@ -1024,14 +1139,22 @@ def _status_ignored(service: ServiceView, outcome: object) -> tuple[Refusal, ...
     """Status addresses that are not the Service's assignment: someone else wrote them (the
     allocator rewrites the status). Said once in an Event, so the writer learns why."""
     ours = {str(a) for a in outcome.addresses} if isinstance(outcome, Assignment) else set()
-    return tuple(Refusal(STATUS_IGNORED, f"status address {quote(text.strip())} ignored: the allocation records "
-                                         f"say which address a Service holds, not its status")
-                 for text in service.ingress_ips if text.strip() not in ours)
+    return tuple(
+        Refusal(
+            STATUS_IGNORED,
+            f"status address {quote(text.strip())} ignored: the allocation records "
+            f"say which address a Service holds, not its status",
+        )
+        for text in service.ingress_ips
+        if text.strip() not in ours
+    )
 
 
 def _moving(rec: AddressRecord, addr: Addr) -> str:
-    return (f"{rec.holder} is on {_ip(addr)} in cluster(s) {', '.join(sorted(rec.clusters))}: one identity has one "
-            f"address in every cluster; to move it, change or delete it in every cluster")
+    return (
+        f"{rec.holder} is on {_ip(addr)} in cluster(s) {', '.join(sorted(rec.clusters))}: one identity has one "
+        f"address in every cluster; to move it, change or delete it in every cluster"
+    )
 
 
 def _unknown_store(config: Config, request: _Request, records: Records) -> Optional[str]:
@@ -1048,8 +1171,9 @@ def _unknown_store(config: Config, request: _Request, records: Records) -> Optio
     return None
 
 
-def record_updates(records: Records, allocation: Allocation, cluster: str) -> tuple[
-        list[AddressRecord], list[AddressRecord]]:
+def record_updates(
+    records: Records, allocation: Allocation, cluster: str
+) -> tuple[list[AddressRecord], list[AddressRecord]]:
     """(records this cluster must join, records it must leave), from what it assigned.
 
     A cluster is listed on every record whose address one of its Services uses, and on
@@ -1093,8 +1217,9 @@ class RecordUpdates:
         self.by_address: dict[IPAddress, set[tuple[str, str]]] = {}  # address -> its records (store, key)
         self.wrong: dict[tuple[str, str], AddressRecord] = {}  # (store, key) -> a record to join or leave
 
-    def update(self, records: Records, allocation: Allocation, cluster: str) -> tuple[
-            list[AddressRecord], list[AddressRecord]]:
+    def update(
+        self, records: Records, allocation: Allocation, cluster: str
+    ) -> tuple[list[AddressRecord], list[AddressRecord]]:
         if cluster != self.cluster:
             self.__init__()  # type: ignore[misc]
             self.cluster = cluster
@@ -1135,8 +1260,10 @@ class RecordUpdates:
             else:
                 self.wrong.pop((store, key), None)
         ordered = sorted((_record_order(store, key, rec), rec) for (store, key), rec in self.wrong.items())
-        return ([rec for _, rec in ordered if rec.address in self.used],
-                [rec for _, rec in ordered if rec.address not in self.used])
+        return (
+            [rec for _, rec in ordered if rec.address in self.used],
+            [rec for _, rec in ordered if rec.address not in self.used],
+        )
 
     def _index(self, address: IPAddress, where: tuple[str, str], add: bool) -> None:
         keys = self.by_address.setdefault(address, set())
@@ -1169,10 +1296,18 @@ def records_from_status(config: Config, services: Iterable[ServiceView], cluster
             continue
         pool = config.pool(assignment.pool)
         for address in assignment.addresses:
-            out.setdefault(address, AddressRecord(
-                address=address, pool=pool.name, namespace=service.namespace,
-                service=None if share is not None else service.name, sharing_key=share,
-                clusters=frozenset({cluster}), store=store_of(pool)))
+            out.setdefault(
+                address,
+                AddressRecord(
+                    address=address,
+                    pool=pool.name,
+                    namespace=service.namespace,
+                    service=None if share is not None else service.name,
+                    sharing_key=share,
+                    clusters=frozenset({cluster}),
+                    store=store_of(pool),
+                ),
+            )
     return tuple(out[a] for a in sorted(out, key=lambda a: (a.version, a)))
 
 

@@ -18,17 +18,23 @@ from bgpspeaker.model import TIERS_IN_ORDER, quote
 # --- read by the allocator ---------------------------------------------------------------
 
 REQUESTED_IPS_ANNOTATIONS = (
-    "bgpspeaker.io/load-balancer-ips", "metallb.io/loadBalancerIPs", "metallb.universe.tf/loadBalancerIPs",
+    "bgpspeaker.io/load-balancer-ips",
+    "metallb.io/loadBalancerIPs",
+    "metallb.universe.tf/loadBalancerIPs",
 )
 POOL_ANNOTATIONS = ("bgpspeaker.io/address-pool", "metallb.io/address-pool", "metallb.universe.tf/address-pool")
 SHARING_ANNOTATIONS = (
-    "bgpspeaker.io/allow-shared-ip", "metallb.io/allow-shared-ip", "metallb.universe.tf/allow-shared-ip",
+    "bgpspeaker.io/allow-shared-ip",
+    "metallb.io/allow-shared-ip",
+    "metallb.universe.tf/allow-shared-ip",
 )
 ALLOCATED_FROM_POOL_ANNOTATION = "bgpspeaker.io/ip-allocated-from-pool"
 # Written next to the status by the allocator's writer (and by MetalLB, for Services migrating
 # from it): the evidence that a status address was handed out, not written by someone else.
 ALLOCATED_FROM_POOL_ANNOTATIONS = (
-    ALLOCATED_FROM_POOL_ANNOTATION, "metallb.io/ip-allocated-from-pool", "metallb.universe.tf/ip-allocated-from-pool",
+    ALLOCATED_FROM_POOL_ANNOTATION,
+    "metallb.io/ip-allocated-from-pool",
+    "metallb.universe.tf/ip-allocated-from-pool",
 )
 
 # --- read by the planner -----------------------------------------------------------------
@@ -55,10 +61,10 @@ def parse_preference(text: str) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise ValueError(f"{quote(text)} names a cluster twice")
     if len(names) > len(TIERS_IN_ORDER):
-        raise ValueError(f"{quote(text)} names {len(names)} clusters; at most {len(TIERS_IN_ORDER)} "
-                         f"(primary, secondary, tertiary)")
+        raise ValueError(
+            f"{quote(text)} names {len(names)} clusters; at most {len(TIERS_IN_ORDER)} (primary, secondary, tertiary)"
+        )
     return tuple(names)
-
 
 
 # --- what the cache keeps ------------------------------------------------------------------
@@ -67,9 +73,18 @@ def parse_preference(text: str) -> tuple[str, ...]:
 # informer's views do not keep them: a tenant's 250 KB annotation would otherwise sit in
 # every node's cache (issue 14). Anything under our own prefix is kept too, so a key added
 # above without touching this list still reaches the planner.
-READ_ANNOTATIONS = frozenset((*REQUESTED_IPS_ANNOTATIONS, *POOL_ANNOTATIONS, *SHARING_ANNOTATIONS,
-                              *ALLOCATED_FROM_POOL_ANNOTATIONS, PREFERENCE_ANNOTATION, COMMUNITIES_ANNOTATION,
-                              MIN_READY_ANNOTATION, RISE_ANNOTATION))
+READ_ANNOTATIONS = frozenset(
+    (
+        *REQUESTED_IPS_ANNOTATIONS,
+        *POOL_ANNOTATIONS,
+        *SHARING_ANNOTATIONS,
+        *ALLOCATED_FROM_POOL_ANNOTATIONS,
+        PREFERENCE_ANNOTATION,
+        COMMUNITIES_ANNOTATION,
+        MIN_READY_ANNOTATION,
+        RISE_ANNOTATION,
+    )
+)
 OUR_PREFIX = "bgpspeaker.io/"
 # The longest value of ours worth keeping: a few hundred addresses or communities. A longer
 # one is kept as a short placeholder that no parser accepts, so the Service gets a clear

@@ -172,14 +172,24 @@ def _cluster(item: ClusterInput) -> tuple[ClusterSummary, list[_Held]]:
     held = []
     for key, assignment in allocation.assigned.items():
         tier = tiers[key]
-        held.append(_Held(
-            cluster=name, service=snapshot.services[key],
-            addresses=tuple(sorted(assignment.addresses, key=_address_order)),
-            announced=frozenset(announced.get(key, ())), tier=None if tier is None else tier.value,
-            reason=", ".join(sorted(reasons.get(key, ()))) or ("" if announced.get(key) else "notAnnounced")))
+        held.append(
+            _Held(
+                cluster=name,
+                service=snapshot.services[key],
+                addresses=tuple(sorted(assignment.addresses, key=_address_order)),
+                announced=frozenset(announced.get(key, ())),
+                tier=None if tier is None else tier.value,
+                reason=", ".join(sorted(reasons.get(key, ()))) or ("" if announced.get(key) else "notAnnounced"),
+            )
+        )
     summary = ClusterSummary(
-        name=name, source=item.source, services=sum(1 for s in snapshot.services.values() if is_managed(config, s)),
-        assigned=len(allocation.assigned), announced=sum(1 for h in held if h.announced), basis=basis)
+        name=name,
+        source=item.source,
+        services=sum(1 for s in snapshot.services.values() if is_managed(config, s)),
+        assigned=len(allocation.assigned),
+        announced=sum(1 for h in held if h.announced),
+        basis=basis,
+    )
     return summary, held
 
 
@@ -206,8 +216,13 @@ def _legal_sharing(held: Sequence[_Held]) -> bool:
 
 def _holder(h: _Held, address: IPAddress) -> Holder:
     announced = address in h.announced
-    return Holder(cluster=h.cluster, identity=h.service.key, tier=h.tier, announced=announced,
-                  reason="" if announced else h.reason)
+    return Holder(
+        cluster=h.cluster,
+        identity=h.service.key,
+        tier=h.tier,
+        announced=announced,
+        reason="" if announced else h.reason,
+    )
 
 
 def _conflicts(everything: Iterable[_Held]) -> list[AddressConflict]:
@@ -234,9 +249,21 @@ def _splits(everything: Iterable[_Held]) -> list[SplitIdentity]:
         if len({h.addresses for h in held}) < 2:
             continue
         live = {h.addresses for h in held if h.announced}
-        placements = tuple(sorted((Placement(cluster=h.cluster, addresses=h.addresses, tier=h.tier,
-                                             announced=bool(h.announced), reason="" if h.announced else h.reason)
-                                   for h in held), key=lambda p: p.cluster))
+        placements = tuple(
+            sorted(
+                (
+                    Placement(
+                        cluster=h.cluster,
+                        addresses=h.addresses,
+                        tier=h.tier,
+                        announced=bool(h.announced),
+                        reason="" if h.announced else h.reason,
+                    )
+                    for h in held
+                ),
+                key=lambda p: p.cluster,
+            )
+        )
         found.append(SplitIdentity(identity=identity, placements=placements, latent=len(live) < 2))
     return sorted(found, key=lambda s: (s.latent, s.identity))
 
@@ -251,16 +278,17 @@ def audit(clusters: Sequence[ClusterInput]) -> Report:
     for item in clusters:
         name = item.config.cluster.name
         if name in seen:
-            raise ValueError(f"cluster {name!r} is given twice ({seen[name] or 'first input'} and "
-                             f"{item.source or 'a later input'}): each cluster once, with its own config")
+            raise ValueError(
+                f"cluster {name!r} is given twice ({seen[name] or 'first input'} and "
+                f"{item.source or 'a later input'}): each cluster once, with its own config"
+            )
         seen[name] = item.source
     summaries, everything = [], []
     for item in clusters:
         summary, held = _cluster(item)
         summaries.append(summary)
         everything.extend(held)
-    return Report(clusters=tuple(summaries), conflicts=tuple(_conflicts(everything)),
-                  splits=tuple(_splits(everything)))
+    return Report(clusters=tuple(summaries), conflicts=tuple(_conflicts(everything)), splits=tuple(_splits(everything)))
 
 
 # --- rendering ---------------------------------------------------------------------------
@@ -308,30 +336,69 @@ def report_text(report: Report) -> str:
     lines += [split_line(s) for s in report.splits if s.latent]
     clusters = ", ".join(f"{c.name} {c.announced}/{c.assigned} announced" for c in report.clusters)
     if report.clean:
-        lines.append(f"ok: {_count(len(report.clusters), 'cluster')} ({clusters}): no address held by two "
-                     f"Services, no Service with two addresses")
+        lines.append(
+            f"ok: {_count(len(report.clusters), 'cluster')} ({clusters}): no address held by two "
+            f"Services, no Service with two addresses"
+        )
     else:
         latent = sum(c.latent for c in report.conflicts) + sum(s.latent for s in report.splits)
         real_conflicts = sum(not c.latent for c in report.conflicts)
         real_splits = sum(not s.latent for s in report.splits)
-        lines.append(f"found: {_count(real_conflicts, 'address conflict')}, "
-                     f"{_count(real_splits, 'split Service')}, {latent} latent "
-                     f"({_count(len(report.clusters), 'cluster')}: {clusters})")
+        lines.append(
+            f"found: {_count(real_conflicts, 'address conflict')}, "
+            f"{_count(real_splits, 'split Service')}, {latent} latent "
+            f"({_count(len(report.clusters), 'cluster')}: {clusters})"
+        )
     return "\n".join(lines) + "\n"
 
 
 def report_json(report: Report) -> dict[str, JSON]:
     return {
-        "clusters": [{"name": c.name, "source": c.source, "services": c.services, "assigned": c.assigned,
-                      "announced": c.announced, "basis": c.basis} for c in report.clusters],
-        "conflicts": [{"address": str(c.address), "latent": c.latent,
-                       "holders": [{"cluster": h.cluster, "service": h.identity, "tier": h.tier,
-                                    "announced": h.announced, "reason": h.reason} for h in c.holders]}
-                      for c in report.conflicts],
-        "splits": [{"service": s.identity, "latent": s.latent,
-                    "clusters": [{"cluster": p.cluster, "addresses": [str(a) for a in p.addresses], "tier": p.tier,
-                                  "announced": p.announced, "reason": p.reason} for p in s.placements]}
-                   for s in report.splits],
+        "clusters": [
+            {
+                "name": c.name,
+                "source": c.source,
+                "services": c.services,
+                "assigned": c.assigned,
+                "announced": c.announced,
+                "basis": c.basis,
+            }
+            for c in report.clusters
+        ],
+        "conflicts": [
+            {
+                "address": str(c.address),
+                "latent": c.latent,
+                "holders": [
+                    {
+                        "cluster": h.cluster,
+                        "service": h.identity,
+                        "tier": h.tier,
+                        "announced": h.announced,
+                        "reason": h.reason,
+                    }
+                    for h in c.holders
+                ],
+            }
+            for c in report.conflicts
+        ],
+        "splits": [
+            {
+                "service": s.identity,
+                "latent": s.latent,
+                "clusters": [
+                    {
+                        "cluster": p.cluster,
+                        "addresses": [str(a) for a in p.addresses],
+                        "tier": p.tier,
+                        "announced": p.announced,
+                        "reason": p.reason,
+                    }
+                    for p in s.placements
+                ],
+            }
+            for s in report.splits
+        ],
     }
 
 
@@ -339,18 +406,49 @@ def report_from_json(data: JSONObject) -> Report:
     """The inverse of report_json (for tools that consume `audit --format json`)."""
     ip = ipaddress.ip_address
     return Report(
-        clusters=tuple(ClusterSummary(name=c["name"], source=c["source"], services=c["services"],
-                                      assigned=c["assigned"], announced=c["announced"], basis=c["basis"])
-                       for c in data["clusters"]),
-        conflicts=tuple(AddressConflict(
-            address=ip(c["address"]), latent=c["latent"],
-            holders=tuple(Holder(cluster=h["cluster"], identity=h["service"], tier=h["tier"],
-                                 announced=h["announced"], reason=h["reason"]) for h in c["holders"]))
-            for c in data["conflicts"]),
-        splits=tuple(SplitIdentity(
-            identity=s["service"], latent=s["latent"],
-            placements=tuple(Placement(cluster=p["cluster"], addresses=tuple(ip(a) for a in p["addresses"]),
-                                       tier=p["tier"], announced=p["announced"], reason=p["reason"])
-                             for p in s["clusters"]))
-            for s in data["splits"]),
+        clusters=tuple(
+            ClusterSummary(
+                name=c["name"],
+                source=c["source"],
+                services=c["services"],
+                assigned=c["assigned"],
+                announced=c["announced"],
+                basis=c["basis"],
+            )
+            for c in data["clusters"]
+        ),
+        conflicts=tuple(
+            AddressConflict(
+                address=ip(c["address"]),
+                latent=c["latent"],
+                holders=tuple(
+                    Holder(
+                        cluster=h["cluster"],
+                        identity=h["service"],
+                        tier=h["tier"],
+                        announced=h["announced"],
+                        reason=h["reason"],
+                    )
+                    for h in c["holders"]
+                ),
+            )
+            for c in data["conflicts"]
+        ),
+        splits=tuple(
+            SplitIdentity(
+                identity=s["service"],
+                latent=s["latent"],
+                placements=tuple(
+                    Placement(
+                        cluster=p["cluster"],
+                        addresses=tuple(ip(a) for a in p["addresses"]),
+                        tier=p["tier"],
+                        announced=p["announced"],
+                        reason=p["reason"],
+                    )
+                    for p in s["clusters"]
+                ),
+            )
+            for s in data["splits"]
+        ),
     )

@@ -22,6 +22,7 @@ from bgpspeaker import client, offline
 def run_daemon(args: argparse.Namespace) -> int:
     """`bgpspeaker run`: imported here, as the only command that needs the kubernetes client."""
     from bgpspeaker.daemon import run_command
+
     return run_command(args)
 
 
@@ -30,6 +31,7 @@ def run_allocator(args: argparse.Namespace) -> int:
     speakers): on the Lease holder, the only writer of Service status, allocation Events
     and allocation records; the DaemonSet's speakers run `run --no-allocator`."""
     from bgpspeaker.daemon import run_command
+
     args.node_name, args.no_allocator, args.dry_run, args.speaker = args.identity, False, False, False
     return run_command(args)
 
@@ -57,19 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="the daemon")
     run.add_argument("--config", required=True)
-    run.add_argument("--node-name", default=os.environ.get("NODE_NAME"),
-                     help="this node's name (default: $NODE_NAME)")
+    run.add_argument("--node-name", default=os.environ.get("NODE_NAME"), help="this node's name (default: $NODE_NAME)")
     run.add_argument("--kubeconfig", help="default: in-cluster config")
     run.add_argument("--no-allocator", action="store_true", help="never write Service status (announce only)")
     run.add_argument("--dry-run", action="store_true", help="plan and log, but start no ExaBGP")
-    run.add_argument("--run-dir", default="/run/bgpspeaker",
-                     help="ExaBGP's config and socket and the control socket (control.sock) live here")
+    run.add_argument(
+        "--run-dir",
+        default="/run/bgpspeaker",
+        help="ExaBGP's config and socket and the control socket (control.sock) live here",
+    )
     run.add_argument("--log-level", default="INFO")
 
     allocator = commands.add_parser("allocator", help="the allocator alone: status, Events, records; no BGP")
     allocator.add_argument("--config", required=True)
-    allocator.add_argument("--identity", default=os.environ.get("POD_NAME"),
-                           help="the Lease holder's name: the pod's (default: $POD_NAME)")
+    allocator.add_argument(
+        "--identity", default=os.environ.get("POD_NAME"), help="the Lease holder's name: the pod's (default: $POD_NAME)"
+    )
     allocator.add_argument("--kubeconfig", help="default: in-cluster config")
     allocator.add_argument("--run-dir", default="/run/bgpspeaker", help="its control socket")
     allocator.add_argument("--log-level", default="INFO")
@@ -96,10 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--objects")
     source.add_argument("--kubeconfig")
 
-    audit = commands.add_parser("audit", help="offline: addresses held by two Services, Services with two "
-                                                   "addresses, across clusters")
-    audit.add_argument("--cluster", action="append", required=True, type=_cluster_pair, metavar="CONFIG=OBJECTS",
-                       help="one cluster's config and object dump; give it once per cluster")
+    audit = commands.add_parser(
+        "audit", help="offline: addresses held by two Services, Services with two addresses, across clusters"
+    )
+    audit.add_argument(
+        "--cluster",
+        action="append",
+        required=True,
+        type=_cluster_pair,
+        metavar="CONFIG=OBJECTS",
+        help="one cluster's config and object dump; give it once per cluster",
+    )
     audit.add_argument("--format", choices=("text", "json"), default="text")
 
     status = commands.add_parser("status", help="a running daemon's sessions and routes")
@@ -115,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _cluster_pair(text: str) -> tuple[str, str]:
     config, sep, objects = text.partition("=")
     if not (sep and config and objects):
-        raise argparse.ArgumentTypeError(f"{text!r}: give CONFIG=OBJECTS (a config file and that cluster's "
-                                         f"object dump)")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give CONFIG=OBJECTS (a config file and that cluster's object dump)"
+        )
     return config, objects
 
 

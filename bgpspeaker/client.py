@@ -40,8 +40,7 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def control_request(path: str, target: str, method: str = "GET",
-                    timeout: float = TIMEOUT_SECONDS) -> tuple[int, bytes]:
+def control_request(path: str, target: str, method: str = "GET", timeout: float = TIMEOUT_SECONDS) -> tuple[int, bytes]:
     """One request on the control socket at `path`: (HTTP status, body). OSError if unreachable."""
     connection = _UnixConnection(path, timeout)
     try:
@@ -67,9 +66,11 @@ def _call(path: str, target: str, method: str = "GET") -> Optional[JSONObject]:
 
 
 def format_status(status: JSONObject) -> str:
-    lines = [f"node {status.get('node')}  cluster {status.get('cluster')}  "
-             f"ready {status.get('ready')}  drain {status.get('drain') or 'no'}  "
-             f"allocator leader {status.get('leader')}"]
+    lines = [
+        f"node {status.get('node')}  cluster {status.get('cluster')}  "
+        f"ready {status.get('ready')}  drain {status.get('drain') or 'no'}  "
+        f"allocator leader {status.get('leader')}"
+    ]
     kube = status.get("kubernetes") or {}
     lines.append(f"kubernetes: synced {kube.get('synced')}  stale {kube.get('stale')}")
     lines.append("")
@@ -80,8 +81,11 @@ def format_status(status: JSONObject) -> str:
             state += ", routes held back: it kept resetting the session"
         bfd = peer.get("bfd")
         if bfd:
-            state += (f"; bfd {bfd['status']}" + (f" ({bfd['whyDown']})" if bfd.get("whyDown") else "")
-                      + f", {bfd.get('transitions', 0)} transitions")
+            state += (
+                f"; bfd {bfd['status']}"
+                + (f" ({bfd['whyDown']})" if bfd.get("whyDown") else "")
+                + f", {bfd.get('transitions', 0)} transitions"
+            )
         lines.append(f"{peer['name']:<16} {peer['address']:<26} {peer['asn']:>10}  {state}")
     lines.append("")
     lines.append(f"{'SERVICE':<32} {'PREFIX':<24} {'TIER':<10} {'MED':>5} {'LPREF':>6}  AS-PATH / COMMUNITIES -> PEERS")
@@ -91,7 +95,8 @@ def format_status(status: JSONObject) -> str:
             f"{route['service']:<32} {route['prefix']:<24} {route['tier']:<10} "
             f"{'-' if route.get('med') is None else route['med']:>5} "
             f"{'-' if route.get('localPref') is None else route['localPref']:>6}  "
-            f"[{' '.join(map(str, route.get('asPath', [])))}] {extras} -> {','.join(route.get('peers', []))}")
+            f"[{' '.join(map(str, route.get('asPath', [])))}] {extras} -> {','.join(route.get('peers', []))}"
+        )
     return "\n".join(lines)
 
 

@@ -141,8 +141,9 @@ class Daemon:
         # as they were (the watcher replaces a dict only when its resource changed), so the
         # allocation is reused as is, and the planner re-decides only the Services whose
         # inputs changed. 1,000 Services: most of an event's CPU before (bench profile).
-        self._allocation_memo: Optional[
-            tuple[Config, Mapping[str, ServiceView], Allocation, Optional[SameObjects]]] = None
+        self._allocation_memo: Optional[tuple[Config, Mapping[str, ServiceView], Allocation, Optional[SameObjects]]] = (
+            None
+        )
         self._plan_memo = PlanMemo()
         self._records_memo = RecordsMemo()  # the records allocation, by difference (allocator.RecordsMemo)
         # Tier hysteresis (planner._health): the records each plan hands to the next (None:
@@ -179,9 +180,11 @@ class Daemon:
 
         try:
             self._start_kubernetes()
-            tasks = [asyncio.create_task(self._reconcile_loop(), name="reconcile"),
-                     asyncio.create_task(self._config_watch_loop(), name="config-watch"),
-                     asyncio.create_task(self._heartbeat_loop(), name="heartbeat")]
+            tasks = [
+                asyncio.create_task(self._reconcile_loop(), name="reconcile"),
+                asyncio.create_task(self._config_watch_loop(), name="config-watch"),
+                asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            ]
             await self._stopping.wait()
             log.info("stopping", extra=fields(shutdown=self.config.speaker.shutdown))
             for task in tasks:
@@ -202,8 +205,11 @@ class Daemon:
         controls = _ThreadSafeControls(self)
         metrics, health = self.config.metrics, self.config.health
         listeners = [("http", metrics.host, metrics.port)]
-        if health.host is not None and health.port is not None and (health.host, health.port) != (
-                metrics.host, metrics.port):  # (host and port are set together: one address)
+        if (
+            health.host is not None
+            and health.port is not None
+            and (health.host, health.port) != (metrics.host, metrics.port)
+        ):  # (host and port are set together: one address)
             listeners.append(("health", health.host, health.port))
         for name, host, port in listeners:
             server = HttpServer.tcp(host, port, tcp_routes(controls, self.metrics.registry), name=name).start()
@@ -229,10 +235,14 @@ class Daemon:
             shared = self.config.shared_store
             stores[SHARED] = Store(SHARED, api_client(shared.kubeconfig), shared.namespace)
         # The EndpointSlices cached are those of the Services we may announce (issue 14).
-        self.watcher = KubeWatcher(api, self.loop, on_change=self._on_change, metrics=self.metrics,
-                                   record_stores={name: (store.client, store.namespace)
-                                                  for name, store in stores.items()},
-                                   announced=lambda service: is_managed(self.config, service))
+        self.watcher = KubeWatcher(
+            api,
+            self.loop,
+            on_change=self._on_change,
+            metrics=self.metrics,
+            record_stores={name: (store.client, store.namespace) for name, store in stores.items()},
+            announced=lambda service: is_managed(self.config, service),
+        )
         self.watcher.start()
         if not self.options.dry_run:
             # Imported while the Node list is in flight, rather than between that list and
@@ -248,9 +258,14 @@ class Daemon:
                 loop.call_soon_threadsafe(self._on_change)
 
             # One allocator per cluster: the Lease holder writes Service status, the others only read.
-            elector = LeaderElector(api, identity=self.options.node_name,
-                                    namespace=self.options.lease_namespace, name=LEASE_NAME,
-                                    on_started_leading=from_elector_thread, on_stopped_leading=from_elector_thread)
+            elector = LeaderElector(
+                api,
+                identity=self.options.node_name,
+                namespace=self.options.lease_namespace,
+                name=LEASE_NAME,
+                on_started_leading=from_elector_thread,
+                on_stopped_leading=from_elector_thread,
+            )
 
             def is_leader() -> bool:
                 return elector.is_leader
@@ -259,8 +274,12 @@ class Daemon:
             self.allocator = _Allocator(
                 elector,
                 StatusSchedule(StatusWriter(api, is_leader=is_leader, events=self.events), on_retry=self._on_change),
-                RecordSchedule(RecordKeeper(stores, self.config.cluster.name, is_leader=is_leader),
-                               reports=self.publisher, on_retry=self._on_change))
+                RecordSchedule(
+                    RecordKeeper(stores, self.config.cluster.name, is_leader=is_leader),
+                    reports=self.publisher,
+                    on_retry=self._on_change,
+                ),
+            )
             elector.start()
 
     async def _shutdown(self) -> None:
@@ -337,8 +356,9 @@ class Daemon:
         snapshot: Snapshot = self.watcher.snapshot()
         node = snapshot.nodes.get(self.options.node_name)
         if node is None and self.options.speaker:
-            log.warning("this node is not in the API (yet); announcing nothing",
-                        extra=fields(node=self.options.node_name))
+            log.warning(
+                "this node is not in the API (yet); announcing nothing", extra=fields(node=self.options.node_name)
+            )
         allocation = self._allocate(snapshot)
         # Status first, in its own task: it never waits on this node's BGP (a leader whose
         # ExaBGP crash-loops still writes every Service's status; issue 14).
@@ -350,9 +370,16 @@ class Daemon:
             self.publisher.allocation(self.config, snapshot, allocation, self._is_leader())
             return
         maintenance = self.maintenance()
-        the_plan = make_plan(self.config, snapshot, self.options.node_name, allocation,
-                             drained=self.drain is not None or maintenance is not None, memo=self._plan_memo,
-                             now=self.loop.time(), health=self._health)
+        the_plan = make_plan(
+            self.config,
+            snapshot,
+            self.options.node_name,
+            allocation,
+            drained=self.drain is not None or maintenance is not None,
+            memo=self._plan_memo,
+            now=self.loop.time(),
+            health=self._health,
+        )
         self._health = the_plan.health
         self._wake_at(the_plan.wake_at)
         withdrawn = DrainState.WITHDRAWN in (self.drain, maintenance)
@@ -436,8 +463,9 @@ class Daemon:
             from bgpspeaker.exabgp.driver import ExabgpDriver
 
             self.options.run_dir.mkdir(parents=True, exist_ok=True)
-            self.driver = ExabgpDriver(self.config, node, self.options.run_dir, self.metrics,
-                                       exabgp_argv=_exabgp_argv())
+            self.driver = ExabgpDriver(
+                self.config, node, self.options.run_dir, self.metrics, exabgp_argv=_exabgp_argv()
+            )
             self._node = node
             # Not waiting for ExaBGP: its supervisor retries a failed start with backoff, forever,
             # and apply() returns while it is down (the desired set is replayed once it is up).
@@ -502,9 +530,14 @@ class Daemon:
         else:
             self._maintenance = (mode, before[1])
         if (before and before[0]) != mode:
-            log.info("cluster maintenance", extra=fields(
-                mode=mode or "none", state=self.maintenance() or "in service",
-                withdraw_after_seconds=self.config.speaker.drain_seconds if mode == "withdraw" else ""))
+            log.info(
+                "cluster maintenance",
+                extra=fields(
+                    mode=mode or "none",
+                    state=self.maintenance() or "in service",
+                    withdraw_after_seconds=self.config.speaker.drain_seconds if mode == "withdraw" else "",
+                ),
+            )
         if self._maintenance is not None and mode == "withdraw" and self.maintenance() == DrainState.DRAINING:
             when = self._maintenance[1] + self.config.speaker.drain_seconds
             # a hair late: asyncio may run a timer up to its clock resolution early
@@ -536,8 +569,10 @@ class Daemon:
             new = load_config(self.options.config_path)
         except Exception as exc:  # ConfigError, and anything else: the watch loop must survive any file
             self.metrics.config_reloads.labels("invalid").inc()
-            log.error("config reload refused; keeping the running config",
-                      extra=fields(why=why, errors=str(exc) if isinstance(exc, ConfigError) else repr(exc)))
+            log.error(
+                "config reload refused; keeping the running config",
+                extra=fields(why=why, errors=str(exc) if isinstance(exc, ConfigError) else repr(exc)),
+            )
             return False
         self.metrics.config_reloads.labels("ok").inc()
         if new == self.config and not secrets_changed:
@@ -598,10 +633,18 @@ class Daemon:
         bfd = self.bfd.peer_states()
         for peer in self.config.peers:
             state = states.get(peer.name)
-            peers.append({"name": peer.name, "address": str(peer.address), "asn": peer.asn,
-                          "up": bool(state and state.up), "since": state.since if state else None,
-                          "lastDownReason": state.last_down_reason if state else None,
-                          "routesHeldBack": peer.name in held, "bfd": bfd.get(peer.name)})
+            peers.append(
+                {
+                    "name": peer.name,
+                    "address": str(peer.address),
+                    "asn": peer.asn,
+                    "up": bool(state and state.up),
+                    "since": state.since if state else None,
+                    "lastDownReason": state.last_down_reason if state else None,
+                    "routesHeldBack": peer.name in held,
+                    "bfd": bfd.get(peer.name),
+                }
+            )
         announced = list(self.driver.announced().values()) if self.driver is not None else []
         return {
             "node": self.options.node_name,
@@ -610,12 +653,16 @@ class Daemon:
             "drain": self.drain,
             "maintenance": {"mode": self.config.cluster.maintenance, "state": self.maintenance()},
             "leader": self._is_leader(),
-            "kubernetes": {"synced": bool(self.watcher and self.watcher.synced),
-                           "stale": bool(self.watcher and self.watcher.stale)},
+            "kubernetes": {
+                "synced": bool(self.watcher and self.watcher.synced),
+                "stale": bool(self.watcher and self.watcher.stale),
+            },
             "peers": peers,
             "routes": route_entries(announced),
-            "skipped": [{"service": s.service, "reason": s.reason, "message": s.message}
-                        for s in (self._last_plan.skipped if self._last_plan else ())],
+            "skipped": [
+                {"service": s.service, "reason": s.reason, "message": s.message}
+                for s in (self._last_plan.skipped if self._last_plan else ())
+            ],
         }
 
 
@@ -624,8 +671,10 @@ def liveness(now: float, heartbeat: float, unable_since: Optional[float], fail_a
     if now - heartbeat > LOOP_STUCK_SECONDS:
         return False, f"event loop not responding for {now - heartbeat:.0f}s"
     if unable_since is not None and now - unable_since > fail_after:
-        return False, (f"unable to announce for {now - unable_since:.0f}s (ExaBGP not running; "
-                       f"health.failAfterSeconds {fail_after:g})")
+        return False, (
+            f"unable to announce for {now - unable_since:.0f}s (ExaBGP not running; "
+            f"health.failAfterSeconds {fail_after:g})"
+        )
     return True, "ok"
 
 
@@ -709,12 +758,17 @@ def run_command(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     speaker = getattr(args, "speaker", True)
     if not args.node_name:
-        log.error("no node name: pass --node-name or set NODE_NAME" if speaker
-                  else "no identity: pass --identity or set POD_NAME")
+        log.error(
+            "no node name: pass --node-name or set NODE_NAME"
+            if speaker
+            else "no identity: pass --identity or set POD_NAME"
+        )
         return 2
     if not is_dns_subdomain(args.node_name):
-        log.error("the node name is not a Kubernetes Node name (an RFC 1123 DNS subdomain)",
-                  extra=fields(node_name=args.node_name[:80]))
+        log.error(
+            "the node name is not a Kubernetes Node name (an RFC 1123 DNS subdomain)",
+            extra=fields(node_name=args.node_name[:80]),
+        )
         return 2
     try:
         config = load_config(args.config)
@@ -733,9 +787,17 @@ def run_command(args: argparse.Namespace) -> int:
     except OSError as exc:
         log.error("run directory is not writable", extra=fields(run_dir=str(run_dir), error=exc.strerror or str(exc)))
         return 1
-    options = Options(config_path=args.config, node_name=args.node_name, kubeconfig=args.kubeconfig,
-                      allocator=not args.no_allocator, dry_run=args.dry_run, run_dir=run_dir,
-                      lease_namespace=os.environ.get("POD_NAMESPACE") or "bgpspeaker-system", speaker=speaker)
+    options = Options(
+        config_path=args.config,
+        node_name=args.node_name,
+        kubeconfig=args.kubeconfig,
+        allocator=not args.no_allocator,
+        dry_run=args.dry_run,
+        run_dir=run_dir,
+        lease_namespace=os.environ.get("POD_NAMESPACE") or "bgpspeaker-system",
+        speaker=speaker,
+    )
+
     async def main() -> int:
         return await Daemon(options, config).run()
 

@@ -101,14 +101,26 @@ def control_routes(probes: Probes, controls: Controls) -> dict[str, Route]:
     }
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 def render_answer(answer: Answer, allow: Optional[str] = None) -> bytes:
     code, body, content_type = answer
-    head = [f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}", "Server: bgpspeaker",
-            f"Content-Type: {content_type}", f"Content-Length: {len(body)}", "Connection: close"]
+    head = [
+        f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}",
+        "Server: bgpspeaker",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+    ]
     if allow:
         head.append(f"Allow: {allow}")
     return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body
@@ -125,8 +137,7 @@ def route_request(head: bytes, routes: dict[str, Route]) -> tuple[Optional[Route
     if route is None:
         return None, render_answer(json_answer({"error": f"no such path: {path[:200]}"}, 404))
     if method != route.method:
-        return None, render_answer(json_answer({"error": f"{path} takes {route.method} only"}, 405),
-                                   allow=route.method)
+        return None, render_answer(json_answer({"error": f"{path} takes {route.method} only"}, 405), allow=route.method)
     return route, b""
 
 

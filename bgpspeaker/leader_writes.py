@@ -74,8 +74,11 @@ def keys_to_check(last: Optional[StatusPass], allocation: Allocation, services: 
     keys = set(last.leftover)
     if services is not seen:  # (in C: a Python loop over 10,000 Services held the GIL the loop needs)
         keys.update(replaced_keys(seen, services) & services.keys())
-    for now, then in ((allocation.assigned, before.assigned), (allocation.refused, before.refused),
-                      (allocation.pending, before.pending)):
+    for now, then in (
+        (allocation.assigned, before.assigned),
+        (allocation.refused, before.refused),
+        (allocation.pending, before.pending),
+    ):
         if now is not then:
             keys.update(replaced_keys(then, now))
     return keys
@@ -125,8 +128,9 @@ class RecordApply:
 RecordWork = Union[RecordImport, RecordApply]
 
 
-def record_work(config: Config, snapshot: Snapshot, allocation: Allocation,
-                updates: Optional[RecordUpdates] = None) -> Optional[RecordWork]:
+def record_work(
+    config: Config, snapshot: Snapshot, allocation: Allocation, updates: Optional[RecordUpdates] = None
+) -> Optional[RecordWork]:
     """What the records need after this allocation (None: nothing), from a complete snapshot.
 
     Before the import marker (`snapshot.records` is None): import today's allocations.
@@ -175,16 +179,19 @@ class StatusSchedule:
         while self._waiting is not None:
             (allocation, services), self._waiting = self._waiting, None
             try:
-                result: Optional[WriteResult] = await loop.run_in_executor(self._executor, self._pass,
-                                                                           allocation, services)
+                result: Optional[WriteResult] = await loop.run_in_executor(
+                    self._executor, self._pass, allocation, services
+                )
             except Exception:
                 log.exception("status write failed")
                 result = None
             if all_in_line(result):
                 self._in_line = allocation
             if status_retry(result):
-                log.warning("status writes failed; retrying",
-                            extra=fields(services=len(result.failed) if result is not None else "all"))
+                log.warning(
+                    "status writes failed; retrying",
+                    extra=fields(services=len(result.failed) if result is not None else "all"),
+                )
                 loop.call_later(STATUS_RETRY_SECONDS, self._on_retry)
 
     def _pass(self, allocation: Allocation, services: Services) -> WriteResult:
@@ -205,8 +212,9 @@ class StatusSchedule:
 class RecordReports(Protocol):
     """Where the record writes' outcomes are told (publish.Publisher)."""
 
-    def records_pending(self, pending: Mapping[str, str], snapshot: Optional[Snapshot],
-                        failed: Mapping[str, str]) -> None: ...
+    def records_pending(
+        self, pending: Mapping[str, str], snapshot: Optional[Snapshot], failed: Mapping[str, str]
+    ) -> None: ...
 
     def record_conflicts(self, conflicts: list[tuple[AddressRecord, str]]) -> None: ...
 
@@ -266,8 +274,9 @@ class RecordSchedule:
                 # The store is down: new Services wait (pending; nothing running changes),
                 # each told once by a Warning Event.
                 pending, snapshot = self._pending
-                self._reports.records_pending(pending, snapshot, result.failed if result is not None
-                                              else {"?": "record writes failed"})
+                self._reports.records_pending(
+                    pending, snapshot, result.failed if result is not None else {"?": "record writes failed"}
+                )
                 self._done, self._retry = None, True
                 loop.call_later(RECORD_RETRY_SECONDS, self._on_retry)
             elif result.conflicts:

@@ -66,8 +66,11 @@ class AnnouncementLedger:
             present = item in self._items.get(service, ())
             if present != was:
                 (labels_added if present else labels_removed).add(_label(service, item))
-        touched = {service for service, _ in items_before} | {s.service for s in skips_added} | {
-            s.service for s in skips_removed}
+        touched = (
+            {service for service, _ in items_before}
+            | {s.service for s in skips_added}
+            | {s.service for s in skips_removed}
+        )
         states: dict[str, Optional[State]] = {}
         for service in touched:
             now = self._state_of(service)

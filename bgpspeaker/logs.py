@@ -40,8 +40,12 @@ def _logfmt_value(value: object) -> str:
 class LogfmtFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
-        parts = [f"ts={stamp}", f"level={record.levelname.lower()}", f"logger={record.name}",
-                 f"msg={_logfmt_value(record.getMessage())}"]
+        parts = [
+            f"ts={stamp}",
+            f"level={record.levelname.lower()}",
+            f"logger={record.name}",
+            f"msg={_logfmt_value(record.getMessage())}",
+        ]
         fields: Mapping[str, object] = getattr(record, "fields", None) or {}
         parts.extend(f"{key}={_logfmt_value(value)}" for key, value in fields.items())
         if record.exc_info:

@@ -62,7 +62,7 @@ def quote(value: object, limit: int = 64) -> str:
     The one quoting helper for messages (config errors, refusals, skips).
     """
     text = repr(value)
-    return text if len(text) <= limit else text[:limit - 4] + "...'"
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
 _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
@@ -76,9 +76,17 @@ def next_hop_problem(address: IPAddress) -> Optional[str]:
     time. A router that gets such a next-hop resets the session, and ExaBGP re-sends it on
     every reconnect, forever (docs/reference/exabgp-api.md §9).
     """
-    bad = [what for what, test in (("loopback", address.is_loopback), ("unspecified", address.is_unspecified),
-                                   ("multicast", address.is_multicast), ("link-local", address.is_link_local),
-                                   ("reserved", address.is_reserved)) if test]
+    bad = [
+        what
+        for what, test in (
+            ("loopback", address.is_loopback),
+            ("unspecified", address.is_unspecified),
+            ("multicast", address.is_multicast),
+            ("link-local", address.is_link_local),
+            ("reserved", address.is_reserved),
+        )
+        if test
+    ]
     if address.version == 4 and address in _THIS_NETWORK:
         bad.append("this-network")
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
@@ -288,8 +296,12 @@ class Snapshot:
     records: Optional[Mapping[str, Mapping[str, AddressRecord]]] = None
 
     @classmethod
-    def of(cls, services: Iterable[ServiceView] = (), endpoint_slices: Iterable[EndpointSliceView] = (),
-           nodes: Iterable[NodeView] = ()) -> "Snapshot":
+    def of(
+        cls,
+        services: Iterable[ServiceView] = (),
+        endpoint_slices: Iterable[EndpointSliceView] = (),
+        nodes: Iterable[NodeView] = (),
+    ) -> "Snapshot":
         return cls(
             services={s.key: s for s in services},
             endpoint_slices={e.key: e for e in endpoint_slices},
@@ -337,9 +349,15 @@ class RouteAttributes:
 
     def sort_key(self) -> tuple:
         """A total order for deterministic output (IPv4 and IPv6 next-hops do not compare)."""
-        return (self.next_hop.version, int(self.next_hop), self.as_path,
-                -1 if self.med is None else self.med, -1 if self.local_pref is None else self.local_pref,
-                self.communities, self.large_communities)
+        return (
+            self.next_hop.version,
+            int(self.next_hop),
+            self.as_path,
+            -1 if self.med is None else self.med,
+            -1 if self.local_pref is None else self.local_pref,
+            self.communities,
+            self.large_communities,
+        )
 
 
 @dataclass(frozen=True)

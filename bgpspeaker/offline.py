@@ -108,14 +108,35 @@ def _table(rows: Sequence[Sequence[str]], out: TextIO, indent: str = "") -> None
 
 
 def _route_rows(entries: list[dict[str, JSON]]) -> list[list[str]]:
-    rows = [["SERVICE", "PREFIX", "TIER", "NEXT-HOP", "MED", "LOCAL-PREF", "AS-PATH", "COMMUNITIES",
-             "LARGE-COMMUNITIES", "PEERS"]]
+    rows = [
+        [
+            "SERVICE",
+            "PREFIX",
+            "TIER",
+            "NEXT-HOP",
+            "MED",
+            "LOCAL-PREF",
+            "AS-PATH",
+            "COMMUNITIES",
+            "LARGE-COMMUNITIES",
+            "PEERS",
+        ]
+    ]
     for e in entries:
-        rows.append([e["service"], e["prefix"], e["tier"], e["nextHop"],
-                     "-" if e["med"] is None else str(e["med"]),
-                     "-" if e["localPref"] is None else str(e["localPref"]),
-                     " ".join(map(str, e["asPath"])) or "-", ",".join(e["communities"]) or "-",
-                     ",".join(e["largeCommunities"]) or "-", ",".join(e["peers"])])
+        rows.append(
+            [
+                e["service"],
+                e["prefix"],
+                e["tier"],
+                e["nextHop"],
+                "-" if e["med"] is None else str(e["med"]),
+                "-" if e["localPref"] is None else str(e["localPref"]),
+                " ".join(map(str, e["asPath"])) or "-",
+                ",".join(e["communities"]) or "-",
+                ",".join(e["largeCommunities"]) or "-",
+                ",".join(e["peers"]),
+            ]
+        )
     return rows
 
 
@@ -142,8 +163,11 @@ def write_explanation(explanation: Explanation, out: TextIO) -> None:
         _table(rows, out, indent="  ")
     if explanation.routes:
         out.write("\nRoutes:\n")
-        _table(_route_rows([e for e in plan_entries(Plan(explanation.routes, ()))
-                            if e["service"] == explanation.service]), out, indent="  ")
+        _table(
+            _route_rows([e for e in plan_entries(Plan(explanation.routes, ())) if e["service"] == explanation.service]),
+            out,
+            indent="  ",
+        )
 
 
 # --- commands --------------------------------------------------------------------------
@@ -189,6 +213,7 @@ def check_config_command(args: argparse.Namespace) -> int:
 
 def render_command(args: argparse.Namespace) -> int:
     """`bgpspeaker render-exabgp`: the ExaBGP config the node would run, secrets masked."""
+
     def body() -> int:
         config = load_config(args.config)
         node = _check_node(load_objects(args.objects), args.node_name, args.objects)
@@ -198,6 +223,7 @@ def render_command(args: argparse.Namespace) -> int:
             raise _Exit(2, str(error)) from None
         sys.stdout.write(text)
         return 0
+
     return _run(body)
 
 
@@ -217,12 +243,14 @@ def plan_command(args: argparse.Namespace) -> int:
         else:
             write_plan_text(args.node_name, result, sys.stdout)
         return 0
+
     return _run(body)
 
 
 def _fetch(kubeconfig: str) -> Snapshot:
     # Imported lazily: the kubernetes client is slow to import and not needed for --objects.
     from bgpspeaker.kube.client import fetch_snapshot
+
     try:
         return fetch_snapshot(kubeconfig)
     except Exception as error:  # any client/transport failure: the cluster cannot be read
@@ -241,9 +269,19 @@ def explain_command(args: argparse.Namespace) -> int:
         if args.service not in snapshot.services:
             raise _Exit(3, f"Service {args.service!r} not found in {source} (give it as NAMESPACE/NAME)")
         allocation = allocate_snapshot(config, snapshot)
-        write_explanation(explain(config, snapshot, args.node_name, allocation, args.service,
-                                  drained=config.cluster.maintenance is not None), sys.stdout)
+        write_explanation(
+            explain(
+                config,
+                snapshot,
+                args.node_name,
+                allocation,
+                args.service,
+                drained=config.cluster.maintenance is not None,
+            ),
+            sys.stdout,
+        )
         return 0
+
     return _run(body)
 
 
@@ -264,8 +302,11 @@ def audit_command(args: argparse.Namespace) -> int:
             sys.stdout.write(report_text(report))
         for summary in report.clusters:
             if summary.basis != BASIS_NODES:
-                print(f"note: {summary.name}: no Nodes in {summary.source.partition('=')[2]}: an assigned "
-                      f"address counts as announced when the cluster's tier for the Service is not none",
-                      file=sys.stderr)
+                print(
+                    f"note: {summary.name}: no Nodes in {summary.source.partition('=')[2]}: an assigned "
+                    f"address counts as announced when the cluster's tier for the Service is not none",
+                    file=sys.stderr,
+                )
         return 0 if report.clean else 1
+
     return _run(body)

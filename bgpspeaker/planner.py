@@ -32,19 +32,51 @@ from typing import Iterable, Mapping, Optional, Union
 
 from bgpspeaker.allocator import Allocation, is_managed, pool_of
 from bgpspeaker.annotations import (
-    COMMUNITIES_ANNOTATION, EXCLUDE_LABEL, MIN_READY_ANNOTATION, PREFERENCE_ANNOTATION, RISE_ANNOTATION,
+    COMMUNITIES_ANNOTATION,
+    EXCLUDE_LABEL,
+    MIN_READY_ANNOTATION,
+    PREFERENCE_ANNOTATION,
+    RISE_ANNOTATION,
     parse_preference,
 )
 from bgpspeaker.config.schema import Config, PeerConfig, PoolConfig
 from bgpspeaker.model import (
-    GRACEFUL_SHUTDOWN, LOWEST_TIER, TIERS_IN_ORDER, Community, EndpointSliceView, IPAddress, LargeCommunity,
-    NodeView, RouteAttributes, RouteIntent, ServiceView, Snapshot, Tier, next_hop_problem, parse_any_community, quote,
+    GRACEFUL_SHUTDOWN,
+    LOWEST_TIER,
+    TIERS_IN_ORDER,
+    Community,
+    EndpointSliceView,
+    IPAddress,
+    LargeCommunity,
+    NodeView,
+    RouteAttributes,
+    RouteIntent,
+    ServiceView,
+    Snapshot,
+    Tier,
+    next_hop_problem,
+    parse_any_community,
+    quote,
 )
 from bgpspeaker.reasons import (
-    ALLOCATION_PENDING, COMMUNITY_NOT_ALLOWED, INVALID_COMMUNITY, INVALID_NEXT_HOP, INVALID_PREFERENCE,
-    NO_DEFAULT_TIER, NO_ENDPOINTS,
-    NO_LOCAL_ENDPOINTS, NO_NODE_ADDRESS, NO_PEERS, NODE_EXCLUDED, NODE_NOT_FOUND, NODE_NOT_READY, NOT_ALLOCATED,
-    INVALID_THRESHOLD, NOT_IN_POOL, NOT_LISTED, POOL_NOT_ALLOWED,
+    ALLOCATION_PENDING,
+    COMMUNITY_NOT_ALLOWED,
+    INVALID_COMMUNITY,
+    INVALID_NEXT_HOP,
+    INVALID_PREFERENCE,
+    NO_DEFAULT_TIER,
+    NO_ENDPOINTS,
+    NO_LOCAL_ENDPOINTS,
+    NO_NODE_ADDRESS,
+    NO_PEERS,
+    NODE_EXCLUDED,
+    NODE_NOT_FOUND,
+    NODE_NOT_READY,
+    NOT_ALLOCATED,
+    INVALID_THRESHOLD,
+    NOT_IN_POOL,
+    NOT_LISTED,
+    POOL_NOT_ALLOWED,
 )
 from bgpspeaker.reconciler import Routes, replaced_keys
 
@@ -111,8 +143,11 @@ def service_tier(config: Config, service: ServiceView) -> tuple[Optional[Tier], 
     if text is None:
         tier = config.cluster.default_tier
         if tier is None:
-            return None, NO_DEFAULT_TIER, (f"no {PREFERENCE_ANNOTATION} annotation and cluster {cluster!r} has "
-                                           f"defaultTier none")
+            return (
+                None,
+                NO_DEFAULT_TIER,
+                (f"no {PREFERENCE_ANNOTATION} annotation and cluster {cluster!r} has defaultTier none"),
+            )
         return tier, "", f"no {PREFERENCE_ANNOTATION} annotation: cluster {cluster!r} default tier {tier.value}"
     try:
         names = parse_preference(text)
@@ -124,8 +159,9 @@ def service_tier(config: Config, service: ServiceView) -> tuple[Optional[Tier], 
     return tier, "", f"cluster {cluster!r} is #{names.index(cluster) + 1} in {quote(text)}: {tier.value}"
 
 
-def service_communities(service: ServiceView, pool: PoolConfig) -> tuple[
-        tuple[Union[Community, LargeCommunity], ...], list[tuple[str, str]]]:
+def service_communities(
+    service: ServiceView, pool: PoolConfig
+) -> tuple[tuple[Union[Community, LargeCommunity], ...], list[tuple[str, str]]]:
     """The Service's extra communities that its pool allows, and [(warning reason, message)]."""
     text = dict(service.annotations).get(COMMUNITIES_ANNOTATION)
     if text is None:
@@ -140,8 +176,13 @@ def service_communities(service: ServiceView, pool: PoolConfig) -> tuple[
             warnings.append((INVALID_COMMUNITY, f"annotation {COMMUNITIES_ANNOTATION}: {why}; not added"))
             continue
         if community not in pool.allowed_communities:
-            warnings.append((COMMUNITY_NOT_ALLOWED, f"annotation {COMMUNITIES_ANNOTATION}: {community} is not in "
-                                                    f"pool {pool.name!r} allowedCommunities; not added"))
+            warnings.append(
+                (
+                    COMMUNITY_NOT_ALLOWED,
+                    f"annotation {COMMUNITIES_ANNOTATION}: {community} is not in "
+                    f"pool {pool.name!r} allowedCommunities; not added",
+                )
+            )
             continue
         if community not in allowed:
             allowed.append(community)
@@ -159,8 +200,13 @@ def _capped(warnings: list[tuple[str, str]]) -> list[tuple[str, str]]:
         return warnings
     more = len(warnings) - MAX_WARNINGS
     reason = warnings[MAX_WARNINGS][0]
-    return warnings[:MAX_WARNINGS] + [(reason, f"annotation {COMMUNITIES_ANNOTATION}: {more} more items not added "
-                                               f"(only the first {MAX_WARNINGS} problems are listed)")]
+    return warnings[:MAX_WARNINGS] + [
+        (
+            reason,
+            f"annotation {COMMUNITIES_ANNOTATION}: {more} more items not added "
+            f"(only the first {MAX_WARNINGS} problems are listed)",
+        )
+    ]
 
 
 def service_thresholds(config: Config, tier: Tier, service: ServiceView) -> tuple[int, float, str, list[str]]:
@@ -178,8 +224,10 @@ def service_thresholds(config: Config, tier: Tier, service: ServiceView) -> tupl
                 raise ValueError
             minimum, origin = value, "annotation"
         except ValueError:
-            problems.append(f"annotation {MIN_READY_ANNOTATION}: {quote(text)} is not a whole number 1..100000; "
-                            f"using {minimum} from the {tier.value} tier")
+            problems.append(
+                f"annotation {MIN_READY_ANNOTATION}: {quote(text)} is not a whole number 1..100000; "
+                f"using {minimum} from the {tier.value} tier"
+            )
     text = annotations.get(RISE_ANNOTATION)
     if text is not None:
         try:
@@ -188,8 +236,10 @@ def service_thresholds(config: Config, tier: Tier, service: ServiceView) -> tupl
                 raise ValueError
             rise, origin = number, "annotation"
         except ValueError:
-            problems.append(f"annotation {RISE_ANNOTATION}: {quote(text)} is not a number of seconds 0..86400; "
-                            f"using {rise:g} from the {tier.value} tier")
+            problems.append(
+                f"annotation {RISE_ANNOTATION}: {quote(text)} is not a number of seconds 0..86400; "
+                f"using {rise:g} from the {tier.value} tier"
+            )
     return minimum, rise, origin, problems
 
 
@@ -208,8 +258,16 @@ class _Candidate:
 class _Context:
     """What is the same for every Service on this node: computed once per plan."""
 
-    def __init__(self, config: Config, snapshot: Snapshot, node_name: str, allocation: Allocation, drained: bool,
-                 now: float = 0.0, health: Optional[Health] = None):
+    def __init__(
+        self,
+        config: Config,
+        snapshot: Snapshot,
+        node_name: str,
+        allocation: Allocation,
+        drained: bool,
+        now: float = 0.0,
+        health: Optional[Health] = None,
+    ):
         self.config, self.snapshot, self.allocation, self.drained = config, snapshot, allocation, drained
         self.now, self.health = now, health
         # what the Service being decided leaves for the next plan: (its health record, or
@@ -235,18 +293,28 @@ class _Context:
                 continue
             problem = next_hop_problem(address)
             if problem:
-                self.next_hops[version] = (None, INVALID_NEXT_HOP, f"node {node_name!r} IPv{version} address "
-                                                                   f"{address} is {problem}: not a next-hop")
+                self.next_hops[version] = (
+                    None,
+                    INVALID_NEXT_HOP,
+                    f"node {node_name!r} IPv{version} address {address} is {problem}: not a next-hop",
+                )
             else:
                 self.next_hops[version] = (address, "", f"next-hop {address}")
         self.slices: Mapping[str, list[EndpointSliceView]] = {}  # by Service key: _run sets the memo's index
         # the tiers with hysteresis configured (usually none): the others skip service_thresholds
-        self.hysteresis = frozenset(t for t, a in config.tiers.items()
-                                    if a.min_ready_endpoints > 1 or a.rise_seconds > 0)
+        self.hysteresis = frozenset(
+            t for t, a in config.tiers.items() if a.min_ready_endpoints > 1 or a.rise_seconds > 0
+        )
         self._attributes: dict[tuple, RouteAttributes] = {}
 
-    def attributes(self, tier: Tier, pool: PoolConfig, peer: PeerConfig, next_hop: IPAddress,
-                   extra: tuple[Union[Community, LargeCommunity], ...]) -> RouteAttributes:
+    def attributes(
+        self,
+        tier: Tier,
+        pool: PoolConfig,
+        peer: PeerConfig,
+        next_hop: IPAddress,
+        extra: tuple[Union[Community, LargeCommunity], ...],
+    ) -> RouteAttributes:
         key = (tier, pool.name, peer.name, next_hop, extra)
         found = self._attributes.get(key)
         if found is not None:
@@ -273,16 +341,20 @@ class _Context:
         # iBGP peers is expressed with local-preference, which only iBGP carries.
         as_path = () if ibgp else (my_asn,) * (1 + tier_attributes.as_path_prepend)
         found = RouteAttributes(
-            next_hop=next_hop, as_path=as_path, med=tier_attributes.med,
+            next_hop=next_hop,
+            as_path=as_path,
+            med=tier_attributes.med,
             local_pref=tier_attributes.local_pref if ibgp else None,  # dropped on eBGP anyway
-            communities=tuple(sorted(communities)), large_communities=tuple(sorted(large)),
+            communities=tuple(sorted(communities)),
+            large_communities=tuple(sorted(large)),
         )
         self._attributes[key] = found
         return found
 
 
-def _decide(ctx: _Context, service: ServiceView, skips: list[Skip], warnings: list[Skip],
-            trail: Optional[list[Step]]) -> list[_Candidate]:
+def _decide(
+    ctx: _Context, service: ServiceView, skips: list[Skip], warnings: list[Skip], trail: Optional[list[Step]]
+) -> list[_Candidate]:
     """The candidates (address, tier, communities) this Service contributes from this node."""
     key = service.key
 
@@ -300,8 +372,12 @@ def _decide(ctx: _Context, service: ServiceView, skips: list[Skip], warnings: li
     config = ctx.config
     if not is_managed(config, service):
         wanted = config.speaker.load_balancer_class or "(none)"
-        step("class", False, f"type {service.type}, loadBalancerClass {service.load_balancer_class or '(none)'}: "
-                             f"not handled by this speaker (type LoadBalancer, class {wanted}); nothing to announce")
+        step(
+            "class",
+            False,
+            f"type {service.type}, loadBalancerClass {service.load_balancer_class or '(none)'}: "
+            f"not handled by this speaker (type LoadBalancer, class {wanted}); nothing to announce",
+        )
         return []
     step("class", True, lambda: f"type LoadBalancer, loadBalancerClass {service.load_balancer_class or '(none)'}")
 
@@ -317,8 +393,11 @@ def _decide(ctx: _Context, service: ServiceView, skips: list[Skip], warnings: li
         return skip("allocation", NOT_ALLOCATED, "the allocator has not assigned an address")
     for dropped in allocation.discarded.get(key, ()):
         step("allocation", True, f"ignored: {dropped.message}", dropped.reason, warning=True)
-    step("allocation", True,
-         lambda: f"assigned {', '.join(map(str, assignment.addresses))} from pool {assignment.pool!r}")
+    step(
+        "allocation",
+        True,
+        lambda: f"assigned {', '.join(map(str, assignment.addresses))} from pool {assignment.pool!r}",
+    )
 
     # Invariant 1: re-check every address against the pools the namespace may use, from
     # the config itself, whatever the allocation or the Service status claims.
@@ -328,11 +407,20 @@ def _decide(ctx: _Context, service: ServiceView, skips: list[Skip], warnings: li
         if pool is None:
             skip("pool", NOT_IN_POOL, f"{address} is not in any configured pool: never announced")
         elif not pool.allows_namespace(service.namespace):
-            skip("pool", POOL_NOT_ALLOWED, f"{address} is in pool {pool.name!r}, which namespace "
-                                           f"{service.namespace!r} may not use: never announced")
+            skip(
+                "pool",
+                POOL_NOT_ALLOWED,
+                f"{address} is in pool {pool.name!r}, which namespace "
+                f"{service.namespace!r} may not use: never announced",
+            )
         else:
-            step("pool", True, lambda address=address, pool=pool: (
-                f"{address} is in pool {pool.name!r}, which namespace {service.namespace!r} may use"))
+            step(
+                "pool",
+                True,
+                lambda address=address, pool=pool: (
+                    f"{address} is in pool {pool.name!r}, which namespace {service.namespace!r} may use"
+                ),
+            )
             addresses.append((address, pool))
     if not addresses:
         return []
@@ -350,8 +438,13 @@ def _decide(ctx: _Context, service: ServiceView, skips: list[Skip], warnings: li
             warnings.append(Skip(key, reason, message))
             step("communities", True, message, reason, warning=True)
         if allowed:
-            step("communities", True, lambda allowed=allowed, pool=pool: (
-                f"adds {', '.join(map(str, allowed))} (allowed by pool {pool.name!r})"))
+            step(
+                "communities",
+                True,
+                lambda allowed=allowed, pool=pool: (
+                    f"adds {', '.join(map(str, allowed))} (allowed by pool {pool.name!r})"
+                ),
+            )
 
     if ctx.node_problem is not None:
         return skip("node", *ctx.node_problem)
@@ -372,8 +465,11 @@ def _decide(ctx: _Context, service: ServiceView, skips: list[Skip], warnings: li
         # Only ready endpoints count; kube-proxy would drop traffic for a node without one.
         local = sum(1 for s in slices for e in s.endpoints if e.ready and e.node_name == ctx.node_name)
         if not local:
-            return skip("endpoints", NO_LOCAL_ENDPOINTS, f"externalTrafficPolicy Local and no ready endpoint on "
-                                                         f"node {ctx.node_name!r}")
+            return skip(
+                "endpoints",
+                NO_LOCAL_ENDPOINTS,
+                f"externalTrafficPolicy Local and no ready endpoint on node {ctx.node_name!r}",
+            )
         step("endpoints", True, lambda: f"externalTrafficPolicy Local: {local} ready endpoint(s) on this node")
     else:
         if not ready:
@@ -386,8 +482,12 @@ def _decide(ctx: _Context, service: ServiceView, skips: list[Skip], warnings: li
 
     effective = LOWEST_TIER if ctx.drained or demoted else tier
     if ctx.drained:
-        step("drain", True, f"drained (this node, or cluster.maintenance): announced with {GRACEFUL_SHUTDOWN} "
-                            f"and the {LOWEST_TIER.value} tier")
+        step(
+            "drain",
+            True,
+            f"drained (this node, or cluster.maintenance): announced with {GRACEFUL_SHUTDOWN} "
+            f"and the {LOWEST_TIER.value} tier",
+        )
     candidates = []
     for address, pool in addresses:
         next_hop, reason, why = ctx.next_hops[address.version]
@@ -411,8 +511,14 @@ def _health(ctx: _Context, key: str, ready: int, minimum: int, rise: float, orig
     """
     if ready < minimum:
         ctx.outcome = (None if rise > 0 else _ABSENT, None)
-        step("health", True, lambda: f"{ready} ready endpoint(s), below minReadyEndpoints {minimum} ({origin}): "
-                                     f"announced with the {LOWEST_TIER.value} tier")
+        step(
+            "health",
+            True,
+            lambda: (
+                f"{ready} ready endpoint(s), below minReadyEndpoints {minimum} ({origin}): "
+                f"announced with the {LOWEST_TIER.value} tier"
+            ),
+        )
         return True
     since: Optional[float] = None  # settled, or not tracked
     if ctx.health is not None and rise > 0 and key in ctx.health:
@@ -420,14 +526,27 @@ def _health(ctx: _Context, key: str, ready: int, minimum: int, rise: float, orig
         since = ctx.now if record is None else record  # None: unhealthy until now, healthy from now on
     if since is None or ctx.now >= since + rise:
         ctx.outcome = (_ABSENT, None)
-        step("health", True, lambda: f"{ready} ready endpoint(s) >= minReadyEndpoints {minimum}" +
-             (f", healthy for longer than riseSeconds {rise:g}" if rise > 0 else "") + f" ({origin})")
+        step(
+            "health",
+            True,
+            lambda: (
+                f"{ready} ready endpoint(s) >= minReadyEndpoints {minimum}"
+                + (f", healthy for longer than riseSeconds {rise:g}" if rise > 0 else "")
+                + f" ({origin})"
+            ),
+        )
         return False
     rising_since, until = since, since + rise
     ctx.outcome = (rising_since, until)
-    step("health", True, lambda: f"healthy again {ctx.now - rising_since:.1f} s ago, riseSeconds {rise:g} "
-                                 f"({origin}): announced with the {LOWEST_TIER.value} tier for "
-                                 f"{until - ctx.now:.1f} s more")
+    step(
+        "health",
+        True,
+        lambda: (
+            f"healthy again {ctx.now - rising_since:.1f} s ago, riseSeconds {rise:g} "
+            f"({origin}): announced with the {LOWEST_TIER.value} tier for "
+            f"{until - ctx.now:.1f} s more"
+        ),
+    )
     return True
 
 
@@ -468,13 +587,14 @@ class PlanMemo:
         self._rising: dict[str, float] = {}  # Service key -> when its rise ends (its decision depends on `now`)
         self._last_routes: Optional[Routes] = None  # the routes the last plan returned (what the next one changes)
 
-    def _dirty(self, config: Config, ctx: "_Context", snapshot: Snapshot,
-               allocation: Allocation) -> set[str] | Iterable[str]:
+    def _dirty(
+        self, config: Config, ctx: "_Context", snapshot: Snapshot, allocation: Allocation
+    ) -> set[str] | Iterable[str]:
         """The Service keys to look at again, with the slice index brought up to date.
         All of them in the snapshot's order when starting afresh: the cold start's plan
         walks memory in the order it was allocated (a set's order cost it 20 %, measured)."""
         scope = (config, ctx.node, ctx.node_name, ctx.drained)
-        fresh = (self._scope is None or self._scope[0] is not config or self._scope[1:] != scope[1:])
+        fresh = self._scope is None or self._scope[0] is not config or self._scope[1:] != scope[1:]
         dirty: Iterable[str]
         if fresh:
             PlanMemo.__init__(self)  # forget everything
@@ -493,10 +613,12 @@ class PlanMemo:
             if last is None:
                 dirty = set(self._decisions).union(snapshot.services)
             elif allocation is not last:
-                for old_entries, new_entries in ((last.assigned, allocation.assigned),
-                                                 (last.refused, allocation.refused),
-                                                 (last.discarded, allocation.discarded),
-                                                 (last.pending, allocation.pending)):
+                for old_entries, new_entries in (
+                    (last.assigned, allocation.assigned),
+                    (last.refused, allocation.refused),
+                    (last.discarded, allocation.discarded),
+                    (last.pending, allocation.pending),
+                ):
                     if old_entries is not new_entries:
                         dirty |= replaced_keys(old_entries, new_entries)
             if snapshot.endpoint_slices is not self._slices:
@@ -533,9 +655,17 @@ def _keyed(candidates: list[_Candidate]) -> list[tuple[Addr, _Candidate]]:
     return [((c.address.version, int(c.address)), c) for c in candidates]
 
 
-def _run(config: Config, snapshot: Snapshot, node_name: str, allocation: Allocation, drained: bool,
-         trace: Optional[str] = None, memo: Optional[PlanMemo] = None, now: float = 0.0,
-         health: Optional[Health] = None) -> tuple[Plan, list[Step]]:
+def _run(
+    config: Config,
+    snapshot: Snapshot,
+    node_name: str,
+    allocation: Allocation,
+    drained: bool,
+    trace: Optional[str] = None,
+    memo: Optional[PlanMemo] = None,
+    now: float = 0.0,
+    health: Optional[Health] = None,
+) -> tuple[Plan, list[Step]]:
     memo = memo if memo is not None else PlanMemo()
     ctx = _Context(config, snapshot, node_name, allocation, drained, now, health)
     dirty = memo._dirty(config, ctx, snapshot, allocation)
@@ -550,10 +680,20 @@ def _run(config: Config, snapshot: Snapshot, node_name: str, allocation: Allocat
         service = snapshot.services.get(key)
         old = memo._decisions.get(key)
         prior = known.get(key, _ABSENT)
-        inputs = None if service is None else (
-            service, tuple(memo._slices_of.get(key, ())), allocation.refused.get(key),
-            allocation.assigned.get(key), allocation.discarded.get(key), allocation.pending.get(key), prior,
-            ctx.now >= memo._rising[key] if key in memo._rising else None)
+        inputs = (
+            None
+            if service is None
+            else (
+                service,
+                tuple(memo._slices_of.get(key, ())),
+                allocation.refused.get(key),
+                allocation.assigned.get(key),
+                allocation.discarded.get(key),
+                allocation.pending.get(key),
+                prior,
+                ctx.now >= memo._rising[key] if key in memo._rising else None,
+            )
+        )
         if old is not None and old[0] == inputs and key != trace:
             continue
         if old is not None:
@@ -624,9 +764,13 @@ def _run(config: Config, snapshot: Snapshot, node_name: str, allocation: Allocat
                 new_health[key] = record  # type: ignore[assignment]
         health = new_health
     memo._health = health
-    plan_ = Plan(routes=routes, skipped=tuple(sorted(chain.from_iterable(d[2] for d in noted), key=by_text)),
-                 warnings=tuple(sorted(chain.from_iterable(d[3] for d in noted), key=by_text)),
-                 health=health, wake_at=min(memo._rising.values(), default=None))
+    plan_ = Plan(
+        routes=routes,
+        skipped=tuple(sorted(chain.from_iterable(d[2] for d in noted), key=by_text)),
+        warnings=tuple(sorted(chain.from_iterable(d[3] for d in noted), key=by_text)),
+        health=health,
+        wake_at=min(memo._rising.values(), default=None),
+    )
     return plan_, trail
 
 
@@ -647,8 +791,9 @@ def _keep_sorted(order: list[Addr], appeared: list[Addr], vanished: list[Addr]) 
         bisect.insort(order, address)
 
 
-def _routes_for(ctx: _Context, candidates: list[_Candidate], peers: list[PeerConfig], trace: Optional[str],
-                trail: list[Step]) -> list[RouteIntent]:
+def _routes_for(
+    ctx: _Context, candidates: list[_Candidate], peers: list[PeerConfig], trace: Optional[str], trail: list[Step]
+) -> list[RouteIntent]:
     """One address's routes, one per peer. Services sharing the address: one route, the most
     preferred tier among them, and the union of their (already pool-checked) communities."""
     address = candidates[0].address
@@ -660,17 +805,39 @@ def _routes_for(ctx: _Context, candidates: list[_Candidate], peers: list[PeerCon
     if next_hop is None:  # never: _decide makes a candidate only where the family has a usable next hop
         return []
     prefix = (ipaddress.IPv4Network if address.version == 4 else ipaddress.IPv6Network)(
-        (int(address), address.max_prefixlen))  # /32 or /128; the tuple form skips text parsing
+        (int(address), address.max_prefixlen)
+    )  # /32 or /128; the tuple form skips text parsing
     if trace is not None and trace in services and len(services) > 1:
-        trail.append(Step("sharing", True, f"{address} is shared by {', '.join(services)}: announced once with "
-                                           f"the most preferred tier among them, {tier.value}"))
-    return [RouteIntent(prefix=prefix, peer=peer.name, tier=tier, services=services,
-                        attributes=ctx.attributes(tier, pool, peer, next_hop, extra))
-            for peer in peers]
+        trail.append(
+            Step(
+                "sharing",
+                True,
+                f"{address} is shared by {', '.join(services)}: announced once with "
+                f"the most preferred tier among them, {tier.value}",
+            )
+        )
+    return [
+        RouteIntent(
+            prefix=prefix,
+            peer=peer.name,
+            tier=tier,
+            services=services,
+            attributes=ctx.attributes(tier, pool, peer, next_hop, extra),
+        )
+        for peer in peers
+    ]
 
 
-def plan(config: Config, snapshot: Snapshot, node_name: str, allocation: Allocation, drained: bool = False,
-         memo: Optional[PlanMemo] = None, now: float = 0.0, health: Optional[Health] = None) -> Plan:
+def plan(
+    config: Config,
+    snapshot: Snapshot,
+    node_name: str,
+    allocation: Allocation,
+    drained: bool = False,
+    memo: Optional[PlanMemo] = None,
+    now: float = 0.0,
+    health: Optional[Health] = None,
+) -> Plan:
     """The routes node `node_name` announces, and the Services it does not, with why.
 
     With a `memo` (one per caller, kept between calls), decisions whose inputs did not
@@ -680,8 +847,16 @@ def plan(config: Config, snapshot: Snapshot, node_name: str, allocation: Allocat
     return _run(config, snapshot, node_name, allocation, drained, memo=memo, now=now, health=health)[0]
 
 
-def explain(config: Config, snapshot: Snapshot, node_name: str, allocation: Allocation, service_key: str,
-            drained: bool = False, now: float = 0.0, health: Optional[Health] = None) -> Explanation:
+def explain(
+    config: Config,
+    snapshot: Snapshot,
+    node_name: str,
+    allocation: Allocation,
+    service_key: str,
+    drained: bool = False,
+    now: float = 0.0,
+    health: Optional[Health] = None,
+) -> Explanation:
     """Why `service_key` is or is not announced from `node_name`, step by step (KeyError if unknown).
 
     Runs the whole plan (Services sharing an IP influence each other's routes) with the
@@ -689,14 +864,17 @@ def explain(config: Config, snapshot: Snapshot, node_name: str, allocation: Allo
     """
     if service_key not in snapshot.services:
         raise KeyError(service_key)
-    result, trail = _run(config, snapshot, node_name, allocation, drained, trace=service_key, now=now,
-                         health=health)
+    result, trail = _run(config, snapshot, node_name, allocation, drained, trace=service_key, now=now, health=health)
     routes = tuple(r for r in result.routes if service_key in r.services)
     if routes:
         peers = sorted({r.peer for r in routes})
         trail.append(Step("announce", True, f"{len(routes)} route(s) to {', '.join(peers)}"))
     return Explanation(
-        service=service_key, node=node_name, announced=bool(routes), steps=tuple(trail), routes=routes,
+        service=service_key,
+        node=node_name,
+        announced=bool(routes),
+        steps=tuple(trail),
+        routes=routes,
         skipped=tuple(s for s in result.skipped if s.service == service_key),
         warnings=tuple(s for s in result.warnings if s.service == service_key),
     )

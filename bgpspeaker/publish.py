@@ -56,8 +56,11 @@ def new_notices(notices: set[Notice], before: set[Notice]) -> list[Notice]:
 
 def discarded_notices(allocation: Allocation) -> set[Notice]:
     """The status addresses the allocation did not keep, and why (told by the leader only)."""
-    return {(service, refusal.reason, refusal.message)
-            for service, refusals in allocation.discarded.items() for refusal in refusals}
+    return {
+        (service, refusal.reason, refusal.message)
+        for service, refusals in allocation.discarded.items()
+        for refusal in refusals
+    }
 
 
 def address_conflicts(refused: Mapping[str, Refusal]) -> set[tuple[str, str]]:
@@ -126,8 +129,14 @@ class Publisher:
 
         if first_plan:
             states = self._ledger.states
-            log.info("initial plan", extra=fields(services_announced=self._ledger.announced, routes=len(desired),
-                                                  services_not_announced=len(states) - self._ledger.announced))
+            log.info(
+                "initial plan",
+                extra=fields(
+                    services_announced=self._ledger.announced,
+                    routes=len(desired),
+                    services_not_announced=len(states) - self._ledger.announced,
+                ),
+            )
         else:
             for service, now in sorted(changes.states.items()):
                 if now is None:
@@ -135,8 +144,13 @@ class Publisher:
                     continue
                 text = describe(now)
                 log.info("announcement changed", extra=fields(service=service, now=text))
-                self._event(snapshot, service, "AnnouncementChanged", f"node {self.node_name}: {text}",
-                            warning=not isinstance(now, frozenset))
+                self._event(
+                    snapshot,
+                    service,
+                    "AnnouncementChanged",
+                    f"node {self.node_name}: {text}",
+                    warning=not isinstance(now, frozenset),
+                )
 
         # Something in the Service was ignored (a community its pool does not allow): an
         # Event and a log line say why (invariant 6). Every node plans, so these warnings are
@@ -165,14 +179,20 @@ class Publisher:
             self.metrics.allocator_addresses.labels(pool).set(size)
             self.metrics.allocator_in_use.labels(pool).set(in_use)
 
-    def records_pending(self, pending: Mapping[str, str], snapshot: Optional[Snapshot],
-                        failed: Mapping[str, str]) -> None:
+    def records_pending(
+        self, pending: Mapping[str, str], snapshot: Optional[Snapshot], failed: Mapping[str, str]
+    ) -> None:
         """The record store is unreachable: each Service waiting for it is told once, by a Warning."""
         why = "; ".join(f"{store} record store: {error}" for store, error in sorted(failed.items()))
         new, self._pending_told = pending_to_tell(pending, self._pending_told)
         for key in new:
-            self._event(snapshot, key, "AllocationPending", f"{pending[key]}; cannot write it now ({why}); retrying",
-                        warning=True)
+            self._event(
+                snapshot,
+                key,
+                "AllocationPending",
+                f"{pending[key]}; cannot write it now ({why}); retrying",
+                warning=True,
+            )
 
     def record_conflicts(self, conflicts: Iterable[tuple[AddressRecord, str]]) -> None:
         """Claims another identity won (its record was there first), counted per pool."""
@@ -184,8 +204,9 @@ class Publisher:
             log.warning("service setting ignored", extra=fields(service=service, reason=reason, message=message))
             self._event(snapshot, service, event_reason(reason), message, warning=True)
 
-    def _event(self, snapshot: Optional[Snapshot], service_key: str, reason: str, message: str,
-               warning: bool = False) -> None:
+    def _event(
+        self, snapshot: Optional[Snapshot], service_key: str, reason: str, message: str, warning: bool = False
+    ) -> None:
         service = snapshot.services.get(service_key) if snapshot is not None else None
         if service is not None and self.events is not None:
             self.events.record(service, reason, message, warning=warning)

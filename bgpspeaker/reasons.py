@@ -31,9 +31,23 @@ INVALID_SHARING_KEY = "invalidSharingKey"  # records mode: a sharing key that ca
 STATUS_IGNORED = "statusIgnored"  # records mode: a status address that is not the Service's record
 
 REFUSALS = (
-    INVALID_IP, INVALID_IP_FAMILY, IP_FAMILY_MISMATCH, INVALID_PORT, UNKNOWN_POOL, POOL_NOT_ALLOWED, NOT_IN_POOL,
-    DIFFERENT_POOLS, BUGGY_IP, IP_IN_USE, SHARING_KEY_MISMATCH, PORT_CONFLICT, POOL_EXHAUSTED, NO_POOL_FOR_FAMILY,
-    DUAL_STACK_UNAVAILABLE, INVALID_SHARING_KEY, STATUS_IGNORED,
+    INVALID_IP,
+    INVALID_IP_FAMILY,
+    IP_FAMILY_MISMATCH,
+    INVALID_PORT,
+    UNKNOWN_POOL,
+    POOL_NOT_ALLOWED,
+    NOT_IN_POOL,
+    DIFFERENT_POOLS,
+    BUGGY_IP,
+    IP_IN_USE,
+    SHARING_KEY_MISMATCH,
+    PORT_CONFLICT,
+    POOL_EXHAUSTED,
+    NO_POOL_FOR_FAMILY,
+    DUAL_STACK_UNAVAILABLE,
+    INVALID_SHARING_KEY,
+    STATUS_IGNORED,
 )
 
 # --- the planner's skips: why this node does not announce a Service ------------------
@@ -53,9 +67,21 @@ INVALID_NEXT_HOP = "invalidNextHop"
 NO_PEERS = "noPeers"
 
 SKIPS = (
-    NOT_ALLOCATED, ALLOCATION_PENDING, NOT_IN_POOL, POOL_NOT_ALLOWED, INVALID_PREFERENCE, NOT_LISTED, NO_DEFAULT_TIER,
+    NOT_ALLOCATED,
+    ALLOCATION_PENDING,
+    NOT_IN_POOL,
+    POOL_NOT_ALLOWED,
+    INVALID_PREFERENCE,
+    NOT_LISTED,
+    NO_DEFAULT_TIER,
     NODE_NOT_FOUND,
-    NODE_NOT_READY, NODE_EXCLUDED, NO_LOCAL_ENDPOINTS, NO_ENDPOINTS, NO_NODE_ADDRESS, INVALID_NEXT_HOP, NO_PEERS,
+    NODE_NOT_READY,
+    NODE_EXCLUDED,
+    NO_LOCAL_ENDPOINTS,
+    NO_ENDPOINTS,
+    NO_NODE_ADDRESS,
+    INVALID_NEXT_HOP,
+    NO_PEERS,
 )
 # Skips decided without looking at the node (noEndpoints counts the whole cluster's
 # endpoints): a Service skipped for one of them on one node is announced by no node. The

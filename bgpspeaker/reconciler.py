@@ -85,9 +85,15 @@ def _batches(action: Action, groups: Mapping[tuple, set[IPNetwork]], max_batch: 
     for (attributes, peers, _version), prefixes in groups.items():
         ordered = sorted(prefixes, key=_prefix_key)
         for i in range(0, len(ordered), max_batch):
-            out.append(Batch(action, peers, attributes, tuple(ordered[i:i + max_batch])))
-    out.sort(key=lambda b: (b.version, () if b.attributes is None else b.attributes.sort_key(),
-                            b.peers, _prefix_key(b.prefixes[0])))
+            out.append(Batch(action, peers, attributes, tuple(ordered[i : i + max_batch])))
+    out.sort(
+        key=lambda b: (
+            b.version,
+            () if b.attributes is None else b.attributes.sort_key(),
+            b.peers,
+            _prefix_key(b.prefixes[0]),
+        )
+    )
     return out
 
 
@@ -102,16 +108,18 @@ def _group(entries: Iterable[tuple[Key, Optional[RouteAttributes]]]) -> dict[tup
     return groups
 
 
-def diff(desired: Iterable[RouteIntent], announced: Iterable[RouteIntent],
-         max_batch: int = DEFAULT_MAX_BATCH) -> tuple[Batch, ...]:
+def diff(
+    desired: Iterable[RouteIntent], announced: Iterable[RouteIntent], max_batch: int = DEFAULT_MAX_BATCH
+) -> tuple[Batch, ...]:
     """The batches that turn `announced` into `desired`: announces first, then withdraws."""
     if max_batch < 1:
         raise ValueError(f"max_batch must be ≥ 1, got {max_batch}")
     return diff_indexed(index(desired, "desired"), index(announced, "announced"), max_batch)
 
 
-def diff_indexed(want: Mapping[Key, RouteIntent], have: Mapping[Key, RouteIntent],
-                 max_batch: int = DEFAULT_MAX_BATCH) -> tuple[Batch, ...]:
+def diff_indexed(
+    want: Mapping[Key, RouteIntent], have: Mapping[Key, RouteIntent], max_batch: int = DEFAULT_MAX_BATCH
+) -> tuple[Batch, ...]:
     """diff() for callers that already hold both sets indexed by key (the driver does)."""
     if max_batch < 1:
         raise ValueError(f"max_batch must be ≥ 1, got {max_batch}")
@@ -128,8 +136,9 @@ def diff_indexed(want: Mapping[Key, RouteIntent], have: Mapping[Key, RouteIntent
             announces.append((key, intent.attributes))
     # every announced key is still wanted: skip the second pass (a third of a 10k diff's time)
     withdraws = [] if matched == len(have) else [(key, None) for key in have if key not in want]
-    return (tuple(_batches("announce", _group(announces), max_batch))
-            + tuple(_batches("withdraw", _group(withdraws), max_batch)))
+    return tuple(_batches("announce", _group(announces), max_batch)) + tuple(
+        _batches("withdraw", _group(withdraws), max_batch)
+    )
 
 
 def apply(state: Mapping[Key, RouteAttributes], batches: Iterable[Batch]) -> dict[Key, RouteAttributes]:

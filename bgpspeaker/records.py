@@ -92,15 +92,21 @@ def record_name(address: IPAddress) -> str:
 
 def record_body(record: AddressRecord, namespace: str) -> dict[str, JSON]:
     """The ConfigMap that stores `record` (a create body; resourceVersion added for updates)."""
-    data = {"address": str(record.address), "pool": record.pool, "namespace": record.namespace,
-            "clusters": ",".join(sorted(record.clusters))}
+    data = {
+        "address": str(record.address),
+        "pool": record.pool,
+        "namespace": record.namespace,
+        "clusters": ",".join(sorted(record.clusters)),
+    }
     if record.service is not None:
         data["service"] = record.service
     else:
         data["sharingKey"] = record.sharing_key or ""
-    metadata: dict[str, JSON] = {"name": record_name(record.address), "namespace": namespace,
-                                "labels": {RECORD_LABEL: RECORD_LABEL_VALUE,
-                                           "app.kubernetes.io/managed-by": "bgpspeaker"}}
+    metadata: dict[str, JSON] = {
+        "name": record_name(record.address),
+        "namespace": namespace,
+        "labels": {RECORD_LABEL: RECORD_LABEL_VALUE, "app.kubernetes.io/managed-by": "bgpspeaker"},
+    }
     if record.resource_version:
         metadata["resourceVersion"] = record.resource_version
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data}
@@ -125,8 +131,9 @@ def record_from_dict(obj: JSONObject, store: str = LOCAL) -> AddressRecord:
     except ValueError:
         raise BadRecord(f"data.address {str(data.get('address'))[:64]!r} is not an IP address") from None
     if meta.get("name") != record_name(address):
-        raise BadRecord(f"named {str(meta.get('name'))[:80]!r}, but a record of {address} is named "
-                        f"{record_name(address)!r}")
+        raise BadRecord(
+            f"named {str(meta.get('name'))[:80]!r}, but a record of {address} is named {record_name(address)!r}"
+        )
     namespace, service, key = data.get("namespace"), data.get("service"), data.get("sharingKey")
     if not isinstance(namespace, str) or not _NAME.fullmatch(namespace):
         raise BadRecord("data.namespace is not a namespace name")
@@ -142,8 +149,16 @@ def record_from_dict(obj: JSONObject, store: str = LOCAL) -> AddressRecord:
     clusters = frozenset(c for c in str(data.get("clusters", "")).split(",") if c)
     if any(not _CLUSTER.fullmatch(c) for c in clusters):
         raise BadRecord("data.clusters holds something that is not a cluster name")
-    return AddressRecord(address=address, pool=pool, namespace=namespace, service=service, sharing_key=key,
-                         clusters=clusters, resource_version=str(meta.get("resourceVersion") or ""), store=store)
+    return AddressRecord(
+        address=address,
+        pool=pool,
+        namespace=namespace,
+        service=service,
+        sharing_key=key,
+        clusters=clusters,
+        resource_version=str(meta.get("resourceVersion") or ""),
+        store=store,
+    )
 
 
 def is_import_marker(obj: JSONObject) -> bool:
@@ -151,7 +166,13 @@ def is_import_marker(obj: JSONObject) -> bool:
 
 
 def import_marker_body(namespace: str, cluster: str, imported: int) -> dict[str, JSON]:
-    return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": IMPORT_MARKER, "namespace": namespace,
-                         "labels": {RECORD_LABEL: RECORD_LABEL_VALUE, "app.kubernetes.io/managed-by": "bgpspeaker"}},
-            "data": {"cluster": cluster, "imported": str(imported)}}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": IMPORT_MARKER,
+            "namespace": namespace,
+            "labels": {RECORD_LABEL: RECORD_LABEL_VALUE, "app.kubernetes.io/managed-by": "bgpspeaker"},
+        },
+        "data": {"cluster": cluster, "imported": str(imported)},
+    }

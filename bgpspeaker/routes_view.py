@@ -20,17 +20,19 @@ def route_entries(routes: Iterable[RouteIntent]) -> list[dict[str, JSON]]:
             peers_by_route[(service, route.prefix, route.tier, route.attributes)].append(route.peer)
     entries = []
     for (service, prefix, tier, attributes), peers in peers_by_route.items():
-        entries.append({
-            "service": service,
-            "prefix": str(prefix),
-            "tier": tier.value,
-            "nextHop": str(attributes.next_hop),
-            "med": attributes.med,
-            "localPref": attributes.local_pref,
-            "asPath": list(attributes.as_path),
-            "communities": [str(c) for c in attributes.communities],
-            "largeCommunities": [str(c) for c in attributes.large_communities],
-            "peers": sorted(peers),
-        })
+        entries.append(
+            {
+                "service": service,
+                "prefix": str(prefix),
+                "tier": tier.value,
+                "nextHop": str(attributes.next_hop),
+                "med": attributes.med,
+                "localPref": attributes.local_pref,
+                "asPath": list(attributes.as_path),
+                "communities": [str(c) for c in attributes.communities],
+                "largeCommunities": [str(c) for c in attributes.large_communities],
+                "peers": sorted(peers),
+            }
+        )
     entries.sort(key=lambda e: (e["service"], e["prefix"].count(":"), e["prefix"], e["peers"]))
     return entries

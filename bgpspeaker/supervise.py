@@ -94,14 +94,24 @@ class Supervisor:
     keeps the child alive after our death (its own process group either way).
     """
 
-    def __init__(self, name: str, argv: Callable[[], Sequence[str]], *, log_path: Optional[Path] = None,
-                 env: Env = None, ready: Callable[[], bool] = lambda: True,
-                 on_start: Callable[[int], object] = lambda pid: None,
-                 on_exit: Callable[[Optional[int]], object] = lambda rc: None,
-                 on_failure: Callable[[str], object] = lambda why: None,
-                 wait: Optional[wait_base] = None, healthy_run: float = HEALTHY_RUN,
-                 stop_grace: float = STOP_GRACE, stale_pid: Optional[Path] = None,
-                 stale_marker: Optional[bytes] = None, die_with_parent: bool = True) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Callable[[], Sequence[str]],
+        *,
+        log_path: Optional[Path] = None,
+        env: Env = None,
+        ready: Callable[[], bool] = lambda: True,
+        on_start: Callable[[int], object] = lambda pid: None,
+        on_exit: Callable[[Optional[int]], object] = lambda rc: None,
+        on_failure: Callable[[str], object] = lambda why: None,
+        wait: Optional[wait_base] = None,
+        healthy_run: float = HEALTHY_RUN,
+        stop_grace: float = STOP_GRACE,
+        stale_pid: Optional[Path] = None,
+        stale_marker: Optional[bytes] = None,
+        die_with_parent: bool = True,
+    ) -> None:
         self.name = name
         self._argv = argv
         self.log_path = log_path
@@ -195,9 +205,14 @@ class Supervisor:
         log_file: Optional[BinaryIO] = open(self.log_path, "ab") if self.log_path is not None else None
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log_file or asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.STDOUT, env=None if env is None else dict(env),
-                preexec_fn=_die_with_parent if self.die_with_parent else None, process_group=0)
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file or asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.STDOUT,
+                env=None if env is None else dict(env),
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
+                process_group=0,
+            )
         except OSError as exc:  # not found, not executable: retried with backoff like a crash
             self.proc = None
             log.error("cannot start child; retrying", extra=fields(child=self.name, error=exc))

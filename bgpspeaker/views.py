@@ -17,7 +17,15 @@ from typing import Iterable, Literal, Optional, Union
 from bgpspeaker import records as records_module
 from bgpspeaker.annotations import kept
 from bgpspeaker.model import (
-    JSON, Endpoint, EndpointSliceView, JSONObject, NodeView, ServicePort, ServiceView, Snapshot, freeze_pairs,
+    JSON,
+    Endpoint,
+    EndpointSliceView,
+    JSONObject,
+    NodeView,
+    ServicePort,
+    ServiceView,
+    Snapshot,
+    freeze_pairs,
 )
 
 # Shape checks use `dict`, not typing.Mapping: JSON and YAML both decode to plain dicts,
@@ -41,9 +49,13 @@ def service_from_dict(obj: JSONObject) -> ServiceView:
     meta, spec = _meta(obj), obj.get("spec") or {}
     ingress = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
     ports = tuple(
-        ServicePort(name=str(p.get("name") or ""), protocol=str(p.get("protocol") or "TCP"),
-                    port=p["port"] if isinstance(p.get("port"), int) else -1)
-        for p in (spec.get("ports") or []) if isinstance(p, dict)
+        ServicePort(
+            name=str(p.get("name") or ""),
+            protocol=str(p.get("protocol") or "TCP"),
+            port=p["port"] if isinstance(p.get("port"), int) else -1,
+        )
+        for p in (spec.get("ports") or [])
+        if isinstance(p, dict)
     )
     return ServiceView(
         namespace=str(meta.get("namespace") or "default"),
@@ -73,13 +85,15 @@ def endpoint_slice_from_dict(obj: JSONObject) -> EndpointSliceView:
         # Anything but a real boolean true is not ready: an objects file may say "false"
         # as a string, and bool("false") is True.
         ready = conditions.get("ready")
-        endpoints.append(Endpoint(
-            addresses=tuple(str(a) for a in ep.get("addresses") or []),
-            ready=ready is None or ready is True,
-            node_name=ep.get("nodeName") if isinstance(ep.get("nodeName"), str) else None,
-            serving=conditions.get("serving") if isinstance(conditions.get("serving"), bool) else None,
-            terminating=bool(conditions.get("terminating") or False),
-        ))
+        endpoints.append(
+            Endpoint(
+                addresses=tuple(str(a) for a in ep.get("addresses") or []),
+                ready=ready is None or ready is True,
+                node_name=ep.get("nodeName") if isinstance(ep.get("nodeName"), str) else None,
+                serving=conditions.get("serving") if isinstance(conditions.get("serving"), bool) else None,
+                terminating=bool(conditions.get("terminating") or False),
+            )
+        )
     return EndpointSliceView(
         namespace=str(meta.get("namespace") or "default"),
         name=str(meta.get("name") or ""),
@@ -96,11 +110,14 @@ def node_from_dict(obj: JSONObject) -> NodeView:
         if isinstance(condition, dict) and condition.get("type") == "Ready":
             ready = condition.get("status") == "True"
     addresses = tuple(
-        (str(a.get("type")), str(a.get("address")))
-        for a in status.get("addresses") or [] if isinstance(a, dict)
+        (str(a.get("type")), str(a.get("address"))) for a in status.get("addresses") or [] if isinstance(a, dict)
     )
-    return NodeView(name=str(meta.get("name") or ""), labels=freeze_pairs(_strings(meta.get("labels"))),
-                    addresses=addresses, ready=ready)
+    return NodeView(
+        name=str(meta.get("name") or ""),
+        labels=freeze_pairs(_strings(meta.get("labels"))),
+        addresses=addresses,
+        ready=ready,
+    )
 
 
 def flatten_objects(documents: Iterable[Optional[JSONObject]]) -> list[JSONObject]:
@@ -129,8 +146,11 @@ def snapshot_from_objects(documents: Iterable[Optional[JSONObject]]) -> Snapshot
     records: dict[str, records_module.AddressRecord] = {}
     imported = False
     for obj in flatten_objects(documents):
-        if obj.get("kind") == "ConfigMap" and ((obj.get("metadata") or {}).get("labels") or {}).get(
-                records_module.RECORD_LABEL) == records_module.RECORD_LABEL_VALUE:
+        if (
+            obj.get("kind") == "ConfigMap"
+            and ((obj.get("metadata") or {}).get("labels") or {}).get(records_module.RECORD_LABEL)
+            == records_module.RECORD_LABEL_VALUE
+        ):
             if records_module.is_import_marker(obj):
                 imported = True
             else:
@@ -146,8 +166,9 @@ def snapshot_from_objects(documents: Iterable[Optional[JSONObject]]) -> Snapshot
             nodes.append(node_from_dict(obj))
     snapshot = Snapshot.of(services, slices, nodes)
     if imported:
-        snapshot = dataclasses.replace(snapshot, records={records_module.LOCAL: records,
-                                                          records_module.SHARED: records})
+        snapshot = dataclasses.replace(
+            snapshot, records={records_module.LOCAL: records, records_module.SHARED: records}
+        )
     return snapshot
 
 

@@ -31,20 +31,32 @@ class BfdPeer:
 
 def bfd_peers(config: Config, node: NodeView) -> tuple[BfdPeer, ...]:
     """This node's BFD sessions; RenderError (a field path) if the node has no address for one."""
-    return tuple(BfdPeer(peer.name, peer.address, local_address(peer, node, index), peer.ebgp_multihop is not None,
-                         config.bfd_profile(peer.bfd_profile))
-                 for index, peer in selected_peers(config, node) if peer.bfd_profile is not None)
+    return tuple(
+        BfdPeer(
+            peer.name,
+            peer.address,
+            local_address(peer, node, index),
+            peer.ebgp_multihop is not None,
+            config.bfd_profile(peer.bfd_profile),
+        )
+        for index, peer in selected_peers(config, node)
+        if peer.bfd_profile is not None
+    )
 
 
 def _profile_lines(profile: BfdProfile, multihop: bool) -> list[str]:
-    lines = [f" profile {profile.name}",
-             f"  receive-interval {profile.receive_interval}",
-             f"  transmit-interval {profile.transmit_interval}",
-             f"  detect-multiplier {profile.detect_multiplier}"]
+    lines = [
+        f" profile {profile.name}",
+        f"  receive-interval {profile.receive_interval}",
+        f"  transmit-interval {profile.transmit_interval}",
+        f"  detect-multiplier {profile.detect_multiplier}",
+    ]
     if profile.echo_mode:
-        lines += ["  echo-mode",
-                  f"  echo transmit-interval {profile.echo_interval}",
-                  f"  echo receive-interval {profile.echo_interval}"]
+        lines += [
+            "  echo-mode",
+            f"  echo transmit-interval {profile.echo_interval}",
+            f"  echo receive-interval {profile.echo_interval}",
+        ]
     if profile.passive_mode:
         lines.append("  passive-mode")
     if multihop:
@@ -66,12 +78,13 @@ def render_bfdd_config(peers: tuple[BfdPeer, ...]) -> str:
         if key not in blocks:
             blocks[key] = _profile_lines(replace(peer.profile, name=key), peer.multihop)
         hop = " multihop" if peer.multihop else ""
-        sessions += [f" peer {peer.address.compressed}{hop} local-address {peer.local.compressed}",
-                     f"  profile {key}",
-                     " exit"]
+        sessions += [
+            f" peer {peer.address.compressed}{hop} local-address {peer.local.compressed}",
+            f"  profile {key}",
+            " exit",
+        ]
     for key in sorted(blocks):
         out += blocks[key]
     out += sessions
     out += ["exit", ""]
     return "\n".join(out)
-

@@ -61,8 +61,9 @@ class BfdService:
     """The node's BFD: `update(config, node)` after every start, reload or node change;
     `stop()` last, after the routes are withdrawn (daemon.py keeps that order)."""
 
-    def __init__(self, run_dir: Path, metrics: Metrics, *, bfdd: Optional[str] = None,
-                 poll_seconds: float = POLL_SECONDS) -> None:
+    def __init__(
+        self, run_dir: Path, metrics: Metrics, *, bfdd: Optional[str] = None, poll_seconds: float = POLL_SECONDS
+    ) -> None:
         self.dir = Path(run_dir) / "bfd"
         self.metrics = metrics
         self.bfdd = bfdd or os.environ.get("BGPSPEAKER_BFDD") or BFDD
@@ -140,13 +141,21 @@ class BfdService:
         if not (self.running and self.vty_path.exists()):
             return False
         modes = {p.profile.name: (p.profile.echo_mode, p.profile.passive_mode) for p in before.values()}
-        if any(modes.get(p.profile.name, (p.profile.echo_mode, p.profile.passive_mode)) !=
-               (p.profile.echo_mode, p.profile.passive_mode) for p in peers):
+        if any(
+            modes.get(p.profile.name, (p.profile.echo_mode, p.profile.passive_mode))
+            != (p.profile.echo_mode, p.profile.passive_mode)
+            for p in peers
+        ):
             return False  # the rendering has no `no echo-mode` / `no passive-mode`: switching them off needs a restart
         keys = {(p.address, p.local, p.multihop) for p in peers}
         gone = [p for p in before.values() if (p.address, p.local, p.multihop) not in keys]
-        lines = ["bfd", *(f"no peer {p.address.compressed}{' multihop' if p.multihop else ''} "
-                          f"local-address {p.local.compressed}" for p in gone)]
+        lines = [
+            "bfd",
+            *(
+                f"no peer {p.address.compressed}{' multihop' if p.multihop else ''} local-address {p.local.compressed}"
+                for p in gone
+            ),
+        ]
         lines += text.splitlines()[2:-1]  # between the comment + `bfd` and the closing `exit`
         try:
             await self._vty.configure(lines)
@@ -184,8 +193,13 @@ class BfdService:
             state = self._tracker.states.get(peer.address.compressed)
             if state is not None:
                 flaps = self._flaps.get(name, FlapState())
-                out[name] = {**state.as_dict(), "profile": peer.profile.name, "multihop": peer.multihop,
-                             "heldDown": flaps.held, "heldDownUntil": self._wall(flaps.held_until(self.damping))}
+                out[name] = {
+                    **state.as_dict(),
+                    "profile": peer.profile.name,
+                    "multihop": peer.multihop,
+                    "heldDown": flaps.held,
+                    "heldDownUntil": self._wall(flaps.held_until(self.damping)),
+                }
                 if flaps.held:
                     out[name]["whyDown"] = "held down: the session kept flapping (damping)"
         return out
@@ -224,16 +238,42 @@ class BfdService:
         except FileNotFoundError:
             pass
         d = self.dir
-        return [self.bfdd, "-f", str(self.config_path), "--vty_socket", str(d), "-i", str(self.pid_path),
-                "--bfdctl", str(d / "bfdd.sock"), "-z", str(d / "zserv.api"), "-P", "0",
-                "-u", user, "-g", group, "--log", "stdout", "--log-level", "notifications"]
+        return [
+            self.bfdd,
+            "-f",
+            str(self.config_path),
+            "--vty_socket",
+            str(d),
+            "-i",
+            str(self.pid_path),
+            "--bfdctl",
+            str(d / "bfdd.sock"),
+            "-z",
+            str(d / "zserv.api"),
+            "-P",
+            "0",
+            "-u",
+            user,
+            "-g",
+            group,
+            "--log",
+            "stdout",
+            "--log-level",
+            "notifications",
+        ]
 
     async def _start(self) -> None:
         for stale in (self.vty_path,):
             stale.unlink(missing_ok=True)
-        self._supervisor = Supervisor("bfdd", self._argv, log_path=self.log_path,
-                                      ready=self.vty_path.exists, on_exit=self._exited,
-                                      stale_pid=self.pid_path, stale_marker=str(self.config_path).encode())
+        self._supervisor = Supervisor(
+            "bfdd",
+            self._argv,
+            log_path=self.log_path,
+            ready=self.vty_path.exists,
+            on_exit=self._exited,
+            stale_pid=self.pid_path,
+            stale_marker=str(self.config_path).encode(),
+        )
         self._supervisor.start()
         # not awaited: update() runs inside the reconcile loop, which must never wait on bfdd
         self._poller = asyncio.create_task(self._poll_loop(self._supervisor), name="bfd-poll")
@@ -281,8 +321,10 @@ class BfdService:
             held_until = flaps.held_until(self.damping)  # None: not held
             if held_until is not None and not shut:
                 action = "shutdown"
-                log.warning("bfd session flapping: holding it down", extra=fields(
-                    peer=name, penalty=round(flaps.penalty), seconds=round(held_until - now, 1)))
+                log.warning(
+                    "bfd session flapping: holding it down",
+                    extra=fields(peer=name, penalty=round(flaps.penalty), seconds=round(held_until - now, 1)),
+                )
             elif not flaps.held and (shut or name in self._held_in_bfdd):
                 action = "no shutdown"
                 log.info("bfd session released after damping", extra=fields(peer=name))
@@ -290,8 +332,9 @@ class BfdService:
                 continue
             hop = " multihop" if peer.multihop else ""
             try:
-                await self._vty.configure(["bfd", f"peer {peer.address.compressed}{hop} "
-                                                  f"local-address {peer.local.compressed}", action])
+                await self._vty.configure(
+                    ["bfd", f"peer {peer.address.compressed}{hop} local-address {peer.local.compressed}", action]
+                )
             except VtyError as exc:
                 log.warning("bfdd refused a damping command", extra=fields(peer=name, error=str(exc)))
                 continue

@@ -49,9 +49,15 @@ def parse_sessions(peers_json: JSON, counters_json: JSON) -> dict[str, Session]:
         status = str(row.get("status") or "unknown")
         seconds = row.get("uptime") if status == UP else row.get("downtime")
         ups, downs = counters.get(row["peer"], (0, 0))
-        sessions[row["peer"]] = Session(row["peer"], status, str(row.get("diagnostic") or "ok"),
-                                        str(row.get("remote-diagnostic") or "ok"),
-                                        seconds if isinstance(seconds, int) else None, ups, downs)
+        sessions[row["peer"]] = Session(
+            row["peer"],
+            status,
+            str(row.get("diagnostic") or "ok"),
+            str(row.get("remote-diagnostic") or "ok"),
+            seconds if isinstance(seconds, int) else None,
+            ups,
+            downs,
+        )
     return sessions
 
 
@@ -73,8 +79,13 @@ class PeerBfd:
         return self.status == UP
 
     def as_dict(self) -> dict[str, JSON]:
-        return {"status": self.status, "up": self.up, "whyDown": self.why_down, "since": self.since,
-                "transitions": self.transitions}
+        return {
+            "status": self.status,
+            "up": self.up,
+            "whyDown": self.why_down,
+            "since": self.since,
+            "transitions": self.transitions,
+        }
 
 
 def why_down(session: Session) -> Optional[str]:

@@ -81,8 +81,9 @@ def integer_value(issues: Issues, path: str, node: Node) -> Parsed:
     if node.kind == "scalar" and type(node.value) is int:
         if node.plain and not DECIMAL.fullmatch(node.text):
             # YAML 1.1 reads 010 as 8, 1:30 as 90, 0x10 as 16: almost never what was meant.
-            return issues.add(path, f"write {node.text} as a plain decimal number (YAML reads it as {node.value})",
-                              node)
+            return issues.add(
+                path, f"write {node.text} as a plain decimal number (YAML reads it as {node.value})", node
+            )
         return node.value
     return issues.add(path, f"must be an integer, got {show(node)}", node)
 
@@ -93,6 +94,7 @@ def integer(low: int, high: int) -> Rule:
         if value is not INVALID and not low <= value <= high:
             return issues.add(path, f"must be {low}..{high}, got {value}", node)
         return value
+
     return rule
 
 
@@ -127,6 +129,7 @@ def one_of(choices: dict[str, Parsed]) -> Rule:
         if text not in choices:
             return issues.add(path, f"must be one of {', '.join(choices)}, got {quote(text)}", node)
         return choices[text]
+
     return rule
 
 
@@ -138,6 +141,7 @@ def pattern(regex: str, what: str) -> Rule:
         if text is not INVALID and not compiled.fullmatch(text):
             return issues.add(path, f"{quote(text)} is not {what}", node)
         return text
+
     return rule
 
 
@@ -146,13 +150,16 @@ def pattern(regex: str, what: str) -> Rule:
 
 def optional(rule: Rule) -> Rule:
     """null is allowed and means "not set" (for tier attributes that are simply not sent)."""
+
     def wrapped(issues: Issues, path: str, node: Node) -> Parsed:
         return None if node.kind == "scalar" and node.plain and node.value is None else rule(issues, path, node)
+
     return wrapped
 
 
 def list_of(item: Rule, *, unique: bool = False, non_empty: bool = False) -> Rule:
     """A YAML list (null = empty). Keeps INVALID items, so indices still match the file."""
+
     def rule(issues: Issues, path: str, node: Node) -> Parsed:
         if node.kind == "scalar" and node.value is None:
             items: list[Node] = []
@@ -169,19 +176,23 @@ def list_of(item: Rule, *, unique: bool = False, non_empty: bool = False) -> Rul
             value = apply_rule(item, issues, f"{path}[{index}]", child)
             if unique and value is not INVALID:
                 if value in first_at:
-                    value = issues.add(f"{path}[{index}]", f"{quote(child.text)} is listed twice "
-                                                           f"(also [{first_at[value]}])", child)
+                    value = issues.add(
+                        f"{path}[{index}]", f"{quote(child.text)} is listed twice (also [{first_at[value]}])", child
+                    )
                 else:
                     first_at[value] = index
             values.append(value)
         return tuple(values)
+
     return rule
 
 
 def refused(why: str) -> Rule:
     """A field we know (another tool has it) but cannot honour: an error saying why, never ignored."""
+
     def rule(issues: Issues, path: str, node: Node) -> Parsed:
         return issues.add(path, why, node)
+
     return rule
 
 
@@ -213,8 +224,9 @@ def section(fields: Iterable[Field]) -> Rule:
         values: dict[str, Parsed] = {}
         for key, child in children.items():
             if key not in table:
-                issues.add(join(path, key), f"unknown field ({suggest(key, table)})",
-                           line=node.key_lines.get(key, child.line))
+                issues.add(
+                    join(path, key), f"unknown field ({suggest(key, table)})", line=node.key_lines.get(key, child.line)
+                )
                 continue
             value = apply_rule(table[key].rule, issues, join(path, key), child)
             if value is not INVALID:
@@ -223,6 +235,7 @@ def section(fields: Iterable[Field]) -> Rule:
             if f.required and f.key not in children:
                 issues.add(join(path, f.key), "required field is missing", node)
         return values
+
     return rule
 
 
@@ -235,4 +248,3 @@ def suggest(word: str, options: Iterable[str]) -> str:
     if close:
         return f"did you mean {close[0]}?"
     return f"expected one of: {', '.join(options)}"
-

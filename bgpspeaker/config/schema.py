@@ -67,8 +67,9 @@ class LabelSelector:
     match_expressions: tuple[LabelRequirement, ...] = ()
 
     def matches(self, labels: Mapping[str, str]) -> bool:
-        return (all(labels.get(k) == v for k, v in self.match_labels)
-                and all(e.matches(labels) for e in self.match_expressions))
+        return all(labels.get(k) == v for k, v in self.match_labels) and all(
+            e.matches(labels) for e in self.match_expressions
+        )
 
     def requirements(self) -> tuple[LabelRequirement, ...]:
         """matchLabels as `In [value]` requirements, then the expressions: one form to reason about."""
@@ -102,8 +103,9 @@ def may_overlap(a: LabelSelector, b: LabelSelector) -> bool:
 def effective_selectors(match_labels: Pairs, selectors: tuple[LabelSelector, ...]) -> tuple[LabelSelector, ...]:
     if not selectors:
         return (LabelSelector(match_labels),)
-    return tuple(LabelSelector(tuple(sorted(set(match_labels) | set(s.match_labels))), s.match_expressions)
-                 for s in selectors)
+    return tuple(
+        LabelSelector(tuple(sorted(set(match_labels) | set(s.match_labels))), s.match_expressions) for s in selectors
+    )
 
 
 @dataclass(frozen=True)

@@ -85,8 +85,9 @@ def _syntax_issue(error: yaml.MarkedYAMLError) -> ConfigIssue:
     return ConfigIssue("", f"not valid YAML: {what}", mark.line + 1 if mark else None)
 
 
-def _convert(loader: yaml.SafeLoader, node: yaml.Node, path: str, issues: list[ConfigIssue],
-             memo: dict[int, Node]) -> Node:
+def _convert(
+    loader: yaml.SafeLoader, node: yaml.Node, path: str, issues: list[ConfigIssue], memo: dict[int, Node]
+) -> Node:
     # Aliases share node objects: convert each once (linear time even for "billion laughs").
     if id(node) in memo:
         return memo[id(node)]
@@ -104,8 +105,7 @@ def _convert(loader: yaml.SafeLoader, node: yaml.Node, path: str, issues: list[C
     if isinstance(node, yaml.SequenceNode):
         result = Node("sequence", line, value=[])
         memo[id(node)] = result
-        result.value.extend(_convert(loader, item, f"{path}[{i}]", issues, memo)
-                            for i, item in enumerate(node.value))
+        result.value.extend(_convert(loader, item, f"{path}[{i}]", issues, memo) for i, item in enumerate(node.value))
         return result
     result = Node("mapping", line, value={})
     memo[id(node)] = result
@@ -116,8 +116,11 @@ def _convert(loader: yaml.SafeLoader, node: yaml.Node, path: str, issues: list[C
         key_line = key_node.start_mark.line + 1
         if key_node.value in seen:
             # PyYAML keeps the last silently; a duplicate is almost always an editing mistake.
-            issues.append(ConfigIssue(join(path, key_node.value),
-                                      f"duplicate key (first at line {seen[key_node.value]})", key_line))
+            issues.append(
+                ConfigIssue(
+                    join(path, key_node.value), f"duplicate key (first at line {seen[key_node.value]})", key_line
+                )
+            )
         seen.setdefault(key_node.value, key_line)
     try:
         loader.flatten_mapping(node)  # `<<: *anchor` merges; the mapping's own keys win

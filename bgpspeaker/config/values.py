@@ -14,7 +14,19 @@ from dataclasses import dataclass
 
 from bgpspeaker.config import secrets
 from bgpspeaker.config.rules import (
-    DECIMAL, INVALID, Field, Parsed, Issues, apply_rule, integer_value, list_of, one_of, pattern, quote, section, show,
+    DECIMAL,
+    INVALID,
+    Field,
+    Parsed,
+    Issues,
+    apply_rule,
+    integer_value,
+    list_of,
+    one_of,
+    pattern,
+    quote,
+    section,
+    show,
     string,
 )
 from bgpspeaker.config.schema import LabelRequirement, LabelSelector
@@ -30,8 +42,9 @@ def hold_time(issues: Issues, path: str, node: Node) -> Parsed:
 
 
 LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
-dns_label = pattern(LABEL, "a DNS label (lowercase letters, digits and '-', at most 63, "
-                            "starting and ending with a letter or digit)")
+dns_label = pattern(
+    LABEL, "a DNS label (lowercase letters, digits and '-', at most 63, starting and ending with a letter or digit)"
+)
 service_ref = pattern(f"{LABEL}/{LABEL}", "a Service as namespace/name")
 
 
@@ -80,9 +93,12 @@ def ip_address(issues: Issues, path: str, node: Node) -> Parsed:
         address = ipaddress.ip_address(text)
     except ValueError:
         return issues.add(path, f"{quote(text)} is not an IP address", node)
-    for bad, what in ((address.is_loopback, "loopback"), (address.is_unspecified, "unspecified"),
-                      (address.is_multicast, "multicast"),
-                      (address == ipaddress.IPv4Address("255.255.255.255"), "broadcast")):
+    for bad, what in (
+        (address.is_loopback, "loopback"),
+        (address.is_unspecified, "unspecified"),
+        (address.is_multicast, "multicast"),
+        (address == ipaddress.IPv4Address("255.255.255.255"), "broadcast"),
+    ):
         if bad:
             return issues.add(path, f"{text} is a {what} address", node)
     return address
@@ -108,8 +124,12 @@ def password_file(issues: Issues, path: str, node: Node) -> Parsed:
     # The value is not echoed when it is not a path: it may be the password itself, typed
     # in the wrong field, and this message reaches terminals and logs (invariant 5).
     if not os.path.isabs(text):  # the daemon's working directory is not something to rely on
-        return issues.add(path, "must be an absolute path to the file holding the password "
-                                "(the value is not shown: it may be the password itself)", node)
+        return issues.add(
+            path,
+            "must be an absolute path to the file holding the password "
+            "(the value is not shown: it may be the password itself)",
+            node,
+        )
     try:
         secrets.read_password_file(text)  # only to prove it can be read; the content is dropped
     except secrets.SecretError as error:
@@ -123,8 +143,12 @@ def password_env(issues: Issues, path: str, node: Node) -> Parsed:
     if name is INVALID:
         return name
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-        return issues.add(path, "must be the name of an environment variable holding the password "
-                                "(the value is not shown: it may be the password itself)", node)
+        return issues.add(
+            path,
+            "must be the name of an environment variable holding the password "
+            "(the value is not shown: it may be the password itself)",
+            node,
+        )
     if name not in os.environ:
         return issues.add(path, "the environment variable it names is not set", node)
     try:
@@ -187,14 +211,24 @@ def any_community(issues: Issues, path: str, node: Node) -> Parsed:
 
 
 # Addresses a pool must never hand out: routers must not learn routes for them.
-_SPECIAL_NETWORKS = tuple((ipaddress.ip_network(net), what) for net, what in (
-    ("0.0.0.0/8", "this-network"), ("127.0.0.0/8", "loopback"), ("169.254.0.0/16", "link-local"),
-    ("224.0.0.0/4", "multicast"), ("240.0.0.0/4", "reserved"),
-    ("::/128", "unspecified"), ("::1/128", "loopback"), ("fe80::/10", "link-local"), ("ff00::/8", "multicast"),
-    # IPv6 spellings of IPv4 addresses: a route for ::ffff:10.0.0.1 is one for 10.0.0.1 to
-    # some stacks, so it would bypass every IPv4 rule here (and the pools' namespaces).
-    ("::ffff:0:0/96", "IPv4-mapped IPv6"), ("::/96", "IPv4-compatible IPv6"),
-))
+_SPECIAL_NETWORKS = tuple(
+    (ipaddress.ip_network(net), what)
+    for net, what in (
+        ("0.0.0.0/8", "this-network"),
+        ("127.0.0.0/8", "loopback"),
+        ("169.254.0.0/16", "link-local"),
+        ("224.0.0.0/4", "multicast"),
+        ("240.0.0.0/4", "reserved"),
+        ("::/128", "unspecified"),
+        ("::1/128", "loopback"),
+        ("fe80::/10", "link-local"),
+        ("ff00::/8", "multicast"),
+        # IPv6 spellings of IPv4 addresses: a route for ::ffff:10.0.0.1 is one for 10.0.0.1 to
+        # some stacks, so it would bypass every IPv4 rule here (and the pools' namespaces).
+        ("::ffff:0:0/96", "IPv4-mapped IPv6"),
+        ("::/96", "IPv4-compatible IPv6"),
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -230,14 +264,22 @@ def pool_entry(issues: Issues, path: str, node: Node) -> Parsed:
                 loose = ipaddress.ip_interface(text)
             except ValueError:
                 return issues.add(path, f"{quote(text)} is not a network", node)
-            return issues.add(path, f"{quote(text)} has host bits set: did you mean {loose.network} "
-                                    f"(or {loose.ip}/{loose.max_prefixlen} for the single address)?", node)
+            return issues.add(
+                path,
+                f"{quote(text)} has host bits set: did you mean {loose.network} "
+                f"(or {loose.ip}/{loose.max_prefixlen} for the single address)?",
+                node,
+            )
         low, high = networks[0].network_address, networks[0].broadcast_address
     for special, what in _SPECIAL_NETWORKS:
-        if (special.version == low.version  # so the integers below are of one version
-                and int(special.network_address) <= int(high) and int(low) <= int(special.broadcast_address)):
-            return issues.add(path, f"{quote(text)} overlaps {special} ({what}), which cannot be a Service address",
-                              node)
+        if (
+            special.version == low.version  # so the integers below are of one version
+            and int(special.network_address) <= int(high)
+            and int(low) <= int(special.broadcast_address)
+        ):
+            return issues.add(
+                path, f"{quote(text)} overlaps {special} ({what}), which cannot be a Service address", node
+            )
     return PoolEntry(text, low, high, networks)
 
 
@@ -259,11 +301,13 @@ def labels(issues: Issues, path: str, node: Node) -> Parsed:
 
 
 _OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
-_REQUIREMENT = section([
-    Field("key", "key", label_key, required=True),
-    Field("operator", "operator", one_of({op: op for op in _OPERATORS}), required=True),
-    Field("values", "values", list_of(label_value, unique=True)),
-])
+_REQUIREMENT = section(
+    [
+        Field("key", "key", label_key, required=True),
+        Field("operator", "operator", one_of({op: op for op in _OPERATORS}), required=True),
+        Field("values", "values", list_of(label_value, unique=True)),
+    ]
+)
 
 
 def label_requirement(issues: Issues, path: str, node: Node) -> Parsed:
@@ -281,10 +325,12 @@ def label_requirement(issues: Issues, path: str, node: Node) -> Parsed:
     return LabelRequirement(values["key"], operator, tuple(sorted(listed)))
 
 
-_SELECTOR = section([
-    Field("matchLabels", "match_labels", labels),
-    Field("matchExpressions", "match_expressions", list_of(label_requirement)),
-])
+_SELECTOR = section(
+    [
+        Field("matchLabels", "match_labels", labels),
+        Field("matchExpressions", "match_expressions", list_of(label_requirement)),
+    ]
+)
 
 
 def label_selector(issues: Issues, path: str, node: Node) -> Parsed:

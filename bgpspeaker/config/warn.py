@@ -40,29 +40,53 @@ def _peer_and_pool_warnings(config: Config) -> list[ConfigIssue]:
         found.append(ConfigIssue("pools", "no pools: no Service gets an address and nothing is announced"))
     for i, peer in enumerate(config.peers):
         if peer.hold_time == 0:
-            found.append(ConfigIssue(f"peers[{i}].holdTime", "0 turns keepalives off: if this node dies, "
-                                     "the router keeps its routes and never fails over to another cluster"))
+            found.append(
+                ConfigIssue(
+                    f"peers[{i}].holdTime",
+                    "0 turns keepalives off: if this node dies, "
+                    "the router keeps its routes and never fails over to another cluster",
+                )
+            )
     if config.speaker.shutdown == "keep":
         if config.exabgp.graceful_restart == 0 and any(p.graceful_restart is None for p in config.peers):
-            found.append(ConfigIssue("speaker.shutdown", "keep leaves the routes to graceful restart, but "
-                                     "exabgp.gracefulRestart is 0: routers drop them when the session closes"))
+            found.append(
+                ConfigIssue(
+                    "speaker.shutdown",
+                    "keep leaves the routes to graceful restart, but "
+                    "exabgp.gracefulRestart is 0: routers drop them when the session closes",
+                )
+            )
         for i, peer in enumerate(config.peers):
             if peer.graceful_restart == 0:
-                found.append(ConfigIssue(f"peers[{i}].gracefulRestart", "0, but speaker.shutdown is keep: this "
-                                         "router drops the routes when the session closes"))
+                found.append(
+                    ConfigIssue(
+                        f"peers[{i}].gracefulRestart",
+                        "0, but speaker.shutdown is keep: this router drops the routes when the session closes",
+                    )
+                )
     for i, pool in enumerate(config.pools):
         if not pool.shared and config.cluster.default_tier is not Tier.PRIMARY:
             # A cluster that stands in for others (its default tier is not primary) announces
             # addresses other clusters announce too: with records in each cluster's own API,
             # two clusters can give one address to two Services (docs/design.md).
-            found.append(ConfigIssue(f"pools[{i}].shared", "false, but this cluster stands in for others "
-                                     "(cluster.defaultTier is not primary): if other clusters announce this "
-                                     "pool's addresses, mark it shared and give sharedStore, or two clusters "
-                                     "may give one address to two Services"))
+            found.append(
+                ConfigIssue(
+                    f"pools[{i}].shared",
+                    "false, but this cluster stands in for others "
+                    "(cluster.defaultTier is not primary): if other clusters announce this "
+                    "pool's addresses, mark it shared and give sharedStore, or two clusters "
+                    "may give one address to two Services",
+                )
+            )
         if not pool.auto_assign and not pool.namespaces:
-            found.append(ConfigIssue(f"pools[{i}].autoAssign", "false, but namespaces is empty: any namespace "
-                                     "can still take these addresses by requesting them; list the namespaces "
-                                     "that may"))
+            found.append(
+                ConfigIssue(
+                    f"pools[{i}].autoAssign",
+                    "false, but namespaces is empty: any namespace "
+                    "can still take these addresses by requesting them; list the namespaces "
+                    "that may",
+                )
+            )
     return found
 
 
@@ -78,18 +102,32 @@ def fleet_warnings(configs: Sequence[tuple[str, Config]]) -> list[ConfigIssue]:
         for other_source, other in configs[:n]:
             for i, pool in enumerate(config.pools):
                 for other_pool in other.pools:
-                    if not any(a.overlaps(b) for a in pool.addresses for b in other_pool.addresses
-                               if a.version == b.version):
+                    if not any(
+                        a.overlaps(b) for a in pool.addresses for b in other_pool.addresses if a.version == b.version
+                    ):
                         continue
                     if not (pool.shared and other_pool.shared):
-                        found.append(ConfigIssue(f"{source}: pools[{i}]", f"pool {pool.name} overlaps pool "
-                                                 f"{other_pool.name} of {other_source}, and they are not both "
-                                                 f"shared: mark them shared, with one sharedStore"))
-                    elif config.shared_store is not None and other.shared_store is not None and \
-                            config.shared_store.namespace != other.shared_store.namespace:
-                        found.append(ConfigIssue(f"{source}: sharedStore.namespace", f"differs from "
-                                                 f"{other_source}'s ({other.shared_store.namespace}), which "
-                                                 f"shares pool {other_pool.name} with this one: one store for both"))
+                        found.append(
+                            ConfigIssue(
+                                f"{source}: pools[{i}]",
+                                f"pool {pool.name} overlaps pool "
+                                f"{other_pool.name} of {other_source}, and they are not both "
+                                f"shared: mark them shared, with one sharedStore",
+                            )
+                        )
+                    elif (
+                        config.shared_store is not None
+                        and other.shared_store is not None
+                        and config.shared_store.namespace != other.shared_store.namespace
+                    ):
+                        found.append(
+                            ConfigIssue(
+                                f"{source}: sharedStore.namespace",
+                                f"differs from "
+                                f"{other_source}'s ({other.shared_store.namespace}), which "
+                                f"shares pool {other_pool.name} with this one: one store for both",
+                            )
+                        )
     return found
 
 
@@ -104,16 +142,24 @@ def _tier_warnings(config: Config) -> list[ConfigIssue]:
     if peers and not any_ibgp:
         for tier, attributes in written.items():
             if attributes and attributes.local_pref is not None:
-                found.append(ConfigIssue(f"tiers.{tier.value}.localPref",
-                                         f"every peer is eBGP (none has asn {my_asn}) and local-preference is "
-                                         "only sent over iBGP: it has no effect here"))
+                found.append(
+                    ConfigIssue(
+                        f"tiers.{tier.value}.localPref",
+                        f"every peer is eBGP (none has asn {my_asn}) and local-preference is "
+                        "only sent over iBGP: it has no effect here",
+                    )
+                )
                 break
     if peers and not any_ebgp:
         for tier, attributes in written.items():
             if attributes and attributes.as_path_prepend:
-                found.append(ConfigIssue(f"tiers.{tier.value}.asPathPrepend",
-                                         f"every peer is iBGP (asn {my_asn}) and iBGP routes carry an empty "
-                                         "AS_PATH: prepends have no effect here"))
+                found.append(
+                    ConfigIssue(
+                        f"tiers.{tier.value}.asPathPrepend",
+                        f"every peer is iBGP (asn {my_asn}) and iBGP routes carry an empty "
+                        "AS_PATH: prepends have no effect here",
+                    )
+                )
                 break
     # Only eBGP peers count: iBGP peers get our routes with an empty AS_PATH, which routers
     # treat as one (internal) neighbour, so MED is compared between those.
@@ -122,17 +168,22 @@ def _tier_warnings(config: Config) -> list[ConfigIssue]:
     if len(peer_asns) > 1 and len(meds) > 1:
         for tier, attributes in written.items():
             if attributes and attributes.med is not None:
-                found.append(ConfigIssue(f"tiers.{tier.value}.med",
-                                         f"eBGP peers are in different ASes ({', '.join(map(str, peer_asns))}): a "
-                                         "router compares MED only between routes from the same neighbouring AS "
-                                         "(unless always-compare-med), so MED alone may not order the tiers"))
+                found.append(
+                    ConfigIssue(
+                        f"tiers.{tier.value}.med",
+                        f"eBGP peers are in different ASes ({', '.join(map(str, peer_asns))}): a "
+                        "router compares MED only between routes from the same neighbouring AS "
+                        "(unless always-compare-med), so MED alone may not order the tiers",
+                    )
+                )
                 break
 
     for better, worse in zip(TIERS_IN_ORDER, TIERS_IN_ORDER[1:]):
         if not (written[better] or written[worse]) or better not in config.tiers or worse not in config.tiers:
             continue
-        found.extend(_compare_tiers(better, config.tiers[better], worse, config.tiers[worse],
-                                    bool(peers), any_ibgp, any_ebgp))
+        found.extend(
+            _compare_tiers(better, config.tiers[better], worse, config.tiers[worse], bool(peers), any_ibgp, any_ebgp)
+        )
 
     for tier, attributes in written.items():
         if attributes and GRACEFUL_SHUTDOWN in attributes.communities:
@@ -140,12 +191,15 @@ def _tier_warnings(config: Config) -> list[ConfigIssue]:
     return found
 
 
-_GRACEFUL_SHUTDOWN_TEXT = ("65535:0 is GRACEFUL_SHUTDOWN (RFC 8326): routers lower the preference of every "
-                           "route carrying it; `bgpspeaker drain` adds it when it is wanted")
+_GRACEFUL_SHUTDOWN_TEXT = (
+    "65535:0 is GRACEFUL_SHUTDOWN (RFC 8326): routers lower the preference of every "
+    "route carrying it; `bgpspeaker drain` adds it when it is wanted"
+)
 
 
-def _compare_tiers(better: Tier, a: TierAttributes, worse: Tier, b: TierAttributes,
-                   have_peers: bool, any_ibgp: bool, any_ebgp: bool) -> list[ConfigIssue]:
+def _compare_tiers(
+    better: Tier, a: TierAttributes, worse: Tier, b: TierAttributes, have_peers: bool, any_ibgp: bool, any_ebgp: bool
+) -> list[ConfigIssue]:
     """Warnings for two adjacent tiers: indistinguishable to the routers, or the wrong way round."""
     found = []
     here = f"tiers.{worse.value}"
@@ -166,16 +220,31 @@ def _compare_tiers(better: Tier, a: TierAttributes, worse: Tier, b: TierAttribut
         found.append(ConfigIssue(here, f"{message}: routers cannot prefer the {better.value} cluster"))
     # Each attribute's own "better" direction: lower MED, higher local-pref, shorter AS_PATH.
     if a.med is not None and b.med is not None and b.med < a.med:
-        found.append(ConfigIssue(f"{here}.med", f"{b.med} is lower than tiers.{better.value}.med {a.med}: "
-                                 f"lower MED wins, so {worse.value} routes would be preferred"))
+        found.append(
+            ConfigIssue(
+                f"{here}.med",
+                f"{b.med} is lower than tiers.{better.value}.med {a.med}: "
+                f"lower MED wins, so {worse.value} routes would be preferred",
+            )
+        )
     if a.local_pref is not None and b.local_pref is not None and b.local_pref > a.local_pref:
-        found.append(ConfigIssue(f"{here}.localPref", f"{b.local_pref} is higher than tiers.{better.value}.localPref "
-                                 f"{a.local_pref}: higher local-preference wins, so {worse.value} routes would "
-                                 "be preferred"))
+        found.append(
+            ConfigIssue(
+                f"{here}.localPref",
+                f"{b.local_pref} is higher than tiers.{better.value}.localPref "
+                f"{a.local_pref}: higher local-preference wins, so {worse.value} routes would "
+                "be preferred",
+            )
+        )
     if b.as_path_prepend < a.as_path_prepend:
-        found.append(ConfigIssue(f"{here}.asPathPrepend", f"{b.as_path_prepend} is less than tiers.{better.value}"
-                                 f".asPathPrepend {a.as_path_prepend}: the shorter AS_PATH wins, so {worse.value} "
-                                 "routes would be preferred"))
+        found.append(
+            ConfigIssue(
+                f"{here}.asPathPrepend",
+                f"{b.as_path_prepend} is less than tiers.{better.value}"
+                f".asPathPrepend {a.as_path_prepend}: the shorter AS_PATH wins, so {worse.value} "
+                "routes would be preferred",
+            )
+        )
     return found
 
 
@@ -183,8 +252,9 @@ def _advertisement_warnings(config: Config) -> list[ConfigIssue]:
     found = []
     for i, advertisement in enumerate(config.advertisements):
         if not advertisement.communities and not advertisement.large_communities:
-            found.append(ConfigIssue(f"advertisements[{i}]", "adds no communities or largeCommunities: "
-                                     "it changes nothing"))
+            found.append(
+                ConfigIssue(f"advertisements[{i}]", "adds no communities or largeCommunities: it changes nothing")
+            )
         if GRACEFUL_SHUTDOWN in advertisement.communities:
             found.append(ConfigIssue(f"advertisements[{i}].communities", _GRACEFUL_SHUTDOWN_TEXT))
     return found

@@ -90,10 +90,15 @@ class Channel:
     - on_lost(): the connection ended (pending commands failed with ChannelClosed).
     """
 
-    def __init__(self, path: str, *, window: int = 32,
-                 on_event: Callable[[dict], None] = lambda e: None,
-                 on_ready: Callable[[list], None] = lambda n: None,
-                 on_lost: Callable[[], None] = lambda: None):
+    def __init__(
+        self,
+        path: str,
+        *,
+        window: int = 32,
+        on_event: Callable[[dict], None] = lambda e: None,
+        on_ready: Callable[[list], None] = lambda n: None,
+        on_lost: Callable[[], None] = lambda: None,
+    ):
         if window < 1:
             raise ValueError("window must be ≥ 1")
         self.path = path
@@ -182,8 +187,14 @@ class Channel:
         if "\n" in command or "\r" in command:
             raise ValueError("a command is one line")
         conn = self._conn
-        await self._wait_for(lambda: conn is None or conn.closed or self._conn is not conn
-                             or (conn.ready and not conn.exclusive and len(conn.pending) < self.window))
+        await self._wait_for(
+            lambda: (
+                conn is None
+                or conn.closed
+                or self._conn is not conn
+                or (conn.ready and not conn.exclusive and len(conn.pending) < self.window)
+            )
+        )
         if conn is None or conn.closed or self._conn is not conn:
             raise ChannelClosed("relay not connected")
         entry = self._send_now(conn, command)
@@ -198,8 +209,14 @@ class Channel:
         """Send a command alone on an empty window (for commands ExaBGP may answer out of
         order) and return (ack, output lines)."""
         conn = self._conn
-        await self._wait_for(lambda: conn is None or conn.closed or self._conn is not conn
-                             or (conn.ready and not conn.exclusive and not conn.pending))
+        await self._wait_for(
+            lambda: (
+                conn is None
+                or conn.closed
+                or self._conn is not conn
+                or (conn.ready and not conn.exclusive and not conn.pending)
+            )
+        )
         if conn is None or conn.closed or self._conn is not conn:
             raise ChannelClosed("relay not connected")
         conn.exclusive = True

@@ -163,7 +163,8 @@ _ANNOUNCE = re.compile(
     r"(?: as-path \[(?P<asp>\d+(?: \d+)*)\])?"
     r"(?: community \[(?P<comm>\d+:\d+(?: \d+:\d+)*)\])?"
     r"(?: large-community \[(?P<lcomm>\d+:\d+:\d+(?: \d+:\d+:\d+)*)\])?"
-    rf" nlri (?P<nlri>{_NET}(?: {_NET})*)")
+    rf" nlri (?P<nlri>{_NET}(?: {_NET})*)"
+)
 _WITHDRAW = re.compile(rf"{_FILTER} withdraw attributes nlri (?P<nlri>{_NET}(?: {_NET})*)")
 _EOR = re.compile(rf"neighbor (?P<peer>{_IP}) announce eor (?P<family>ipv[46] unicast)")
 

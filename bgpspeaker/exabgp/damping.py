@@ -36,8 +36,14 @@ class _Peer:
 
 
 class SessionDamping:
-    def __init__(self, limit: int = FLAP_LIMIT, window: float = FLAP_WINDOW, base: float = HOLD_BASE,
-                 maximum: float = HOLD_MAX, calm_after: float = CALM_AFTER) -> None:
+    def __init__(
+        self,
+        limit: int = FLAP_LIMIT,
+        window: float = FLAP_WINDOW,
+        base: float = HOLD_BASE,
+        maximum: float = HOLD_MAX,
+        calm_after: float = CALM_AFTER,
+    ) -> None:
         self.limit, self.window, self.base, self.maximum, self.calm_after = limit, window, base, maximum, calm_after
         self._peers: dict[str, _Peer] = {}
 
@@ -58,7 +64,7 @@ class SessionDamping:
             state.flaps.popleft()
         if len(state.flaps) < self.limit:
             return None
-        seconds = min(self.base * 2 ** state.level, self.maximum)
+        seconds = min(self.base * 2**state.level, self.maximum)
         state.level += 1
         state.held_until = now + seconds
         state.flaps.clear()

@@ -131,9 +131,20 @@ class ExabgpDriver:
     # (a test sets it high to prove that).
     progress_safety_net = 0.5
 
-    def __init__(self, config: Config, node: NodeView, run_dir: Path, metrics: Metrics, *, window: int = WINDOW,
-                 batch_size: int = BATCH_SIZE, ack_timeout: float = 30.0, exabgp_argv: Optional[list[str]] = None,
-                 settle: float = SETTLE, reload_timeout: float = RELOAD_TIMEOUT):
+    def __init__(
+        self,
+        config: Config,
+        node: NodeView,
+        run_dir: Path,
+        metrics: Metrics,
+        *,
+        window: int = WINDOW,
+        batch_size: int = BATCH_SIZE,
+        ack_timeout: float = 30.0,
+        exabgp_argv: Optional[list[str]] = None,
+        settle: float = SETTLE,
+        reload_timeout: float = RELOAD_TIMEOUT,
+    ):
         self.config = config
         self.node = node
         self.run_dir = Path(run_dir)
@@ -157,14 +168,22 @@ class ExabgpDriver:
         self._sync = RouteSync(self._peers, window=window, batch_size=batch_size)
         self._damping = SessionDamping()  # peers that reset after our UPDATEs get nothing for a while
 
-        self._channel = Channel(self.socket_path, window=window, on_event=self._on_event,
-                                on_ready=self._on_ready, on_lost=self._on_lost)
-        self._supervisor = Supervisor("exabgp", self._prepare_start, log_path=self.log_path, env=self._environment,
-                                      on_start=self._started, on_exit=self._exited, on_failure=self._failed,
-                                      wait=wait_exponential(multiplier=0.2, max=10),
-                                      # an orphaned ExaBGP exits on its own once its helper cannot reconnect
-                                      # (integration/test_exabgp_driver.py); this was so before supervise.py
-                                      die_with_parent=False)
+        self._channel = Channel(
+            self.socket_path, window=window, on_event=self._on_event, on_ready=self._on_ready, on_lost=self._on_lost
+        )
+        self._supervisor = Supervisor(
+            "exabgp",
+            self._prepare_start,
+            log_path=self.log_path,
+            env=self._environment,
+            on_start=self._started,
+            on_exit=self._exited,
+            on_failure=self._failed,
+            wait=wait_exponential(multiplier=0.2, max=10),
+            # an orphaned ExaBGP exits on its own once its helper cannot reconnect
+            # (integration/test_exabgp_driver.py); this was so before supervise.py
+            die_with_parent=False,
+        )
         self._restart_reason: Optional[str] = None  # of the restart we asked for, until that run exits
         self._started_once = False
         self._failed_runs = 0  # runs that ended on their own (crash, failed spawn, never ready)
@@ -217,8 +236,10 @@ class ExabgpDriver:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         await self._channel.start()
         self._supervisor.start()
-        self._tasks = [asyncio.create_task(self._worker(), name="exabgp-worker"),
-                       asyncio.create_task(self._watchdog(), name="exabgp-watchdog")]
+        self._tasks = [
+            asyncio.create_task(self._worker(), name="exabgp-worker"),
+            asyncio.create_task(self._watchdog(), name="exabgp-watchdog"),
+        ]
         if timeout is None:
             return
         try:
@@ -235,8 +256,10 @@ class ExabgpDriver:
         intents = desired if isinstance(desired, (tuple, list)) else tuple(desired)
         generation, unknown = self._sync.desire(intents)
         if unknown:
-            log.warning("routes for peers this node has no session with are skipped",
-                        extra=fields(peers=",".join(sorted(unknown))))
+            log.warning(
+                "routes for peers this node has no session with are skipped",
+                extra=fields(peers=",".join(sorted(unknown))),
+            )
         self._wake.set()
         await self._wait(lambda: self._sync.synced >= generation or self._stopping or self._failing)
 
@@ -263,8 +286,10 @@ class ExabgpDriver:
             if await self._reload(config, node, plan):
                 return False
             plan = ReloadPlan(restart="ExaBGP did not take the reloaded config")
-        log.warning("exabgp config changed: restarting it (every session resets)",
-                    extra=fields(reason=plan.restart or "ExaBGP not running"))
+        log.warning(
+            "exabgp config changed: restarting it (every session resets)",
+            extra=fields(reason=plan.restart or "ExaBGP not running"),
+        )
         self.config, self.node = config, node
         old = set(self._peers)
         self._set_peers(config, node)
@@ -275,8 +300,9 @@ class ExabgpDriver:
         self._request_restart(CONFIG_CHANGED)
         # Until the new ExaBGP is up, or a run fails: a crash-looping ExaBGP must not hold
         # the caller (the daemon's reconcile loop) beyond one attempt.
-        await self._wait(lambda: self._supervisor.proc is None or self._restart_reason is None
-                         or self._failed_runs > failed)
+        await self._wait(
+            lambda: self._supervisor.proc is None or self._restart_reason is None or self._failed_runs > failed
+        )
         await self._wait(lambda: self.ready or self._stopping or self._failed_runs > failed)
         if self.ready:
             await self._resync_desired()
@@ -404,8 +430,9 @@ class ExabgpDriver:
         if old is None:
             return
         if old.up != up:
-            self._states[name] = PeerState(name, old.address, up, time.time(),
-                                           old.last_down_reason if up else (reason or old.last_down_reason))
+            self._states[name] = PeerState(
+                name, old.address, up, time.time(), old.last_down_reason if up else (reason or old.last_down_reason)
+            )
             log.info("bgp session up" if up else "bgp session down", extra=fields(peer=name, reason=reason or ""))
         elif not up and reason:
             self._states[name] = PeerState(name, old.address, up, old.since, reason)
@@ -446,8 +473,10 @@ class ExabgpDriver:
         seconds = self._damping.session_lost(name, time.monotonic())
         if seconds is None:
             return
-        log.error("peer keeps resetting the session after our UPDATEs: holding its routes back, then trying again",
-                  extra=fields(peer=name, last_reason=reason or "no reason given", hold_seconds=round(seconds)))
+        log.error(
+            "peer keeps resetting the session after our UPDATEs: holding its routes back, then trying again",
+            extra=fields(peer=name, last_reason=reason or "no reason given", hold_seconds=round(seconds)),
+        )
         asyncio.get_running_loop().call_later(seconds, self._release_hold, name)
         self._sync.touch()  # the next sync withdraws this peer's routes from ExaBGP's adj-rib-out
         self._wake.set()
@@ -535,8 +564,10 @@ class ExabgpDriver:
         except (KeyError, TypeError, ValueError) as exc:
             # e.g. a 127/8 next-hop: refused here, before it can make a router reset the
             # session forever (docs/reference/exabgp-api.md §9). Only this batch is affected.
-            log.error("batch not sent: its command cannot be built", extra=fields(
-                action=batch.action, prefixes=len(batch.prefixes), peers=",".join(batch.peers), error=exc))
+            log.error(
+                "batch not sent: its command cannot be built",
+                extra=fields(action=batch.action, prefixes=len(batch.prefixes), peers=",".join(batch.peers), error=exc),
+            )
             self._sync.refused(command.id, str(exc))
             return
         try:
@@ -554,8 +585,10 @@ class ExabgpDriver:
             return
         batch = command.batch
         if future.result() != "done":
-            log.error("ExaBGP refused a command", extra=fields(action=batch.action, prefixes=len(batch.prefixes),
-                                                                peers=",".join(batch.peers)))
+            log.error(
+                "ExaBGP refused a command",
+                extra=fields(action=batch.action, prefixes=len(batch.prefixes), peers=",".join(batch.peers)),
+            )
             self._sync.refused(command.id, line)
             return
         if self._sync.acked(command.id) is None:
@@ -574,8 +607,9 @@ class ExabgpDriver:
                 # answered at once with `error` when the peer is not established (§5): alone on the window
                 ack, _ = await self._channel.exclusive(commands.eor_line(peer.address, family))
                 if ack != "done":
-                    log.info("EOR not sent: session not established", extra=fields(family=family, peer=peer.name,
-                                                                                   ack=ack))
+                    log.info(
+                        "EOR not sent: session not established", extra=fields(family=family, peer=peer.name, ack=ack)
+                    )
         except ChannelClosed:
             self._sync.lost(command.id)
             return
@@ -612,8 +646,15 @@ class ExabgpDriver:
         reason = self._restart_reason
         self._channel.drop()
         for name in self._peers:
-            self._set_state(name, False, "stopped" if self._supervisor.stopping else
-                            "exabgp exited" if reason is None else f"exabgp restarted: {reason}")
+            self._set_state(
+                name,
+                False,
+                "stopped"
+                if self._supervisor.stopping
+                else "exabgp exited"
+                if reason is None
+                else f"exabgp restarted: {reason}",
+            )
         self._restart_reason = None
         self._spawned_at = None
         self._progress()
@@ -626,8 +667,9 @@ class ExabgpDriver:
     def _request_restart(self, reason: str) -> None:
         if self._restart_reason is None:
             self._restart_reason = reason
-            self._supervisor.restart(signal.SIGTERM if reason == CONFIG_CHANGED else signal.SIGKILL,
-                                     backoff=reason == NOT_READY)
+            self._supervisor.restart(
+                signal.SIGTERM if reason == CONFIG_CHANGED else signal.SIGKILL, backoff=reason == NOT_READY
+            )
 
     async def _watchdog(self) -> None:
         while not self._stopping:
@@ -635,13 +677,16 @@ class ExabgpDriver:
             spawned = self._spawned_at  # None once this run was ready
             if spawned is not None and self._supervisor.running and time.monotonic() - spawned > self.start_timeout:
                 self._spawned_at = None
-                log.error("ExaBGP not ready in time after its start: restarting it",
-                          extra=fields(seconds=round(self.start_timeout), log_tail=self.log_tail()))
+                log.error(
+                    "ExaBGP not ready in time after its start: restarting it",
+                    extra=fields(seconds=round(self.start_timeout), log_tail=self.log_tail()),
+                )
                 self._request_restart(NOT_READY)
             age = self._channel.oldest_pending_age()
             if age is not None and age > self.ack_timeout and self._supervisor.proc is not None:
-                log.error("ExaBGP has not acknowledged a command in time: restarting it",
-                          extra=fields(seconds=round(age, 1)))
+                log.error(
+                    "ExaBGP has not acknowledged a command in time: restarting it", extra=fields(seconds=round(age, 1))
+                )
                 self._request_restart(ACK_TIMEOUT)
 
     def _progress(self) -> None:

@@ -43,13 +43,16 @@ _DESCRIPTION = re.compile(r'^\s*description "([^"]*)";$')
 _GLOBAL = re.compile(r"^\s*(router-id|local-as) ")
 # Simple `key value;` lines of our neighbor blocks that ExaBGP prints back verbatim in
 # `show neighbor configuration`: seeing them proves the reload took this block.
-_CHECKED = re.compile(r"^\s*(description|router-id|local-address|local-as|peer-as|connect|hold-time|"
-                      r"outgoing-ttl|md5-password) [^{}]*;$")
+_CHECKED = re.compile(
+    r"^\s*(description|router-id|local-address|local-as|peer-as|connect|hold-time|"
+    r"outgoing-ttl|md5-password) [^{}]*;$"
+)
 
 
 @dataclass(frozen=True)
 class ReloadPlan:
     """`restart` is the reason a reload cannot do; else the neighbor addresses (text) that differ."""
+
     restart: Optional[str] = None
     added: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
@@ -102,9 +105,11 @@ def plan_reload(old: str, new: str) -> ReloadPlan:
             return ReloadPlan(restart="router ID or local ASN changed (every session re-opens)")
         if _description(old_blocks[address]) != _description(new_blocks[address]):
             return ReloadPlan(restart=f"the peer at {address} was renamed")
-    return ReloadPlan(added=tuple(sorted(new_blocks.keys() - old_blocks.keys())),
-                      removed=tuple(sorted(old_blocks.keys() - new_blocks.keys())),
-                      changed=tuple(a for a in kept if old_blocks[a] != new_blocks[a]))
+    return ReloadPlan(
+        added=tuple(sorted(new_blocks.keys() - old_blocks.keys())),
+        removed=tuple(sorted(old_blocks.keys() - new_blocks.keys())),
+        changed=tuple(a for a in kept if old_blocks[a] != new_blocks[a]),
+    )
 
 
 def loaded(rendered: str, shown: list[str]) -> bool:

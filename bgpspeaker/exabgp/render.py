@@ -81,8 +81,10 @@ def local_address(peer: PeerConfig, node: NodeView, index: int) -> IPAddress:
         return _plain(peer.source_address, f"peers[{index}].sourceAddress")
     address = node.address_of(peer.address.version)
     if address is None:
-        raise RenderError(f"peers[{index}].sourceAddress: node {node.name} has no IPv{peer.address.version} "
-                          f"address to reach {peer.address}; set sourceAddress")
+        raise RenderError(
+            f"peers[{index}].sourceAddress: node {node.name} has no IPv{peer.address.version} "
+            f"address to reach {peer.address}; set sourceAddress"
+        )
     return address
 
 
@@ -107,8 +109,10 @@ def read_password(peer: PeerConfig, index: int) -> str:
         raise RenderError(f"{where}: {exc}") from None
     # The secret goes between double quotes in ExaBGP's config, which has no escapes.
     if not secret or '"' in secret or "\\" in secret:
-        raise RenderError(f"{where}: the password must not be empty nor contain quotes or backslashes "
-                          "(ExaBGP's config cannot hold them; its content is not shown)")
+        raise RenderError(
+            f"{where}: the password must not be empty nor contain quotes or backslashes "
+            "(ExaBGP's config cannot hold them; its content is not shown)"
+        )
     return secret
 
 
@@ -116,14 +120,17 @@ def _process_block(relay_socket: str, python: str) -> list[str]:
     for what, value in (("relay socket", relay_socket), ("python", python)):
         if not _SAFE_PATH.fullmatch(value):
             raise RenderError(f"{what} path {value!r} must be a plain path (letters, digits, _ . / + @ -)")
-    return [f"process {PROCESS_NAME} {{",
-            f"    run {python} -m bgpspeaker.exabgp.relay {relay_socket};",
-            "    encoder json;",
-            "}"]
+    return [
+        f"process {PROCESS_NAME} {{",
+        f"    run {python} -m bgpspeaker.exabgp.relay {relay_socket};",
+        "    encoder json;",
+        "}",
+    ]
 
 
-def render_config(config: Config, node: NodeView, relay_socket: str, *, mask_secrets: bool,
-                  python: Optional[str] = None) -> str:
+def render_config(
+    config: Config, node: NodeView, relay_socket: str, *, mask_secrets: bool, python: Optional[str] = None
+) -> str:
     """The ExaBGP config text for `node` (deterministic: equal inputs give equal text)."""
     if not is_dns_subdomain(node.name):  # it goes into a comment line: a newline would add statements
         raise RenderError(f"node name {node.name[:80]!r} is not a DNS subdomain (RFC 1123), as Kubernetes requires")

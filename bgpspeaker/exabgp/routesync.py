@@ -372,8 +372,9 @@ class RouteSync:
     # --- inside -----------------------------------------------------------------------------
 
     @staticmethod
-    def _add(steps: deque[_Step], batches: Iterable[Batch], want: Mapping[Key, RouteIntent],
-             have: Mapping[Key, RouteIntent]) -> None:
+    def _add(
+        steps: deque[_Step], batches: Iterable[Batch], want: Mapping[Key, RouteIntent], have: Mapping[Key, RouteIntent]
+    ) -> None:
         """The batches as steps, each with its intents: the desired ones for an announce, for a
         withdraw what is (or may be) announced."""
         for batch in batches:

@@ -53,8 +53,13 @@ def api_client(kubeconfig: Optional[str] = None) -> kubernetes.client.ApiClient:
     return kubernetes.client.ApiClient(configuration)
 
 
-def object_path(api: str, plural: str, namespace: Optional[str] = None, name: Optional[str] = None,
-                subresource: Optional[str] = None) -> str:
+def object_path(
+    api: str,
+    plural: str,
+    namespace: Optional[str] = None,
+    name: Optional[str] = None,
+    subresource: Optional[str] = None,
+) -> str:
     """`/api/v1/namespaces/ns/services/web/status` from its parts (`api`: "/api/v1",
     "/apis/coordination.k8s.io/v1", ...); names are quoted, whatever they hold."""
     parts = [api] + (["namespaces", quote(namespace, safe="")] if namespace else []) + [plural]
@@ -63,10 +68,15 @@ def object_path(api: str, plural: str, namespace: Optional[str] = None, name: Op
     return "/".join(parts)
 
 
-def request_raw(client: kubernetes.client.ApiClient, method: str, path: str, body: JSON = None,
-                content_type: Optional[str] = None,
-                request_timeout: Union[float, tuple[float, float]] = REQUEST_TIMEOUT,
-                query: Optional[Mapping[str, Union[str, int, bool, None]]] = None) -> urllib3.BaseHTTPResponse:
+def request_raw(
+    client: kubernetes.client.ApiClient,
+    method: str,
+    path: str,
+    body: JSON = None,
+    content_type: Optional[str] = None,
+    request_timeout: Union[float, tuple[float, float]] = REQUEST_TIMEOUT,
+    query: Optional[Mapping[str, Union[str, int, bool, None]]] = None,
+) -> urllib3.BaseHTTPResponse:
     """`method` `path` (`query` in the API's own names: `resourceVersion`, `watch`, ...; a
     None value is left out) with a JSON `body`: the unread urllib3 response, as a generated
     method returns it with `_preload_content=False`. A non-2xx answer raises ApiException,
@@ -75,8 +85,13 @@ def request_raw(client: kubernetes.client.ApiClient, method: str, path: str, bod
     if body is not None:
         headers["Content-Type"] = content_type or "application/json"
     request = client.param_serialize(
-        method=method, resource_path=path, query_params=[(k, v) for k, v in (query or {}).items() if v is not None],
-        header_params=headers, body=body, auth_settings=["BearerToken"])
+        method=method,
+        resource_path=path,
+        query_params=[(k, v) for k, v in (query or {}).items() if v is not None],
+        header_params=headers,
+        body=body,
+        auth_settings=["BearerToken"],
+    )
     response = client.call_api(*request, _request_timeout=request_timeout)
     if not 200 <= response.status <= 299:
         response.read()
@@ -128,7 +143,7 @@ class _JsonStream:
         chunk = next(self._chunks, None)
         self._eof = chunk is None
         text = self._utf8.decode(chunk or b"", final=self._eof)
-        self._text, self._pos = self._text[self._pos:] + text, 0
+        self._text, self._pos = self._text[self._pos :] + text, 0
         return True
 
     def peek(self) -> str:
@@ -202,10 +217,12 @@ def page_items(chunks: Iterable[bytes], rest: dict[str, JSON], whole: int = WHOL
         head.append(chunk)
         size += len(chunk)
         if size > whole:
+
             def replay() -> Iterator[bytes]:
                 while head:
                     yield head.pop(0)  # each chunk freed once parsed
                 yield from chunks
+
             yield from iter_list_items(replay(), rest)
             return
     page = json.loads(b"".join(head))
@@ -228,16 +245,21 @@ class Listing:
     watch resumes. An expired continue token raises ApiException(410).
     """
 
-    def __init__(self, client: kubernetes.client.ApiClient, path: str, page_size: int = 500,
-                 label_selector: Optional[str] = None) -> None:
+    def __init__(
+        self, client: kubernetes.client.ApiClient, path: str, page_size: int = 500, label_selector: Optional[str] = None
+    ) -> None:
         self._client, self._path, self._page_size, self._label_selector = client, path, page_size, label_selector
         self.resource_version: Optional[str] = None
 
     def __iter__(self) -> Iterator[JSON]:
         cont = None
         while True:
-            response = request_raw(self._client, "GET", self._path, query={
-                "limit": self._page_size, "labelSelector": self._label_selector, "continue": cont})
+            response = request_raw(
+                self._client,
+                "GET",
+                self._path,
+                query={"limit": self._page_size, "labelSelector": self._label_selector, "continue": cont},
+            )
             rest: dict[str, JSON] = {}
             done = False
             try:
@@ -267,8 +289,9 @@ def fetch_snapshot(kubeconfig: Optional[str] = None) -> Snapshot:
     try:
         return Snapshot.of(
             services=[views.service_from_dict(o) for o in list_raw(client, SERVICES_PATH)["items"]],
-            endpoint_slices=[views.endpoint_slice_from_dict(o) for o in
-                             list_raw(client, ENDPOINT_SLICES_PATH)["items"]],
+            endpoint_slices=[
+                views.endpoint_slice_from_dict(o) for o in list_raw(client, ENDPOINT_SLICES_PATH)["items"]
+            ],
             nodes=[views.node_from_dict(o) for o in list_raw(client, NODES_PATH)["items"]],
         )
     finally:

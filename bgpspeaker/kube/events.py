@@ -77,9 +77,19 @@ def _now() -> str:
 
 
 class EventRecorder:
-    def __init__(self, api_client: kubernetes.client.ApiClient, instance: str, *, component: str = COMPONENT,
-                 interval: float = 10.0, qps: float = 5.0, burst: int = 25, queue_size: int = 10_000,
-                 remember: int = 4096, per_object: int = 16) -> None:
+    def __init__(
+        self,
+        api_client: kubernetes.client.ApiClient,
+        instance: str,
+        *,
+        component: str = COMPONENT,
+        interval: float = 10.0,
+        qps: float = 5.0,
+        burst: int = 25,
+        queue_size: int = 10_000,
+        remember: int = 4096,
+        per_object: int = 16,
+    ) -> None:
         self._client = api_client
         self.instance, self.component = instance, component
         self.interval, self.qps, self.burst = interval, qps, burst
@@ -120,8 +130,10 @@ class EventRecorder:
                 self._queue.put_nowait((ref, kind, reason, message))
             except queue.Full:
                 self.dropped += 1
-                log.warning("event queue full; event dropped",
-                            extra=fields(reason=reason, service=f"{ref.namespace}/{ref.name}", message=message))
+                log.warning(
+                    "event queue full; event dropped",
+                    extra=fields(reason=reason, service=f"{ref.namespace}/{ref.name}", message=message),
+                )
                 return
             self._queued[who] = self._queued.get(who, 0) + 1
 
@@ -224,22 +236,34 @@ class EventRecorder:
             while len(self._posted) > self._remember:
                 self._posted.popitem(last=False)
         except Exception as exc:  # an Event is best effort; never kill the thread
-            log.warning("event not written", extra=fields(reason=pending.reason,
-                                                          service=f"{pending.ref.namespace}/{pending.ref.name}",
-                                                          error=exc))
+            log.warning(
+                "event not written",
+                extra=fields(reason=pending.reason, service=f"{pending.ref.namespace}/{pending.ref.name}", error=exc),
+            )
 
     def _create(self, pending: _Pending) -> _Posted:
         ref, now = pending.ref, _now()
         body = {
-            "apiVersion": "v1", "kind": "Event",
+            "apiVersion": "v1",
+            "kind": "Event",
             # client-go's naming: the object's name and a unique hex suffix.
             "metadata": {"name": f"{ref.name}.{time.time_ns():x}", "namespace": ref.namespace},
-            "involvedObject": {"apiVersion": ref.api_version, "kind": ref.kind, "namespace": ref.namespace,
-                               "name": ref.name, **({"uid": ref.uid} if ref.uid else {})},
-            "reason": pending.reason, "message": pending.message, "type": pending.type,
-            "count": pending.count, "firstTimestamp": now, "lastTimestamp": now,
+            "involvedObject": {
+                "apiVersion": ref.api_version,
+                "kind": ref.kind,
+                "namespace": ref.namespace,
+                "name": ref.name,
+                **({"uid": ref.uid} if ref.uid else {}),
+            },
+            "reason": pending.reason,
+            "message": pending.message,
+            "type": pending.type,
+            "count": pending.count,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
             "source": {"component": self.component, "host": self.instance},
-            "reportingComponent": self.component, "reportingInstance": self.instance,
+            "reportingComponent": self.component,
+            "reportingInstance": self.instance,
         }
         self.writes += 1
         created = read_json(request_raw(self._client, "POST", object_path(CORE, "events", ref.namespace), body))
@@ -250,8 +274,13 @@ class EventRecorder:
         count = posted.count + more
         self.writes += 1
         try:
-            request_raw(self._client, "PATCH", object_path(CORE, "events", ref.namespace, posted.name),
-                        {"count": count, "lastTimestamp": _now()}, MERGE_PATCH).release_conn()
+            request_raw(
+                self._client,
+                "PATCH",
+                object_path(CORE, "events", ref.namespace, posted.name),
+                {"count": count, "lastTimestamp": _now()},
+                MERGE_PATCH,
+            ).release_conn()
         except ApiException as exc:
             if exc.status == 404:
                 return False

@@ -35,7 +35,13 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, wait_random_e
 
 from bgpspeaker import views
 from bgpspeaker.kube.client import (
-    DISCOVERY, ENDPOINT_SLICES_PATH, NODES_PATH, SERVICES_PATH, Listing, object_path, request_raw,
+    DISCOVERY,
+    ENDPOINT_SLICES_PATH,
+    NODES_PATH,
+    SERVICES_PATH,
+    Listing,
+    object_path,
+    request_raw,
 )
 from bgpspeaker.logs import fields
 from bgpspeaker.metrics import Metrics
@@ -73,12 +79,19 @@ def _slices_of_service(service_key: str) -> tuple[str, str]:
 
 
 SERVICES = Resource("services", SERVICES_PATH, views.service_from_dict)
+
+
 def _service_of_slice(view: View) -> str:
     return view.service_key if isinstance(view, EndpointSliceView) else ""  # (only slices are parsed here)
 
 
-ENDPOINT_SLICES = Resource("endpointslices", ENDPOINT_SLICES_PATH, views.endpoint_slice_from_dict,
-                           group=_service_of_slice, group_list=_slices_of_service)
+ENDPOINT_SLICES = Resource(
+    "endpointslices",
+    ENDPOINT_SLICES_PATH,
+    views.endpoint_slice_from_dict,
+    group=_service_of_slice,
+    group_list=_slices_of_service,
+)
 # More groups than this to fetch at once (a config reload that changes loadBalancerClass,
 # thousands of Services turned LoadBalancer together) are fetched by one relist instead.
 MAX_GROUP_LISTS = 20
@@ -123,12 +136,21 @@ class Informer:
     calls `regroup` afterwards (see there).
     """
 
-    def __init__(self, api_client: kubernetes.client.ApiClient, resource: Resource,
-                 on_batch: Callable[[str, list[Change], bool], None],
-                 metrics: Metrics, *, on_lost: Callable[[str], None] = lambda name: None,
-                 watch_timeout: float = 60.0, backoff_initial: float = 0.2, backoff_max: float = 10.0,
-                 healthy_after: float = 1.0, page_size: int = 500,
-                 keeps: Callable[[str], bool] = lambda group: True) -> None:
+    def __init__(
+        self,
+        api_client: kubernetes.client.ApiClient,
+        resource: Resource,
+        on_batch: Callable[[str, list[Change], bool], None],
+        metrics: Metrics,
+        *,
+        on_lost: Callable[[str], None] = lambda name: None,
+        watch_timeout: float = 60.0,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 10.0,
+        healthy_after: float = 1.0,
+        page_size: int = 500,
+        keeps: Callable[[str], bool] = lambda group: True,
+    ) -> None:
         self.resource = resource
         self._keeps = keeps
         # Groups to decide again (regroup), shared with the threads that ask; `_response`
@@ -161,6 +183,7 @@ class Informer:
     def start(self, after: Optional[threading.Event] = None, wait: Optional[float] = 0.0) -> None:
         """Start the thread; with `after`, its first list waits up to `wait` seconds (None:
         until it is set) for that event."""
+
         def run() -> None:
             if after is not None:
                 after.wait(wait)
@@ -221,7 +244,9 @@ class Informer:
     def _run(self) -> None:
         while not self._stopping.is_set():
             retrying = Retrying(
-                wait=self._wait, sleep=self._sleep, reraise=True,
+                wait=self._wait,
+                sleep=self._sleep,
+                reraise=True,
                 retry=retry_if_exception(lambda exc: not self._stopping.is_set()),
                 before_sleep=self._before_sleep,
             )
@@ -262,8 +287,10 @@ class Informer:
     def _lost(self, exc: BaseException | None) -> None:
         self._restarts.inc()
         if not self.stale:
-            log.warning("watch lost; keeping the last known state until a relist",
-                        extra=fields(resource=self.resource.name, error=_describe(exc)))
+            log.warning(
+                "watch lost; keeping the last known state until a relist",
+                extra=fields(resource=self.resource.name, error=_describe(exc)),
+            )
             self.stale = True
             self._on_lost(self.resource.name)
 
@@ -301,8 +328,15 @@ class Informer:
         self._cache = fresh
         self.resource_version = listing.resource_version
         if self.stale or not self.synced or changes:
-            log.info("listed", extra=fields(resource=self.resource.name, objects=len(fresh),
-                                            resource_version=self.resource_version, changed=len(changes)))
+            log.info(
+                "listed",
+                extra=fields(
+                    resource=self.resource.name,
+                    objects=len(fresh),
+                    resource_version=self.resource_version,
+                    changed=len(changes),
+                ),
+            )
         self.synced, self.stale = True, False
         self._on_batch(self.resource.name, changes, True)
 
@@ -316,13 +350,20 @@ class Informer:
             opened, lines = time.monotonic(), 0
             try:
                 response = request_raw(
-                    self._client, "GET", self.resource.path, query={
-                        "watch": True, "resourceVersion": self.resource_version,
+                    self._client,
+                    "GET",
+                    self.resource.path,
+                    query={
+                        "watch": True,
+                        "resourceVersion": self.resource_version,
                         "labelSelector": self.resource.label_selector,
-                        "allowWatchBookmarks": True, "timeoutSeconds": int(self.watch_timeout)},
+                        "allowWatchBookmarks": True,
+                        "timeoutSeconds": int(self.watch_timeout),
+                    },
                     # The server ends the stream after timeoutSeconds; a read that blocks
                     # much longer than that means a dead peer (half-open TCP).
-                    request_timeout=(5.0, self.watch_timeout + 15.0))
+                    request_timeout=(5.0, self.watch_timeout + 15.0),
+                )
             except ApiException as exc:
                 if exc.status == 410:
                     raise _Expired(f"watch from {self.resource_version}: 410 Gone") from None
@@ -398,14 +439,16 @@ class Informer:
             for key in members[group]:  # gone since the watch last kept this group
                 del self._cache[key]
                 changes.append((key, None))
-        log.debug("regrouped", extra=fields(resource=self.resource.name, listed=len(fetch),
-                                           every=every, changed=len(changes)))
+        log.debug(
+            "regrouped", extra=fields(resource=self.resource.name, listed=len(fetch), every=every, changed=len(changes))
+        )
         if changes:
             self._on_batch(self.resource.name, changes, False)
 
     def _wait_seconds(self, attempt: int) -> float:
         class _State:  # what a tenacity wait strategy reads
             attempt_number = attempt
+
         return self._wait(_State())  # type: ignore[arg-type]
 
     def _handle(self, event: JSONObject) -> None:
@@ -439,8 +482,10 @@ class Informer:
         try:
             return self.resource.parse(obj)
         except Exception as exc:  # bad input affects only itself
-            log.warning("cannot parse an object; keeping its previous state",
-                        extra=fields(resource=self.resource.name, key=key, error=exc))
+            log.warning(
+                "cannot parse an object; keeping its previous state",
+                extra=fields(resource=self.resource.name, key=key, error=exc),
+            )
             return None
 
 

@@ -54,16 +54,27 @@ class LeaderElector:
     while leading; tests pass shorter ones.
     """
 
-    def __init__(self, api_client: kubernetes.client.ApiClient, identity: str, *,
-                 namespace: str = DEFAULT_NAMESPACE, name: str = DEFAULT_NAME,
-                 lease_duration: float = 15.0, renew_deadline: float = 10.0, renew_interval: float = 5.0,
-                 retry_period: float = 2.0, loop: Optional[asyncio.AbstractEventLoop] = None,
-                 on_change: Optional[Callable[[], None]] = None,
-                 on_started_leading: Optional[Callable[[], None]] = None,
-                 on_stopped_leading: Optional[Callable[[], None]] = None) -> None:
+    def __init__(
+        self,
+        api_client: kubernetes.client.ApiClient,
+        identity: str,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        name: str = DEFAULT_NAME,
+        lease_duration: float = 15.0,
+        renew_deadline: float = 10.0,
+        renew_interval: float = 5.0,
+        retry_period: float = 2.0,
+        loop: Optional[asyncio.AbstractEventLoop] = None,
+        on_change: Optional[Callable[[], None]] = None,
+        on_started_leading: Optional[Callable[[], None]] = None,
+        on_stopped_leading: Optional[Callable[[], None]] = None,
+    ) -> None:
         if not 0 < renew_interval < renew_deadline < lease_duration:
-            raise ValueError("leader election: need 0 < renew_interval < renew_deadline < lease_duration, got "
-                             f"{renew_interval}, {renew_deadline}, {lease_duration}")
+            raise ValueError(
+                "leader election: need 0 < renew_interval < renew_deadline < lease_duration, got "
+                f"{renew_interval}, {renew_deadline}, {lease_duration}"
+            )
         if not identity:
             raise ValueError("leader election: identity (the node name) must not be empty")
         self._client = api_client
@@ -110,8 +121,9 @@ class LeaderElector:
             try:
                 leading = self._try_acquire_or_renew()
             except Exception as exc:
-                log.warning("lease renewal failed", extra=fields(lease=f"{self.namespace}/{self.name}",
-                                                                 error=_describe(exc)))
+                log.warning(
+                    "lease renewal failed", extra=fields(lease=f"{self.namespace}/{self.name}", error=_describe(exc))
+                )
                 leading = False
             if leading:
                 # Renewal began at `attempt`: the deadline counts from there, not from the answer.
@@ -124,8 +136,10 @@ class LeaderElector:
         if leading == self._leading:
             return
         self._leading = leading
-        log.info("now the leader" if leading else "stopped leading",
-                 extra=fields(lease=f"{self.namespace}/{self.name}", identity=self.identity))
+        log.info(
+            "now the leader" if leading else "stopped leading",
+            extra=fields(lease=f"{self.namespace}/{self.name}", identity=self.identity),
+        )
         for callback in (self._on_started if leading else self._on_stopped, self._on_change):
             if callback is not None:
                 self._call(callback)
@@ -150,8 +164,16 @@ class LeaderElector:
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            return self._write(None, {"holderIdentity": self.identity, "leaseDurationSeconds": self._duration(),
-                                      "acquireTime": now, "renewTime": now, "leaseTransitions": 0})
+            return self._write(
+                None,
+                {
+                    "holderIdentity": self.identity,
+                    "leaseDurationSeconds": self._duration(),
+                    "acquireTime": now,
+                    "renewTime": now,
+                    "leaseTransitions": 0,
+                },
+            )
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity") or ""
         record = (holder, spec.get("renewTime"), spec.get("acquireTime"), spec.get("leaseTransitions"))
@@ -162,16 +184,28 @@ class LeaderElector:
         duration = spec.get("leaseDurationSeconds") or self.lease_duration
         if holder and time.monotonic() - self._observed_at < duration:
             return False  # held, and its holder renewed within the lease duration
-        log.info("lease taken over", extra=fields(lease=f"{self.namespace}/{self.name}",
-                                                  previous=holder or "(released)"))
-        return self._write(lease, {"holderIdentity": self.identity, "leaseDurationSeconds": self._duration(),
-                                   "acquireTime": now, "renewTime": now,
-                                   "leaseTransitions": (spec.get("leaseTransitions") or 0) + (1 if holder else 0)})
+        log.info(
+            "lease taken over", extra=fields(lease=f"{self.namespace}/{self.name}", previous=holder or "(released)")
+        )
+        return self._write(
+            lease,
+            {
+                "holderIdentity": self.identity,
+                "leaseDurationSeconds": self._duration(),
+                "acquireTime": now,
+                "renewTime": now,
+                "leaseTransitions": (spec.get("leaseTransitions") or 0) + (1 if holder else 0),
+            },
+        )
 
     def _write(self, lease: Optional[JSONObject], spec: JSONObject) -> bool:
         """Create or replace (with the read resourceVersion); False when someone else won."""
-        body: dict[str, JSON] = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                                 "metadata": {"name": self.name, "namespace": self.namespace}, "spec": spec}
+        body: dict[str, JSON] = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": self.name, "namespace": self.namespace},
+            "spec": spec,
+        }
         try:
             if lease is None:
                 request_raw(self._client, "POST", object_path(LEASES, "leases", self.namespace), body).release_conn()

@@ -31,7 +31,12 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_rand
 from bgpspeaker.kube.client import CORE, MERGE_PATCH, object_path, read_json, request_raw
 from bgpspeaker.logs import fields
 from bgpspeaker.records import (
-    AddressRecord, BadRecord, import_marker_body, record_body, record_from_dict, record_name,
+    AddressRecord,
+    BadRecord,
+    import_marker_body,
+    record_body,
+    record_from_dict,
+    record_name,
 )
 
 log = logging.getLogger(__name__)
@@ -66,8 +71,9 @@ def _retryable(exc: BaseException) -> bool:
 class RecordKeeper:
     """Creates, joins and leaves records for one cluster; call from a worker thread (blocks)."""
 
-    def __init__(self, stores: Mapping[str, Store], cluster: str, is_leader: Callable[[], bool],
-                 attempts: int = 4) -> None:
+    def __init__(
+        self, stores: Mapping[str, Store], cluster: str, is_leader: Callable[[], bool], attempts: int = 4
+    ) -> None:
         self._stores = dict(stores)
         self._cluster = cluster
         self._is_leader = is_leader
@@ -75,8 +81,9 @@ class RecordKeeper:
 
     # --- the steady state -------------------------------------------------------------------
 
-    def apply(self, claims: Iterable[AddressRecord], joins: Iterable[AddressRecord],
-              leaves: Iterable[AddressRecord]) -> KeeperResult:
+    def apply(
+        self, claims: Iterable[AddressRecord], joins: Iterable[AddressRecord], leaves: Iterable[AddressRecord]
+    ) -> KeeperResult:
         result = KeeperResult()
         for claim in claims:
             self._guarded(result, claim.store, self._create, claim, result)
@@ -98,21 +105,25 @@ class RecordKeeper:
     def _create(self, claim: AddressRecord, result: KeeperResult) -> None:
         store = self._stores[claim.store]
         try:
-            self._request(store, "POST", object_path(CORE, "configmaps", store.namespace),
-                          record_body(claim, store.namespace))
+            self._request(
+                store, "POST", object_path(CORE, "configmaps", store.namespace), record_body(claim, store.namespace)
+            )
         except ApiException as exc:
             if exc.status != 409:
                 raise
             holder = self._holder_of(store, claim)
             if holder is not None and holder != claim.holder:
                 result.conflicts.append((claim, holder))
-                log.warning("address already recorded for another identity",
-                            extra=fields(address=str(claim.address), wanted_by=claim.holder, held_by=holder,
-                                         store=store.name))
+                log.warning(
+                    "address already recorded for another identity",
+                    extra=fields(address=str(claim.address), wanted_by=claim.holder, held_by=holder, store=store.name),
+                )
             return
         result.created.append(claim)
-        log.info("address recorded", extra=fields(address=str(claim.address), holder=claim.holder, pool=claim.pool,
-                                                  store=store.name))
+        log.info(
+            "address recorded",
+            extra=fields(address=str(claim.address), holder=claim.holder, pool=claim.pool, store=store.name),
+        )
 
     def _holder_of(self, store: Store, claim: AddressRecord) -> Optional[str]:
         try:
@@ -144,18 +155,34 @@ class RecordKeeper:
                 return
             path = object_path(CORE, "configmaps", store.namespace, name)
             if clusters:
-                body = {"metadata": {"resourceVersion": current.resource_version},
-                        "data": {"clusters": ",".join(sorted(clusters))}}
+                body = {
+                    "metadata": {"resourceVersion": current.resource_version},
+                    "data": {"clusters": ",".join(sorted(clusters))},
+                }
                 self._request(store, "PATCH", path, body, MERGE_PATCH)
             else:  # the last one out releases the address
-                self._request(store, "DELETE", path, {"kind": "DeleteOptions", "apiVersion": "v1",
-                                                      "preconditions": {"resourceVersion": current.resource_version}})
+                self._request(
+                    store,
+                    "DELETE",
+                    path,
+                    {
+                        "kind": "DeleteOptions",
+                        "apiVersion": "v1",
+                        "preconditions": {"resourceVersion": current.resource_version},
+                    },
+                )
             (result.joined if join else result.left).append(replace(current, clusters=clusters))
-            log.info("record joined" if join else ("record left" if clusters else "address released"),
-                     extra=fields(address=str(current.address), holder=current.holder, store=store.name))
+            log.info(
+                "record joined" if join else ("record left" if clusters else "address released"),
+                extra=fields(address=str(current.address), holder=current.holder, store=store.name),
+            )
 
-        Retrying(stop=stop_after_attempt(self._attempts), reraise=True, retry=retry_if_exception(_retryable),
-                 wait=wait_random_exponential(multiplier=0.05, max=1.0))(attempt)
+        Retrying(
+            stop=stop_after_attempt(self._attempts),
+            reraise=True,
+            retry=retry_if_exception(_retryable),
+            wait=wait_random_exponential(multiplier=0.05, max=1.0),
+        )(attempt)
 
     # --- the one-time import ------------------------------------------------------------------
 
@@ -173,15 +200,24 @@ class RecordKeeper:
             return result
         store = self._stores[local]
         try:
-            self._request(store, "POST", object_path(CORE, "configmaps", store.namespace),
-                          import_marker_body(store.namespace, self._cluster, len(records)))
+            self._request(
+                store,
+                "POST",
+                object_path(CORE, "configmaps", store.namespace),
+                import_marker_body(store.namespace, self._cluster, len(records)),
+            )
         except ApiException as exc:
             if exc.status != 409:
                 result.failed[local] = _describe(exc)
                 return result
-        log.info("allocations imported into records",
-                 extra=fields(records=len(result.created), already_there=len(records) - len(result.created),
-                              conflicts=len(result.conflicts)))
+        log.info(
+            "allocations imported into records",
+            extra=fields(
+                records=len(result.created),
+                already_there=len(records) - len(result.created),
+                conflicts=len(result.conflicts),
+            ),
+        )
         return result
 
     # --- requests -------------------------------------------------------------------------------
@@ -189,22 +225,25 @@ class RecordKeeper:
     def _get(self, store: Store, name: str) -> dict:
         return read_json(self._request_raw(store, "GET", object_path(CORE, "configmaps", store.namespace, name)))
 
-    def _request(self, store: Store, method: str, path: str, body: object,
-                 content_type: Optional[str] = None) -> dict:
+    def _request(self, store: Store, method: str, path: str, body: object, content_type: Optional[str] = None) -> dict:
         if not self._is_leader():
             raise RuntimeError("no longer the leader")
         return read_json(self._request_raw(store, method, path, body, content_type))
 
-    def _request_raw(self, store: Store, method: str, path: str, body: object = None,
-                     content_type: Optional[str] = None):
+    def _request_raw(
+        self, store: Store, method: str, path: str, body: object = None, content_type: Optional[str] = None
+    ):
         # 429/5xx are retried briefly here; a refused connection is not: the store is down,
         # and the Services wait for the next round rather than hold this one.
         def once():
             return request_raw(store.client, method, path, body, content_type, request_timeout=RECORD_REQUEST_TIMEOUT)
 
-        return Retrying(stop=stop_after_attempt(self._attempts), reraise=True,
-                        retry=retry_if_exception(lambda e: isinstance(e, ApiException) and e.status in (429, 500, 503)),
-                        wait=wait_random_exponential(multiplier=0.05, max=1.0))(once)
+        return Retrying(
+            stop=stop_after_attempt(self._attempts),
+            reraise=True,
+            retry=retry_if_exception(lambda e: isinstance(e, ApiException) and e.status in (429, 500, 503)),
+            wait=wait_random_exponential(multiplier=0.05, max=1.0),
+        )(once)
 
 
 def _describe(exc: BaseException) -> str:

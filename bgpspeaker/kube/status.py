@@ -100,8 +100,15 @@ def _retryable(exc: BaseException) -> bool:
 class StatusWriter:
     """Writes allocations back; call `write()` from a worker thread (it blocks)."""
 
-    def __init__(self, api_client: kubernetes.client.ApiClient, is_leader: Callable[[], bool], *,
-                 events: Optional[EventRecorder] = None, workers: int = 4, attempts: int = 5) -> None:
+    def __init__(
+        self,
+        api_client: kubernetes.client.ApiClient,
+        is_leader: Callable[[], bool],
+        *,
+        events: Optional[EventRecorder] = None,
+        workers: int = 4,
+        attempts: int = 5,
+    ) -> None:
         self._client = api_client
         self._is_leader = is_leader
         self._events = events
@@ -118,8 +125,9 @@ class StatusWriter:
                 out[key] = desired
         return out
 
-    def write(self, allocation: Allocation, services: Mapping[str, ServiceView],
-              keys: Optional[Collection[str]] = None) -> WriteResult:
+    def write(
+        self, allocation: Allocation, services: Mapping[str, ServiceView], keys: Optional[Collection[str]] = None
+    ) -> WriteResult:
         """Bring the Services of `services` (a snapshot) in line with `allocation`: those
         named in `keys` (the others are known to be in line already), or all of them."""
         result = WriteResult()
@@ -166,30 +174,40 @@ class StatusWriter:
             if self._refusals.get(key) != refusal and key in services:
                 self._refusals[key] = refusal
                 if self._events is not None:
-                    self._events.record(services[key], "AllocationFailed", f"{refusal.reason}: {refusal.message}",
-                                        warning=True)
+                    self._events.record(
+                        services[key], "AllocationFailed", f"{refusal.reason}: {refusal.message}", warning=True
+                    )
 
     def _report_written(self, service: ServiceView, desired: Desired) -> None:
         if self._events is None:
             return
         if desired.ingress:
-            self._events.record(service, "IPAllocated",
-                                f"Assigned IP {', '.join(desired.ingress)} from pool {desired.pool}")
+            self._events.record(
+                service, "IPAllocated", f"Assigned IP {', '.join(desired.ingress)} from pool {desired.pool}"
+            )
         elif service.ingress_ips:
-            self._events.record(service, "IPReleased",
-                                f"Released IP {', '.join(service.ingress_ips)}")
+            self._events.record(service, "IPReleased", f"Released IP {', '.join(service.ingress_ips)}")
 
     def _write_one(self, seen: ServiceView, desired: Desired) -> str:
-        retrying = Retrying(stop=stop_after_attempt(self._attempts), reraise=True,
-                            retry=retry_if_exception(_retryable),
-                            wait=wait_random_exponential(multiplier=0.05, max=1.0))
+        retrying = Retrying(
+            stop=stop_after_attempt(self._attempts),
+            reraise=True,
+            retry=retry_if_exception(_retryable),
+            wait=wait_random_exponential(multiplier=0.05, max=1.0),
+        )
         return retrying(self._attempt, seen, desired)
 
     def _attempt(self, seen: ServiceView, desired: Desired) -> str:
         """One read-check-write round; 'written' or 'skipped'."""
         try:
-            obj = read_json(request_raw(self._client, "GET", object_path(CORE, "services", seen.namespace, seen.name),
-                                        request_timeout=WRITE_TIMEOUT))
+            obj = read_json(
+                request_raw(
+                    self._client,
+                    "GET",
+                    object_path(CORE, "services", seen.namespace, seen.name),
+                    request_timeout=WRITE_TIMEOUT,
+                )
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return "skipped"  # deleted since the snapshot: nothing to release
@@ -201,8 +219,9 @@ class StatusWriter:
         # Only our fields may differ from what the allocation saw: anything else (spec,
         # annotations, a recreated uid) means the allocation is stale for this Service.
         if _without_ours(fresh) != _without_ours(seen):
-            log.info("service changed since the snapshot; leaving it to the next reconcile",
-                     extra=fields(service=seen.key))
+            log.info(
+                "service changed since the snapshot; leaving it to the next reconcile", extra=fields(service=seen.key)
+            )
             return "skipped"
         rv = obj["metadata"]["resourceVersion"]
         writes: list[tuple[dict[str, JSON], bool]] = []  # (merge patch, to the status subresource)
@@ -218,8 +237,10 @@ class StatusWriter:
             writes.reverse()
         for body, status in writes:
             rv = self._patch(seen, rv, body, status=status)
-        log.info("service status written", extra=fields(
-            service=seen.key, ingress=",".join(desired.ingress) or "cleared", pool=desired.pool or ""))
+        log.info(
+            "service status written",
+            extra=fields(service=seen.key, ingress=",".join(desired.ingress) or "cleared", pool=desired.pool or ""),
+        )
         return "written"
 
     def _patch(self, service: ServiceView, rv: str, body: dict[str, JSON], status: bool) -> str:
@@ -234,8 +255,11 @@ class StatusWriter:
 
 
 def _without_ours(service: ServiceView) -> ServiceView:
-    return replace(service, ingress_ips=(),
-                   annotations=tuple(p for p in service.annotations if p[0] != ALLOCATED_FROM_POOL_ANNOTATION))
+    return replace(
+        service,
+        ingress_ips=(),
+        annotations=tuple(p for p in service.annotations if p[0] != ALLOCATED_FROM_POOL_ANNOTATION),
+    )
 
 
 def _describe(exc: BaseException) -> str:

@@ -39,6 +39,8 @@ class InformerOptions(TypedDict, total=False):
     backoff_max: float
     healthy_after: float
     page_size: int
+
+
 # The Service and EndpointSlice lists wait this long at most for the Node list: ExaBGP's
 # config depends on this Node, so its session can come up while they are read. Listed
 # side by side, the one-object Node list queued behind them (1.3 s at 50,000 Services, bench).
@@ -55,8 +57,12 @@ def announced_services(services: Mapping[str, ServiceView], announced: Callable[
     return {key for key, service in services.items() if announced(service)}
 
 
-def came_and_went(services: Mapping[str, ServiceView], announced: Callable[[ServiceView], bool],
-                  keys: Iterable[str], wanted: AbstractSet[str]) -> tuple[set[str], set[str]]:
+def came_and_went(
+    services: Mapping[str, ServiceView],
+    announced: Callable[[ServiceView], bool],
+    keys: Iterable[str],
+    wanted: AbstractSet[str],
+) -> tuple[set[str], set[str]]:
     """Of the Services `keys` (changed; a missing key is a deleted Service), those that
     `announced` now says yes to and `wanted` lacks, and those it holds that it no longer
     should. O(len(keys)): a Service event does not cost a pass over every Service. Pure."""
@@ -80,9 +86,12 @@ def slices_kept(service_key: str, wanted: Optional[AbstractSet[str]]) -> bool:
 
 def records_resource(store: str, namespace: str) -> Resource:
     """The allocation records (and the import marker) of one store, as an informer resource."""
-    return Resource(f"records-{store}", object_path("/api/v1", "configmaps", namespace),
-                    functools.partial(record_or_marker_from_dict, store=store),
-                    label_selector=f"{RECORD_LABEL}={RECORD_LABEL_VALUE}")
+    return Resource(
+        f"records-{store}",
+        object_path("/api/v1", "configmaps", namespace),
+        functools.partial(record_or_marker_from_dict, store=store),
+        label_selector=f"{RECORD_LABEL}={RECORD_LABEL_VALUE}",
+    )
 
 
 class KubeWatcher:
@@ -94,11 +103,16 @@ class KubeWatcher:
     `informer_options` go to every Informer (watch_timeout, backoff_initial, ...).
     """
 
-    def __init__(self, api_client: kubernetes.client.ApiClient, loop: asyncio.AbstractEventLoop,
-                 on_change: Callable[[], None], metrics: Metrics,
-                 record_stores: Optional[Mapping[str, tuple[kubernetes.client.ApiClient, str]]] = None,
-                 announced: Optional[Callable[[ServiceView], bool]] = None,
-                 **informer_options: Unpack[InformerOptions]) -> None:
+    def __init__(
+        self,
+        api_client: kubernetes.client.ApiClient,
+        loop: asyncio.AbstractEventLoop,
+        on_change: Callable[[], None],
+        metrics: Metrics,
+        record_stores: Optional[Mapping[str, tuple[kubernetes.client.ApiClient, str]]] = None,
+        announced: Optional[Callable[[ServiceView], bool]] = None,
+        **informer_options: Unpack[InformerOptions],
+    ) -> None:
         """`record_stores`: store name (local | shared) -> (its API, its namespace): the
         allocation records watched there. The local store is part of `synced` (it decides
         whether this cluster allocates from records at all); another store that cannot be
@@ -121,10 +135,12 @@ class KubeWatcher:
         # 10,000 / 50,000 LoadBalancer Services, against 1.68 / 12.2 s side by side (min).
         self._services_known = threading.Event()
         record_stores = dict(record_stores or {})
-        self._record_resources = {store: records_resource(store, namespace)
-                                  for store, (_, namespace) in record_stores.items()}
+        self._record_resources = {
+            store: records_resource(store, namespace) for store, (_, namespace) in record_stores.items()
+        }
         self._required = {r.name for r in RESOURCES} | {
-            r.name for store, r in self._record_resources.items() if store == LOCAL}
+            r.name for store, r in self._record_resources.items() if store == LOCAL
+        }
         # Versioned: each copy notes what it changed, so consumers find that in O(change)
         self._views: dict[str, Versioned] = {r.name: Versioned() for r in RESOURCES}
         self._views.update({r.name: Versioned() for r in self._record_resources.values()})
@@ -134,15 +150,34 @@ class KubeWatcher:
         self._synced: set[str] = set()
         self._stale: set[str] = set()
         self.changed_at: Optional[float] = None  # monotonic receipt time of the oldest change not yet snapshotted
-        self._informers = [Informer(api_client, r, self._batch_from_thread, metrics,
-                                    on_lost=self._lost_from_thread, **informer_options) for r in RESOURCES
-                           if r is not ENDPOINT_SLICES]
-        self._slices = Informer(api_client, ENDPOINT_SLICES, self._batch_from_thread, metrics,
-                                on_lost=self._lost_from_thread, keeps=self._keeps_slices_of, **informer_options)
+        self._informers = [
+            Informer(
+                api_client, r, self._batch_from_thread, metrics, on_lost=self._lost_from_thread, **informer_options
+            )
+            for r in RESOURCES
+            if r is not ENDPOINT_SLICES
+        ]
+        self._slices = Informer(
+            api_client,
+            ENDPOINT_SLICES,
+            self._batch_from_thread,
+            metrics,
+            on_lost=self._lost_from_thread,
+            keeps=self._keeps_slices_of,
+            **informer_options,
+        )
         self._informers.insert(1, self._slices)
-        self._informers += [Informer(record_stores[store][0], resource, self._batch_from_thread, metrics,
-                                     on_lost=self._lost_from_thread, **informer_options)
-                            for store, resource in self._record_resources.items()]
+        self._informers += [
+            Informer(
+                record_stores[store][0],
+                resource,
+                self._batch_from_thread,
+                metrics,
+                on_lost=self._lost_from_thread,
+                **informer_options,
+            )
+            for store, resource in self._record_resources.items()
+        ]
 
     def start(self) -> None:
         nodes = next(i for i in self._informers if i.resource is NODES)
@@ -201,9 +236,12 @@ class KubeWatcher:
     def snapshot(self) -> Snapshot:
         """The current state. Shares dicts with the cache: callers must not mutate it."""
         if self._snapshot is None:
-            self._snapshot = Snapshot(services=self._views[SERVICES.name],
-                                      endpoint_slices=self._views[ENDPOINT_SLICES.name],
-                                      nodes=self._views[NODES.name], records=self._records())
+            self._snapshot = Snapshot(
+                services=self._views[SERVICES.name],
+                endpoint_slices=self._views[ENDPOINT_SLICES.name],
+                nodes=self._views[NODES.name],
+                records=self._records(),
+            )
             self._shared = set(self._views)
         self.changed_at = None
         return self._snapshot
