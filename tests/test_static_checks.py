@@ -1,9 +1,10 @@
-"""ruff (lint) and mypy over bgpspeaker/, as part of `make test`.
+"""ruff (lint and format) and mypy over bgpspeaker/, as part of `make test`.
 
 Their settings are in pyproject.toml and their versions pinned in setup.cfg's test extra
 (and constraints.txt), so a finding here is the same on every machine. Each runs as a
 subprocess of the venv's Python, exactly as a developer would run it by hand:
-`.venv/bin/ruff check` and `.venv/bin/mypy` from the repository root.
+`.venv/bin/ruff check`, `.venv/bin/ruff format --check` and `.venv/bin/mypy` from the
+repository root.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ def run(*argv: str) -> subprocess.CompletedProcess:
 def test_ruff_finds_nothing():
     done = run("ruff", "check", "--no-cache")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_ruff_format_changes_nothing():
+    # `ruff format` (no --check) rewrites the files; this only lists those it would change.
+    done = run("ruff", "format", "--check", "--no-cache")
+    assert done.returncode == 0, "run `.venv/bin/ruff format`:\n" + done.stdout + done.stderr
 
 
 def test_mypy_finds_nothing():
