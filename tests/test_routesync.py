@@ -253,6 +253,26 @@ def test_the_first_desired_set_after_the_peers_changed_is_diffed_whole():
     assert exabgp.rib == desired_rib(new)
 
 
+def test_a_desired_set_taken_afresh_during_a_sync_is_diffed_whole_by_the_next_one():
+    """set_peers (a reload) makes the next desire() start from scratch; when that desire()
+    comes while a sync runs, the sync after it must still diff everything. The old code
+    cleared that request when the running sync completed: the new routes were never sent
+    and the old one never withdrawn (found by the random sequences below)."""
+    sync, exabgp = RouteSync(PEERS, window=1, batch_size=1), Exabgp()
+    sync.desire([intent(0)])
+    sync.connected(PEERS)
+    sync.begin()
+    [first] = sync.next_commands()  # the sync is in progress
+    sync.set_peers(PEERS)
+    new = [intent(i) for i in range(1, 4)]
+    sync.desire(new)
+    exabgp.take(first)
+    sync.acked(first.id)
+    run(sync, exabgp)
+    assert exabgp.rib == desired_rib(new)
+    assert {k: v.attributes for k, v in sync.announced.items()} == desired_rib(new)
+
+
 # --- random sequences against a model -------------------------------------------------------
 
 OPS = ("desire", "desire", "begin", "send", "answer", "answer", "answer", "refuse", "lose", "restart", "up",
