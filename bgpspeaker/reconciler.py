@@ -181,6 +181,8 @@ def by_identity(before: Sequence[T], after: Sequence[T]) -> tuple[list[T], list[
     route diff by key hashes every prefix in Python). An object listed twice counts once.
     The planner hands out the very same objects for what did not change (PlanMemo), and
     says what it replaced since its previous routes (Routes): then this is O(change)."""
+    if after is before:
+        return [], []  # the planner hands out its last routes again when nothing changed
     if isinstance(after, Routes) and after.base is not None and after.base is before:
         return list(after.added), list(after.removed)
     old, new = dict(zip(map(id, before), before)), dict(zip(map(id, after), after))

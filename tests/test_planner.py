@@ -608,6 +608,26 @@ def test_a_memo_recomputes_only_the_service_whose_endpoints_changed():
     assert [s.reason for s in result.skipped] == ["noEndpoints"]
 
 
+def test_a_plan_that_changes_no_route_hands_out_the_same_routes_and_skips():
+    """An event that moves no route (a new Service still waiting for its record, a status
+    written back) must not cost a walk over every route: the plan returns the very same
+    routes and skips objects, and by_identity answers from that in O(1). Gathering the
+    routes of every address again was ~12 ms per plan at 10,000 Services (py-spy)."""
+    services = [service(f"s{i}") for i in range(10)]
+    slices = [endpoints(s, "node-a") for s in services[:8]]  # two skipped: no endpoints
+    nodes = [node()]
+    allocation = allocate(CFG, services)
+    memo = PlanMemo()
+    first = plan(CFG, Snapshot.of(services, slices, nodes), "node-a", allocation, memo=memo)
+    again = plan(CFG, Snapshot.of(services, slices, nodes), "node-a", allocation, memo=memo)
+    assert again.routes is first.routes and again.skipped is first.skipped
+    assert by_identity(first.routes, again.routes) == ([], [])
+    slices.append(endpoints(services[8], "node-a"))  # one route more: spliced into the last routes
+    third = plan(CFG, Snapshot.of(services, slices, nodes), "node-a", allocation, memo=memo)
+    assert third == plan(CFG, Snapshot.of(services, slices, nodes), "node-a", allocation)
+    assert len(third.routes) > len(first.routes) and len(third.skipped) == 1
+
+
 # Every kind of next-hop a router refuses, and two it accepts.
 NEXT_HOPS = ["127.0.0.1", "0.0.0.0", "0.1.2.3", "169.254.1.1", "224.0.0.5", "240.0.0.1", "255.255.255.255",
              "::1", "::", "fe80::1", "ff02::1", "::ffff:10.0.0.2", "::ffff:127.0.0.1", "10.0.0.2", "2001:db8:1::2"]
