@@ -965,8 +965,9 @@ def _allocate_recorded(
         old = memo.services or {}
         dirty = set(last.refused) | set(last.pending)
         if services is not old:
-            dirty |= {key for key, s in services.items() if old.get(key) is not s}
-            dirty |= old.keys() - services.keys()
+            # added, removed or replaced: from the watcher's version notes (Versioned), not a
+            # walk over every Service (~1.5 ms per event at 10,000, py-spy)
+            dirty |= replaced_keys(old, services)
         for holder in changed_holders:
             dirty |= memo.by_holder.get(holder, set())
         previous = last.assigned
