@@ -170,6 +170,10 @@ class Informer:
         # (backoff grows); one that ran longer starts a fresh backoff with an immediate relist.
         self.healthy_after = healthy_after
         self._cache: dict[str, View] = {}
+        # The cache's keys by group (only for a resource with groups; written by _put, _drop
+        # and _reindex alone): a regroup of a few groups touches only their views, not the
+        # whole cache (a new Service among 10,000 cost ~5 ms of walk on this thread, bench).
+        self._members: dict[str, set[str]] = {}
         self.resource_version: Optional[str] = None
         self.synced = False  # the first LIST was delivered
         self.stale = False  # the watch is lost; cleared when a relist is delivered
@@ -326,6 +330,7 @@ class Informer:
                 changes.append((key, view))
         changes.extend((k, None) for k in old if k not in fresh)
         self._cache = fresh
+        self._reindex()
         self.resource_version = listing.resource_version
         if self.stale or not self.synced or changes:
             log.info(
@@ -412,10 +417,14 @@ class Informer:
         changes: list[Change] = []
         fetch = {group for group in groups if self._keeps(group)}
         members: dict[str, set[str]] = {group: set() for group in fetch}
-        for key, view in list(self._cache.items()):
+        if every:
+            cached = list(self._cache.items())
+        else:  # only the asked groups' views: O(their members), not O(cache)
+            cached = [(key, self._cache[key]) for group in groups for key in self._members.get(group, ())]
+        for key, view in cached:
             group = group_of(view)
             if (every or group in groups) and not self._keeps(group):
-                del self._cache[key]
+                self._drop(key)
                 changes.append((key, None))
             elif group in members:
                 members[group].add(key)
@@ -434,10 +443,10 @@ class Informer:
                     continue
                 members[group].discard(key)
                 if self._cache.get(key) != parsed:
-                    self._cache[key] = parsed
+                    self._put(key, parsed)
                     changes.append((key, parsed))
             for key in members[group]:  # gone since the watch last kept this group
-                del self._cache[key]
+                self._drop(key)
                 changes.append((key, None))
         log.debug(
             "regrouped", extra=fields(resource=self.resource.name, listed=len(fetch), every=every, changed=len(changes))
@@ -462,21 +471,62 @@ class Informer:
             key = self.resource.key(obj)
             change: Optional[Change] = None
             if kind == "DELETED":
-                if self._cache.pop(key, None) is not None:
+                if self._drop(key):
                     change = (key, None)
             else:
                 view = self._parse(key, obj)
                 if view is not None and not self._kept(view):
-                    if self._cache.pop(key, None) is not None:  # moved to a group we do not keep
+                    if self._drop(key):  # moved to a group we do not keep
                         change = (key, None)
                 elif view is not None and self._cache.get(key) != view:
-                    self._cache[key] = view
+                    self._put(key, view)
                     change = (key, view)
             if change is not None:
                 self._on_batch(self.resource.name, [change], False)
         # BOOKMARK: only the resourceVersion moves (so a resumed watch skips ahead).
         if rv:
             self.resource_version = rv
+
+    # ---- the cache and its index by group ------------------------------------------------
+
+    def _put(self, key: str, view: View) -> None:
+        """Cache `view` as `key`, in the index under its group: a view replaced may have
+        moved group (the group is read from the view, and the view changed)."""
+        group_of = self.resource.group
+        old = self._cache.get(key)
+        self._cache[key] = view
+        if group_of is None:
+            return
+        group = group_of(view)
+        if old is not None:
+            before = group_of(old)
+            if before == group:
+                return
+            self._unindex(key, before)
+        self._members.setdefault(group, set()).add(key)
+
+    def _drop(self, key: str) -> bool:
+        """Uncache `key`, and take it out of the index; whether it was cached."""
+        old = self._cache.pop(key, None)
+        if old is None:
+            return False
+        if self.resource.group is not None:
+            self._unindex(key, self.resource.group(old))
+        return True
+
+    def _unindex(self, key: str, group: str) -> None:
+        keys = self._members[group]
+        keys.discard(key)
+        if not keys:  # a group's last view gone: no empty set per Service ever seen
+            del self._members[group]
+
+    def _reindex(self) -> None:
+        """The index of a cache replaced whole (a relist)."""
+        self._members = {}
+        group_of = self.resource.group
+        if group_of is not None:
+            for key, view in self._cache.items():
+                self._members.setdefault(group_of(view), set()).add(key)
 
     def _parse(self, key: str, obj: JSONObject) -> Optional[View]:
         try:
