@@ -153,6 +153,30 @@ def test_a_reservation_does_not_override_an_existing_record():
     assert "default/earlier" in out.refused["default/pinned"].message
 
 
+def test_the_memo_forgets_a_runs_claims_and_gives_a_reservation_back_when_its_record_goes():
+    """The memo's holder index is shared with each run, which writes its claims through it and
+    puts it back (O(claims), not a copy of every record per event). A claim that never
+    became a record must not stay held; a reserved address whose record went is the
+    reservation's again. Each step equals a run without memo."""
+    config = cfg(reservations=[("203.0.113.5", "default/pinned")])
+    memo = RecordsMemo()
+
+    def both(services, records):
+        with_memo = allocate_recorded(config, {s.key: s for s in services}, records, "east", memo=memo)
+        assert with_memo == allocate_recorded(config, services, records, "east")
+        return with_memo
+
+    a = svc("a")
+    assert [str(c.address) for c in both([a], store()).claims] == ["203.0.113.0"]  # claimed, never created
+    b = svc("b")
+    assert [str(c.address) for c in both([b], store()).claims] == ["203.0.113.0"]  # a's claim is gone with a
+    asks = svc("asks", ann={"bgpspeaker.io/load-balancer-ips": "203.0.113.5"})
+    held = store(rec("203.0.113.5", "default/asks"))  # recorded before the reservation was configured
+    assert assigned(both([asks], held), "default/asks") == ("203.0.113.5",)
+    refused = both([asks], store()).refused["default/asks"]  # its record deleted: reserved again
+    assert "default/pinned" in refused.message
+
+
 def test_a_sharing_group_holds_one_record_and_ports_still_conflict():
     share = {"bgpspeaker.io/allow-shared-ip": "k"}
     a = svc("a", ann=share, ports=(("TCP", 80),), created="2025-01-01T00:00:00Z")
@@ -266,7 +290,8 @@ def test_three_clusters_one_store_never_break_invariants_1_and_2(actions, rnd):
     memos = {c: RecordsMemo() for c in CLUSTERS}
     updates = {c: RecordUpdates() for c in CLUSTERS}
     usages = {c: PoolUsage() for c in CLUSTERS}
-    configs = {c: cfg(c, shared=True) for c in CLUSTERS}
+    # a reservation for one of the names: the memo's index gives the address back to it when its record goes
+    configs = {c: cfg(c, shared=True, reservations=[("203.0.113.5", f"default/{NAMES[1]}")]) for c in CLUSTERS}
 
     def step(cluster):
         # A cluster's allocator: decide from what it sees, create its claims (some may lose
