@@ -971,7 +971,7 @@ def _allocate_recorded(
 
     if last is None:
         dirty = {key for key, s in services.items() if is_managed(config, s)}
-        assigned: Versioned = Versioned()  # the next run's is its successor: what it re-decided is noted
+        previous: Optional[Versioned] = None
         refused: dict[str, Refusal] = {}
         pending: dict[str, str] = {}
         discarded: dict[str, tuple[Refusal, ...]] = {}
@@ -984,11 +984,9 @@ def _allocate_recorded(
             dirty |= replaced_keys(old, services)
         for holder in changed_holders:
             dirty |= memo.by_holder.get(holder, set())
-        previous = last.assigned
-        assigned = previous.successor() if isinstance(previous, Versioned) else Versioned(previous)
+        previous = last.assigned if isinstance(last.assigned, Versioned) else Versioned(last.assigned)
         refused, pending, discarded = {}, {}, dict(last.discarded)
         for key in dirty:
-            assigned.pop(key, None)
             discarded.pop(key, None)
     # Sharing: every member of a group some dirty Service is (or was) in is decided again.
     for key in list(dirty):
@@ -1001,9 +999,7 @@ def _allocate_recorded(
         for group in groups:
             if group is not None:
                 for member in memo.by_group.get(group, ()):
-                    if member not in dirty:
-                        dirty.add(member)
-                        assigned.pop(member, None)
+                    dirty.add(member)
     for key in dirty:  # forget what they were: they are indexed again below
         old_entry = memo.decided.pop(key, None)
         if old_entry is not None:
@@ -1013,13 +1009,14 @@ def _allocate_recorded(
 
     state = _State(config, memo.holders)
     claims: dict[Addr, AddressRecord] = {}
+    fresh: dict[str, Assignment] = {}  # the re-decided Services' assignments
     todo = sorted((services[k] for k in dirty if k in services and is_managed(config, services[k])), key=_order_key)
     try:
         for service in todo:
             outcome, holder, group = _decide_recorded(config, state, memo, records, cluster, service, claims)
             key = service.key
             if isinstance(outcome, Assignment):
-                assigned[key] = outcome
+                fresh[key] = outcome
             elif isinstance(outcome, Refusal):
                 refused[key] = outcome
             else:
@@ -1033,17 +1030,36 @@ def _allocate_recorded(
                 memo.by_group.setdefault(group, set()).add(key)
     finally:
         state.restore()  # the memo's index holds records and reservations only
-    if assigned.base is not None:  # what this run re-decided: every key it popped or set (replaced_keys)
-        assigned.changed.update(dirty)
     memo.services = services
     memo.last = Allocation(
-        assigned=assigned,
+        assigned=_assignments_after(previous, dirty, fresh),
         refused=refused,
         discarded=discarded,
         claims=tuple(claims[a] for a in sorted(claims)),
         pending=pending,
     )
     return memo.last
+
+
+def _assignments_after(previous: Optional[Versioned], dirty: set[str], fresh: Mapping[str, Assignment]) -> Versioned:
+    """`previous` with the re-decided Services (`dirty`) assigned as in `fresh` (absent: none).
+
+    The very same dict when none of them changed (a new Service still waiting for its
+    record, a status written back): every consumer then sees "no change" by identity, and
+    nothing is copied; copying 10,000 assignments was ~1 ms of each such event (py-spy).
+    Otherwise a successor that notes what this run re-decided (replaced_keys)."""
+    if previous is None:
+        return Versioned(fresh)  # a first version keeps no set of every key
+    if all(previous.get(key) == fresh.get(key) for key in dirty):
+        return previous
+    assigned = previous.successor()
+    for key in dirty:
+        if key in fresh:
+            assigned[key] = fresh[key]
+        else:
+            assigned.pop(key, None)
+    assigned.changed.update(dirty)
+    return assigned
 
 
 def _decide_recorded(
