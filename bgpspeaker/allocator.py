@@ -29,7 +29,7 @@ from __future__ import annotations
 import bisect
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, Optional, Sequence, Union
 
 # Annotation names, reason codes and `quote` live in annotations.py, reasons.py and
@@ -84,6 +84,7 @@ class Assignment:
 class Refusal:
     reason: str  # a short code, MetalLB-like vocabulary: notInPool, poolNotAllowedForNamespace, ...
     message: str  # what a user reads in the Event and in `explain`
+    pool: str = ""  # for a conflict over an address: its pool (the conflicts metric's label); else ""
 
 
 @dataclass(frozen=True)
@@ -343,6 +344,8 @@ class _State:
         if not holders:
             return None
         svc = request.service
+        pool = self.pool_of(addr)
+        in_pool = pool.name if pool is not None else ""
         for holder in holders:
             if holder.key == svc.key:
                 continue  # its own status address, kept in phase 1
@@ -355,6 +358,7 @@ class _State:
                     IP_IN_USE,
                     f"{text} is already used by {by}"
                     + ("" if request.share_key is None else ", which does not allow sharing"),
+                    in_pool,
                 )
             if holder.namespace != svc.namespace:
                 return Refusal(
@@ -524,7 +528,7 @@ def _check_address(state: _State, request: _Request, addr: Addr, what: str) -> U
         return Refusal(BUGGY_IP, f"{what} {_ip(addr)} ends in .0 or .255, which pool {pool.name!r} avoids")
     conflict = state.conflict(addr, request)
     if conflict is not None:
-        return Refusal(conflict.reason, f"{what} {conflict.message}")
+        return replace(conflict, message=f"{what} {conflict.message}")
     return pool
 
 
@@ -780,8 +784,8 @@ def _pass(config: Config, requests: Sequence[_Request], given_up: Mapping[str, M
                         f"pool {pool.name!r} cannot give it both IP families; moved to pool {result[0].name!r}",
                     )
                 )
-                released.setdefault(key, {})[addr] = Refusal(
-                    why.reason, f"status address {_ip(addr)} given up: {why.message}"
+                released.setdefault(key, {})[addr] = replace(
+                    why, message=f"status address {_ip(addr)} given up: {why.message}"
                 )
             elif not isinstance(result, Refusal):
                 discarded[key].append(

@@ -14,11 +14,10 @@ reported last and sends to the metrics registry, the log and the Event recorder.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from typing import Iterable, Mapping, Optional, Protocol, Sequence
 
-from bgpspeaker.allocator import IP_IN_USE, Allocation, PoolUsage, Refusal, pool_of
+from bgpspeaker.allocator import IP_IN_USE, Allocation, PoolUsage, Refusal
 from bgpspeaker.config.schema import Config
 from bgpspeaker.ledger import AnnouncementLedger, State
 from bgpspeaker.logs import fields
@@ -63,20 +62,9 @@ def discarded_notices(allocation: Allocation) -> set[Notice]:
     }
 
 
-def address_conflicts(refused: Mapping[str, Refusal]) -> set[tuple[str, str]]:
-    """(service, message) of the refusals for an address another identity holds."""
-    return {(key, refusal.message) for key, refusal in refused.items() if refusal.reason == IP_IN_USE}
-
-
-def pool_named_in(config: Config, message: str) -> str:
-    """The pool of the first address in a refusal message (the conflicts metric's label; "": none)."""
-    for word in message.replace(",", " ").split():
-        try:
-            pool = pool_of(config, ipaddress.ip_address(word))
-        except ValueError:
-            continue
-        return pool.name if pool is not None else ""
-    return ""
+def address_conflicts(refused: Mapping[str, Refusal]) -> set[tuple[str, Refusal]]:
+    """(service, refusal) of the refusals for an address another identity holds."""
+    return {(key, refusal) for key, refusal in refused.items() if refusal.reason == IP_IN_USE}
 
 
 def pending_to_tell(pending: Mapping[str, str], told: set[str]) -> tuple[list[str], set[str]]:
@@ -107,7 +95,7 @@ class Publisher:
         self._allocation_notices: set[Notice] = set()  # discarded status addresses last reported
         self._usage_published: Optional[Allocation] = None
         self._pool_usage = PoolUsage()  # the pool gauges, by difference
-        self._conflicts_seen: set[tuple[str, str]] = set()  # ipInUse refusals counted
+        self._conflicts_seen: set[tuple[str, Refusal]] = set()  # ipInUse refusals counted
         self._pending_told: set[str] = set()  # Services told by an Event that they wait for the store
 
     @property
@@ -172,8 +160,8 @@ class Publisher:
         self.metrics.allocator_pending.set(len(allocation.pending))
         if leader:
             conflicts = address_conflicts(allocation.refused)
-            for _key, message in conflicts - self._conflicts_seen:
-                self.metrics.allocator_conflicts.labels(pool_named_in(config, message)).inc()
+            for _key, refusal in conflicts - self._conflicts_seen:
+                self.metrics.allocator_conflicts.labels(refusal.pool).inc()
             self._conflicts_seen = conflicts
         for pool, (size, in_use) in self._pool_usage.update(config, allocation).items():
             self.metrics.allocator_addresses.labels(pool).set(size)

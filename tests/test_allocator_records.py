@@ -144,6 +144,7 @@ def test_reservations_pin_an_address_to_its_identity():
     asks = svc("asks", ann={"bgpspeaker.io/load-balancer-ips": "203.0.113.0"})
     refused = allocate_recorded(config, [asks], store(), "east").refused["default/asks"]
     assert refused.reason == IP_IN_USE and "reserved" in refused.message and "default/pinned" in refused.message
+    assert refused.pool == "public"  # the conflicts metric's label, carried, not parsed back out of the message
 
 
 def test_a_reservation_does_not_override_an_existing_record():

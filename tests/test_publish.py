@@ -13,7 +13,7 @@ from bgpspeaker.config.schema import ClusterConfig, Config, PoolConfig, SpeakerC
 from bgpspeaker.metrics import Metrics
 from bgpspeaker.model import ServiceView, Snapshot, Tier
 from bgpspeaker.planner import Plan, Skip
-from bgpspeaker.publish import Publisher, address_conflicts, describe, pending_to_tell, pool_named_in
+from bgpspeaker.publish import Publisher, address_conflicts, describe, pending_to_tell
 
 IP, NET = ipaddress.ip_address, ipaddress.ip_network
 CONFIG = Config(cluster=ClusterConfig("east"), speaker=SpeakerConfig(64512),
@@ -43,12 +43,9 @@ def test_describe_an_announcement_or_why_not():
     assert describe("noEndpoints") == "not announced: noEndpoints"
 
 
-def test_the_pool_of_a_conflict_is_the_first_address_in_its_message():
-    assert pool_named_in(CONFIG, "198.51.100.3, 203.0.113.1 are held by default/x") == "other"
-    assert pool_named_in(CONFIG, "192.0.2.1 is held by default/x") == ""  # in no pool
-    assert pool_named_in(CONFIG, "no address here") == ""
-    refused = {"default/a": Refusal(IP_IN_USE, "203.0.113.1 is held"), "default/b": Refusal("notInPool", "x")}
-    assert address_conflicts(refused) == {("default/a", "203.0.113.1 is held")}
+def test_the_conflicts_are_the_ip_in_use_refusals():
+    held = Refusal(IP_IN_USE, "203.0.113.1 is held", "public")
+    assert address_conflicts({"default/a": held, "default/b": Refusal("notInPool", "x")}) == {("default/a", held)}
 
 
 def test_a_waiting_service_is_told_once_and_again_only_after_it_stopped_waiting():
@@ -81,7 +78,7 @@ def test_the_first_plan_is_a_summary_then_each_change_is_one_event():
 def test_allocation_metrics_and_conflicts_counted_once_on_the_leader():
     out, metrics, _ = publisher()
     allocation = Allocation(assigned={"default/a": Assignment("public", (IP("203.0.113.1"),))},
-                            refused={"default/b": Refusal(IP_IN_USE, "203.0.113.1 is held by default/a")},
+                            refused={"default/b": Refusal(IP_IN_USE, "203.0.113.1 is held by default/a", "public")},
                             pending={"default/c": "its record"})
     out.allocation(CONFIG, SNAPSHOT, allocation, leader=True)
     out.allocation(CONFIG, SNAPSHOT, allocation, leader=True)  # an endpoint event: the same allocation
