@@ -84,7 +84,9 @@ class Assignment:
 class Refusal:
     reason: str  # a short code, MetalLB-like vocabulary: notInPool, poolNotAllowedForNamespace, ...
     message: str  # what a user reads in the Event and in `explain`
-    pool: str = ""  # for a conflict over an address: its pool (the conflicts metric's label); else ""
+    # For a conflict over an address: its pool (the conflicts metric's label); else "". Not
+    # compared: a pool renamed by a config reload is not a new refusal (no second Event).
+    pool: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -344,8 +346,6 @@ class _State:
         if not holders:
             return None
         svc = request.service
-        pool = self.pool_of(addr)
-        in_pool = pool.name if pool is not None else ""
         for holder in holders:
             if holder.key == svc.key:
                 continue  # its own status address, kept in phase 1
@@ -358,7 +358,7 @@ class _State:
                     IP_IN_USE,
                     f"{text} is already used by {by}"
                     + ("" if request.share_key is None else ", which does not allow sharing"),
-                    in_pool,
+                    _pool_name(self.pool_of(addr)),
                 )
             if holder.namespace != svc.namespace:
                 return Refusal(
@@ -378,6 +378,10 @@ class _State:
 
 
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")  # used with fullmatch: "$" would accept a trailing newline
+
+
+def _pool_name(pool: Optional[PoolConfig]) -> str:
+    return pool.name if pool is not None else ""
 
 
 def _name(value: object) -> str:
@@ -1131,17 +1135,13 @@ def _decide_recorded(
             state.release(addr, request)
         return _moving(own[0][1], own[0][0]), holder, group
     wanted = request.families[: 1 if request.mode == "single" else 2]
-    if not request.requested and len(kept) == len(wanted):
-        # The common case: every family the Service wants is recorded for it (what
-        # _complete would keep, without its search).
+    if kept and len(kept) == len(request.requested or wanted):
+        # The common case: every address the Service asks for, or every family it wants, is
+        # recorded for it and passed the checks _complete would make again (kept holds one
+        # pool's addresses): no search, no second check (~10 % of a cold start's allocation).
         pool = next(iter(kept.values()))[1]
-        return Assignment(pool.name, tuple(_ip(kept[v][0]) for v in wanted)), holder, group
-    if request.requested and len(kept) == len(request.requested):
-        # Every requested address is recorded for it and passed the same checks _complete
-        # would make again (kept holds one pool's addresses only): a cold start re-checked
-        # each one (~10 % of a records allocation, profile).
-        pool = next(iter(kept.values()))[1]
-        return Assignment(pool.name, tuple(_ip(a) for a in request.requested)), holder, group
+        addrs = request.requested or tuple(kept[v][0] for v in wanted)
+        return Assignment(pool.name, tuple(_ip(a) for a in addrs)), holder, group
     result = _complete(state, request, kept)
     if isinstance(result, Refusal):
         for addr, _ in kept.values():

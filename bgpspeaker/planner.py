@@ -755,7 +755,7 @@ def _run(
     if last is not None and not rerouted:
         routes = last  # the very same object: consumers see "nothing changed" by identity
     else:
-        if last is not None and len(rerouted) <= SPLICE_LIMIT:
+        if last is not None and len(rerouted) <= BISECT_LIMIT:
             routes = Routes(_spliced(last, rerouted, memo._routes))
         else:
             # Routes in (family, address, peer) order: the addresses are kept sorted between
@@ -786,11 +786,11 @@ def _run(
 
 _ROUTES = operator.itemgetter(1)
 
-# Up to this many addresses with new routes, the plan's routes are the last plan's with those
-# addresses' slices replaced (a bisect each, then slices copied in C); beyond it, gathered
-# afresh from every address. Gathering all 10,000 addresses' routes was ~12 ms of each plan
+# Up to this many changes, a sorted sequence the plan keeps (its addresses, its routes, its
+# skips and warnings) is updated in place by bisection; beyond it, rebuilt with one sort or
+# gathered afresh. Gathering all 10,000 addresses' routes at every plan was ~12 ms of each
 # in the daemon (py-spy, a new Service among 10,000: 28 % of its CPU).
-SPLICE_LIMIT = 64
+BISECT_LIMIT = 64
 
 
 _BY_TEXT = operator.attrgetter("service", "reason", "message")
@@ -818,7 +818,7 @@ class _SortedNotes:
         added, removed, items = self._added, self._removed, self._items
         if not added and not removed:
             return self._sorted
-        if len(added) + len(removed) > SPLICE_LIMIT:
+        if len(added) + len(removed) > BISECT_LIMIT:
             gone = set(map(id, removed))
             items[:] = sorted([n for n in items if id(n) not in gone] + added, key=_BY_TEXT)
         else:
@@ -840,7 +840,9 @@ def _route_address(route: RouteIntent) -> Addr:
     return (route.prefix.version, int(route.prefix.network_address))
 
 
-def _spliced(last: Sequence[RouteIntent], rerouted: list[Addr], routes_at: Mapping[Addr, tuple]) -> tuple:
+def _spliced(
+    last: Sequence[RouteIntent], rerouted: list[Addr], routes_at: Mapping[Addr, tuple]
+) -> Iterable[RouteIntent]:
     """`last` (sorted by address) with the routes of each address in `rerouted` replaced by
     its routes in `routes_at` (none: gone)."""
     pieces: list[Sequence[RouteIntent]] = []
@@ -854,12 +856,12 @@ def _spliced(last: Sequence[RouteIntent], rerouted: list[Addr], routes_at: Mappi
             pieces.append(entry[1])
         start = hi
     pieces.append(last[start:])
-    return tuple(chain.from_iterable(pieces))
+    return chain.from_iterable(pieces)
 
 
 def _keep_sorted(order: list[Addr], appeared: list[Addr], vanished: list[Addr]) -> None:
     """`order` (sorted) without `vanished` and with `appeared`: a bisect for an event's few, a sort for many."""
-    if len(appeared) + len(vanished) > 64:
+    if len(appeared) + len(vanished) > BISECT_LIMIT:
         gone = set(vanished)
         order[:] = sorted([a for a in order if a not in gone] + appeared)
         return
@@ -924,7 +926,12 @@ def plan(
     change since the last call are reused; the result is the same either way.
     `now` (any clock, the caller's) and `health` (the last plan's `.health`; None = no
     history) feed the hysteresis (`_health`); the plan's `wake_at` says when to plan again."""
-    return _run(config, snapshot, node_name, allocation, drained, memo=memo, now=now, health=health)[0]
+    try:
+        return _run(config, snapshot, node_name, allocation, drained, memo=memo, now=now, health=health)[0]
+    except BaseException:
+        if memo is not None:  # left half-updated: the daemon's retry would plan from a wrong memo
+            PlanMemo.__init__(memo)
+        raise
 
 
 def explain(

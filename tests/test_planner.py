@@ -628,6 +628,37 @@ def test_a_plan_that_changes_no_route_hands_out_the_same_routes_and_skips():
     assert len(third.routes) > len(first.routes) and len(third.skipped) == 1
 
 
+def test_a_plan_that_failed_half_way_leaves_a_memo_the_retry_can_trust(monkeypatch):
+    """The daemon retries a failed reconcile with the same memo. A plan interrupted after it
+    re-decided one Service but before it rebuilt that Service's routes left the memo saying
+    "decided, unchanged": the retry kept the stale route (found by review, injecting one
+    exception per plan). The memo now starts afresh after a failure."""
+    import bgpspeaker.planner as planner_module
+
+    services = [service(f"s{i}") for i in range(6)]
+    slices = [endpoints(s, "node-a") for s in services]
+    nodes = [node()]
+    allocation = allocate(CFG, services)
+    memo = PlanMemo()
+    plan(CFG, Snapshot.of(services, slices, nodes), "node-a", allocation, memo=memo)
+    slices = [endpoints(s, "node-a", ready=False) for s in services]  # every route goes
+    real, calls = planner_module._decide, []
+
+    def fails_on_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("injected")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(planner_module, "_decide", fails_on_the_second)
+    with pytest.raises(RuntimeError):
+        plan(CFG, Snapshot.of(services, slices, nodes), "node-a", allocation, memo=memo)
+    monkeypatch.setattr(planner_module, "_decide", real)
+    retried = plan(CFG, Snapshot.of(services, slices, nodes), "node-a", allocation, memo=memo)
+    assert retried == plan(CFG, Snapshot.of(services, slices, nodes), "node-a", allocation)
+    assert not retried.routes
+
+
 # Every kind of next-hop a router refuses, and two it accepts.
 NEXT_HOPS = ["127.0.0.1", "0.0.0.0", "0.1.2.3", "169.254.1.1", "224.0.0.5", "240.0.0.1", "255.255.255.255",
              "::1", "::", "fe80::1", "ff02::1", "::ffff:10.0.0.2", "::ffff:127.0.0.1", "10.0.0.2", "2001:db8:1::2"]

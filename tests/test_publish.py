@@ -46,6 +46,9 @@ def test_describe_an_announcement_or_why_not():
 def test_the_conflicts_are_the_ip_in_use_refusals():
     held = Refusal(IP_IN_USE, "203.0.113.1 is held", "public")
     assert address_conflicts({"default/a": held, "default/b": Refusal("notInPool", "x")}) == {("default/a", held)}
+    # A pool renamed by a config reload: the same conflict, not counted (nor told) again.
+    renamed = Refusal(IP_IN_USE, "203.0.113.1 is held", "public-renamed")
+    assert address_conflicts({"default/a": renamed}) - address_conflicts({"default/a": held}) == set()
 
 
 def test_a_waiting_service_is_told_once_and_again_only_after_it_stopped_waiting():
