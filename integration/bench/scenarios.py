@@ -357,7 +357,8 @@ def _daemon_cold(lab: s.SystemLab, n: int, profile: Optional[Path], section: Sec
     profile_rows(profiler, section, f"cold start, {n:,} Services (daemon, spawn → all routes)")
     marks = _log_marks(sp.log_path, wall0)
     result["phases"] = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(marks.items(), key=lambda kv: kv[1])) or "?"
-    listed = max((marks[k] for k in ("services listed", "slices listed") if k in marks), default=None)
+    listed = max((marks[k] for k in ("services listed", "slices listed", "records listed") if k in marks),
+                 default=None)
     result["cores"] = _cores_by_phase(cpu, sp.started_at, listed, lab.first_route_seen, done)
     result["complete"] = lab.rib.received(node.address) == n
     sp.stop()
@@ -442,6 +443,8 @@ def _log_marks(log_path: Path, wall0: float) -> dict[str, float]:
             marks["slices listed"] = ts - wall0
         if "listed" in line and "services" in line and "services listed" not in marks:
             marks["services listed"] = ts - wall0
+        if "listed" in line and "resource=records-" in line and "records listed" not in marks:
+            marks["records listed"] = ts - wall0
         if "child started" in line and "child=exabgp" in line and "ExaBGP started" not in marks:
             marks["ExaBGP started"] = ts - wall0
     return marks
