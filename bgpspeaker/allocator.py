@@ -30,7 +30,7 @@ import bisect
 import ipaddress
 import re
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping, Optional, Sequence, Union
+from typing import Hashable, Iterable, Mapping, Optional, Sequence, TypeVar, Union
 
 # Annotation names, reason codes and `quote` live in annotations.py, reasons.py and
 # model.py (one home each); the allocator's names for them stay importable from here.
@@ -74,7 +74,7 @@ PROTOCOLS = ("TCP", "UDP", "SCTP")
 # --- result types (others code against these: keep them) -------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per Service, 10,000s held
 class Assignment:
     pool: str
     addresses: tuple[IPAddress, ...]  # one per IP family; dual-stack Services get two
@@ -210,6 +210,7 @@ def _is_buggy(version: int, value: int) -> bool:
 # --- the algorithm ---------------------------------------------------------------------
 
 Addr = tuple[int, int]  # (version, int value): cheap to hash and compare, unlike ipaddress objects
+_NO_PORTS: frozenset[tuple[str, int]] = frozenset()  # one object: an empty frozenset is 216 bytes each
 
 
 @dataclass(frozen=True, slots=True)  # one per recorded address, kept by the memo: no __dict__ each
@@ -246,12 +247,14 @@ class _Request:
 class _State:
     """Addresses claimed so far in this run, and the per-(pool, family) search cursors."""
 
-    def __init__(self, config: Config, holders: Optional[dict[Addr, list[_Holder]]] = None):
+    def __init__(self, config: Config, holders: Optional[dict[Addr, tuple[_Holder, ...]]] = None):
         self.config = config
         # In records mode, the memo's own index (records and reservations), written through
         # by this run and put back by restore(): copying it per run was O(records) per event.
-        self.holders: dict[Addr, list[_Holder]] = holders if holders is not None else {}
-        self._saved: dict[Addr, Optional[list[_Holder]]] = {}  # entries as they were before this run
+        # Tuples, not lists: never changed in place (the memo's entries are put back as they
+        # were), and one tuple is 48 bytes where a list and its array are 88.
+        self.holders: dict[Addr, tuple[_Holder, ...]] = holders if holders is not None else {}
+        self._saved: dict[Addr, Optional[tuple[_Holder, ...]]] = {}  # entries as they were before this run
         self.groups: dict[tuple[str, str], list[Addr]] = {}  # (namespace, sharing key) -> addresses
         self.cursor: dict[tuple[str, int], tuple[int, int]] = {}
         self.nets: dict[tuple[str, int], list[tuple[int, int]]] = {}
@@ -303,8 +306,7 @@ class _State:
 
     def claim(self, addr: Addr, request: _Request) -> None:
         holder = _Holder(request.service.key, request.service.namespace, request.share_key, request.ports)
-        # A new list, never an append: in records mode the lists are the memo's index's.
-        self._set_holders(addr, self.holders.get(addr, []) + [holder])
+        self._set_holders(addr, self.holders.get(addr, ()) + (holder,))
         if request.share_key is not None:
             group = self.groups.setdefault((request.service.namespace, request.share_key), [])
             if addr not in group:
@@ -312,7 +314,7 @@ class _State:
 
     def release(self, addr: Addr, request: _Request) -> None:
         """Undo a phase-1 claim (rare: the Service moved pools or was refused after all)."""
-        holders = [h for h in self.holders.get(addr, ()) if h.key != request.service.key]
+        holders = tuple(h for h in self.holders.get(addr, ()) if h.key != request.service.key)
         self._set_holders(addr, holders)
         if request.share_key is not None and not any(h.share_key == request.share_key for h in holders):
             group = self.groups.get((request.service.namespace, request.share_key), [])
@@ -323,7 +325,7 @@ class _State:
         if pool is not None:
             self.cursor.pop((pool.name, addr[0]), None)
 
-    def _set_holders(self, addr: Addr, holders: list[_Holder]) -> None:
+    def _set_holders(self, addr: Addr, holders: tuple[_Holder, ...]) -> None:
         if addr not in self._saved:
             self._saved[addr] = self.holders.get(addr)
         if holders:
@@ -827,34 +829,39 @@ def _pass(config: Config, requests: Sequence[_Request], given_up: Mapping[str, M
 Records = Mapping[str, Mapping[str, AddressRecord]]  # store (local | shared) -> records by object key
 
 
-def _keys_of(index: Mapping[str, Union[str, set[str]]], name: str) -> Iterable[str]:
+# An index from a name to the keys filed under it, almost always one: that key itself, and a
+# set only for two or more (a set per name is 216 bytes; 2.3 MB at 10,000 Services).
+_Name = TypeVar("_Name")
+_Key = TypeVar("_Key", bound=Hashable)
+OneOrSet = Union[_Key, set[_Key]]
+
+
+def _keys_of(index: Mapping[_Name, OneOrSet[_Key]], name: _Name) -> Iterable[_Key]:
     found = index.get(name)
-    return () if found is None else (found,) if isinstance(found, str) else found
+    return () if found is None else found if isinstance(found, set) else (found,)
 
 
-def _index_key(index: dict[str, Union[str, set[str]]], name: str, key: str) -> None:
+def _index_key(index: dict[_Name, OneOrSet[_Key]], name: _Name, key: _Key) -> None:
     found = index.get(name)
     if found is None:
         index[name] = key
-    elif isinstance(found, str):
-        if found != key:
-            index[name] = {found, key}
-    else:
+    elif isinstance(found, set):
         found.add(key)
+    elif found != key:
+        index[name] = {found, key}
 
 
-def _unindex_key(index: dict[str, Union[str, set[str]]], name: str, key: str) -> None:
+def _unindex_key(index: dict[_Name, OneOrSet[_Key]], name: _Name, key: _Key) -> None:
     found = index.get(name)
-    if isinstance(found, str):
-        if found == key:
-            del index[name]
-    elif found is not None:
+    if isinstance(found, set):
         found.discard(key)
         if len(found) <= 1:  # back to one key (or none: the entry goes, no empty set left behind)
             if found:
                 index[name] = next(iter(found))
             else:
                 del index[name]
+    elif found is not None and found == key:
+        del index[name]
 
 
 def store_of(pool: PoolConfig) -> str:
@@ -880,12 +887,14 @@ class RecordsMemo:
         self.cluster = ""
         self.records: dict[str, Mapping[str, AddressRecord]] = {}
         self.services: Optional[Mapping[str, ServiceView]] = None
-        self.holders: dict[Addr, list[_Holder]] = {}  # records, and reservations where no record is
-        self.held_by: dict[str, dict[Addr, AddressRecord]] = {}
+        self.holders: dict[Addr, tuple[_Holder, ...]] = {}  # records, and reservations where no record is
+        # identity -> its records, (address, record) sorted by address: a tuple, not a dict
+        # (232 bytes each, and almost every identity has one address)
+        self.held_by: dict[str, tuple[tuple[Addr, AddressRecord], ...]] = {}
         self.carried: dict[str, dict[Addr, AddressRecord]] = {}  # records of our pools in the other store
         self.reserved: dict[str, list[Addr]] = {}  # identity -> the addresses the config reserves for it
         self.reserved_at: dict[Addr, _Holder] = {}  # address -> its reservation's holder
-        self.decided: dict[str, tuple[ServiceView, str, Optional[tuple[str, str]]]] = {}  # key -> (view, holder, group)
+        self.decided: dict[str, str] = {}  # Service key -> the identity it was decided as (_group_of: its group)
         # identity -> the Service decided under it, or a set when several are (a sharing
         # group): a set per Service was 2.3 MB at 10,000 (tracemalloc). See _keys_of.
         self.by_holder: dict[str, Union[str, set[str]]] = {}
@@ -907,7 +916,7 @@ class RecordsMemo:
                     frozenset(),
                     f"Service {identity} (reserved by the pool's config)",
                 )
-        self.holders = {addr: [holder] for addr, holder in self.reserved_at.items()}
+        self.holders = {addr: (holder,) for addr, holder in self.reserved_at.items()}
         self._pool_of = state.pool_of
 
     def update_records(self, records: Records) -> set[str]:
@@ -952,8 +961,9 @@ class RecordsMemo:
                 self.carried.setdefault(rec.holder, {})[carried] = rec
                 return rec.holder
             return ""
-        self.holders[addr] = [_Holder(rec.holder, rec.namespace, rec.sharing_key, frozenset(), record=rec)]
-        self.held_by.setdefault(rec.holder, {})[addr] = rec
+        self.holders[addr] = (_Holder(rec.holder, rec.namespace, rec.sharing_key, _NO_PORTS, record=rec),)
+        mine = [(a, r) for a, r in self.held_by.get(rec.holder, ()) if a != addr]
+        self.held_by[rec.holder] = tuple(sorted(mine + [(addr, rec)], key=_first))
         return rec.holder
 
     def _drop(self, rec: AddressRecord, store: str) -> str:
@@ -967,14 +977,26 @@ class RecordsMemo:
             return ""
         reservation = self.reserved_at.get(addr)
         if reservation is not None:
-            self.holders[addr] = [reservation]  # a record gone: the config's reservation holds it again
+            self.holders[addr] = (reservation,)  # a record gone: the config's reservation holds it again
         else:
             self.holders.pop(addr, None)
-        mine = self.held_by.get(rec.holder, {})
-        mine.pop(addr, None)
-        if not mine:
+        mine = tuple((a, r) for a, r in self.held_by.get(rec.holder, ()) if a != addr)
+        if mine:
+            self.held_by[rec.holder] = mine
+        else:
             self.held_by.pop(rec.holder, None)
         return rec.holder
+
+
+def _first(pair: tuple[Addr, AddressRecord]) -> Addr:
+    return pair[0]
+
+
+def _group_of(holder: str) -> Optional[tuple[str, str]]:
+    """The sharing group (namespace, key) of an identity from holder_of, or None for one
+    Service ("/*" cannot occur in a namespace or Service name)."""
+    namespace, star, key = holder.partition("/*")
+    return (namespace, key) if star else None
 
 
 def allocate_recorded(
@@ -1031,7 +1053,7 @@ def _allocate_recorded(
     # Sharing: every member of a group some dirty Service is (or was) in is decided again.
     for key in list(dirty):
         service = services.get(key)
-        groups = [memo.decided[key][2]] if key in memo.decided else []
+        groups = [_group_of(memo.decided[key])] if key in memo.decided else []
         if service is not None and is_managed(config, service):
             share = sharing_key(service)
             if share is not None:
@@ -1041,20 +1063,25 @@ def _allocate_recorded(
                 for member in memo.by_group.get(group, ()):
                     dirty.add(member)
     for key in dirty:  # forget what they were: they are indexed again below
-        old_entry = memo.decided.pop(key, None)
-        if old_entry is not None:
-            _unindex_key(memo.by_holder, old_entry[1], key)
-            if old_entry[2] is not None:
-                memo.by_group.get(old_entry[2], set()).discard(key)
+        old_holder = memo.decided.pop(key, None)
+        if old_holder is not None:
+            _unindex_key(memo.by_holder, old_holder, key)
+            old_group = _group_of(old_holder)
+            if old_group is not None:
+                memo.by_group.get(old_group, set()).discard(key)
 
     state = _State(config, memo.holders)
     claims: dict[Addr, AddressRecord] = {}
     fresh: dict[str, Assignment] = {}  # the re-decided Services' assignments
-    todo = sorted((services[k] for k in dirty if k in services and is_managed(config, services[k])), key=_order_key)
+    # By the snapshot's own key strings: service.key would build another one per Service,
+    # and the memo's indexes keep it (66 bytes each at 10,000, tracemalloc).
+    todo = sorted(
+        (k for k in dirty if k in services and is_managed(config, services[k])), key=lambda k: _order_key(services[k])
+    )
     try:
-        for service in todo:
+        for key in todo:
+            service = services[key]
             outcome, holder, group = _decide_recorded(config, state, memo, records, cluster, service, claims)
-            key = service.key
             if isinstance(outcome, Assignment):
                 fresh[key] = outcome
             elif isinstance(outcome, Refusal):
@@ -1064,7 +1091,7 @@ def _allocate_recorded(
             ignored = _status_ignored(service, outcome)
             if ignored:
                 discarded[key] = ignored
-            memo.decided[key] = (service, holder, group)
+            memo.decided[key] = holder
             _index_key(memo.by_holder, holder, key)
             if group is not None:
                 memo.by_group.setdefault(group, set()).add(key)
@@ -1133,7 +1160,7 @@ def _decide_recorded(
     waiting = _unknown_store(config, request, records)
     if waiting is not None:
         return waiting, holder, group
-    held = sorted(memo.held_by.get(holder, {}).items())
+    held = list(memo.held_by.get(holder, ()))
     if group is not None:  # claimed for the group earlier in this run: as good as recorded
         held += sorted((addr, rec) for addr, rec in claims.items() if rec.holder == holder)
     # The identity's recorded addresses that still fit what the Service asks for; per
@@ -1158,7 +1185,7 @@ def _decide_recorded(
     # A Service that joined a sharing group counts its own former record: while another
     # cluster announces it there, this cluster does not announce it elsewhere (invariant 2).
     own = (
-        [(addr, rec) for addr, rec in sorted(memo.held_by.get(service.key, {}).items()) if rec.clusters - {cluster}]
+        [(addr, rec) for addr, rec in memo.held_by.get(service.key, ()) if rec.clusters - {cluster}]
         if holder != service.key
         else []
     )
@@ -1173,7 +1200,8 @@ def _decide_recorded(
         # pool's addresses): no search, no second check (~10 % of a cold start's allocation).
         pool = next(iter(kept.values()))[1]
         addrs = request.requested or tuple(kept[v][0] for v in wanted)
-        return Assignment(pool.name, tuple(_ip(a) for a in addrs)), holder, group
+        recorded = dict(held)  # the records' own address objects, not a copy per Service (80 bytes each)
+        return Assignment(pool.name, tuple(recorded[a].address for a in addrs)), holder, group
     result = _complete(state, request, kept)
     if isinstance(result, Refusal):
         for addr, _ in kept.values():
@@ -1289,7 +1317,8 @@ class RecordUpdates:
         self.assigned: Mapping[str, Assignment] = {}
         self.records: dict[str, Mapping[str, AddressRecord]] = {}
         self.used: dict[IPAddress, int] = {}  # address -> how many assignments use it
-        self.by_address: dict[IPAddress, set[tuple[str, str]]] = {}  # address -> its records (store, key)
+        # store -> address -> the key of its record there (two or more: a set; see _index_key)
+        self.by_address: dict[str, dict[IPAddress, OneOrSet[str]]] = {}
         self.wrong: dict[tuple[str, str], AddressRecord] = {}  # (store, key) -> a record to join or leave
 
     def update(
@@ -1320,14 +1349,16 @@ class RecordUpdates:
                 continue
             for key in replaced_keys(old_recs, new_recs):
                 gone, now = old_recs.get(key), new_recs.get(key)
+                index = self.by_address.setdefault(store, {})
                 if gone is not None:
-                    self._index(gone.address, (store, key), False)
+                    _unindex_key(index, gone.address, key)
                 if now is not None:
-                    self._index(now.address, (store, key), True)
+                    _index_key(index, now.address, key)
                 look.add((store, key))
         self.records = dict(records)
         for address in flipped:
-            look.update(self.by_address.get(address, ()))
+            for store, index in self.by_address.items():
+                look.update((store, key) for key in _keys_of(index, address))
         for store, key in look:
             rec = self.records.get(store, {}).get(key)
             if rec is not None and (rec.address in self.used) != (cluster in rec.clusters):
@@ -1339,15 +1370,6 @@ class RecordUpdates:
             [rec for _, rec in ordered if rec.address in self.used],
             [rec for _, rec in ordered if rec.address not in self.used],
         )
-
-    def _index(self, address: IPAddress, where: tuple[str, str], add: bool) -> None:
-        keys = self.by_address.setdefault(address, set())
-        if add:
-            keys.add(where)
-        else:
-            keys.discard(where)
-            if not keys:
-                del self.by_address[address]
 
 
 def records_from_status(config: Config, services: Iterable[ServiceView], cluster: str) -> tuple[AddressRecord, ...]:

@@ -428,3 +428,28 @@ def test_the_memo_identity_index_holds_one_key_as_a_string_and_several_as_a_set(
     _unindex_key(index, "default/*k", "default/b")
     _unindex_key(index, "default/web", "default/other")  # not indexed under it: nothing changes
     assert index == {"default/web": "default/web"} and list(_keys_of(index, "nobody")) == []
+
+
+def test_a_sharing_group_is_read_back_from_its_identity():
+    """RecordsMemo.decided keeps only the identity a Service was decided as (the view and
+    the group beside it were 85 bytes per Service); the group comes back from it."""
+    from bgpspeaker.allocator import _group_of
+    from bgpspeaker.records import holder_of
+
+    assert _group_of(holder_of("team", "web", "k.1")) == ("team", "k.1")
+    assert _group_of(holder_of("team", "web", None)) is None
+
+
+def test_record_writes_by_difference_with_one_address_recorded_in_both_stores():
+    """RecordUpdates files a record under its address per store, one key as itself: an
+    address with a record in each store (a pool marked shared since) keeps both."""
+    local, shared = rec("203.0.113.4", "default/a"), rec("203.0.113.4", "default/a", store="shared")
+    config = cfg()
+    updates = RecordUpdates()
+    for records in (
+        {LOCAL: {"l": local}, "shared": {"s": shared}},
+        {LOCAL: {"l": local}, "shared": {}},
+        {LOCAL: {}, "shared": {"s": shared}},
+    ):
+        out = allocate_recorded(config, [svc("a")], records, "east")
+        assert updates.update(records, out, "east") == record_updates(records, out, "east")

@@ -53,3 +53,37 @@ def test_the_informer_parses_records_as_records_of_their_store():
 
 def test_record_names_are_unique_per_address_whatever_the_spelling():
     assert record_name(ipaddress.ip_address("2001:db8::1")) == record_name(ipaddress.ip_address("2001:0db8:0::1"))
+
+
+def test_parsed_records_share_what_repeats_and_keep_no_dict_each():
+    """Memory at 10,000 records (issue 13's RSS): each record kept its own frozenset of
+    clusters (224 bytes, a third of a record), its own pool and namespace strings, an
+    address object beside the one the Service's request parsed, and a __dict__."""
+    from bgpspeaker.model import parse_ip
+
+    first = record_from_dict(record_body(RECORD, "ns"))
+    other = replace_address(RECORD, "203.0.113.8")
+    second = record_from_dict(record_body(other, "ns"))
+    assert first.clusters is second.clusters and first.pool is second.pool and first.namespace is second.namespace
+    assert first.address is parse_ip("203.0.113.7")
+    assert not hasattr(first, "__dict__")
+
+
+def test_an_ipv4_record_is_named_after_its_one_spelling():
+    """The name check of an IPv4 record compares with its data.address text; a spelling
+    ipaddress would accept differently (leading zeros) is not an address at all."""
+    body = record_body(RECORD, "ns")
+    body["data"]["address"] = "203.0.113.07"
+    body["metadata"]["name"] = "bgpspeaker-ip-203.0.113.07"
+    with pytest.raises(BadRecord, match="not an IP address"):
+        record_from_dict(body)
+    v6 = AddressRecord(ipaddress.ip_address("2001:db8::5"), "public", "default", "shop")
+    body = record_body(v6, "ns")
+    body["data"]["address"] = "2001:0db8:0::5"  # another spelling of the same address: the same name
+    assert record_from_dict(body) == v6
+
+
+def replace_address(record: AddressRecord, address: str) -> AddressRecord:
+    import dataclasses
+
+    return dataclasses.replace(record, address=ipaddress.ip_address(address))
