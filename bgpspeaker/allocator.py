@@ -30,7 +30,7 @@ import bisect
 import ipaddress
 import re
 from dataclasses import dataclass, field, replace
-from typing import Hashable, Iterable, Mapping, Optional, Sequence, TypeVar, Union
+from typing import AbstractSet, Hashable, Iterable, Mapping, Optional, Sequence, TypeVar, Union
 
 # Annotation names, reason codes and `quote` live in annotations.py, reasons.py and
 # model.py (one home each); the allocator's names for them stay importable from here.
@@ -396,17 +396,19 @@ def _ip(addr: Addr) -> IPAddress:
     return ipaddress.IPv4Address(value) if version == 4 else ipaddress.IPv6Address(value)
 
 
-def _parse_request(config: Config, service: ServiceView) -> _Request:
+def _parse_request(config: Config, service: ServiceView, with_status: bool = True) -> _Request:
+    """`with_status`: read the status and the marker too (evidence before records only)."""
     request = _Request(service)
     annotations = dict(service.annotations)
-    request.marker = next((annotations[n] for n in ALLOCATED_FROM_POOL_ANNOTATIONS if n in annotations), None)
-    status: list[tuple[str, Optional[IPAddress]]] = []
-    for text in service.ingress_ips:
-        try:
-            status.append((text, parse_ip(text.strip())))
-        except ValueError:
-            status.append((text, None))
-    request.status = tuple(status)
+    if with_status:
+        request.marker = next((annotations[n] for n in ALLOCATED_FROM_POOL_ANNOTATIONS if n in annotations), None)
+        status: list[tuple[str, Optional[IPAddress]]] = []
+        for text in service.ingress_ips:
+            try:
+                status.append((text, parse_ip(text.strip())))
+            except ValueError:
+                status.append((text, None))
+        request.status = tuple(status)
 
     def refuse(reason: str, message: str) -> _Request:
         request.refusal = Refusal(reason, message)
@@ -1140,7 +1142,7 @@ def _decide_recorded(
 ):
     """One Service's outcome: an Assignment, a Refusal, or why it waits (str); with its holder
     identity and sharing group. New addresses go into `claims`."""
-    request = _parse_request(config, service)
+    request = _parse_request(config, service, with_status=False)  # status is no evidence here
     if request.refusal is None and request.share_key is not None and not SHARING_KEY.fullmatch(request.share_key):
         request.refusal = Refusal(
             INVALID_SHARING_KEY,
@@ -1157,7 +1159,7 @@ def _decide_recorded(
         # Its pool moved to the other store: it asks there for the address it had.
         request.requested = tuple(sorted(memo.carried[holder]))
         request.families = tuple(dict.fromkeys(v for v, _ in request.requested))
-    waiting = _unknown_store(config, request, records)
+    waiting = _unknown_store(config, state, request, records)
     if waiting is not None:
         return waiting, holder, group
     held = list(memo.held_by.get(holder, ()))
@@ -1180,6 +1182,15 @@ def _decide_recorded(
                 return checked, holder, group
         elif not kept or next(iter(kept.values()))[1].name == checked.name:
             kept[addr[0]] = (addr, checked)
+    wanted = request.families[: 1 if request.mode == "single" else 2]
+    complete = bool(kept) and len(kept) == len(request.requested or wanted)
+    if complete and group is None:
+        # The common case: every address the Service asks for, or every family it wants, is
+        # recorded for it and passed the checks _complete would make again (kept holds one
+        # pool's addresses): no search, no second check (~10 % of a cold start's allocation).
+        # And no claim: the record's holder in the index already refuses everyone else (a
+        # claim, put back after the run, was ~8 % of a cold start's allocation).
+        return _recorded_assignment(request, held, kept, wanted), holder, group
     for addr, _ in kept.values():
         state.claim(addr, request)
     # A Service that joined a sharing group counts its own former record: while another
@@ -1193,15 +1204,8 @@ def _decide_recorded(
         for addr, _ in kept.values():
             state.release(addr, request)
         return _moving(own[0][1], own[0][0]), holder, group
-    wanted = request.families[: 1 if request.mode == "single" else 2]
-    if kept and len(kept) == len(request.requested or wanted):
-        # The common case: every address the Service asks for, or every family it wants, is
-        # recorded for it and passed the checks _complete would make again (kept holds one
-        # pool's addresses): no search, no second check (~10 % of a cold start's allocation).
-        pool = next(iter(kept.values()))[1]
-        addrs = request.requested or tuple(kept[v][0] for v in wanted)
-        recorded = dict(held)  # the records' own address objects, not a copy per Service (80 bytes each)
-        return Assignment(pool.name, tuple(recorded[a].address for a in addrs)), holder, group
+    if complete:  # a sharing group's member, as above, with its claims made
+        return _recorded_assignment(request, held, kept, wanted), holder, group
     result = _complete(state, request, kept)
     if isinstance(result, Refusal):
         for addr, _ in kept.values():
@@ -1238,10 +1242,25 @@ def _decide_recorded(
     return Assignment(pool.name, tuple(_ip(a) for a in addrs)), holder, group
 
 
+def _recorded_assignment(
+    request: _Request,
+    held: Sequence[tuple[Addr, AddressRecord]],
+    kept: Mapping[int, tuple[Addr, PoolConfig]],
+    wanted: Sequence[int],
+) -> Assignment:
+    """The assignment of a Service whose every address is recorded for it (`kept`)."""
+    pool = next(iter(kept.values()))[1]
+    addrs = request.requested or tuple(kept[v][0] for v in wanted)
+    recorded = dict(held)  # the records' own address objects, not a copy per Service (80 bytes each)
+    return Assignment(pool.name, tuple(recorded[a].address for a in addrs))
+
+
 def _status_ignored(service: ServiceView, outcome: object) -> tuple[Refusal, ...]:
     """Status addresses that are not the Service's assignment: someone else wrote them (the
     allocator rewrites the status). Said once in an Event, so the writer learns why."""
-    ours = {str(a) for a in outcome.addresses} if isinstance(outcome, Assignment) else set()
+    if not service.ingress_ips:
+        return ()
+    ours = frozenset(outcome.addresses) if isinstance(outcome, Assignment) else frozenset()
     return tuple(
         Refusal(
             STATUS_IGNORED,
@@ -1249,8 +1268,17 @@ def _status_ignored(service: ServiceView, outcome: object) -> tuple[Refusal, ...
             f"say which address a Service holds, not its status",
         )
         for text in service.ingress_ips
-        if text.strip() not in ours
+        if not _is_one_of(text.strip(), ours)
     )
+
+
+def _is_one_of(text: str, addresses: AbstractSet[IPAddress]) -> bool:
+    """Whether `text` is an IP address of `addresses` (parse_ip is cached; str() of each
+    assigned address was ~5 % of a cold start's allocation)."""
+    try:
+        return parse_ip(text) in addresses
+    except ValueError:
+        return False
 
 
 def _moving(rec: AddressRecord, addr: Addr) -> str:
@@ -1260,12 +1288,13 @@ def _moving(rec: AddressRecord, addr: Addr) -> str:
     )
 
 
-def _unknown_store(config: Config, request: _Request, records: Records) -> Optional[str]:
+def _unknown_store(config: Config, state: _State, request: _Request, records: Records) -> Optional[str]:
     """Why the Service must wait: a pool it may get an address from has a store not read yet."""
     if request.pool is not None:
         pools = [request.pool]
     elif request.requested:
-        pools = [p for p in config.pools if any(p.contains(_ip(a)) for a in request.requested)]
+        # pools do not overlap (config validation): the one holding each address
+        pools = [p for p in map(state.pool_of, request.requested) if p is not None]
     else:
         pools = [p for p in config.pools if p.auto_assign and p.allows_namespace(request.service.namespace)]
     for pool in pools:
@@ -1316,10 +1345,12 @@ class RecordUpdates:
         self.cluster: Optional[str] = None
         self.assigned: Mapping[str, Assignment] = {}
         self.records: dict[str, Mapping[str, AddressRecord]] = {}
-        self.used: dict[IPAddress, int] = {}  # address -> how many assignments use it
+        # Addresses as Addr, not ipaddress objects: their __hash__ is Python code, and it ran
+        # seven times per record on a cold start's first decision (0.4 s at 50,000; bench).
+        self.used: dict[Addr, int] = {}  # address -> how many assignments use it
         # store -> address -> the key of its record there (two or more: a set; see _index_key)
-        self.by_address: dict[str, dict[IPAddress, OneOrSet[str]]] = {}
-        self.wrong: dict[tuple[str, str], AddressRecord] = {}  # (store, key) -> a record to join or leave
+        self.by_address: dict[str, dict[Addr, OneOrSet[str]]] = {}
+        self.wrong: dict[str, dict[str, AddressRecord]] = {}  # store -> key -> a record to join or leave
 
     def update(
         self, records: Records, allocation: Allocation, cluster: str
@@ -1327,49 +1358,62 @@ class RecordUpdates:
         if cluster != self.cluster:
             self.__init__()  # type: ignore[misc]
             self.cluster = cluster
-        look: set[tuple[str, str]] = set()
-        flipped: set[IPAddress] = set()  # addresses that became used or unused
+        look: dict[str, set[str]] = {}  # store -> keys of the records to look at again
+        flipped: set[Addr] = set()  # addresses that became used or unused
         if allocation.assigned is not self.assigned:
             old, new = self.assigned, allocation.assigned
             for key in replaced_keys(old, new):
                 before, after = old.get(key), new.get(key)
                 for assignment, step in ((before, -1), (after, 1)):
                     for address in assignment.addresses if assignment is not None else ():
-                        count = self.used.get(address, 0) + step
+                        addr = _addr(address)
+                        count = self.used.get(addr, 0) + step
                         if count > 0:
-                            self.used[address] = count
+                            self.used[addr] = count
                         else:
-                            self.used.pop(address, None)
+                            self.used.pop(addr, None)
                         if (count > 0) != (count - step > 0):
-                            flipped.add(address)
+                            flipped.add(addr)
             self.assigned = new
         for store in set(self.records) | set(records):
             old_recs, new_recs = self.records.get(store, {}), records.get(store, {})
             if old_recs is new_recs:
                 continue
+            index, keys = self.by_address.setdefault(store, {}), look.setdefault(store, set())
             for key in replaced_keys(old_recs, new_recs):
                 gone, now = old_recs.get(key), new_recs.get(key)
-                index = self.by_address.setdefault(store, {})
                 if gone is not None:
-                    _unindex_key(index, gone.address, key)
+                    _unindex_key(index, _addr(gone.address), key)
                 if now is not None:
-                    _index_key(index, now.address, key)
-                look.add((store, key))
+                    _index_key(index, _addr(now.address), key)
+                keys.add(key)
         self.records = dict(records)
-        for address in flipped:
+        if flipped:
             for store, index in self.by_address.items():
-                look.update((store, key) for key in _keys_of(index, address))
-        for store, key in look:
-            rec = self.records.get(store, {}).get(key)
-            if rec is not None and (rec.address in self.used) != (cluster in rec.clusters):
-                self.wrong[(store, key)] = rec
-            else:
-                self.wrong.pop((store, key), None)
-        ordered = sorted((_record_order(store, key, rec), rec) for (store, key), rec in self.wrong.items())
-        return (
-            [rec for _, rec in ordered if rec.address in self.used],
-            [rec for _, rec in ordered if rec.address not in self.used],
+                keys, recs = look.setdefault(store, set()), self.records.get(store, {})
+                if len(keys) >= len(recs) and all(key in keys for key in recs):
+                    continue  # every record of the store is looked at already (a first decision)
+                for addr in flipped:
+                    keys.update(_keys_of(index, addr))
+        for store, keys in look.items():
+            recs, wrong = self.records.get(store, {}), self.wrong.setdefault(store, {})
+            for key in keys:
+                rec = recs.get(key)
+                if rec is not None and (_addr(rec.address) in self.used) != (cluster in rec.clusters):
+                    wrong[key] = rec
+                else:
+                    wrong.pop(key, None)
+        ordered = sorted(
+            (_record_order(store, key, rec), rec) for store, wrong in self.wrong.items() for key, rec in wrong.items()
         )
+        return (
+            [rec for _, rec in ordered if _addr(rec.address) in self.used],
+            [rec for _, rec in ordered if _addr(rec.address) not in self.used],
+        )
+
+
+def _addr(address: IPAddress) -> Addr:
+    return (address.version, int(address))
 
 
 def records_from_status(config: Config, services: Iterable[ServiceView], cluster: str) -> tuple[AddressRecord, ...]:
