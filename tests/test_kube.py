@@ -151,3 +151,21 @@ def test_object_path_quotes_names_whatever_they_hold():
     assert object_path(LEASES, "leases", "kube-system", "x") == "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/x"
     # a name can never leave its path segment (names are validated elsewhere; this is the last line)
     assert object_path(CORE, "services", "a/b", "../x?y#z") == "/api/v1/namespaces/a%2Fb/services/..%2Fx%3Fy%23z"
+
+
+def test_views_share_the_strings_that_recur_in_every_object():
+    """Memory (issue 13's RSS): the JSON decoder builds every value anew, so each view kept
+    its own "LoadBalancer", "TCP", "IPv4", namespace and node name (~400 bytes per Service
+    and its slice at 10,000). Parsed twice, from separately decoded JSON, they are one."""
+    import json
+
+    from integration.bench import system
+
+    first, second = (json.loads(json.dumps(system.service_object(i))) for i in (0, system.NAMESPACES))
+    a, b = SERVICES.parse(first), SERVICES.parse(second)
+    assert a.name != b.name and a.namespace is b.namespace and a.type is b.type
+    assert a.ports[0].protocol is b.ports[0].protocol and a.ip_families[0] is b.ip_families[0]
+    assert a.external_traffic_policy is b.external_traffic_policy and a.ip_family_policy is b.ip_family_policy
+    one, two = (json.loads(json.dumps(system.slice_object(i, ["east-1"], True))) for i in (0, system.NAMESPACES))
+    s, t = ENDPOINT_SLICES.parse(one), ENDPOINT_SLICES.parse(two)
+    assert s.namespace is t.namespace and s.endpoints[0].node_name is t.endpoints[0].node_name
