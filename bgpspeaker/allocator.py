@@ -391,6 +391,10 @@ def _name(value: object) -> str:
     return value if isinstance(value, str) and _TOKEN.fullmatch(value) else quote(value)
 
 
+def _addr(address: IPAddress) -> Addr:
+    return (address.version, int(address))
+
+
 def _ip(addr: Addr) -> IPAddress:
     version, value = addr
     return ipaddress.IPv4Address(value) if version == 4 else ipaddress.IPv6Address(value)
@@ -474,7 +478,7 @@ def _parse_request(config: Config, service: ServiceView, with_status: bool = Tru
                 address = parse_ip(item)  # strict: no scope ids (a "%..." tail survives str())
             except ValueError:
                 return refuse(INVALID_IP, f"{source}: {quote(item)} is not an IP address")
-            addr = (address.version, int(address))
+            addr = _addr(address)
             if any(v == address.version for v, _ in requested):
                 return refuse(INVALID_IP, f"{source}: more than one IPv{address.version} address requested")
             requested.append(addr)
@@ -564,7 +568,7 @@ def _keep_status(
             if marked:  # reported once, in phase 1
                 discarded.append(Refusal(INVALID_IP, f"status address {quote(text)} is not an IP address"))
             continue
-        addr = (address.version, int(address))
+        addr = _addr(address)
         if addr in given_up or any(addr == held for held, _ in kept.values()):
             continue  # given up: reported by the caller; kept: nothing to say
         pool = state.pool_of(addr)
@@ -909,13 +913,13 @@ class RecordsMemo:
         state = _State(config)
         for pool in config.pools:
             for address, identity in pool.reservations:
-                addr = (address.version, int(address))
+                addr = _addr(address)
                 self.reserved.setdefault(identity, []).append(addr)
                 self.reserved_at[addr] = _Holder(
                     identity,
                     identity.partition("/")[0],
                     None,
-                    frozenset(),
+                    _NO_PORTS,
                     f"Service {identity} (reserved by the pool's config)",
                 )
         self.holders = {addr: (holder,) for addr, holder in self.reserved_at.items()}
@@ -941,7 +945,7 @@ class RecordsMemo:
         return changed
 
     def _evidence(self, rec: AddressRecord, store: str) -> Optional[Addr]:
-        addr = (rec.address.version, int(rec.address))
+        addr = _addr(rec.address)
         pool = self._pool_of(addr)
         if pool is None or pool.name != rec.pool or store_of(pool) != store:
             return None  # not a record of a pool we have here (or in the wrong store): not evidence
@@ -951,7 +955,7 @@ class RecordsMemo:
         """A record of one of our pools kept in the other store: the pool was marked shared
         (or unshared) since. Not evidence, but the address its holder asks for in the new
         store, so that the switch renumbers nothing (or is refused naming the holder)."""
-        addr = (rec.address.version, int(rec.address))
+        addr = _addr(rec.address)
         pool = self._pool_of(addr)
         return addr if pool is not None and pool.name == rec.pool else None
 
@@ -1406,14 +1410,11 @@ class RecordUpdates:
         ordered = sorted(
             (_record_order(store, key, rec), rec) for store, wrong in self.wrong.items() for key, rec in wrong.items()
         )
-        return (
-            [rec for _, rec in ordered if _addr(rec.address) in self.used],
-            [rec for _, rec in ordered if _addr(rec.address) not in self.used],
-        )
-
-
-def _addr(address: IPAddress) -> Addr:
-    return (address.version, int(address))
+        joins: list[AddressRecord] = []
+        leaves: list[AddressRecord] = []
+        for _, rec in ordered:
+            (joins if _addr(rec.address) in self.used else leaves).append(rec)
+        return joins, leaves
 
 
 def records_from_status(config: Config, services: Iterable[ServiceView], cluster: str) -> tuple[AddressRecord, ...]:
