@@ -138,9 +138,7 @@ def record_from_dict(obj: JSONObject, store: str = LOCAL) -> AddressRecord:
         address = parse_ip(text)
     except ValueError:
         raise BadRecord(f"data.address {str(text)[:64]!r} is not an IP address") from None
-    # An IPv4 address has one spelling (ipaddress refuses leading zeros): its text is the
-    # one record_name would format again.
-    name = RECORD_PREFIX + text if address.version == 4 else record_name(address)
+    name = record_name(address)
     if meta.get("name") != name:
         raise BadRecord(f"named {str(meta.get('name'))[:80]!r}, but a record of {address} is named {name!r}")
     namespace, service, key = data.get("namespace"), data.get("service"), data.get("sharingKey")

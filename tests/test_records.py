@@ -70,8 +70,8 @@ def test_parsed_records_share_what_repeats_and_keep_no_dict_each():
 
 
 def test_an_ipv4_record_is_named_after_its_one_spelling():
-    """The name check of an IPv4 record compares with its data.address text; a spelling
-    ipaddress would accept differently (leading zeros) is not an address at all."""
+    """A record's name is record_name of its address: a spelling of the same IPv4 address
+    with leading zeros is not an address at all, another IPv6 spelling names the same record."""
     body = record_body(RECORD, "ns")
     body["data"]["address"] = "203.0.113.07"
     body["metadata"]["name"] = "bgpspeaker-ip-203.0.113.07"
