@@ -48,7 +48,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bgpspeaker import views  # noqa: E402
-from bgpspeaker.allocator import RecordsMemo, RecordUpdates, allocate, allocate_snapshot  # noqa: E402
+from bgpspeaker.allocator import RecordsMemo, RecordUpdates, allocate_snapshot  # noqa: E402
 from bgpspeaker.config.load import load_config_text  # noqa: E402
 from bgpspeaker.exabgp import commands  # noqa: E402
 from bgpspeaker.kube.informer import ENDPOINT_SLICES, SERVICES, Resource  # noqa: E402
