@@ -34,7 +34,7 @@ from bgpspeaker.bfd.runner import BfdService
 from bgpspeaker.config.load import ConfigError, config_warnings, load_config
 from bgpspeaker.config.schema import Config
 from bgpspeaker.httpapi import HttpServer, control_routes, tcp_routes
-from bgpspeaker.leader_writes import RecordSchedule, StatusSchedule
+from bgpspeaker.leader_writes import ColdStartHold, RecordSchedule, StatusSchedule
 from bgpspeaker.logs import fields, setup_logging
 from bgpspeaker.metrics import Metrics
 from bgpspeaker.model import JSON, NodeView, RouteIntent, SameObjects, ServiceView, Snapshot, is_dns_subdomain
@@ -59,6 +59,8 @@ SHUTDOWN_JOIN_SECONDS = 2.0
 GC_PAUSE_LIMIT_SECONDS = 60.0  # the cyclic collector is back on by then, synced or not
 HEARTBEAT_SECONDS = 1.0
 LOOP_STUCK_SECONDS = 10.0  # /healthz fails when the loop has not beaten for this long
+# A cold start's leader writes wait this long at most for this node's first routes (ColdStartHold)
+COLD_START_WRITES_WAIT_SECONDS = 5.0
 CONTROL_SOCKET = "control.sock"  # in the run directory
 
 
@@ -86,6 +88,7 @@ class _Allocator:
     elector: LeaderElector
     status: StatusSchedule
     records: RecordSchedule
+    cold_start: ColdStartHold  # both schedules' offers, until this node's first routes are sent
 
 
 class DrainState:
@@ -279,7 +282,10 @@ class Daemon:
                     reports=self.publisher,
                     on_retry=self._on_change,
                 ),
+                ColdStartHold(self.loop, COLD_START_WRITES_WAIT_SECONDS, self._leader_writes),
             )
+            if not self.options.speaker:  # `bgpspeaker allocator`: no routes of its own to wait for
+                self.allocator.cold_start.release()
             elector.start()
 
     async def _shutdown(self) -> None:
@@ -310,6 +316,7 @@ class Daemon:
             if isinstance(result, Exception):
                 log.error("stopping a component failed", extra=fields(error=repr(result)))
         if self.allocator is not None:
+            self.allocator.cold_start.stop()
             self.allocator.status.stop()  # a write in flight is abandoned
             self.allocator.records.stop()
         for server in self.servers:
@@ -360,11 +367,11 @@ class Daemon:
                 "this node is not in the API (yet); announcing nothing", extra=fields(node=self.options.node_name)
             )
         allocation = self._allocate(snapshot)
-        # Status first, in its own task: it never waits on this node's BGP (a leader whose
-        # ExaBGP crash-loops still writes every Service's status; issue 14).
+        # Status and records in their own tasks: they never wait on this node's BGP (a leader
+        # whose ExaBGP crash-loops still writes every Service's status; issue 14), but for a
+        # cold start's first routes, a few seconds at most (ColdStartHold).
         if self.allocator is not None and self.allocator.elector.is_leader:
-            self.allocator.status.offer(allocation, snapshot.services)
-            self.allocator.records.offer(self.config, snapshot, allocation)  # records too: never behind this node's BGP
+            self.allocator.cold_start.offer(self.config, snapshot, allocation)
         if not self.options.speaker:  # `bgpspeaker allocator`: no BGP here
             self._node_seen = True
             self.publisher.allocation(self.config, snapshot, allocation, self._is_leader())
@@ -390,6 +397,8 @@ class Daemon:
             await self.driver.apply(desired)
             if node is not None:  # BFD follows the routes: up once announced, stopped only after a withdraw
                 await self.bfd.update(self.config, node, routes_withdrawn=self.drain == DrainState.WITHDRAWN)
+        if self.allocator is not None:  # the first routes are with ExaBGP (or this node has none to send)
+            self.allocator.cold_start.release()
         elif self.options.dry_run:
             entries = route_entries(desired)
             if entries != self._dry_run_entries:
@@ -403,6 +412,13 @@ class Daemon:
         self.publisher.allocation(self.config, snapshot, allocation, self._is_leader())
         if first_plan:
             self._resume_gc()
+
+    def _leader_writes(self, config: Config, snapshot: Snapshot, allocation: Allocation) -> None:
+        """Hand an allocation to the leader's writes (status, then records): each returns at once."""
+        if self.allocator is None or not self.allocator.elector.is_leader:  # lost the Lease while held
+            return
+        self.allocator.status.offer(allocation, snapshot.services)
+        self.allocator.records.offer(config, snapshot, allocation)
 
     def _is_leader(self) -> bool:
         return self.allocator is not None and self.allocator.elector.is_leader

@@ -209,6 +209,66 @@ class StatusSchedule:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
+class ColdStartHold:
+    """The leader's writes of a cold start, held until this node has handed its first routes
+    to ExaBGP, and `limit` seconds at most.
+
+    Why: issue 14 put the writes beside the reconcile loop, so that a broken ExaBGP never
+    holds them back; but on a cold start they then ran (on threads, holding the GIL) while
+    the loop made its first plan and started the feed: the first status pass and the first
+    record decision are a walk of every Service and every record (at 50,000 Services, ~0.7 s
+    of the ~3 s from the lists to the first route; py-spy, bench). Held, they run while
+    ExaBGP sends and the daemon waits for its answers. Bounded, so that status still never
+    waits on BGP for longer than `limit`: a crash-looping ExaBGP makes the first apply
+    return at once, and a slow one is out-waited. Nothing is lost while held: the latest
+    offer wins, as in the schedules.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        limit: float,
+        write: Callable[[Config, Snapshot, Allocation], None],
+    ) -> None:
+        self._loop, self._limit, self._write = loop, limit, write
+        self.open = False
+        self._held: Optional[tuple[Config, Snapshot, Allocation]] = None
+        self._timer: Optional[asyncio.TimerHandle] = None
+
+    def offer(self, config: Config, snapshot: Snapshot, allocation: Allocation) -> None:
+        """On the loop, after each reconcile on the leader: written now, or held (latest wins)."""
+        if self.open:
+            self._write(config, snapshot, allocation)
+            return
+        self._held = (config, snapshot, allocation)
+        if self._timer is None:  # counted from the first offer: the first plan is being made
+            self._timer = self._loop.call_later(self._limit, self._timed_out)
+
+    def release(self) -> None:
+        """This node's first routes are handed to ExaBGP (or it has none to hand): write what waits."""
+        if self.open:
+            return
+        self.open = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        held, self._held = self._held, None
+        if held is not None:
+            self._write(*held)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if not self.open:
+            log.info("leader writes no longer wait for the first routes", extra=fields(waited=self._limit))
+        self.release()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._held = None
+
+
 class RecordReports(Protocol):
     """Where the record writes' outcomes are told (publish.Publisher)."""
 

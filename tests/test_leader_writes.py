@@ -266,3 +266,59 @@ def test_the_record_decision_is_made_on_the_writer_thread_not_the_loop(monkeypat
             schedule.stop()
 
     asyncio.run(scenario())
+
+
+# --- a cold start: the writes wait for this node's first routes, bounded ------------------
+
+
+def snapshot_of(*names: str) -> Snapshot:
+    return Snapshot(services={f"default/{n}": service(n) for n in names}, endpoint_slices={}, nodes={})
+
+
+def test_a_cold_starts_writes_wait_for_the_first_routes_and_the_latest_offer_wins():
+    async def scenario() -> None:
+        written: list[tuple] = []
+        hold = leader_writes.ColdStartHold(asyncio.get_running_loop(), 60.0, lambda *a: written.append(a))
+        first, latest = snapshot_of("a"), snapshot_of("a", "b")
+        hold.offer(CONFIG, first, Allocation(assigned={}, refused={}))
+        allocation = Allocation(assigned={"default/b": assignment("203.0.113.2")}, refused={})
+        hold.offer(CONFIG, latest, allocation)
+        await asyncio.sleep(0.02)
+        assert written == []  # the first plan and its feed have the CPU to themselves
+        hold.release()  # the first routes are with ExaBGP
+        assert written == [(CONFIG, latest, allocation)]
+        hold.release()  # every reconcile releases: once is what counts
+        hold.offer(CONFIG, first, allocation)  # from then on, at once
+        assert written[1:] == [(CONFIG, first, allocation)]
+        hold.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_cold_starts_writes_never_wait_longer_than_the_limit():
+    """Issue 14's guarantee, bounded: an ExaBGP that never answers holds status back `limit` s at most."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        written: list[float] = []
+        hold = leader_writes.ColdStartHold(loop, 0.2, lambda *a: written.append(loop.time()))
+        offered = loop.time()
+        hold.offer(CONFIG, snapshot_of("a"), Allocation(assigned={}, refused={}))
+        await until(lambda: written, "the writes after the limit")
+        assert 0.2 <= written[0] - offered < 2.0 and hold.open
+        hold.offer(CONFIG, snapshot_of("a"), Allocation(assigned={}, refused={}))
+        assert len(written) == 2  # open: at once
+
+    asyncio.run(scenario())
+
+
+def test_a_hold_stopped_writes_nothing_afterwards():
+    async def scenario() -> None:
+        written: list[tuple] = []
+        hold = leader_writes.ColdStartHold(asyncio.get_running_loop(), 0.05, lambda *a: written.append(a))
+        hold.offer(CONFIG, snapshot_of("a"), Allocation(assigned={}, refused={}))
+        hold.stop()
+        await asyncio.sleep(0.15)
+        assert written == []
+
+    asyncio.run(scenario())

@@ -375,6 +375,7 @@ def cold_start(lab: s.SystemLab, mode: Mode, out: Path) -> Section:
         repeats = mode.cold_repeats if n <= 10_000 else 1
         emu = lab.emulator("east-1")
         load_services(emu, range(n), [node.name])
+        emu.warm()  # each run, the first too, finds the objects encoded
         raws, birds, daemons = [], [], []
         for r in range(repeats):  # interleaved, so drift hits all three alike
             raws.append(_feed_raw(lab, n))
