@@ -207,6 +207,23 @@ def _is_buggy(version: int, value: int) -> bool:
     return version == 4 and (value & 0xFF) in (0, 255)
 
 
+def _position(spans: Sequence[tuple[int, int]], value: int) -> tuple[int, int]:
+    """The search position (span index, address) of the first address at or after `value`
+    in a pool's sorted spans; past the last span when there is none."""
+    for idx, (first, last) in enumerate(spans):
+        if value <= last:
+            return idx, max(value, first)
+    return len(spans), value
+
+
+def _lower_floor(floors: dict[tuple[str, int], int], pool_name: str, addr: Addr) -> None:
+    """`addr` of pool `pool_name` is free now, or may be: its pool's search floor (see
+    _State.floors) may not stay above it."""
+    key = (pool_name, addr[0])
+    if key in floors and addr[1] < floors[key]:
+        floors[key] = addr[1]
+
+
 # --- the algorithm ---------------------------------------------------------------------
 
 Addr = tuple[int, int]  # (version, int value): cheap to hash and compare, unlike ipaddress objects
@@ -247,7 +264,12 @@ class _Request:
 class _State:
     """Addresses claimed so far in this run, and the per-(pool, family) search cursors."""
 
-    def __init__(self, config: Config, holders: Optional[dict[Addr, tuple[_Holder, ...]]] = None):
+    def __init__(
+        self,
+        config: Config,
+        holders: Optional[dict[Addr, tuple[_Holder, ...]]] = None,
+        floors: Optional[dict[tuple[str, int], int]] = None,
+    ):
         self.config = config
         # In records mode, the memo's own index (records and reservations), written through
         # by this run and put back by restore(): copying it per run was O(records) per event.
@@ -257,6 +279,11 @@ class _State:
         self._saved: dict[Addr, Optional[tuple[_Holder, ...]]] = {}  # entries as they were before this run
         self.groups: dict[tuple[str, str], list[Addr]] = {}  # (namespace, sharing key) -> addresses
         self.cursor: dict[tuple[str, int], tuple[int, int]] = {}
+        # (pool, family) -> an address below which nothing of the pool is free in `holders`
+        # as it was before this run (records and reservations). The memo's own (RecordsMemo.
+        # floors): a search starts there, not at the pool's first address, and an autoAssign
+        # Service among 10,000 recorded ones no longer walks past all of them at every run.
+        self.floors: dict[tuple[str, int], int] = floors if floors is not None else {}
         self.nets: dict[tuple[str, int], list[tuple[int, int]]] = {}
         # Sorted (first, last, pool) per version for a bisect lookup of "which pool holds this address".
         self.index: dict[int, list[tuple[int, int, PoolConfig]]] = {4: [], 6: []}
@@ -284,24 +311,39 @@ class _State:
         return {version for version in (4, 6) if (pool.name, version) in self.nets}
 
     def lowest_free(self, pool: PoolConfig, version: int) -> Optional[Addr]:
-        nets = self.nets.get((pool.name, version))
+        key = (pool.name, version)
+        nets = self.nets.get(key)
         if not nets:
             return None
-        idx, value = self.cursor.get((pool.name, version), (0, nets[0][0]))
-        holders, buggy = self.holders, pool.avoid_buggy_ips
+        floor = self.floors.get(key, nets[0][0])
+        idx, value = self.cursor.get(key) or _position(nets, floor)
+        # The floor rises with a search that starts on it, over the addresses held before
+        # this run (or never handed out: avoidBuggyIPs); it stops at the first one that is
+        # free, or held by this run's claims alone (restore() frees those).
+        rising = value == floor
+        holders, saved, buggy = self.holders, self._saved, pool.avoid_buggy_ips
         while idx < len(nets):
             first, last = nets[idx]
             if value < first:
                 value = first
             while value <= last:
-                if (version, value) not in holders and not (buggy and _is_buggy(version, value)):
+                addr = (version, value)
+                never = buggy and _is_buggy(version, value)
+                if addr not in holders and not never:
                     # Leave the cursor *on* the address: it is only claimed if the whole
                     # assignment succeeds; once claimed the next search skips it.
-                    self.cursor[(pool.name, version)] = (idx, value)
-                    return (version, value)
+                    self.cursor[key] = (idx, value)
+                    if rising:
+                        self.floors[key] = value
+                    return addr
+                if rising and not never and addr in saved and saved[addr] is None:
+                    self.floors[key] = value  # this run's own claim: free again after it
+                    rising = False
                 value += 1
             idx += 1
-        self.cursor[(pool.name, version)] = (idx, value)
+        self.cursor[key] = (idx, value)
+        if rising:
+            self.floors[key] = value  # the pool is full
         return None
 
     def claim(self, addr: Addr, request: _Request) -> None:
@@ -324,6 +366,7 @@ class _State:
         pool = self.pool_of(addr)
         if pool is not None:
             self.cursor.pop((pool.name, addr[0]), None)
+            _lower_floor(self.floors, pool.name, addr)
 
     def _set_holders(self, addr: Addr, holders: tuple[_Holder, ...]) -> None:
         if addr not in self._saved:
@@ -905,6 +948,7 @@ class RecordsMemo:
         # group): a set per Service was 2.3 MB at 10,000 (tracemalloc). See _keys_of.
         self.by_holder: dict[str, Union[str, set[str]]] = {}
         self.by_group: dict[tuple[str, str], set[str]] = {}
+        self.floors: dict[tuple[str, int], int] = {}  # the runs' search floors: see _State.floors
         self.last: Optional[Allocation] = None
 
     def reset(self, config: Config, cluster: str) -> None:
@@ -986,6 +1030,7 @@ class RecordsMemo:
             self.holders[addr] = (reservation,)  # a record gone: the config's reservation holds it again
         else:
             self.holders.pop(addr, None)
+            _lower_floor(self.floors, rec.pool, addr)  # the record's pool is the address's (_evidence)
         mine = tuple((a, r) for a, r in self.held_by.get(rec.holder, ()) if a != addr)
         if mine:
             self.held_by[rec.holder] = mine
@@ -1076,7 +1121,7 @@ def _allocate_recorded(
             if old_group is not None:
                 memo.by_group.get(old_group, set()).discard(key)
 
-    state = _State(config, memo.holders)
+    state = _State(config, memo.holders, memo.floors)
     claims: dict[Addr, AddressRecord] = {}
     fresh: dict[str, Assignment] = {}  # the re-decided Services' assignments
     # By the snapshot's own key strings: service.key would build another one per Service,

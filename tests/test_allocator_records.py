@@ -163,9 +163,7 @@ def test_the_memo_forgets_a_runs_claims_and_gives_a_reservation_back_when_its_re
     memo = RecordsMemo()
 
     def both(services, records):
-        with_memo = allocate_recorded(config, {s.key: s for s in services}, records, "east", memo=memo)
-        assert with_memo == allocate_recorded(config, services, records, "east")
-        return with_memo
+        return _with_and_without_memo(config, memo, services, records)
 
     a = svc("a")
     assert [str(c.address) for c in both([a], store()).claims] == ["203.0.113.0"]  # claimed, never created
@@ -176,6 +174,43 @@ def test_the_memo_forgets_a_runs_claims_and_gives_a_reservation_back_when_its_re
     assert assigned(both([asks], held), "default/asks") == ("203.0.113.5",)
     refused = both([asks], store()).refused["default/asks"]  # its record deleted: reserved again
     assert "default/pinned" in refused.message
+
+
+def _with_and_without_memo(config, memo, services, records):
+    """allocate_recorded with `memo`, checked against a run without one."""
+    with_memo = allocate_recorded(config, {s.key: s for s in services}, records, "east", memo=memo)
+    assert with_memo == allocate_recorded(config, services, records, "east")
+    return with_memo
+
+
+def test_an_autoassign_search_starts_where_an_address_may_be_free():
+    """A new autoAssign Service's search starts at its pool's floor in the memo: below it,
+    every address was held by a record or a reservation before the run. It walked the pool
+    from its first address at every run (~3 ms with 10,000 records, ~24 ms with 50,000). The
+    floor stops at the run's own claims (a Service waiting for its record claims the same
+    address at every run) and goes back down when a record goes. Each step equals a run
+    without memo."""
+    config, memo = cfg(), RecordsMemo()
+    old = [svc(f"old{i}") for i in range(10)]
+    held = [rec(f"203.0.113.{i}", f"default/old{i}") for i in range(10)]
+    a, b = svc("a", created="2025-01-02T00:00:00Z"), svc("b", created="2025-01-03T00:00:00Z")
+
+    first = _with_and_without_memo(config, memo, old + [a, b], store(*held))
+    assert [(str(c.address), c.holder) for c in first.claims] == [
+        ("203.0.113.10", "default/a"), ("203.0.113.11", "default/b")]
+    assert memo.floors[("public", 4)] == int(ip("203.0.113.10"))  # past the records, not the claims
+    again = _with_and_without_memo(config, memo, old + [a, b], store(*held))  # no record yet
+    assert again.claims == first.claims
+
+    # a's record is in; old3 is deleted and its record gone: the oldest waiting Service
+    # gets .3, below the floor, and the next one the lowest address after a's
+    c = svc("c", created="2025-01-04T00:00:00Z")
+    left = [s for s in old if s.name != "old3"]
+    records = store(*(r for r in held if str(r.address) != "203.0.113.3"), first.claims[0])
+    then = _with_and_without_memo(config, memo, left + [a, b, c], records)
+    assert assigned(then, "default/a") == ("203.0.113.10",)
+    assert [(str(cl.address), cl.holder) for cl in then.claims] == [
+        ("203.0.113.3", "default/b"), ("203.0.113.11", "default/c")]
 
 
 def test_a_sharing_group_holds_one_record_and_ports_still_conflict():
