@@ -289,6 +289,9 @@ class Daemon:
             elector.start()
 
     async def _shutdown(self) -> None:
+        if self.allocator is not None:
+            # Before any await: the hold's timer must not start the leader's writes on the way out.
+            self.allocator.cold_start.stop()
         if self._drain_timer:
             self._drain_timer.cancel()
         self._wake_at(None)
@@ -316,7 +319,6 @@ class Daemon:
             if isinstance(result, Exception):
                 log.error("stopping a component failed", extra=fields(error=repr(result)))
         if self.allocator is not None:
-            self.allocator.cold_start.stop()
             self.allocator.status.stop()  # a write in flight is abandoned
             self.allocator.records.stop()
         for server in self.servers:
@@ -397,14 +399,14 @@ class Daemon:
             await self.driver.apply(desired)
             if node is not None:  # BFD follows the routes: up once announced, stopped only after a withdraw
                 await self.bfd.update(self.config, node, routes_withdrawn=self.drain == DrainState.WITHDRAWN)
-        if self.allocator is not None:  # the first routes are with ExaBGP (or this node has none to send)
-            self.allocator.cold_start.release()
         elif self.options.dry_run:
             entries = route_entries(desired)
             if entries != self._dry_run_entries:
                 for entry in entries:
                     log.info("dry-run: would announce", extra=fields(**entry))
                 self._dry_run_entries = entries
+        if self.allocator is not None:  # the first routes are with ExaBGP (or this node has none to send)
+            self.allocator.cold_start.release()
         self._node_seen = node is not None
         first_plan = not self.publisher.planned
         self._last_plan = the_plan

@@ -12,7 +12,9 @@ here and goes on. What this module decides is what to write, and when:
   again, plus what that pass left undone (failed, or changed under it): at 10,000
   Services, a Service event costs a check of that Service, not of 10,000 statuses;
 - a pass that failed comes back after a pause, with fresh state (the reconcile loop is
-  woken, and hands over the allocation of that moment).
+  woken, and hands over the allocation of that moment);
+- on a cold start, the first writes wait until this node's first routes are with ExaBGP,
+  a few seconds at most (ColdStartHold): the loop still never waits for them.
 
 The decisions are pure functions (tests/test_leader_writes.py); the two classes only keep
 the state between passes and run the blocking writers (kube/status.py, kube/records.py)
@@ -232,11 +234,14 @@ class ColdStartHold:
     ) -> None:
         self._loop, self._limit, self._write = loop, limit, write
         self.open = False
+        self._stopped = False  # the daemon is shutting down: nothing more is written
         self._held: Optional[tuple[Config, Snapshot, Allocation]] = None
         self._timer: Optional[asyncio.TimerHandle] = None
 
     def offer(self, config: Config, snapshot: Snapshot, allocation: Allocation) -> None:
         """On the loop, after each reconcile on the leader: written now, or held (latest wins)."""
+        if self._stopped:
+            return
         if self.open:
             self._write(config, snapshot, allocation)
             return
@@ -257,12 +262,13 @@ class ColdStartHold:
             self._write(*held)
 
     def _timed_out(self) -> None:
-        self._timer = None
-        if not self.open:
-            log.info("leader writes no longer wait for the first routes", extra=fields(waited=self._limit))
+        self._timer = None  # (release() cancels the timer: it fires only while held)
+        log.info("leader writes no longer wait for the first routes", extra=fields(waited=self._limit))
         self.release()
 
     def stop(self) -> None:
+        """On the loop, first thing at shutdown: what is held, or offered from now on, is dropped."""
+        self._stopped = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -318,7 +318,8 @@ def test_a_hold_stopped_writes_nothing_afterwards():
         hold = leader_writes.ColdStartHold(asyncio.get_running_loop(), 0.05, lambda *a: written.append(a))
         hold.offer(CONFIG, snapshot_of("a"), Allocation(assigned={}, refused={}))
         hold.stop()
-        await asyncio.sleep(0.15)
+        hold.offer(CONFIG, snapshot_of("a"), Allocation(assigned={}, refused={}))  # a reconcile still finishing
+        await asyncio.sleep(0.15)  # three times the limit
         assert written == []
 
     asyncio.run(scenario())
