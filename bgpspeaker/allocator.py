@@ -100,6 +100,10 @@ class Allocation:
     # before the Services waiting for them may use their addresses, and why each waits.
     claims: tuple[AddressRecord, ...] = ()
     pending: Mapping[str, str] = field(default_factory=dict)  # namespace/name -> what it waits for
+    # Records mode only: records of a waiting Service's identity that do not list this
+    # cluster yet. It joins them before it uses their addresses: not listed, it could see
+    # the address released under it (see _joined).
+    joining: tuple[AddressRecord, ...] = ()
 
 
 # --- public helpers ----------------------------------------------------------------------
@@ -1123,6 +1127,7 @@ def _allocate_recorded(
 
     state = _State(config, memo.holders, memo.floors)
     claims: dict[Addr, AddressRecord] = {}
+    joining: dict[Addr, AddressRecord] = {}
     fresh: dict[str, Assignment] = {}  # the re-decided Services' assignments
     # By the snapshot's own key strings: service.key would build another one per Service,
     # and the memo's indexes keep it (66 bytes each at 10,000, tracemalloc).
@@ -1132,7 +1137,7 @@ def _allocate_recorded(
     try:
         for key in todo:
             service = services[key]
-            outcome, holder, group = _decide_recorded(config, state, memo, records, cluster, service, claims)
+            outcome, holder, group = _decide_recorded(config, state, memo, records, cluster, service, claims, joining)
             if isinstance(outcome, Assignment):
                 fresh[key] = outcome
             elif isinstance(outcome, Refusal):
@@ -1155,6 +1160,7 @@ def _allocate_recorded(
         discarded=discarded,
         claims=tuple(claims[a] for a in sorted(claims)),
         pending=pending,
+        joining=tuple(joining[a] for a in sorted(joining)),
     )
     return memo.last
 
@@ -1188,9 +1194,10 @@ def _decide_recorded(
     cluster: str,
     service: ServiceView,
     claims: dict[Addr, AddressRecord],
+    joining: dict[Addr, AddressRecord],
 ):
     """One Service's outcome: an Assignment, a Refusal, or why it waits (str); with its holder
-    identity and sharing group. New addresses go into `claims`."""
+    identity and sharing group. New addresses go into `claims`, records to join into `joining`."""
     request = _parse_request(config, service, with_status=False)  # status is no evidence here
     if request.refusal is None and request.share_key is not None and not SHARING_KEY.fullmatch(request.share_key):
         request.refusal = Refusal(
@@ -1239,7 +1246,7 @@ def _decide_recorded(
         # pool's addresses): no search, no second check (~10 % of a cold start's allocation).
         # And no claim: the record's holder in the index already refuses everyone else (a
         # claim, put back after the run, was ~8 % of a cold start's allocation).
-        return _recorded_assignment(request, held, kept, wanted), holder, group
+        return _recorded_assignment(request, held, kept, wanted, cluster, joining), holder, group
     for addr, _ in kept.values():
         state.claim(addr, request)
     # A Service that joined a sharing group counts its own former record: while another
@@ -1254,7 +1261,7 @@ def _decide_recorded(
             state.release(addr, request)
         return _moving(own[0][1], own[0][0]), holder, group
     if complete:  # a sharing group's member, as above, with its claims made
-        return _recorded_assignment(request, held, kept, wanted), holder, group
+        return _recorded_assignment(request, held, kept, wanted, cluster, joining), holder, group
     result = _complete(state, request, kept)
     if isinstance(result, Refusal):
         for addr, _ in kept.values():
@@ -1288,7 +1295,9 @@ def _decide_recorded(
         )
     if new:
         return "waiting for the allocation record of " + ", ".join(str(_ip(a)) for a in new), holder, group
-    return Assignment(pool.name, tuple(_ip(a) for a in addrs)), holder, group
+    recorded = dict(held)  # no new address: every one is recorded for it (kept)
+    assignment = Assignment(pool.name, tuple(_ip(a) for a in addrs))
+    return _joined(assignment, [recorded[a] for a in addrs], cluster, joining), holder, group
 
 
 def _recorded_assignment(
@@ -1296,12 +1305,35 @@ def _recorded_assignment(
     held: Sequence[tuple[Addr, AddressRecord]],
     kept: Mapping[int, tuple[Addr, PoolConfig]],
     wanted: Sequence[int],
-) -> Assignment:
-    """The assignment of a Service whose every address is recorded for it (`kept`)."""
+    cluster: str,
+    joining: dict[Addr, AddressRecord],
+) -> Union[Assignment, str]:
+    """The assignment of a Service whose every address is recorded for it (`kept`), once
+    this cluster is listed on those records (_joined)."""
     pool = next(iter(kept.values()))[1]
     addrs = request.requested or tuple(kept[v][0] for v in wanted)
     recorded = dict(held)  # the records' own address objects, not a copy per Service (80 bytes each)
-    return Assignment(pool.name, tuple(recorded[a].address for a in addrs))
+    assignment = Assignment(pool.name, tuple(recorded[a].address for a in addrs))
+    return _joined(assignment, [recorded[a] for a in addrs], cluster, joining)
+
+
+def _joined(
+    assignment: Assignment, records: Sequence[AddressRecord], cluster: str, joining: dict[Addr, AddressRecord]
+) -> Union[Assignment, str]:
+    """`assignment` if `cluster` is listed on each of its `records`; else why it waits, with
+    the records it must join first in `joining`.
+
+    Invariant 1: the clusters listed on a record are the ones that keep its address; when
+    the last of them leaves, it deletes the record and the address is free for another
+    identity. A cluster that announced the address before its name was on the record
+    (its allocator down, or the join still in flight) would go on announcing it for the
+    old identity while another cluster hands it to a new one."""
+    unjoined = [rec for rec in records if cluster not in rec.clusters]
+    if not unjoined:
+        return assignment
+    for rec in unjoined:
+        joining[_addr(rec.address)] = rec
+    return "waiting to join the allocation record of " + ", ".join(str(rec.address) for rec in unjoined)
 
 
 def _status_ignored(service: ServiceView, outcome: object) -> tuple[Refusal, ...]:
@@ -1355,7 +1387,8 @@ def _unknown_store(config: Config, state: _State, request: _Request, records: Re
 def record_updates(
     records: Records, allocation: Allocation, cluster: str
 ) -> tuple[list[AddressRecord], list[AddressRecord]]:
-    """(records this cluster must join, records it must leave), from what it assigned.
+    """(records this cluster must join, records it must leave), from what it assigned (and
+    the records its waiting Services must join first: Allocation.joining).
 
     A cluster is listed on every record whose address one of its Services uses, and on
     no other: the last cluster to leave a record deletes it, which releases the address.
@@ -1363,6 +1396,7 @@ def record_updates(
     it goes: only the lowest is assigned. Both lists in `_record_order`.
     """
     used = {address for assignment in allocation.assigned.values() for address in assignment.addresses}
+    used |= {rec.address for rec in allocation.joining}  # to use once joined
     joins, leaves = [], []
     for store, recs in records.items():
         for key, rec in recs.items():
@@ -1397,6 +1431,7 @@ class RecordUpdates:
         # Addresses as Addr, not ipaddress objects: their __hash__ is Python code, and it ran
         # seven times per record on a cold start's first decision (0.4 s at 50,000; bench).
         self.used: dict[Addr, int] = {}  # address -> how many assignments use it
+        self.joining: set[Addr] = set()  # the addresses of Allocation.joining: used once joined
         # store -> address -> the key of its record there (two or more: a set; see _index_key)
         self.by_address: dict[str, dict[Addr, OneOrSet[str]]] = {}
         self.wrong: dict[str, dict[str, AddressRecord]] = {}  # store -> key -> a record to join or leave
@@ -1424,6 +1459,10 @@ class RecordUpdates:
                         if (count > 0) != (count - step > 0):
                             flipped.add(addr)
             self.assigned = new
+        joining = {_addr(rec.address) for rec in allocation.joining}
+        if joining != self.joining:
+            flipped |= joining ^ self.joining
+            self.joining = joining
         for store in set(self.records) | set(records):
             old_recs, new_recs = self.records.get(store, {}), records.get(store, {})
             if old_recs is new_recs:
@@ -1448,7 +1487,7 @@ class RecordUpdates:
             recs, wrong = self.records.get(store, {}), self.wrong.setdefault(store, {})
             for key in keys:
                 rec = recs.get(key)
-                if rec is not None and (_addr(rec.address) in self.used) != (cluster in rec.clusters):
+                if rec is not None and self._uses(_addr(rec.address)) != (cluster in rec.clusters):
                     wrong[key] = rec
                 else:
                     wrong.pop(key, None)
@@ -1458,8 +1497,11 @@ class RecordUpdates:
         joins: list[AddressRecord] = []
         leaves: list[AddressRecord] = []
         for _, rec in ordered:
-            (joins if _addr(rec.address) in self.used else leaves).append(rec)
+            (joins if self._uses(_addr(rec.address)) else leaves).append(rec)
         return joins, leaves
+
+    def _uses(self, addr: Addr) -> bool:
+        return addr in self.used or addr in self.joining
 
 
 def records_from_status(config: Config, services: Iterable[ServiceView], cluster: str) -> tuple[AddressRecord, ...]:

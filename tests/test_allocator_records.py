@@ -95,11 +95,17 @@ def test_a_request_for_a_recorded_address_is_refused_naming_the_holder():
 
 
 def test_the_same_identity_joins_the_address_another_cluster_recorded():
+    """West uses east's address for the same identity once west is listed on its record,
+    not before (see test_a_cluster_announces_an_address_only_once_listed_on_its_record)."""
     records = store(rec("203.0.113.7", "default/shop", ("east",)))
     out = allocate_recorded(cfg("west"), [svc("shop")], records, "west")
-    assert assigned(out, "default/shop") == ("203.0.113.7",)
+    assert "default/shop" not in out.assigned and not out.claims
+    assert out.pending["default/shop"] == "waiting to join the allocation record of 203.0.113.7"
     joins, leaves = record_updates(records, out, "west")
     assert [str(r.address) for r in joins] == ["203.0.113.7"] and leaves == []
+    joined = store(rec("203.0.113.7", "default/shop", ("east", "west")))
+    out = allocate_recorded(cfg("west"), [svc("shop")], joined, "west")
+    assert assigned(out, "default/shop") == ("203.0.113.7",) and record_updates(joined, out, "west") == ([], [])
 
 
 def test_a_deleted_service_is_left_and_the_last_cluster_out_deletes():
@@ -129,10 +135,10 @@ def test_record_writes_by_difference_keep_an_address_while_one_sharer_still_uses
 
 def test_two_records_of_one_identity_the_lowest_is_kept_and_the_other_left():
     records = store(rec("203.0.113.9", "default/shop", ("west",)), rec("203.0.113.3", "default/shop", ("east",)))
-    for cluster in ("east", "west"):
-        out = allocate_recorded(cfg(cluster), [svc("shop")], records, cluster)
-        assert assigned(out, "default/shop") == ("203.0.113.3",)
-    joins, leaves = record_updates(records, allocate_recorded(cfg("west"), [svc("shop")], records, "west"), "west")
+    assert assigned(allocate_recorded(cfg("east"), [svc("shop")], records, "east"), "default/shop") == ("203.0.113.3",)
+    west = allocate_recorded(cfg("west"), [svc("shop")], records, "west")
+    assert west.pending["default/shop"] == "waiting to join the allocation record of 203.0.113.3"  # not .9
+    joins, leaves = record_updates(records, west, "west")
     assert [str(r.address) for r in leaves] == ["203.0.113.9"] and [str(r.address) for r in joins] == ["203.0.113.3"]
 
 
@@ -310,7 +316,7 @@ def _check_invariants(latest: dict[str, tuple[Allocation, dict[str, ServiceView]
     assert all(len(sets) == 1 for sets in by_identity.values()), by_identity
 
 
-ACTIONS = st.lists(st.tuples(st.sampled_from(["create", "delete", "request", "share", "restart", "step"]),
+ACTIONS = st.lists(st.tuples(st.sampled_from(["create", "delete", "request", "share", "restart", "step", "down"]),
                              st.sampled_from(CLUSTERS), st.sampled_from(NAMES), st.integers(0, 15)),
                    min_size=5, max_size=60)
 
@@ -322,6 +328,7 @@ def test_three_clusters_one_store_never_break_invariants_1_and_2(actions, rnd):
     services: dict[str, dict[str, ServiceView]] = {c: {} for c in CLUSTERS}
     latest: dict[str, Allocation] = {}
     clock = 0
+    down: set[str] = set()  # clusters whose writes do not reach the store now
 
     memos = {c: RecordsMemo() for c in CLUSTERS}
     updates = {c: RecordUpdates() for c in CLUSTERS}
@@ -329,15 +336,17 @@ def test_three_clusters_one_store_never_break_invariants_1_and_2(actions, rnd):
     # a reservation for one of the names: the memo's index gives the address back to it when its record goes
     configs = {c: cfg(c, shared=True, reservations=[("203.0.113.5", f"default/{NAMES[1]}")]) for c in CLUSTERS}
 
-    def step(cluster):
+    def step(cluster, writes=True):
         # A cluster's allocator: decide from what it sees, create its claims (some may lose
-        # the race: 409), join and leave; its nodes then announce what it assigned.
+        # the race: 409), join and leave; its nodes then announce what it assigned. Without
+        # `writes`, none of its writes reach the store (its allocator down, the store out of
+        # reach, or the writes still in flight), and its nodes announce from what they read.
         config = configs[cluster]
         seen = store_.view()
         allocation = allocate_recorded(config, dict(services[cluster]), seen, cluster, memo=memos[cluster])
         # The incremental run decides exactly what a run from scratch decides.
         assert allocation == allocate_recorded(config, services[cluster].values(), seen, cluster)
-        order = list(allocation.claims)
+        order = list(allocation.claims) if writes else []
         rnd.shuffle(order)
         for claim in order:
             store_.create(claim)
@@ -346,7 +355,8 @@ def test_three_clusters_one_store_never_break_invariants_1_and_2(actions, rnd):
         kept = updates[cluster].update(seen, allocation, cluster)
         assert [list(map(id, side)) for side in kept] == [list(map(id, joins)), list(map(id, leaves))]
         assert usages[cluster].update(config, allocation) == pool_usage(config, allocation)  # the gauges too
-        store_.apply(cluster, joins, leaves)
+        if writes:
+            store_.apply(cluster, joins, leaves)
         latest[cluster] = (allocation, dict(services[cluster]))
         _check_invariants(latest)
 
@@ -375,8 +385,11 @@ def test_three_clusters_one_store_never_break_invariants_1_and_2(actions, rnd):
         elif action == "restart":
             latest.pop(cluster, None)  # a new allocator starts from the store alone
             memos[cluster], updates[cluster], usages[cluster] = RecordsMemo(), RecordUpdates(), PoolUsage()
-        step(cluster)
+        elif action == "down":  # its allocator's writes stop reaching the store, or start again
+            down ^= {cluster}
+        step(cluster, writes=cluster not in down)
     # Quiesce: every cluster runs until nothing changes; then every identity is settled.
+    down.clear()
     for _ in range(4):
         for cluster in CLUSTERS:
             step(cluster)
@@ -384,6 +397,37 @@ def test_three_clusters_one_store_never_break_invariants_1_and_2(actions, rnd):
         allocation = latest[cluster][0]
         assert not allocation.claims or all("waiting" in allocation.pending.get(k, "waiting")
                                             for k in allocation.pending)
+
+
+def test_a_cluster_announces_an_address_only_once_listed_on_its_record():
+    """Found by an attack on the records: west announced shop on east's record before its
+    allocator joined it (down, or the join in flight). East deleted shop, was the last one
+    listed, deleted the record, and gave the address to payroll: the router had it from
+    east for payroll and from west for shop. West now waits until it is listed."""
+    store_, latest = SharedStore(), {}
+    shop, payroll = svc("shop"), svc("payroll", created="2025-02-01T00:00:00Z")
+
+    def run(cluster, services, view=None, writes=True):
+        seen = store_.view() if view is None else view
+        allocation = allocate_recorded(cfg(cluster, shared=True), services, seen, cluster)
+        if writes:
+            for claim in allocation.claims:
+                store_.create(claim)
+            store_.apply(cluster, *record_updates(seen, allocation, cluster))
+        latest[cluster] = (allocation, {s.key: s for s in services})
+        return allocation, seen
+
+    run("east", [shop])
+    run("east", [shop])
+    west, west_view = run("west", [shop], writes=False)  # west's allocator cannot write
+    assert "default/shop" not in west.assigned
+    assert west.pending["default/shop"] == "waiting to join the allocation record of 203.0.113.0"
+    run("east", [])  # shop deleted in east: the last one listed deletes its record
+    run("east", [payroll])
+    run("east", [payroll])
+    run("west", [shop], view=west_view, writes=False)  # west, from what it read last
+    _check_invariants(latest)
+    assert assigned(latest["east"][0], "default/payroll") == ("203.0.113.0",)
 
 
 def test_the_issue_payroll_and_shop_case_in_three_clusters():
