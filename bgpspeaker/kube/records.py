@@ -102,7 +102,10 @@ class RecordKeeper:
             result.failed[store] = _describe(exc)
             log.warning("record store write failed", extra=fields(store=store, error=_describe(exc)))
 
-    def _create(self, claim: AddressRecord, result: KeeperResult) -> None:
+    def _create(self, claim: AddressRecord, result: KeeperResult, join_own: bool = False) -> None:
+        """Create `claim` if absent; a 409 whose record names another identity is a conflict.
+        With `join_own` (the import), a record of the same identity (another cluster's) is
+        joined: its Services would otherwise wait to join it, withdrawn, once the marker is in."""
         store = self._stores[claim.store]
         try:
             self._request(
@@ -118,6 +121,8 @@ class RecordKeeper:
                     "address already recorded for another identity",
                     extra=fields(address=str(claim.address), wanted_by=claim.holder, held_by=holder, store=store.name),
                 )
+            elif holder == claim.holder and join_own:
+                self._change_clusters(claim, True, result)
             return
         result.created.append(claim)
         log.info(
@@ -190,13 +195,26 @@ class RecordKeeper:
         """Create `records` (today's allocations) create-if-absent, then the import marker.
 
         Idempotent: an interrupted import is redone by the next leader (records already
-        there are skipped); the marker is written only when every record is in.
+        there are skipped, or joined when another cluster made them for the same identity);
+        the marker is written only when every record is in. Not when one of them is
+        recorded for another identity: the marker would make this cluster allocate from
+        records, and renumber its Service silently. Without it, the cluster goes on
+        allocating the old way (nothing moves), and the import is tried again and says so.
         """
         result = KeeperResult()
         records = list(records)
         for record in records:
-            self._guarded(result, record.store, self._create, record, result)
+            self._guarded(result, record.store, self._create, record, result, True)
         if result.failed or not self._is_leader():
+            return result
+        if result.conflicts:
+            log.error(
+                "import not complete: addresses recorded for other identities; allocating from status until "
+                "they are resolved (bgpspeaker audit lists them)",
+                extra=fields(
+                    conflicts=", ".join(f"{c.address} {c.holder} vs {holder}" for c, holder in result.conflicts)
+                ),
+            )
             return result
         store = self._stores[local]
         try:
