@@ -40,7 +40,7 @@ from bgpspeaker.metrics import Metrics
 from bgpspeaker.model import JSON, NodeView, RouteIntent, SameObjects, ServiceView, Snapshot, is_dns_subdomain
 from bgpspeaker.planner import Health, Plan, PlanMemo, plan as make_plan
 from bgpspeaker.publish import Publisher
-from bgpspeaker.records import LOCAL, SHARED
+from bgpspeaker.records import DEFAULT_NAMESPACE, LOCAL, SHARED
 from bgpspeaker.routes_view import route_entries
 
 if TYPE_CHECKING:  # imported for real in run(): the kubernetes client is slow to import and not needed offline
@@ -72,7 +72,7 @@ class Options:
     allocator: bool
     dry_run: bool
     run_dir: Path
-    lease_namespace: str = "bgpspeaker-system"
+    lease_namespace: str = DEFAULT_NAMESPACE
     # False: `bgpspeaker allocator`: allocate, write status, Events and records (on the Lease
     # holder), announce nothing and start no ExaBGP; `node_name` is then the pod's name.
     speaker: bool = True
@@ -812,7 +812,7 @@ def run_command(args: argparse.Namespace) -> int:
         allocator=not args.no_allocator,
         dry_run=args.dry_run,
         run_dir=run_dir,
-        lease_namespace=os.environ.get("POD_NAMESPACE") or "bgpspeaker-system",
+        lease_namespace=os.environ.get("POD_NAMESPACE") or DEFAULT_NAMESPACE,
         speaker=speaker,
     )
 

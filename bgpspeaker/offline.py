@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Callable, Optional, Sequence, TextIO
 
@@ -38,6 +39,7 @@ from bgpspeaker.config.schema import Config
 from bgpspeaker.exabgp.render import DEFAULT_SOCKET, RenderError, render_config
 from bgpspeaker.model import JSON, NodeView, Snapshot
 from bgpspeaker.planner import Explanation, Plan, Skip, explain, plan
+from bgpspeaker.records import DEFAULT_NAMESPACE, LOCAL, SHARED
 from bgpspeaker.routes_view import route_entries
 from bgpspeaker.views import snapshot_from_objects
 
@@ -60,8 +62,19 @@ def load_config(path: str) -> Config:
         raise _Exit(2, f"{path}: cannot read config: {error.strerror or error}") from None
 
 
-def load_objects(path: str) -> Snapshot:
-    """A Snapshot from a multi-document YAML file or a `List` (as `kubectl get -o yaml` prints)."""
+def record_namespaces(config: Config) -> dict[str, str]:
+    """Where a cluster with `config` reads its allocation records (store -> namespace): the
+    speaker's namespace (POD_NAMESPACE, as in the pod; bgpspeaker-system by default), and
+    the shared store's when the config has one."""
+    namespaces = {LOCAL: os.environ.get("POD_NAMESPACE") or DEFAULT_NAMESPACE}
+    if config.shared_store is not None:
+        namespaces[SHARED] = config.shared_store.namespace
+    return namespaces
+
+
+def load_objects(path: str, config: Optional[Config] = None) -> Snapshot:
+    """A Snapshot from a multi-document YAML file or a `List` (as `kubectl get -o yaml` prints),
+    with the allocation records found where a cluster with `config` reads them."""
     try:
         with open(path, encoding="utf-8") as stream:
             documents = list(yaml.safe_load_all(stream))
@@ -71,7 +84,9 @@ def load_objects(path: str) -> Snapshot:
         raise _Exit(2, f"{path}: not UTF-8 text: {error}") from None
     except yaml.YAMLError as error:
         raise _Exit(2, f"{path}: not valid YAML: {error}") from None
-    return snapshot_from_objects(documents)
+    if config is None:
+        return snapshot_from_objects(documents)
+    return snapshot_from_objects(documents, record_namespaces(config))
 
 
 def _check_node(snapshot: Snapshot, node_name: str, source: str) -> NodeView:
@@ -230,7 +245,7 @@ def render_command(args: argparse.Namespace) -> int:
 def plan_command(args: argparse.Namespace) -> int:
     def body() -> int:
         config = load_config(args.config)
-        snapshot = load_objects(args.objects)
+        snapshot = load_objects(args.objects, config)
         _check_node(snapshot, args.node_name, args.objects)
         allocation = allocate_snapshot(config, snapshot)  # as the allocator would
         # cluster.maintenance: the routes as the switch first makes them (drain's lowest tier + GSHUT)
@@ -262,7 +277,7 @@ def explain_command(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         objects: Optional[str] = getattr(args, "objects", None)
         if objects:
-            snapshot, source = load_objects(objects), objects
+            snapshot, source = load_objects(objects, config), objects
         else:
             snapshot, source = _fetch(args.kubeconfig), "the cluster"
         _check_node(snapshot, args.node_name, source)
@@ -290,7 +305,7 @@ def audit_command(args: argparse.Namespace) -> int:
         inputs = []
         for config_path, objects_path in args.cluster:
             config = load_config(config_path)
-            inputs.append(ClusterInput(config, load_objects(objects_path), f"{config_path}={objects_path}"))
+            inputs.append(ClusterInput(config, load_objects(objects_path, config), f"{config_path}={objects_path}"))
         try:
             report = audit(inputs)
         except ValueError as error:

@@ -44,6 +44,10 @@ RECORD_PREFIX = "bgpspeaker-ip-"
 # the old way, so an upgrade moves no address; after it, a marker counts for nothing.
 IMPORT_MARKER = "bgpspeaker-records-imported"
 
+# The speaker's namespace (its POD_NAMESPACE) when none is given: the Lease, the config and
+# the local store's records live there.
+DEFAULT_NAMESPACE = "bgpspeaker-system"
+
 LOCAL = "local"  # the store in this cluster's own API
 SHARED = "shared"  # the store named by `sharedStore` in the config, for pools marked `shared`
 

@@ -12,8 +12,9 @@ unrelated annotation costs nothing past its parse.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
-from typing import Iterable, Literal, Optional, Union
+from typing import Iterable, Literal, Mapping, Optional, Union
 
 from bgpspeaker import records as records_module
 from bgpspeaker.annotations import kept
@@ -28,6 +29,8 @@ from bgpspeaker.model import (
     Snapshot,
     freeze_pairs,
 )
+
+log = logging.getLogger(__name__)
 
 # Shape checks use `dict`, not typing.Mapping: JSON and YAML both decode to plain dicts,
 # and the ABC check cost ~20% of service_from_dict at 10k Services (measured).
@@ -155,17 +158,25 @@ def flatten_objects(documents: Iterable[Optional[JSONObject]]) -> list[JSONObjec
     return objects
 
 
-def snapshot_from_objects(documents: Iterable[Optional[JSONObject]]) -> Snapshot:
+DEFAULT_RECORD_NAMESPACES: Mapping[str, str] = {records_module.LOCAL: records_module.DEFAULT_NAMESPACE}
+
+
+def snapshot_from_objects(
+    documents: Iterable[Optional[JSONObject]], record_namespaces: Mapping[str, str] = DEFAULT_RECORD_NAMESPACES
+) -> Snapshot:
     """A Snapshot of the Services, EndpointSlices, Nodes and allocation records among `documents`.
 
-    Records (ConfigMaps labelled bgpspeaker.io/address-record, from `kubectl get cm -n
-    <the speaker's namespace>`) count only with the import marker among them, as in a
-    running cluster; a dump does not say which store a record came from, so each is
-    offered to both (the allocator takes a record only from its pool's store).
-    Other kinds are ignored.
+    Records (ConfigMaps labelled bgpspeaker.io/address-record) count only in the
+    namespaces a running cluster reads them from, `record_namespaces` (store -> namespace:
+    the speaker's own, and the shared store's), and only with the import marker in the
+    local store's namespace, as in a running cluster. A labelled ConfigMap anywhere else
+    is a tenant's, evidence of nothing: a dump taken with `kubectl get cm -A` holds them
+    (with the marker in its own namespace, a tenant switched the offline audit to records
+    and hid every conflict). A labelled ConfigMap that is not a valid record is skipped,
+    with a warning, as the informer skips it. Other kinds are ignored.
     """
     services, slices, nodes = [], [], []
-    records: dict[str, records_module.AddressRecord] = {}
+    records: dict[str, dict[str, records_module.AddressRecord]] = {store: {} for store in record_namespaces}
     imported = False
     for obj in flatten_objects(documents):
         if (
@@ -173,11 +184,18 @@ def snapshot_from_objects(documents: Iterable[Optional[JSONObject]]) -> Snapshot
             and ((obj.get("metadata") or {}).get("labels") or {}).get(records_module.RECORD_LABEL)
             == records_module.RECORD_LABEL_VALUE
         ):
+            namespace = (obj.get("metadata") or {}).get("namespace")
+            stores = [store for store, ns in record_namespaces.items() if ns == namespace]
             if records_module.is_import_marker(obj):
-                imported = True
-            else:
-                record = records_module.record_from_dict(obj)
-                records[record_name_key(obj)] = record
+                imported = imported or records_module.LOCAL in stores
+            elif stores:
+                try:
+                    record = records_module.record_from_dict(obj)
+                except records_module.BadRecord as error:
+                    log.warning("ignored: %s is not a valid allocation record: %s", record_name_key(obj), error)
+                    continue
+                for store in stores:
+                    records[store][record_name_key(obj)] = dataclasses.replace(record, store=store)
             continue
         kind = obj.get("kind")
         if kind == "Service":
@@ -188,9 +206,7 @@ def snapshot_from_objects(documents: Iterable[Optional[JSONObject]]) -> Snapshot
             nodes.append(node_from_dict(obj))
     snapshot = Snapshot.of(services, slices, nodes)
     if imported:
-        snapshot = dataclasses.replace(
-            snapshot, records={records_module.LOCAL: records, records_module.SHARED: records}
-        )
+        snapshot = dataclasses.replace(snapshot, records=records)
     return snapshot
 
 

@@ -8,10 +8,12 @@ import pytest
 
 from bgpspeaker.kube.watcher import records_resource
 from bgpspeaker.records import (
-    IMPORT_MARKER, SHARED, AddressRecord, BadRecord, import_marker_body, record_body, record_from_dict, record_name,
+    DEFAULT_NAMESPACE, IMPORT_MARKER, LOCAL, RECORD_LABEL, RECORD_LABEL_VALUE, SHARED, AddressRecord, BadRecord,
+    import_marker_body, record_body, record_from_dict, record_name,
 )
-from bgpspeaker.views import IMPORTED
+from bgpspeaker.views import IMPORTED, snapshot_from_objects
 
+ip = ipaddress.ip_address
 RECORD = AddressRecord(ipaddress.ip_address("203.0.113.7"), "public", "default", "shop",
                        clusters=frozenset({"east", "west"}))
 
@@ -87,3 +89,47 @@ def replace_address(record: AddressRecord, address: str) -> AddressRecord:
     import dataclasses
 
     return dataclasses.replace(record, address=ipaddress.ip_address(address))
+
+
+# --- records in an object dump (offline plan, explain, audit) -----------------------------
+# Found by an attack on the records: a dump taken with `kubectl get cm -A` holds tenants'
+# ConfigMaps, and any labelled one counted. With the marker in its own namespace, a tenant
+# switched a cluster's audit to records (with none of them): every conflict was hidden.
+
+def _service(namespace, name, ingress):
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"namespace": namespace, "name": name, "creationTimestamp": "2024-01-01T00:00:00Z",
+                         "annotations": {"bgpspeaker.io/ip-allocated-from-pool": "public"}},
+            "spec": {"type": "LoadBalancer", "ports": [{"protocol": "TCP", "port": 80}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": ingress}]}}}
+
+
+def _labelled(namespace, name, data=None):
+    return {"apiVersion": "v1", "kind": "ConfigMap", "data": data or {},
+            "metadata": {"namespace": namespace, "name": name, "labels": {RECORD_LABEL: RECORD_LABEL_VALUE}}}
+
+
+def test_a_dump_reads_records_and_the_marker_only_where_the_cluster_keeps_them():
+    shop = _service("default", "shop", "203.0.113.0")
+    real = record_body(AddressRecord(ip("203.0.113.0"), "public", "default", "shop", clusters=frozenset({"east"})),
+                       DEFAULT_NAMESPACE)
+    forged = record_body(AddressRecord(ip("203.0.113.1"), "public", "tenant", "evil"), "tenant")
+    # the marker a tenant made in its own namespace switches nothing
+    assert snapshot_from_objects([shop, real, _labelled("tenant", IMPORT_MARKER)]).records is None
+    snapshot = snapshot_from_objects([shop, real, forged, import_marker_body(DEFAULT_NAMESPACE, "east", 1)])
+    assert {store: sorted(r.holder for r in recs.values()) for store, recs in snapshot.records.items()} == {
+        LOCAL: ["default/shop"]}
+    # a shared store's namespace (from the config) holds the shared pools' records
+    shared = snapshot_from_objects([shop, dict(real, metadata=dict(real["metadata"], namespace="bgpspeaker-records")),
+                                    import_marker_body(DEFAULT_NAMESPACE, "east", 1)],
+                                   {LOCAL: DEFAULT_NAMESPACE, SHARED: "bgpspeaker-records"})
+    assert {store: len(recs) for store, recs in shared.records.items()} == {LOCAL: 0, SHARED: 1}
+    assert next(iter(shared.records[SHARED].values())).store == SHARED
+
+
+def test_a_dump_skips_a_labelled_configmap_that_is_not_a_record(caplog):
+    shop = _service("default", "shop", "203.0.113.0")
+    snapshot = snapshot_from_objects([shop, _labelled(DEFAULT_NAMESPACE, "junk", {"address": "not-an-ip"}),
+                                      import_marker_body(DEFAULT_NAMESPACE, "east", 0)])
+    assert snapshot.records == {LOCAL: {}}  # was: BadRecord out of `bgpspeaker audit`
+    assert "bgpspeaker-system/junk is not a valid allocation record" in caplog.text
