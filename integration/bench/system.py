@@ -147,7 +147,10 @@ def speaker_config(node: Node) -> dict:
         "speaker": {"myASN": node.asn, "routerID": "auto", "shutdown": "keep", "drainSeconds": 1},
         "exabgp": {"gracefulRestart": 0},
         "peers": [{"name": "tor", "address": node.tor_address, "asn": TOR_ASN, "holdTime": HOLD_TIME}],
-        "pools": [{"name": "public", "addresses": [str(POOL)], "autoAssign": True}],
+        # The pool's first address is never a Service's (vip): reserved, so that an autoAssign
+        # Service's lowest free address lies past every recorded one (the event bench's row).
+        "pools": [{"name": "public", "addresses": [str(POOL)], "autoAssign": True,
+                   "reservations": [{"address": str(POOL.network_address), "service": "bench/reserved"}]}],
         "tiers": {
             "primary": {"med": 100, "localPref": 300, "asPathPrepend": 0, "communities": [f"{node.asn}:100"]},
             "secondary": {"med": 200, "localPref": 200, "asPathPrepend": 1, "communities": [f"{node.asn}:200"]},
@@ -288,6 +291,14 @@ def machine() -> dict:
 
 # --------------------------------------------------------------------------- the emulated API
 
+class EmulatorError(netns.LabError):
+    """An emulator's hook answered with an HTTP error."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
 class NodeEmulator(RemoteEmulator):
     """`python -m integration.kubeapi` in a node's namespace, at 127.0.0.1:6443 there;
     its hooks (RemoteEmulator's) over one keep-alive connection made inside the namespace."""
@@ -335,8 +346,17 @@ class NodeEmulator(RemoteEmulator):
                     if attempt == 2:
                         raise
         if response.status >= 400:
-            raise netns.LabError(f"emulator {op}: HTTP {response.status}: {payload[:300]!r}")
+            raise EmulatorError(f"emulator {op}: HTTP {response.status}: {payload[:300]!r}", response.status)
         return json.loads(payload)
+
+    def get_object(self, api_version: str, kind: str, namespace: Optional[str], name: str) -> Optional[dict]:
+        """The object, or None when there is none (as RemoteEmulator's)."""
+        try:
+            return super().get_object(api_version, kind, namespace, name)
+        except EmulatorError as error:
+            if error.status == 404:
+                return None
+            raise
 
     def load_many(self, objects: list[dict], chunk: int = 2000) -> None:
         for start in range(0, len(objects), chunk):
