@@ -102,7 +102,7 @@ class Allocation:
     pending: Mapping[str, str] = field(default_factory=dict)  # namespace/name -> what it waits for
     # Records mode only: records of a waiting Service's identity that do not list this
     # cluster yet. It joins them before it uses their addresses: not listed, it could see
-    # the address released under it (see _joined).
+    # the address released under it (see _joined_assignment).
     joining: tuple[AddressRecord, ...] = ()
 
 
@@ -1295,9 +1295,8 @@ def _decide_recorded(
         )
     if new:
         return "waiting for the allocation record of " + ", ".join(str(_ip(a)) for a in new), holder, group
-    recorded = dict(held)  # no new address: every one is recorded for it (kept)
-    assignment = Assignment(pool.name, tuple(_ip(a) for a in addrs))
-    return _joined(assignment, [recorded[a] for a in addrs], cluster, joining), holder, group
+    # no new address: every one is recorded for it (kept)
+    return _joined_assignment(pool.name, addrs, held, cluster, joining), holder, group
 
 
 def _recorded_assignment(
@@ -1308,29 +1307,35 @@ def _recorded_assignment(
     cluster: str,
     joining: dict[Addr, AddressRecord],
 ) -> Union[Assignment, str]:
-    """The assignment of a Service whose every address is recorded for it (`kept`), once
-    this cluster is listed on those records (_joined)."""
+    """The assignment of a Service whose every address is recorded for it (`kept`): what
+    it asks for, or per family the one kept (_joined_assignment)."""
     pool = next(iter(kept.values()))[1]
     addrs = request.requested or tuple(kept[v][0] for v in wanted)
-    recorded = dict(held)  # the records' own address objects, not a copy per Service (80 bytes each)
-    assignment = Assignment(pool.name, tuple(recorded[a].address for a in addrs))
-    return _joined(assignment, [recorded[a] for a in addrs], cluster, joining)
+    return _joined_assignment(pool.name, addrs, held, cluster, joining)
 
 
-def _joined(
-    assignment: Assignment, records: Sequence[AddressRecord], cluster: str, joining: dict[Addr, AddressRecord]
+def _joined_assignment(
+    pool_name: str,
+    addrs: Sequence[Addr],
+    held: Sequence[tuple[Addr, AddressRecord]],
+    cluster: str,
+    joining: dict[Addr, AddressRecord],
 ) -> Union[Assignment, str]:
-    """`assignment` if `cluster` is listed on each of its `records`; else why it waits, with
-    the records it must join first in `joining`.
+    """The assignment of `addrs` of `pool_name`, each recorded for the Service (in `held`),
+    if `cluster` is listed on each of their records; else why it waits, with the records
+    it must join first in `joining`.
 
     Invariant 1: the clusters listed on a record are the ones that keep its address; when
     the last of them leaves, it deletes the record and the address is free for another
     identity. A cluster that announced the address before its name was on the record
     (its allocator down, or the join still in flight) would go on announcing it for the
     old identity while another cluster hands it to a new one."""
+    recorded = dict(held)
+    records = [recorded[a] for a in addrs]
     unjoined = [rec for rec in records if cluster not in rec.clusters]
     if not unjoined:
-        return assignment
+        # the records' own address objects, not a copy per Service (80 bytes each)
+        return Assignment(pool_name, tuple(rec.address for rec in records))
     for rec in unjoined:
         joining[_addr(rec.address)] = rec
     return "waiting to join the allocation record of " + ", ".join(str(rec.address) for rec in unjoined)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Callable, Iterable, Mapping, Optional
 
 import kubernetes
@@ -204,7 +205,7 @@ class RecordKeeper:
         result = KeeperResult()
         records = list(records)
         for record in records:
-            self._guarded(result, record.store, self._create, record, result, True)
+            self._guarded(result, record.store, partial(self._create, join_own=True), record, result)
         if result.failed or not self._is_leader():
             return result
         if result.conflicts:
