@@ -8,41 +8,60 @@ older tenant Service could take a running address from a younger one. And across
 clusters nothing at all tied an address to one Service: two clusters could give one
 address to two Services, and a failover would hand one application's clients to another.
 
-So the evidence is one ConfigMap per address, in the allocator's own namespace (or, for
-a pool shared by several clusters, in the namespace of a record store that all of them
-use), named after the address and created create-if-absent: the API server itself
-refuses a second holder (409 AlreadyExists). Only the allocator's ServiceAccount may
-write there; Service status and the annotation are outputs only. docs/design.md,
-"Addresses across clusters", states the invariants these records carry.
+So the evidence is a set of ConfigMaps in the allocator's own namespace (or, for a pool
+shared by several clusters, in the namespace of a record store that all of them use),
+one per block of 256 addresses (an IPv4 /24, an IPv6 /120; Calico's IPAM blocks are the
+same idea), holding one entry per address held in the block:
+
+    bgpspeaker-ips-203.0.113.0-24:   data: {"203.0.113.5": "service=default/shop pool=public clusters=east,west"}
+
+Every change to a block is a write guarded by the resourceVersion the writer read (or a
+create-if-absent of the block), so the API server itself refuses a second holder: of two
+clusters claiming one address, one write fails with 409 and the writer reads the block
+again, and sees the winner. Only the allocator's ServiceAccount may write there; Service
+status and the annotation are outputs only. docs/design.md, "Addresses across clusters",
+states the invariants these records carry.
+
+Why blocks and not one ConfigMap per address (the first records version): every speaker
+lists every record at its start, and 50,000 objects cost the API server and each speaker
+as much as the Services did (docs/performance.md); 200 blocks cost a fraction of that.
 
 A record names its holder: one Service (namespace/name: the same identity in every
 cluster, as the multi-cluster Services KEP's namespace sameness), or one sharing group
 (namespace + allow-shared-ip key) for Services that share the address. It also lists
 the clusters whose Services use it: a cluster adds itself when it starts using the
-address and removes itself when it stops; the last one out deletes the record. So an
+address and removes itself when it stops; the last one out removes the entry. So an
 address is released only when no cluster uses it any more.
 
-This module is values only: names, parsing a ConfigMap into an AddressRecord and back.
-The shell that reads and writes them is bgpspeaker/kube/records.py.
+This module is values only: names, parsing a block into AddressRecords and back. The
+shell that reads and writes them is bgpspeaker/kube/records.py.
 """
 
 from __future__ import annotations
 
 import functools
+import ipaddress
+import logging
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Iterable, Mapping, Optional
 
+from bgpspeaker.logs import fields
 from bgpspeaker.model import JSON, IPAddress, JSONObject, parse_ip
 
-RECORD_LABEL = "bgpspeaker.io/address-record"  # label selector of the records' watch: "<label>=v1"
+log = logging.getLogger(__name__)
+
+RECORD_LABEL = "bgpspeaker.io/address-block"  # label selector of the records' watch: "<label>=v1"
 RECORD_LABEL_VALUE = "v1"
-RECORD_PREFIX = "bgpspeaker-ip-"
+BLOCK_PREFIX = "bgpspeaker-ips-"
+BLOCK_BITS = 8  # addresses per block: 2 ** BLOCK_BITS (an IPv4 /24, an IPv6 /120)
 # Written once the first allocator of the records version has imported the allocations it
 # found (status + allocated-from-pool annotation). Before it exists every node allocates
 # the old way, so an upgrade moves no address; after it, a marker counts for nothing.
-IMPORT_MARKER = "bgpspeaker-records-imported"
+# Not the name the per-address records of development builds used for theirs: a cluster
+# that ran those imports again, from status, into blocks (their records are not read).
+IMPORT_MARKER = "bgpspeaker-address-blocks-imported"
 
 # The speaker's namespace (its POD_NAMESPACE) when none is given: the Lease, the config and
 # the local store's records live there.
@@ -51,7 +70,7 @@ DEFAULT_NAMESPACE = "bgpspeaker-system"
 LOCAL = "local"  # the store in this cluster's own API
 SHARED = "shared"  # the store named by `sharedStore` in the config, for pools marked `shared`
 
-_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a DNS label: namespace and Service names
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # a DNS label: namespace, Service and pool names
 SHARING_KEY = re.compile(r"[A-Za-z0-9][-A-Za-z0-9_.]{0,252}")  # a sharing key as we accept it in a record
 _CLUSTER = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
@@ -64,8 +83,7 @@ class AddressRecord:
     service: Optional[str] = None  # the holder Service's name; None when a sharing group holds it
     sharing_key: Optional[str] = None  # the allow-shared-ip key of the group holding it
     clusters: frozenset[str] = frozenset()  # the clusters whose Services use it now
-    # Bookkeeping of the API object, not part of what the record says.
-    resource_version: str = field(default="", compare=False)
+    # Which store it was read from (or is meant for): bookkeeping, not part of what it says.
     store: str = field(default=LOCAL, compare=False)
 
     @property
@@ -88,95 +106,188 @@ def holder_of(namespace: str, name: str, sharing_key: Optional[str]) -> str:
     return sys.intern(f"{namespace}/*{sharing_key}" if sharing_key is not None else f"{namespace}/{name}")
 
 
-def record_name(address: IPAddress) -> str:
-    """The ConfigMap's name for `address`: one name per address, so create-if-absent is the lock.
+# --- names ------------------------------------------------------------------------------------
 
-    IPv4 dotted (a valid DNS subdomain); IPv6 as its 32 hex digits (no ':' in a name, and
-    the exploded form is unique where the compressed one has several spellings).
+
+def record_key(address: IPAddress) -> str:
+    """The key of `address`'s entry in its block (and of its record in a Snapshot's records).
+
+    IPv4 dotted; IPv6 compressed with '-' for ':' (a ConfigMap key allows no ':'). One key
+    per address: these are the canonical spellings, and an entry spelled otherwise is refused.
     """
+    return str(address) if address.version == 4 else str(address).replace(":", "-")
+
+
+def _address_of_key(key: str) -> IPAddress:
+    # parse_ip's cache: the Service asking for this address parses the same text, and both
+    # then hold one address object (one parse and 80 bytes less per record)
+    return parse_ip(key.replace("-", ":") if "-" in key else key)  # no '-' in IPv4, always one in IPv6
+
+
+def block_name(address: IPAddress) -> str:
+    """The ConfigMap holding `address`'s entry: one per 256 addresses, named after its first.
+
+    IPv4 `bgpspeaker-ips-203.0.113.0-24`; IPv6 `bgpspeaker-ips-v6-<32 hex digits>-120`
+    (no ':' in a name, and the exploded form has one spelling)."""
+    first = int(address) >> BLOCK_BITS << BLOCK_BITS
     if address.version == 4:
-        return RECORD_PREFIX + str(address)
-    return RECORD_PREFIX + "v6-" + f"{int(address):032x}"
+        return f"{BLOCK_PREFIX}{ipaddress.IPv4Address(first)}-{32 - BLOCK_BITS}"
+    return f"{BLOCK_PREFIX}v6-{first:032x}-{128 - BLOCK_BITS}"
 
 
-def record_body(record: AddressRecord, namespace: str) -> dict[str, JSON]:
-    """The ConfigMap that stores `record` (a create body; resourceVersion added for updates)."""
-    data = {
-        "address": str(record.address),
-        "pool": record.pool,
-        "namespace": record.namespace,
-        "clusters": ",".join(sorted(record.clusters)),
-    }
-    if record.service is not None:
-        data["service"] = record.service
-    else:
-        data["sharingKey"] = record.sharing_key or ""
-    metadata: dict[str, JSON] = {
-        "name": record_name(record.address),
-        "namespace": namespace,
-        "labels": {RECORD_LABEL: RECORD_LABEL_VALUE, "app.kubernetes.io/managed-by": "bgpspeaker"},
-    }
-    if record.resource_version:
-        metadata["resourceVersion"] = record.resource_version
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data}
+@functools.lru_cache(maxsize=4096)
+def _block_of_name(name: str) -> Optional[tuple[int, int]]:
+    """(IP version, first address as an int) of a block named `name`, or None if it is no block name."""
+    rest = name.removeprefix(BLOCK_PREFIX)
+    try:
+        if rest.startswith("v6-") and rest.endswith(f"-{128 - BLOCK_BITS}"):
+            first = int(rest[3:-4], 16)
+            version = 6
+            address: IPAddress = ipaddress.IPv6Address(first)
+        elif rest.endswith(f"-{32 - BLOCK_BITS}"):
+            address = ipaddress.IPv4Address(rest[:-3])
+            version, first = 4, int(address)
+        else:
+            return None
+    except ValueError:
+        return None
+    return (version, first) if block_name(address) == name else None
+
+
+# --- entries ------------------------------------------------------------------------------------
+
+
+def entry_text(record: AddressRecord) -> str:
+    """What a block says of `record`: `service=ns/name pool=P clusters=a,b` (or `sharing=ns/key`)."""
+    holder = (
+        f"service={record.namespace}/{record.service}"
+        if record.service is not None
+        else (f"sharing={record.namespace}/{record.sharing_key}")
+    )
+    return f"{holder} pool={record.pool} clusters={','.join(sorted(record.clusters))}"
 
 
 class BadRecord(ValueError):
-    """A ConfigMap with our label that does not hold a valid record (it is ignored, and logged)."""
+    """A block, or an entry of one, that does not hold a valid record (ignored, and logged)."""
 
 
-def record_from_dict(obj: JSONObject, store: str = LOCAL) -> AddressRecord:
-    """Parse a record ConfigMap; BadRecord says what is wrong.
-
-    Strict: the address must match the object's name (a record renamed or edited by hand
-    to claim another address is not evidence of anything), names must be Kubernetes names.
-    """
-    meta = obj.get("metadata") or {}
-    data = obj.get("data") or {}
-    if not isinstance(data, Mapping):
-        raise BadRecord("data is not a mapping")
-    text = data.get("address", "")
+def entry_from_text(key: str, text: object, store: str = LOCAL) -> AddressRecord:
+    """Parse one entry of a block; BadRecord says what is wrong (the block's range is checked
+    by block_from_dict). Strict: a canonical key, Kubernetes names, nothing else."""
     try:
-        # parse_ip's cache: the Service asking for this address parses the same text, and
-        # both then hold one address object (one parse and 80 bytes less per record)
-        address = parse_ip(text)
+        address = _address_of_key(key)
     except ValueError:
-        raise BadRecord(f"data.address {str(text)[:64]!r} is not an IP address") from None
-    name = record_name(address)
-    if meta.get("name") != name:
-        raise BadRecord(f"named {str(meta.get('name'))[:80]!r}, but a record of {address} is named {name!r}")
-    namespace, service, key = data.get("namespace"), data.get("service"), data.get("sharingKey")
-    if not isinstance(namespace, str) or not _NAME.fullmatch(namespace):
-        raise BadRecord("data.namespace is not a namespace name")
-    if (service is None) == (key is None):
-        raise BadRecord("exactly one of data.service and data.sharingKey names the holder")
-    if service is not None and not (isinstance(service, str) and _NAME.fullmatch(service)):
-        raise BadRecord("data.service is not a Service name")
-    if key is not None and not (isinstance(key, str) and SHARING_KEY.fullmatch(key)):
-        raise BadRecord("data.sharingKey is not a sharing key")
-    pool = data.get("pool")
-    if not isinstance(pool, str) or not pool:
-        raise BadRecord("data.pool is missing")
+        raise BadRecord(f"key {key[:64]!r} is not an IP address") from None
+    # IPv4 text that parses is the one spelling (ipaddress refuses leading zeros and
+    # anything but four decimal octets); IPv6 has many, and only one is the key.
+    if address.version == 6 and record_key(address) != key:
+        raise BadRecord(f"key {key[:64]!r} is not spelled {record_key(address)!r}")
+    if not isinstance(text, str):
+        raise BadRecord(f"{key}: not a string")
+    parts = text.split(" ")
+    if len(parts) != 3:
+        raise BadRecord(f"{key}: not 'service=ns/name pool=P clusters=a,b'")
+    who, pool, clusters = parts
+    kind, _, holder = who.partition("=")
+    namespace, _, name = holder.partition("/")
+    if not _NAME.fullmatch(namespace):
+        raise BadRecord(f"{key}: {namespace[:64]!r} is not a namespace name")
+    if kind == "service":
+        if not _NAME.fullmatch(name):
+            raise BadRecord(f"{key}: {name[:64]!r} is not a Service name")
+        service, sharing_key = name, None
+    elif kind == "sharing":
+        if not SHARING_KEY.fullmatch(name):
+            raise BadRecord(f"{key}: {name[:64]!r} is not a sharing key")
+        service, sharing_key = None, name
+    else:
+        raise BadRecord(f"{key}: the holder is neither service= nor sharing=")
+    if not pool.startswith("pool=") or not _NAME.fullmatch(pool[5:]):
+        raise BadRecord(f"{key}: no valid pool=")
+    if not clusters.startswith("clusters="):
+        raise BadRecord(f"{key}: no clusters=")
     return AddressRecord(
         address=address,
-        pool=sys.intern(pool),
+        pool=sys.intern(pool[5:]),
         namespace=sys.intern(namespace),
         service=service,
-        sharing_key=key,
-        clusters=_clusters(str(data.get("clusters", ""))),
-        resource_version=str(meta.get("resourceVersion") or ""),
+        sharing_key=sharing_key,
+        clusters=_clusters(clusters[9:]),
         store=store,
     )
 
 
+Block = dict[str, AddressRecord]  # a block's records by record_key; never changed once parsed
+
+
+def block_from_dict(
+    obj: JSONObject, store: str = LOCAL, previous: Optional[Mapping[str, AddressRecord]] = None
+) -> Block:
+    """The records of a block ConfigMap. A block not named as one is BadRecord as a whole;
+    an entry that is not a valid record, or lies outside the block, is left out and logged
+    (the rest of the block stands: one bad entry must not hide 255 good ones).
+
+    `previous`: this block's records as last parsed; an entry whose text is unchanged keeps
+    its record object (a block changes one entry at a time, and consumers compare records
+    by identity first), and costs a comparison rather than a parse.
+    """
+    meta = obj.get("metadata") or {}
+    name = str(meta.get("name") or "")
+    block = _block_of_name(name)
+    if block is None:
+        raise BadRecord(f"{name[:80]!r} is not the name of an address block")
+    data = obj.get("data") or {}
+    if not isinstance(data, Mapping):
+        raise BadRecord("data is not a mapping")
+    version, first = block
+    records: Block = {}
+    for key, text in data.items():
+        known = previous.get(key) if previous else None
+        if known is not None and known.store == store and entry_text(known) == text:
+            records[key] = known
+            continue
+        try:
+            record = entry_from_text(key, text, store)
+            if record.address.version != version or int(record.address) >> BLOCK_BITS != first >> BLOCK_BITS:
+                raise BadRecord(f"{key}: not an address of block {name}")
+        except BadRecord as error:
+            log.warning("ignored: not a valid allocation record", extra=fields(block=name, error=str(error)))
+            continue
+        records[key] = record
+    return records
+
+
+def block_body(
+    namespace: str, name: str, records: Iterable[AddressRecord], resource_version: str = ""
+) -> dict[str, JSON]:
+    """The ConfigMap of block `name` holding `records` (a create body, or a guarded replace)."""
+    metadata: dict[str, JSON] = {
+        "name": name,
+        "namespace": namespace,
+        "labels": {RECORD_LABEL: RECORD_LABEL_VALUE, "app.kubernetes.io/managed-by": "bgpspeaker"},
+    }
+    if resource_version:
+        metadata["resourceVersion"] = resource_version
+    data: dict[str, JSON] = {record_key(r.address): entry_text(r) for r in records}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data}
+
+
+def blocks_of(records: Iterable[AddressRecord], namespace: str) -> list[dict[str, JSON]]:
+    """The block ConfigMaps that hold `records` (test lab and bench fixtures, the offline tools)."""
+    by_block: dict[str, list[AddressRecord]] = {}
+    for record in records:
+        by_block.setdefault(block_name(record.address), []).append(record)
+    return [block_body(namespace, name, recs) for name, recs in sorted(by_block.items())]
+
+
 @functools.lru_cache(maxsize=1024)
 def _clusters(text: str) -> frozenset[str]:
-    """The clusters of a record's `clusters` text. Cached: a fleet has a few combinations,
+    """The clusters of an entry's `clusters=` text. Cached: a fleet has a few combinations,
     and each record kept its own frozenset (224 bytes, a third of a record; tracemalloc).
     Pools and namespaces are interned for the same reason."""
     clusters = frozenset(sys.intern(c) for c in text.split(",") if c)
     if any(not _CLUSTER.fullmatch(c) for c in clusters):
-        raise BadRecord("data.clusters holds something that is not a cluster name")
+        raise BadRecord("clusters= holds something that is not a cluster name")
     return clusters
 
 

@@ -166,14 +166,15 @@ def snapshot_from_objects(
 ) -> Snapshot:
     """A Snapshot of the Services, EndpointSlices, Nodes and allocation records among `documents`.
 
-    Records (ConfigMaps labelled bgpspeaker.io/address-record) count only in the
+    Records (blocks: ConfigMaps labelled bgpspeaker.io/address-block) count only in the
     namespaces a running cluster reads them from, `record_namespaces` (store -> namespace:
     the speaker's own, and the shared store's), and only with the import marker in the
     local store's namespace, as in a running cluster. A labelled ConfigMap anywhere else
     is a tenant's, evidence of nothing: a dump taken with `kubectl get cm -A` holds them
     (with the marker in its own namespace, a tenant switched the offline audit to records
     and hid every conflict). A labelled ConfigMap that is not a valid record is skipped,
-    with a warning, as the informer skips it. Other kinds are ignored.
+    with a warning, as the informer skips it (and so is an entry of a block that is not a
+    valid record). Other kinds are ignored.
     """
     services, slices, nodes = [], [], []
     records: dict[str, dict[str, records_module.AddressRecord]] = {store: {} for store in record_namespaces}
@@ -189,13 +190,12 @@ def snapshot_from_objects(
             if records_module.is_import_marker(obj):
                 imported = imported or records_module.LOCAL in stores
             elif stores:
-                try:
-                    record = records_module.record_from_dict(obj)
-                except records_module.BadRecord as error:
-                    log.warning("ignored: %s is not a valid allocation record: %s", record_name_key(obj), error)
-                    continue
                 for store in stores:
-                    records[store][record_name_key(obj)] = dataclasses.replace(record, store=store)
+                    try:
+                        records[store].update(records_module.block_from_dict(obj, store))
+                    except records_module.BadRecord as error:
+                        log.warning("ignored: %s is not a valid address block: %s", record_name_key(obj), error)
+                        break
             continue
         kind = obj.get("kind")
         if kind == "Service":
@@ -215,12 +215,15 @@ def record_name_key(obj: JSONObject) -> str:
     return f"{meta.get('namespace')}/{meta.get('name')}"
 
 
-def record_or_marker_from_dict(obj: JSONObject, store: str = records_module.LOCAL) -> RecordView:
-    """A records informer's view: an AddressRecord of `store`, or IMPORTED for the import marker."""
+def record_or_marker_from_dict(
+    obj: JSONObject, store: str = records_module.LOCAL, previous: Optional[object] = None
+) -> RecordView:
+    """A records informer's view: a block of `store` (its records by key), or IMPORTED for
+    the import marker. `previous`: the object's view before, whose unchanged records are kept."""
     if records_module.is_import_marker(obj):
         return IMPORTED
-    return records_module.record_from_dict(obj, store)
+    return records_module.block_from_dict(obj, store, previous if isinstance(previous, dict) else None)
 
 
 IMPORTED: Literal["imported"] = "imported"  # the view of the import marker in a records cache
-RecordView = Union[records_module.AddressRecord, Literal["imported"]]  # a records informer's view
+RecordView = Union[records_module.Block, Literal["imported"]]  # a records informer's view

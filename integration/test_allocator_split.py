@@ -18,6 +18,7 @@ import yaml
 from integration.lab.fixtures import lab  # noqa: F401  (fixture)
 from integration.lab.wait import wait_until
 from integration.test_daemon import PREFIX, VIP, Speaker, speaker_config, world  # noqa: F401  (fixture)
+from testkit.records import recorded
 
 pytestmark = pytest.mark.lab
 
@@ -64,8 +65,7 @@ def test_allocator_and_announce_only_speaker_each_do_only_their_part(lab, world,
         raise
     lease = emu.get_object("coordination.k8s.io/v1", "Lease", "bgpspeaker-system", "bgpspeaker-allocator")
     assert lease["spec"]["holderIdentity"] == POD
-    records = [o for o in emu.snapshot().get("v1/ConfigMap") or [] if o["metadata"]["name"].startswith("bgpspeaker-ip-")]
-    assert [r["data"]["address"] for r in records] == [VIP]
+    assert list(recorded(emu.snapshot().get("v1/ConfigMap") or [])) == [VIP]
 
     writes = [r for r in emu.requests if r["method"] in ("POST", "PUT", "PATCH", "DELETE")]
     by_speaker = {(r["method"], r["path"].split("/")[-1] if "events" in r["path"] else r["path"])

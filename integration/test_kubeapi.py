@@ -263,6 +263,21 @@ def test_stale_resource_version_conflicts(emu, core, ns):
     assert err.value.status == 409
 
 
+def test_delete_with_a_stale_resource_version_precondition_conflicts(core, ns):
+    """A DELETE whose DeleteOptions.preconditions.resourceVersion is not the object's is a
+    409, and the object stays. Found by the record keeper's race test: the emulator's
+    request log read the body first, and every precondition was ignored."""
+    core.create_namespaced_config_map(ns, {"metadata": {"name": "pre"}, "data": {"a": "1"}})
+    stale = core.read_namespaced_config_map("pre", ns).metadata.resource_version
+    core.patch_namespaced_config_map("pre", ns, {"data": {"a": "2"}})
+    with pytest.raises(ApiException) as err:
+        core.delete_namespaced_config_map("pre", ns, body={"preconditions": {"resourceVersion": stale}})
+    assert err.value.status == 409 and "Precondition failed" in json.loads(err.value.body)["message"]
+    assert core.read_namespaced_config_map("pre", ns).data == {"a": "2"}
+    current = core.read_namespaced_config_map("pre", ns).metadata.resource_version
+    core.delete_namespaced_config_map("pre", ns, body={"preconditions": {"resourceVersion": current}})
+
+
 def test_noop_patch_emits_no_event(emu, core, ns):
     """7.7: a write that changes nothing keeps the RV and emits nothing."""
     created = core.create_namespaced_service(ns, svc("a", ns, {"app": "web"}))

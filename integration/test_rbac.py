@@ -34,10 +34,10 @@ NOT_EXERCISED = {
     # kube/events.py: a repeated Event is a PATCH of its count (the same Event again within
     # its window); this run makes each Event once.
     ("", "events", "patch"),
-    # kube/records.py: a record is read, patched (a cluster joins or leaves it) and deleted
-    # (the last cluster lets its address go) only when a Service goes or moves; this run
-    # creates the import marker and one record and deletes nothing.
-    ("", "configmaps", "get"),
+    # kube/records.py: a block is patched when a second record lands in it, or a cluster
+    # joins or leaves a record, and deleted when its last record goes (the last cluster
+    # lets its address go); this run reads one block, creates it with one record and the
+    # import marker, and deletes nothing.
     ("", "configmaps", "patch"),
     ("", "configmaps", "delete"),
 }

@@ -13,12 +13,14 @@ import time
 
 import pytest
 
+from bgpspeaker.records import AddressRecord
 from integration.conftest import lab_for_test, start_lab
 from integration.lab import netns
 from integration.lab.cluster_lab import (
     RECORDS_NAMESPACE, endpoint_slice_object, record_measurement, service_object,
 )
 from integration.lab.wait import wait_until
+from testkit.records import recorded
 
 pytestmark = pytest.mark.lab
 
@@ -59,11 +61,9 @@ def _create(lab, cluster, name, *, namespace="default", preference=None, vip=Non
     lab.emulators[cluster].set_object(endpoint_slice_object(name, cluster, nodes, namespace))
 
 
-def _records(lab) -> dict[str, dict]:
-    """address -> the record's data, from the store itself."""
-    items = lab.store.snapshot().get("v1/ConfigMap") or []
-    return {o["data"]["address"]: o["data"] for o in items
-            if o["metadata"].get("namespace") == RECORDS_NAMESPACE and "address" in (o.get("data") or {})}
+def _records(lab) -> dict[str, AddressRecord]:
+    """address -> its record, from the store itself."""
+    return recorded(lab.store.snapshot().get("v1/ConfigMap") or [], RECORDS_NAMESPACE)
 
 
 def _ingress(lab, cluster, name, namespace="default"):
@@ -92,10 +92,10 @@ def test_payroll_and_shop_one_prefix_one_service_and_shop_the_same_everywhere(la
     shop, payroll = _ingress(lab, "east", "shop"), _ingress(lab, "west", "payroll")
     assert _ingress(lab, "west", "shop") == shop and payroll != shop
     # every cluster using an address is listed on its record (the last one out releases it)
-    wait_until(lambda: _records(lab).get(shop, {}).get("clusters") == "east,west", 10, "east and west on shop's record")
+    wait_until(lambda: getattr(_records(lab).get(shop), "clusters", None) == {"east", "west"}, 10, "east and west on shop's record")
     records = _records(lab)
-    assert records[shop]["service"] == "shop"
-    assert records[payroll]["service"] == "payroll" and records[payroll]["clusters"] == "west"
+    assert records[shop].service == "shop"
+    assert records[payroll].service == "payroll" and records[payroll].clusters == {"west"}
     wait_until(lambda: {lab.node_of_peer(p.peer) for p in lab.paths(shop)} == {"east-1", "east-2", "west-1"}
                and {lab.node_of_peer(p.peer) for p in lab.paths(payroll)} == {"west-1"}, 15,
                "shop from east and west, payroll from west")
@@ -192,4 +192,4 @@ def test_forged_marker_from_an_older_tenant_service_takes_nothing_at_the_router(
     assert prober.failures() == [], prober.failures()
     assert _ingress(lab, "east", "running") == vip
     assert _services_by_prefix(lab)[f"{vip}/32"] == {"default/running"}
-    assert _records(lab)[vip]["service"] == "running"
+    assert _records(lab)[vip].service == "running"

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import pytest
 
+from bgpspeaker.records import IMPORT_MARKER
 from integration.conftest import start_lab
 from integration.lab.cluster_lab import endpoint_slice_object, service_object
 from integration.lab.wait import wait_until
+from testkit.records import recorded
 
 pytestmark = pytest.mark.lab
 
@@ -63,7 +65,7 @@ def test_upgrade_in_place_with_20_services_moves_no_route(lab):
     lab.wait_ready()
     wait_until(lambda: {p: nodes for p, nodes in _routes_by_node(lab).items()} == {p: {"east-1", "east-2"} for p in old},
                30, "the 20 old addresses from both nodes, before the upgrade")
-    assert emu.get_object("v1", "ConfigMap", NAMESPACE, "bgpspeaker-records-imported") is None
+    assert emu.get_object("v1", "ConfigMap", NAMESPACE, IMPORT_MARKER) is None
 
     seen_prefixes: set[str] = set()
     east1_lost: list[str] = []
@@ -72,8 +74,8 @@ def test_upgrade_in_place_with_20_services_moves_no_route(lab):
         routes = _routes_by_node(lab)
         seen_prefixes.update(routes)
         east1_lost.extend(p for p in old if "east-1" not in routes.get(p, ()))
-        marker = emu.get_object("v1", "ConfigMap", NAMESPACE, "bgpspeaker-records-imported")
-        records = [o for o in emu.snapshot().get("v1/ConfigMap") or [] if "address" in (o.get("data") or {})]
+        marker = emu.get_object("v1", "ConfigMap", NAMESPACE, IMPORT_MARKER)
+        records = recorded(emu.snapshot().get("v1/ConfigMap") or [])
         return marker is not None and len(records) == N and routes == {p: {"east-1", "east-2"} for p in old}
 
     lab.restart_speaker("east-2", allocator=True)  # the new allocator
@@ -83,8 +85,7 @@ def test_upgrade_in_place_with_20_services_moves_no_route(lab):
         upgraded()
     assert seen_prefixes <= old, f"a prefix that was never allocated appeared: {sorted(seen_prefixes - old)}"
     assert east1_lost == [], f"east-1 (never restarted) lost paths during the upgrade: {sorted(set(east1_lost))}"
-    records = {o["data"]["address"]: o["data"]["service"] for o in emu.snapshot()["v1/ConfigMap"]
-               if "address" in (o.get("data") or {})}
+    records = {address: r.service for address, r in recorded(emu.snapshot()["v1/ConfigMap"]).items()}
     assert records == {_old_address(i): f"s{i}" for i in range(N)}
     for i in range(N):
         assert lab.service_ingress("east", f"s{i}") == [_old_address(i)]

@@ -29,7 +29,7 @@ from bgpspeaker.exabgp.commands import announce_line, parse_line, withdraw_line
 from bgpspeaker.model import Community, LargeCommunity, RouteIntent, Tier
 from bgpspeaker.planner import plan
 from bgpspeaker.reconciler import Batch, diff
-from bgpspeaker.records import LOCAL, AddressRecord, record_name
+from bgpspeaker.records import LOCAL, AddressRecord, record_key
 from bgpspeaker.views import snapshot_from_objects
 
 MY_ASN = 64512
@@ -279,14 +279,14 @@ def run_pipeline(objects: Iterable[dict], config: Optional[Config] = None, node:
     if records is None:
         allocation = allocate(config, snapshot.services.values())
     else:
-        store = {record_name(r.address): r for r in records}
+        store = {record_key(r.address): r for r in records}
         while True:
             allocation = allocate_recorded(config, snapshot.services.values(), {LOCAL: dict(store)},
                                            config.cluster.name)
             if not allocation.claims:
                 break
             for claim in allocation.claims:
-                store.setdefault(record_name(claim.address), claim)
+                store.setdefault(record_key(claim.address), claim)
     result = plan(config, snapshot, node, allocation, drained=drained)
     lines: list[str] = []
     fresh: list[str] = []

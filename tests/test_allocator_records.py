@@ -22,7 +22,7 @@ from bgpspeaker.allocator import (
 )
 from bgpspeaker.config.schema import ClusterConfig, Config, PoolConfig, SpeakerConfig
 from bgpspeaker.model import ServicePort, ServiceView
-from bgpspeaker.records import LOCAL, SHARED, AddressRecord, holder_of, record_name
+from bgpspeaker.records import LOCAL, SHARED, AddressRecord, holder_of, record_key
 
 ip = ipaddress.ip_address
 net = ipaddress.ip_network
@@ -50,7 +50,7 @@ def rec(address, holder, clusters=("east",), pool="public", store=LOCAL):
 
 
 def store(*records):
-    return {LOCAL: {record_name(r.address): r for r in records}}
+    return {LOCAL: {record_key(r.address): r for r in records}}
 
 
 def assigned(allocation: Allocation, key):
@@ -256,7 +256,7 @@ def test_a_namespace_that_may_not_use_the_pool_does_not_keep_a_record():
 
 def test_holder_names():
     assert holder_of("ns", "web", None) == "ns/web" and holder_of("ns", "web", "k") == "ns/*k"
-    assert record_name(ip("2001:db8::5")) == "bgpspeaker-ip-v6-20010db8000000000000000000000005"
+    assert record_key(ip("2001:db8::5")) == "2001-db8--5"
 
 
 # --- three clusters, one store: the invariants under random events --------------------------
@@ -272,7 +272,7 @@ class SharedStore:
         return {SHARED: dict(self.objects)}
 
     def create(self, record: AddressRecord) -> bool:
-        name = record_name(record.address)
+        name = record_key(record.address)
         if name in self.objects:
             return False  # 409 AlreadyExists: the allocator re-reads and decides again
         self.objects[name] = record
@@ -280,17 +280,17 @@ class SharedStore:
 
     def apply(self, cluster, joins, leaves):
         for r in joins:
-            current = self.objects.get(record_name(r.address))
+            current = self.objects.get(record_key(r.address))
             if current == r:
-                self.objects[record_name(r.address)] = dataclasses.replace(r, clusters=r.clusters | {cluster})
+                self.objects[record_key(r.address)] = dataclasses.replace(r, clusters=r.clusters | {cluster})
         for r in leaves:
-            current = self.objects.get(record_name(r.address))
+            current = self.objects.get(record_key(r.address))
             if current == r:
                 rest = r.clusters - {cluster}
                 if rest:
-                    self.objects[record_name(r.address)] = dataclasses.replace(r, clusters=rest)
+                    self.objects[record_key(r.address)] = dataclasses.replace(r, clusters=rest)
                 else:
-                    del self.objects[record_name(r.address)]
+                    del self.objects[record_key(r.address)]
 
 
 CLUSTERS = ("east", "west", "central")

@@ -22,7 +22,7 @@ from bgpspeaker.leader_writes import (
     record_work, status_retry,
 )
 from bgpspeaker.model import ServiceView, Snapshot
-from bgpspeaker.records import LOCAL, AddressRecord, record_name
+from bgpspeaker.records import LOCAL, AddressRecord, record_key
 
 IP = ipaddress.ip_address
 CONFIG = Config(cluster=ClusterConfig("east"), speaker=SpeakerConfig(64512),
@@ -98,7 +98,7 @@ def test_record_work_imports_once_then_applies_what_the_allocation_needs(by_diff
 
     held = record("203.0.113.1")
     imported = Snapshot(services={"default/a": a}, endpoint_slices={}, nodes={},
-                        records={LOCAL: {record_name(held.address): held}})
+                        records={LOCAL: {record_key(held.address): held}})
     steady = Allocation(assigned={"default/a": assignment("203.0.113.1")}, refused={})
     assert record_work(CONFIG, imported, steady, updates) is None  # held and joined: nothing to write
     claim = record("203.0.113.2", "b")

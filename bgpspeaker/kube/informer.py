@@ -66,6 +66,9 @@ class Resource:
     # group -> (list path, label selector). See Informer.regroup.
     group: Optional[Callable[[View], str]] = None
     group_list: Optional[Callable[[str], tuple[str, str]]] = None
+    # Parse an object whose previous view is cached, given that view: a big object that
+    # changes a little at a time (an address block) reuses what did not change.
+    parse_again: Optional[Callable[[JSONObject, View], View]] = None
 
     def key(self, obj: JSONObject) -> str:
         meta = obj.get("metadata") or {}
@@ -530,6 +533,9 @@ class Informer:
 
     def _parse(self, key: str, obj: JSONObject) -> Optional[View]:
         try:
+            known = self._cache.get(key) if self.resource.parse_again is not None else None
+            if known is not None:
+                return self.resource.parse_again(obj, known)  # type: ignore[misc]
             return self.resource.parse(obj)
         except Exception as exc:  # bad input affects only itself
             log.warning(

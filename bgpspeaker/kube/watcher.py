@@ -23,7 +23,7 @@ from bgpspeaker.kube.informer import ENDPOINT_SLICES, NODES, SERVICES, Change, I
 from bgpspeaker.metrics import Metrics
 from bgpspeaker.model import ServiceView, Snapshot
 from bgpspeaker.reconciler import Versioned
-from bgpspeaker.records import IMPORT_MARKER, LOCAL, RECORD_LABEL, RECORD_LABEL_VALUE, AddressRecord
+from bgpspeaker.records import IMPORT_MARKER, LOCAL, RECORD_LABEL, RECORD_LABEL_VALUE, AddressRecord, Block
 from bgpspeaker.views import IMPORTED, record_or_marker_from_dict
 
 log = logging.getLogger(__name__)
@@ -85,13 +85,29 @@ def slices_kept(service_key: str, wanted: Optional[AbstractSet[str]]) -> bool:
 
 
 def records_resource(store: str, namespace: str) -> Resource:
-    """The allocation records (and the import marker) of one store, as an informer resource."""
+    """The allocation records' blocks (and the import marker) of one store, as an informer resource."""
     return Resource(
         f"records-{store}",
         object_path("/api/v1", "configmaps", namespace),
         functools.partial(record_or_marker_from_dict, store=store),
         label_selector=f"{RECORD_LABEL}={RECORD_LABEL_VALUE}",
+        parse_again=lambda obj, previous: record_or_marker_from_dict(obj, store, previous),
     )
+
+
+def flatten_block(records: dict[str, AddressRecord], note: Callable[[str], None], before: Block, after: Block) -> None:
+    """Bring `records` (every block's records, by key) from block `before` to `after`: the
+    records that went are removed, and those that came or changed are set and noted. A
+    record the block kept (the same object: block_from_dict reuses unchanged ones) is not
+    noted, so the allocator looks only at what changed. Pure but for its arguments."""
+    for key in before:
+        if key not in after:
+            note(key)
+            records.pop(key, None)
+    for key, record in after.items():
+        if before.get(key) is not record:
+            note(key)
+            records[key] = record
 
 
 class KubeWatcher:
@@ -145,6 +161,8 @@ class KubeWatcher:
         self._views: dict[str, Versioned] = {r.name: Versioned() for r in RESOURCES}
         self._views.update({r.name: Versioned() for r in self._record_resources.values()})
         self._imported: set[str] = set()  # records resources whose store holds the import marker
+        # records resource -> block key -> its records as last applied (the views hold them flat)
+        self._blocks: dict[str, dict[str, Block]] = {r.name: {} for r in self._record_resources.values()}
         self._shared: set[str] = set()  # dicts the last snapshot holds: copy before writing
         self._snapshot: Optional[Snapshot] = None
         self._synced: set[str] = set()
@@ -277,11 +295,18 @@ class KubeWatcher:
                 self._shared.discard(resource)
             views = self._views[resource]
             note = views.note
+            blocks = self._blocks.get(resource)
             for key, view in changes:
-                if key.endswith("/" + IMPORT_MARKER) and resource.startswith("records-"):
-                    # The import marker is a flag, not a record: kept apart so the records
-                    # dict holds records only (the allocator's memo compares it by identity).
-                    (self._imported.add if view is IMPORTED else self._imported.discard)(resource)
+                if blocks is not None:  # records: one object, a block, holds many
+                    if key.endswith("/" + IMPORT_MARKER):
+                        # The import marker is a flag, not a record: kept apart so the records
+                        # dict holds records only (the allocator's memo compares it by identity).
+                        (self._imported.add if view is IMPORTED else self._imported.discard)(resource)
+                    elif view is None or isinstance(view, dict):
+                        after: Block = view if view is not None else {}
+                        flatten_block(views, note, blocks.pop(key, {}), after)
+                        if after:
+                            blocks[key] = after
                     continue
                 note(key)
                 if view is None:

@@ -102,7 +102,11 @@ def run(config, service_pages: list[bytes], slice_pages: list[bytes], record_pag
     records = None
     if record_pages is not None:
         parsed = relist(records_resource(LOCAL, system.RECORDS_NAMESPACE), record_pages)
-        records = {LOCAL: {key: view for key, view in parsed.items() if view is not IMPORTED}}  # as the watcher
+        flat: dict = {}  # as the watcher: every block's records, by key
+        for view in parsed.values():
+            if view is not IMPORTED:
+                flat.update(view)
+        records = {LOCAL: flat}
         del parsed
         lap("records parse", records)
     node = views.node_from_dict(system.node_object(NODE))
@@ -154,7 +158,7 @@ def main() -> int:
     slice_pages = pages([system.slice_object(i, [NODE.name], True) for i in range(n)], "EndpointSliceList")
     record_pages = None
     if not args.status:
-        record_pages = pages([system.import_marker_object()] + [system.record_object(i) for i in range(n)],
+        record_pages = pages([system.import_marker_object()] + system.record_objects(range(n)),
                              "ConfigMapList")
     path = "status (before records)" if args.status else "records"
     gc.disable()

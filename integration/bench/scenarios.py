@@ -173,7 +173,7 @@ def load_services(emu: s.NodeEmulator, indices, nodes: list[str], ready: bool = 
     for i in indices:
         objs.append(s.service_object(i, preference))
         objs.append(s.slice_object(i, nodes, ready, cluster))
-        objs.append(s.record_object(i, cluster))
+    objs += s.record_objects(indices, cluster, lambda name: emu.get_object("v1", "ConfigMap", s.RECORDS_NAMESPACE, name))
     emu.load_many(objs)
 
 
@@ -229,12 +229,13 @@ def _new_autoassign_services(lab: s.SystemLab, emu: s.NodeEmulator, held: int, f
     the allocator picks the pool's lowest free address, past the `held` recorded ones
     (vip(0 .. held-1); the pool's first address is reserved), claims and creates its record,
     reads it back, then announces it. Create → route in FRR's RIB, seconds."""
-    from bgpspeaker.records import record_name
+    from bgpspeaker.records import block_name, record_key
 
     address, pfx = ipaddress.ip_address(s.vip(held)), s.prefix(held)
 
     def released() -> bool:  # its record is gone: the next new Service gets the same address
-        return emu.get_object("v1", "ConfigMap", s.RECORDS_NAMESPACE, record_name(address)) is None
+        block = emu.get_object("v1", "ConfigMap", s.RECORDS_NAMESPACE, block_name(address))
+        return block is None or record_key(address) not in (block.get("data") or {})
 
     created = []
     poll(released, 60, f"{address} released by the Services before")

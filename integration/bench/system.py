@@ -112,13 +112,20 @@ WARM_PATHS = ("/api/v1/services", "/apis/discovery.k8s.io/v1/endpointslices",
               f"/api/v1/namespaces/{RECORDS_NAMESPACE}/configmaps")
 
 
-def record_object(i: int, cluster: str = "east") -> dict:
-    """The allocation record of Service i (a cluster that has imported its allocations)."""
-    from bgpspeaker.records import AddressRecord, record_body
+def record_objects(indices: Iterable[int], cluster: str = "east",
+                   stored: Optional[Callable[[str], Optional[dict]]] = None) -> list[dict]:
+    """The address blocks recording Services `indices` (a cluster that has imported its
+    allocations). `stored(name)`: a block already there, whose entries are kept beside them."""
+    from bgpspeaker.records import AddressRecord, blocks_of
 
-    record = AddressRecord(ipaddress.ip_address(vip(i)), "public", f"team-{i % NAMESPACES}", service_name(i),
-                           clusters=frozenset({cluster}))
-    return record_body(record, RECORDS_NAMESPACE)
+    records = [AddressRecord(ipaddress.ip_address(vip(i)), "public", f"team-{i % NAMESPACES}", service_name(i),
+                             clusters=frozenset({cluster})) for i in indices]
+    blocks = blocks_of(records, RECORDS_NAMESPACE)
+    for block in blocks if stored is not None else ():
+        known = stored(block["metadata"]["name"])
+        if known is not None:
+            block["data"] = {**(known.get("data") or {}), **block["data"]}
+    return blocks
 
 
 def import_marker_object(cluster: str = "east") -> dict:
