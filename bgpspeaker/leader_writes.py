@@ -356,7 +356,7 @@ class RecordSchedule:
                 )
                 self._done, self._retry = None, True
                 loop.call_later(RECORD_RETRY_SECONDS, self._on_retry)
-            elif result.conflicts:
+            elif result.conflicts or result.busy:
                 self._done, self._retry = None, True  # re-decide with what the watch brings
                 loop.call_later(CONFLICT_RETRY_SECONDS, self._on_retry)
 

@@ -112,10 +112,13 @@ def holder_of(namespace: str, name: str, sharing_key: Optional[str]) -> str:
 def record_key(address: IPAddress) -> str:
     """The key of `address`'s entry in its block (and of its record in a Snapshot's records).
 
-    IPv4 dotted; IPv6 compressed with '-' for ':' (a ConfigMap key allows no ':'). One key
-    per address: these are the canonical spellings, and an entry spelled otherwise is refused.
+    IPv4 dotted; IPv6 exploded, with '-' for ':' (a ConfigMap key allows no ':'). One key
+    per address: these are the canonical spellings, and an entry spelled otherwise is
+    refused. Exploded, not compressed: how Python compresses an address has changed
+    between versions (IPv4-mapped ones, CPython gh-87799), and two speakers on two
+    Pythons must agree on every key.
     """
-    return str(address) if address.version == 4 else str(address).replace(":", "-")
+    return str(address) if address.version == 4 else address.exploded.replace(":", "-")
 
 
 def _address_of_key(key: str) -> IPAddress:
@@ -259,6 +262,8 @@ def block_from_dict(
                 raise BadRecord(f"{key}: not an address of block {name}")
         except BadRecord as error:
             log.warning("ignored: not a valid allocation record", extra=fields(block=name, error=str(error)))
+            if known is not None and known.store == store:
+                records[key] = known  # edited into nonsense: keep what it said (as a per-address record's view was)
             continue
         records[key] = record
     return records

@@ -256,7 +256,7 @@ def test_a_namespace_that_may_not_use_the_pool_does_not_keep_a_record():
 
 def test_holder_names():
     assert holder_of("ns", "web", None) == "ns/web" and holder_of("ns", "web", "k") == "ns/*k"
-    assert record_key(ip("2001:db8::5")) == "2001-db8--5"
+    assert record_key(ip("2001:db8::5")) == "2001-0db8-0000-0000-0000-0000-0000-0005"
 
 
 # --- three clusters, one store: the invariants under random events --------------------------

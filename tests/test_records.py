@@ -33,8 +33,8 @@ def test_records_round_trip_through_their_block():
     assert block_from_dict(body) == {"203.0.113.7": RECORD}
     group = one_block(GROUP)
     assert group["metadata"]["name"] == "bgpspeaker-ips-v6-20010db8000000000000000000000000-120"
-    assert group["data"] == {"2001-db8--5": "sharing=team/web pool=public clusters=east"}
-    assert block_from_dict(group) == {"2001-db8--5": GROUP} and GROUP.holder == "team/*web"
+    assert group["data"] == {"2001-0db8-0000-0000-0000-0000-0000-0005": "sharing=team/web pool=public clusters=east"}
+    assert block_from_dict(group) == {"2001-0db8-0000-0000-0000-0000-0000-0005": GROUP} and GROUP.holder == "team/*web"
 
 
 def test_one_block_holds_256_addresses():
@@ -46,7 +46,8 @@ def test_one_block_holds_256_addresses():
 @pytest.mark.parametrize("key, text, why", [
     ("203.0.114.7", "service=default/shop pool=public clusters=east", "not an address of block"),  # another block's
     ("203.0.113.07", "service=default/shop pool=public clusters=east", "not an IP address"),
-    ("2001-0db8--5", "service=default/shop pool=public clusters=east", "not an address of block|not spelled"),
+    ("2001-db8--5", "service=default/shop pool=public clusters=east", "not spelled"),  # IPv6 keys are exploded
+    ("--ffff-1.2.3.4", "service=default/shop pool=public clusters=east", "not an IP address|not spelled"),
     ("203.0.113.8", "service=Bad_NS/shop pool=public clusters=east", "namespace"),
     ("203.0.113.8", "service=default/shop sharing=x pool=public clusters=east", "not 'service="),
     ("203.0.113.8", "owner=default/shop pool=public clusters=east", "neither"),
@@ -93,6 +94,36 @@ def test_a_changed_block_keeps_the_records_it_did_not_change():
     flat, noted = dict(before), []
     flatten_block(flat, noted.append, before, after)
     assert sorted(noted) == ["203.0.113.1", "203.0.113.2"] and flat == after
+
+
+def test_an_entry_edited_into_nonsense_keeps_the_record_it_had():
+    """An operator adds a cluster by hand to s1's entry and types `West`. With one
+    ConfigMap per address the informer kept the record's previous view; in the blocks'
+    first version the entry just vanished: every speaker of every cluster dropped the
+    record at once, s1 was withdrawn and (autoAssign) renumbered, and 203.0.113.1 was free
+    for any identity (found by a review)."""
+    resource = records_resource(LOCAL, "ns")
+    records = [replace_address(RECORD, f"203.0.113.{i}") for i in range(3)]
+    before = resource.parse(blocks_of(records, "ns")[0])
+    edited = blocks_of(records, "ns")[0]
+    edited["data"]["203.0.113.1"] = "service=default/shop pool=public clusters=east,West"
+    after = resource.parse_again(edited, before)
+    flat, noted = dict(before), []
+    flatten_block(flat, noted.append, before, after)
+    assert flat["203.0.113.1"] is before["203.0.113.1"] and not noted
+
+
+def test_a_block_deleted_and_recreated_is_flattened_exactly():
+    resource = records_resource(LOCAL, "ns")
+    records = [replace_address(RECORD, f"203.0.113.{i}") for i in range(3)]
+    before = resource.parse(blocks_of(records, "ns")[0])
+    flat, noted = dict(before), []
+    flatten_block(flat, noted.append, before, {})
+    assert flat == {} and sorted(noted) == sorted(before)
+    again = resource.parse(blocks_of(records[:2] + [dataclasses.replace(records[2], service="other")], "ns")[0])
+    noted.clear()
+    flatten_block(flat, noted.append, {}, again)
+    assert flat == again and sorted(noted) == sorted(again)
 
 
 def test_record_keys_are_one_per_address_whatever_the_spelling():

@@ -36,6 +36,8 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_rand
 from bgpspeaker.kube.client import CORE, MERGE_PATCH, object_path, read_json, request_raw
 from bgpspeaker.logs import fields
 from bgpspeaker.records import (
+    RECORD_LABEL,
+    RECORD_LABEL_VALUE,
     AddressRecord,
     block_body,
     block_from_dict,
@@ -46,6 +48,7 @@ from bgpspeaker.records import (
 )
 
 log = logging.getLogger(__name__)
+_LABELS = {RECORD_LABEL: RECORD_LABEL_VALUE}
 
 # Record writes are small and few; a store that does not answer within this is "down" for
 # this round (the Services wait, the next reconcile tries again).
@@ -68,6 +71,7 @@ class KeeperResult:
     joined: list[AddressRecord] = field(default_factory=list)
     left: list[AddressRecord] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # store -> error: that store is unreachable now
+    busy: list[str] = field(default_factory=list)  # blocks still contended after every attempt: retry soon
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -124,6 +128,14 @@ class RecordKeeper:
             return  # that store failed already this round: the rest waits for the next one
         try:
             fn(*args)
+        except ApiException as exc:
+            if exc.status != 409:
+                result.failed[store] = _describe(exc)
+                log.warning("record store write failed", extra=fields(store=store, error=_describe(exc)))
+                return
+            # a block others keep writing: not a store that is down; its claims retry soon
+            result.busy.append(str(args[1]) if len(args) > 1 else store)
+            log.warning("record block busy", extra=fields(store=store, error=_describe(exc)))
         except Exception as exc:  # the store is down or refuses: nothing changes, the Services wait
             result.failed[store] = _describe(exc)
             log.warning("record store write failed", extra=fields(store=store, error=_describe(exc)))
@@ -132,6 +144,9 @@ class RecordKeeper:
         store = self._stores[store_name]
         path = object_path(CORE, "configmaps", store.namespace, name)
         done = KeeperResult()
+        # Claims an attempt sent whose answer never came (a timeout, a 5xx after the write
+        # committed): found in the block by the next attempt, they are ours, not conflicts.
+        sent: set[str] = set()
 
         def attempt() -> None:
             nonlocal done
@@ -143,9 +158,13 @@ class RecordKeeper:
                     raise
                 obj = None
             before = block_from_dict(obj, store_name) if obj is not None else {}
-            after = self._decide(before, work, join_own, done)
+            # Entries there that are no valid record (a hand edit's typo, a newer writer's
+            # format): not evidence, but not free either; never written over nor deleted.
+            unreadable = set((obj.get("data") or {}) if obj is not None else ()) - set(before)
+            after = self._decide(before, work, join_own, done, unreadable, sent)
             if after == before:
                 return
+            sent.update(record_key(claim.address) for claim in done.created)
             if obj is None:  # create-if-absent: a block made meanwhile is a 409, and a fresh read
                 self._request(
                     store,
@@ -157,7 +176,7 @@ class RecordKeeper:
             version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
             if not version:
                 raise RuntimeError(f"block {name} has no resourceVersion: a write could not be guarded")
-            if not after:  # the last entry gone: the block goes too, unless written since
+            if not after and not unreadable:  # the last entry gone: the block goes too, unless written since
                 self._request(
                     store,
                     "DELETE",
@@ -170,7 +189,12 @@ class RecordKeeper:
             # A merge patch of the entries that changed, guarded by the version read: any
             # write in between (another cluster's claim) makes it a 409, and a fresh read.
             self._request(
-                store, "PATCH", path, {"metadata": {"resourceVersion": version}, "data": changed}, MERGE_PATCH
+                store,
+                "PATCH",
+                path,
+                # the label too: a block that lost it is invisible to every speaker
+                {"metadata": {"resourceVersion": version, "labels": _LABELS}, "data": changed},
+                MERGE_PATCH,
             )
 
         Retrying(
@@ -186,19 +210,31 @@ class RecordKeeper:
         result.left += done.left
 
     def _decide(
-        self, before: Mapping[str, AddressRecord], work: _BlockWork, join_own: bool, done: KeeperResult
+        self,
+        before: Mapping[str, AddressRecord],
+        work: _BlockWork,
+        join_own: bool,
+        done: KeeperResult,
+        unreadable: frozenset[str] | set[str] = frozenset(),
+        sent: frozenset[str] | set[str] = frozenset(),
     ) -> dict:
-        """The block's entries after `work`, from `before` as just read (pure but for `done`)."""
+        """The block's entries after `work`, from `before` as just read (pure but for `done`).
+        `unreadable`: keys whose entries are no valid record (never written over); `sent`:
+        keys an earlier attempt wrote whose answer was lost (found now: created by us)."""
         after = dict(before)
         me = self._cluster
         for claim in work.claims:
             key = record_key(claim.address)
             held = after.get(key)
-            if held is None:
+            if held is None and key in unreadable:
+                done.conflicts.append((claim, "(an entry that is not a valid record)"))
+            elif held is None:
                 after[key] = claim
                 done.created.append(claim)
             elif held.holder != claim.holder:
                 done.conflicts.append((claim, held.holder))
+            elif key in sent and held == claim:
+                done.created.append(claim)
             elif join_own and me not in held.clusters:
                 after[key] = replace(held, clusters=held.clusters | {me})
                 done.joined.append(after[key])
@@ -250,7 +286,7 @@ class RecordKeeper:
         """
         records = list(records)
         result = self.apply(records, (), (), join_own=True)
-        if result.failed or not self._is_leader():
+        if result.failed or result.busy or not self._is_leader():
             return result
         if result.conflicts:
             log.error(
