@@ -1015,10 +1015,15 @@ class RecordsMemo:
                 self.carried.setdefault(rec.holder, {})[carried] = rec
                 return rec.holder
             return ""
-        self.holders[addr] = (_Holder(rec.holder, rec.namespace, rec.sharing_key, _NO_PORTS, record=rec),)
-        mine = [(a, r) for a, r in self.held_by.get(rec.holder, ()) if a != addr]
-        self.held_by[rec.holder] = tuple(sorted(mine + [(addr, rec)], key=_first))
-        return rec.holder
+        holder = rec.holder  # a property that formats and interns: once here, not three times
+        self.holders[addr] = (_Holder(holder, rec.namespace, rec.sharing_key, _NO_PORTS, record=rec),)
+        held = self.held_by.get(holder)
+        if held is None:  # nearly every record: its identity's only one (a cold start adds them all)
+            self.held_by[holder] = ((addr, rec),)
+        else:
+            mine = [(a, r) for a, r in held if a != addr]
+            self.held_by[holder] = tuple(sorted(mine + [(addr, rec)], key=_first))
+        return holder
 
     def _drop(self, rec: AddressRecord, store: str) -> str:
         addr = self._evidence(rec, store)
