@@ -18,9 +18,12 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Optional
 
+from bgpspeaker.records import AddressRecord, block_name
 from integration.lab.cluster_lab import MultiClusterLab
 from integration.lab.wait import WaitTimeout, wait_until
+from testkit.records import recorded
 
 VIP = "203.0.113.5"
 PREFERENCE = "east,west,central"
@@ -92,12 +95,9 @@ class Demo:
                  + f"; total {time.monotonic() - self.t0:.0f}s")
         return 0
 
-    def _record(self) -> dict:
-        """The VIP's allocation record, as the shared store holds it."""
-        for obj in self.lab.store.snapshot().get("v1/ConfigMap") or []:
-            if (obj.get("data") or {}).get("address") == VIP:
-                return obj["data"]
-        return {}
+    def _record(self) -> Optional[AddressRecord]:
+        """The VIP's allocation record, as the shared store holds it (an entry of its block)."""
+        return recorded(self.lab.store.snapshot().get("v1/ConfigMap") or []).get(VIP)
 
     def _walk(self) -> None:
         self.step("bring the lab up")
@@ -125,11 +125,12 @@ class Demo:
                        "every cluster's allocator to write the Service's status")
             self.say("   status.loadBalancer.ingress written by each cluster's allocator: "
                      + ", ".join(f"{c} {','.join(self.lab.service_ingress(c, 'web'))}" for c in self.lab.clusters))
-            wait_until(lambda: self._record().get("clusters") == "central,east,west", 15,
+            wait_until(lambda: getattr(self._record(), "clusters", None) == {"central", "east", "west"}, 15,
                        "the three clusters on the address's record")
             record = self._record()
-            self.say(f"   allocation record in the shared store: {record['address']} held by "
-                     f"{record['namespace']}/{record['service']}, used by {record['clusters']} "
+            assert record is not None
+            self.say(f"   allocation record in the shared store, block {block_name(record.address)}: "
+                     f"{record.address} held by {record.holder}, used by {','.join(sorted(record.clusters))} "
                      f"(one address, one Service, in every cluster)")
         self.show_table()
         self.show_fib()
