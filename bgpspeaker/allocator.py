@@ -876,10 +876,11 @@ def _pass(config: Config, requests: Sequence[_Request], given_up: Mapping[str, M
 #    is released);
 # 3. only records are evidence: status and annotations are outputs, never read here.
 # A Service without a record gets a *claim* (the record to create) and waits (pending);
-# the shell creates it create-if-absent, and the Service is assigned once the record is
+# the shell adds it to its address block if the address has no entry there (a write
+# guarded by the block's resourceVersion), and the Service is assigned once the record is
 # read back. So nothing is announced that the record store has not accepted.
 
-Records = Mapping[str, Mapping[str, AddressRecord]]  # store (local | shared) -> records by object key
+Records = Mapping[str, Mapping[str, AddressRecord]]  # store (local | shared) -> records by record_key
 
 
 # An index from a name to the keys filed under it, almost always one: that key itself, and a
@@ -1331,7 +1332,7 @@ def _joined_assignment(
     it must join first in `joining`.
 
     Invariant 1: the clusters listed on a record are the ones that keep its address; when
-    the last of them leaves, it deletes the record and the address is free for another
+    the last of them leaves, it removes the record and the address is free for another
     identity. A cluster that announced the address before its name was on the record
     (its allocator down, or the join still in flight) would go on announcing it for the
     old identity while another cluster hands it to a new one."""
@@ -1401,7 +1402,7 @@ def record_updates(
     the records its waiting Services must join first: Allocation.joining).
 
     A cluster is listed on every record whose address one of its Services uses, and on
-    no other: the last cluster to leave a record deletes it, which releases the address.
+    no other: the last cluster to leave a record removes it, which releases the address.
     A record of an identity with two records of one family (a race) is left by all, so
     it goes: only the lowest is assigned. Both lists in `_record_order`.
     """
@@ -1419,8 +1420,8 @@ def record_updates(
 
 
 def _record_order(store: str, key: str, rec: AddressRecord) -> tuple:
-    """The order record writes are listed in: by store, then address, then object key
-    (unique: two records never compare)."""
+    """The order record writes are listed in: by store, then address, then key (unique:
+    two records never compare)."""
     return (store, rec.address.version, int(rec.address), key)
 
 

@@ -122,8 +122,9 @@ def record_key(address: IPAddress) -> str:
 
 
 def _address_of_key(key: str) -> IPAddress:
-    # parse_ip's cache: the Service asking for this address parses the same text, and both
-    # then hold one address object (one parse and 80 bytes less per record)
+    # parse_ip's cache: the Service asking for an IPv4 address parses the same text, and
+    # both then hold one address object (one parse and 80 bytes less per record); an IPv6
+    # key (exploded) is not the text a Service writes, and is parsed apart
     return parse_ip(key.replace("-", ":") if "-" in key else key)  # no '-' in IPv4, always one in IPv6
 
 
@@ -261,7 +262,13 @@ def block_from_dict(
             if record.address.version != version or int(record.address) >> BLOCK_BITS != first >> BLOCK_BITS:
                 raise BadRecord(f"{key}: not an address of block {name}")
         except BadRecord as error:
-            log.warning("ignored: not a valid allocation record", extra=fields(block=name, error=str(error)))
+            log.warning(
+                "ignored: entry %s of %s is not a valid allocation record: %s",
+                key[:64],
+                name,
+                error,
+                extra=fields(block=name, error=str(error)),
+            )
             if known is not None and known.store == store:
                 records[key] = known  # edited into nonsense: keep what it said (as a per-address record's view was)
             continue
@@ -269,17 +276,14 @@ def block_from_dict(
     return records
 
 
-def block_body(
-    namespace: str, name: str, records: Iterable[AddressRecord], resource_version: str = ""
-) -> dict[str, JSON]:
-    """The ConfigMap of block `name` holding `records` (a create body, or a guarded replace)."""
-    metadata: dict[str, JSON] = {
-        "name": name,
-        "namespace": namespace,
-        "labels": {RECORD_LABEL: RECORD_LABEL_VALUE, "app.kubernetes.io/managed-by": "bgpspeaker"},
-    }
-    if resource_version:
-        metadata["resourceVersion"] = resource_version
+def labels() -> dict[str, JSON]:
+    """The labels of every object of ours in a record store: RECORD_LABEL is what speakers watch."""
+    return {RECORD_LABEL: RECORD_LABEL_VALUE, "app.kubernetes.io/managed-by": "bgpspeaker"}
+
+
+def block_body(namespace: str, name: str, records: Iterable[AddressRecord]) -> dict[str, JSON]:
+    """The ConfigMap of block `name` holding `records` (a create body: changes are merge patches)."""
+    metadata: dict[str, JSON] = {"name": name, "namespace": namespace, "labels": labels()}
     data: dict[str, JSON] = {record_key(r.address): entry_text(r) for r in records}
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data}
 
@@ -314,7 +318,7 @@ def import_marker_body(namespace: str, cluster: str, imported: int) -> dict[str,
         "metadata": {
             "name": IMPORT_MARKER,
             "namespace": namespace,
-            "labels": {RECORD_LABEL: RECORD_LABEL_VALUE, "app.kubernetes.io/managed-by": "bgpspeaker"},
+            "labels": labels(),
         },
         "data": {"cluster": cluster, "imported": str(imported)},
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterable, Optional
 
-from bgpspeaker.records import RECORD_LABEL, AddressRecord, block_from_dict
+from bgpspeaker.records import RECORD_LABEL, AddressRecord, block_from_dict, is_import_marker
 
 
 def recorded(configmaps: Iterable[dict], namespace: Optional[str] = None) -> dict[str, AddressRecord]:
@@ -15,7 +15,7 @@ def recorded(configmaps: Iterable[dict], namespace: Optional[str] = None) -> dic
         meta = obj.get("metadata") or {}
         if RECORD_LABEL not in (meta.get("labels") or {}) or (namespace and meta.get("namespace") != namespace):
             continue
-        if not str(meta.get("name", "")).startswith("bgpspeaker-ips-"):
-            continue  # the import marker
+        if is_import_marker(obj):
+            continue
         found.update({str(r.address): r for r in block_from_dict(obj).values()})
     return found

@@ -263,7 +263,9 @@ def test_holder_names():
 
 
 class SharedStore:
-    """What the API server does for records: create-if-absent, update, delete."""
+    """What the record keeper and the API server do for records, one entry per address: a
+    claim lands only where the address has none, joins and leaves change an entry's
+    clusters, and the last one out removes it."""
 
     def __init__(self):
         self.objects: dict[str, AddressRecord] = {}

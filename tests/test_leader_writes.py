@@ -234,6 +234,34 @@ def test_record_work_is_handed_over_once_and_again_after_a_failure():
     asyncio.run(scenario())
 
 
+def test_a_busy_block_is_retried_soon_and_not_reported_as_a_store_down(monkeypatch):
+    """KeeperResult.busy: a block other clusters kept writing through every attempt. Not
+    the store failing (no "store unreachable" report for the Services); the work is
+    decided and handed over again after CONFLICT_RETRY_SECONDS, as after a conflict."""
+    import bgpspeaker.leader_writes as leader_writes
+
+    monkeypatch.setattr(leader_writes, "CONFLICT_RETRY_SECONDS", 0.05)
+
+    async def scenario() -> None:
+        claim = record("203.0.113.2", "b")
+        keeper, reports, wakes = FakeKeeper(KeeperResult(busy=["bgpspeaker-ips-203.0.113.0-24"])), Reports(), []
+        schedule = RecordSchedule(keeper, reports, on_retry=lambda: wakes.append(1))
+        try:
+            snapshot = Snapshot(services={"default/b": service("b")}, endpoint_slices={}, nodes={}, records={LOCAL: {}})
+            wants = Allocation(assigned={}, refused={}, claims=(claim,), pending={"default/b": "its record"})
+            schedule.offer(CONFIG, snapshot, wants)
+            await until(lambda: wakes, "a retry asked for")
+            assert keeper.calls == [("apply", (claim,), (), ())]
+            assert reports.pending == [] and reports.conflicts == []
+            keeper.result = KeeperResult(created=[claim])
+            schedule.offer(CONFIG, snapshot, wants)  # the retry's reconcile: the same work, handed over again
+            await until(lambda: len(keeper.calls) == 2, "the retried write")
+        finally:
+            schedule.stop()
+
+    asyncio.run(scenario())
+
+
 def test_the_record_decision_is_made_on_the_writer_thread_not_the_loop(monkeypatch):
     """offer() runs on the loop inside the reconcile, before the plan: the first decision of
     a cold start walks every record (0.09 s at 10,000), which delayed the first route. It is

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterable, Mapping, Optional
+from typing import AbstractSet, Callable, Iterable, Mapping, Optional
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
@@ -39,6 +39,7 @@ from bgpspeaker.records import (
     RECORD_LABEL,
     RECORD_LABEL_VALUE,
     AddressRecord,
+    labels,
     block_body,
     block_from_dict,
     block_name,
@@ -48,7 +49,6 @@ from bgpspeaker.records import (
 )
 
 log = logging.getLogger(__name__)
-_LABELS = {RECORD_LABEL: RECORD_LABEL_VALUE}
 
 # Record writes are small and few; a store that does not answer within this is "down" for
 # this round (the Services wait, the next reconcile tries again).
@@ -120,10 +120,10 @@ class RecordKeeper:
                 getattr(block, kind).append(record)
         result = KeeperResult()
         for (store, name), block in sorted(work.items()):
-            self._guarded(result, store, self._write_block, store, name, block, join_own, result)
+            self._guarded(result, store, name, self._write_block, store, name, block, join_own, result)
         return result
 
-    def _guarded(self, result: KeeperResult, store: str, fn: Callable, *args: object) -> None:
+    def _guarded(self, result: KeeperResult, store: str, block: str, fn: Callable, *args: object) -> None:
         if store in result.failed or not self._is_leader():
             return  # that store failed already this round: the rest waits for the next one
         try:
@@ -134,8 +134,8 @@ class RecordKeeper:
                 log.warning("record store write failed", extra=fields(store=store, error=_describe(exc)))
                 return
             # a block others keep writing: not a store that is down; its claims retry soon
-            result.busy.append(str(args[1]) if len(args) > 1 else store)
-            log.warning("record block busy", extra=fields(store=store, error=_describe(exc)))
+            result.busy.append(block)
+            log.warning("record block busy", extra=fields(store=store, block=block, error=_describe(exc)))
         except Exception as exc:  # the store is down or refuses: nothing changes, the Services wait
             result.failed[store] = _describe(exc)
             log.warning("record store write failed", extra=fields(store=store, error=_describe(exc)))
@@ -144,8 +144,8 @@ class RecordKeeper:
         store = self._stores[store_name]
         path = object_path(CORE, "configmaps", store.namespace, name)
         done = KeeperResult()
-        # Claims an attempt sent whose answer never came (a timeout, a 5xx after the write
-        # committed): found in the block by the next attempt, they are ours, not conflicts.
+        # Keys an attempt wrote whose answer never came (a timeout, a 5xx after the write
+        # committed): found done by the next attempt, they count as done by us.
         sent: set[str] = set()
 
         def attempt() -> None:
@@ -162,9 +162,10 @@ class RecordKeeper:
             # format): not evidence, but not free either; never written over nor deleted.
             unreadable = set((obj.get("data") or {}) if obj is not None else ()) - set(before)
             after = self._decide(before, work, join_own, done, unreadable, sent)
-            if after == before:
-                return
-            sent.update(record_key(claim.address) for claim in done.created)
+            labelled = ((obj or {}).get("metadata") or {}).get("labels") or {}
+            if after == before and (obj is None or labelled.get(RECORD_LABEL) == RECORD_LABEL_VALUE):
+                return  # nothing to write (an unlabelled block is relabelled: every speaker misses it)
+            sent.update(record_key(rec.address) for rec in done.created + done.joined + done.left)
             if obj is None:  # create-if-absent: a block made meanwhile is a 409, and a fresh read
                 self._request(
                     store,
@@ -193,7 +194,7 @@ class RecordKeeper:
                 "PATCH",
                 path,
                 # the label too: a block that lost it is invisible to every speaker
-                {"metadata": {"resourceVersion": version, "labels": _LABELS}, "data": changed},
+                {"metadata": {"resourceVersion": version, "labels": labels()}, "data": changed},
                 MERGE_PATCH,
             )
 
@@ -215,9 +216,9 @@ class RecordKeeper:
         work: _BlockWork,
         join_own: bool,
         done: KeeperResult,
-        unreadable: frozenset[str] | set[str] = frozenset(),
-        sent: frozenset[str] | set[str] = frozenset(),
-    ) -> dict:
+        unreadable: AbstractSet[str] = frozenset(),
+        sent: AbstractSet[str] = frozenset(),
+    ) -> dict[str, AddressRecord]:
         """The block's entries after `work`, from `before` as just read (pure but for `done`).
         `unreadable`: keys whose entries are no valid record (never written over); `sent`:
         keys an earlier attempt wrote whose answer was lost (found now: created by us)."""
@@ -241,10 +242,15 @@ class RecordKeeper:
         for seen, join in [(r, True) for r in work.joins] + [(r, False) for r in work.leaves]:
             key = record_key(seen.address)
             held = after.get(key)
+            if held is None and key in sent and not join:  # our release landed, its answer did not
+                done.left.append(replace(seen, clusters=seen.clusters - {me}))
+                continue
             if held is None or held.holder != seen.holder:
                 continue  # gone (the next round claims again), or released and taken since: not ours
             clusters = held.clusters | {me} if join else held.clusters - {me}
             if clusters == held.clusters:
+                if key in sent:  # an earlier attempt's write landed, its answer did not
+                    (done.joined if join else done.left).append(held)
                 continue
             if clusters:
                 after[key] = replace(held, clusters=clusters)

@@ -163,9 +163,10 @@ class _Routes:
                                                    sub, patch_type))
         if method == "DELETE" and name is not None and sub is None:
             # DeleteOptions may carry preconditions (resourceVersion, uid): a mismatch is a 409.
-            # body_exists, not can_read_body: the request log has read the body by now, and
-            # can_read_body was then False: every precondition was ignored.
-            options = await self._body(request) if request.body_exists else None
+            # The body as read (cached): the request log has read it by now, and
+            # can_read_body was then False: every precondition was ignored. An empty body
+            # (kubectl sends none) is no options.
+            options = await self._body(request) if await request.read() else None
             preconditions = options.get("preconditions") if isinstance(options, dict) else None
             return json_response(self.store.delete(resource, namespace, name,
                                                    preconditions if isinstance(preconditions, dict) else None))
