@@ -14,33 +14,15 @@ from __future__ import annotations
 
 import ipaddress
 
-import pytest
-
 from bgpspeaker.kube.client import api_client
 from bgpspeaker.kube.records import RecordKeeper, Store
-from bgpspeaker.records import LOCAL, RECORD_LABEL, AddressRecord, block_name, blocks_of
-from integration.kubeapi import run_emulator
+from bgpspeaker.records import LOCAL, RECORD_LABEL, block_name, blocks_of
+from integration.test_records_keeper import NAMESPACE, StaleReader, emu, keeper, record  # noqa: F401  (emu: a fixture)
 from testkit.records import recorded
 
-NAMESPACE = "bgpspeaker-system"
 BLOCK = block_name(ipaddress.ip_address("203.0.113.0"))
 # payroll's entry after an operator added a cluster by hand with a capital letter:
 TYPO = "service=default/payroll pool=public clusters=east,West"
-
-
-@pytest.fixture
-def emu():
-    with run_emulator() as e:
-        yield e
-
-
-def record(address: str, holder: str, *clusters: str) -> AddressRecord:
-    namespace, _, name = holder.partition("/")
-    return AddressRecord(ipaddress.ip_address(address), "public", namespace, name, clusters=frozenset(clusters))
-
-
-def keeper(emu, cluster: str) -> RecordKeeper:
-    return RecordKeeper({LOCAL: Store(LOCAL, api_client(emu.kubeconfig), NAMESPACE)}, cluster, lambda: True)
 
 
 def block_with_typo(emu) -> None:
@@ -148,28 +130,12 @@ def test_a_write_whose_answer_was_lost_is_neither_doubled_nor_a_conflict(emu):
     assert [str(c.address) for c in result.created] == ["203.0.113.5"], "a claim that landed is not reported as created"
 
 
-class Overtaken(RecordKeeper):
-    """A keeper whose first read of a block is followed, before its write, by `meanwhile`."""
-
-    def __init__(self, emu, cluster, meanwhile):
-        super().__init__({LOCAL: Store(LOCAL, api_client(emu.kubeconfig), NAMESPACE)}, cluster, lambda: True)
-        self._meanwhile = meanwhile
-
-    def _get(self, store, name):
-        try:
-            return super()._get(store, name)
-        finally:
-            if self._meanwhile is not None:
-                self._meanwhile, meanwhile = None, self._meanwhile
-                meanwhile()
-
-
 def test_a_claim_read_before_the_last_one_out_deleted_the_block_lands_in_a_new_one(emu):
     """West reads the block (east's shop in it), east's leave deletes the block, then
     west's guarded PATCH: a 404, a fresh read (none), a create."""
     emu.set_object(blocks_of([record("203.0.113.5", "default/shop", "east")], NAMESPACE)[0])
     shop = recorded(emu.snapshot().get("v1/ConfigMap") or [], NAMESPACE)["203.0.113.5"]
-    west = Overtaken(emu, "west", lambda: keeper(emu, "east").apply((), (), [shop]))
+    west = StaleReader(emu, "west", lambda: keeper(emu, "east").apply((), (), [shop]))
     result = west.apply([record("203.0.113.6", "default/other", "west")], (), ())
     assert not result.failed and [str(c.address) for c in result.created] == ["203.0.113.6"]
     now = recorded(emu.snapshot().get("v1/ConfigMap") or [], NAMESPACE)
@@ -180,7 +146,7 @@ def test_a_claim_read_before_the_last_one_out_deleted_the_block_lands_in_a_new_o
 def test_the_last_one_out_read_before_a_claim_keeps_the_block(emu):
     emu.set_object(blocks_of([record("203.0.113.5", "default/shop", "east")], NAMESPACE)[0])
     shop = recorded(emu.snapshot().get("v1/ConfigMap") or [], NAMESPACE)["203.0.113.5"]
-    east = Overtaken(
+    east = StaleReader(
         emu, "east", lambda: keeper(emu, "west").apply([record("203.0.113.9", "default/cart", "west")], (), ())
     )
     east.apply((), (), [shop])
