@@ -170,3 +170,40 @@ def test_containerfile_builds_from_existing_paths_and_runs_our_entrypoint():
     bases = re.findall(r"^FROM\s+(\S+)", text, re.M)
     assert bases and all(base == "${BASE}" or base in stages for base in bases), bases
     assert re.search(r"^ARG BASE=\S+:3\.11-\S+$", text, re.M)
+
+
+def test_the_shared_record_store_gives_speakers_a_reader_and_the_allocator_a_writer():
+    """One credential per role for the shared record store (README, "Multi-cluster
+    addresses"): the speakers' kubeconfig may only read the records, and only the
+    allocator's may change them. A node's credential that could write would let one
+    compromised node of any cluster rewrite the whole fleet's records."""
+    store = [d for d in yaml.safe_load_all((MANIFESTS / "record-store" / "record-store.yaml").read_text()) if d]
+    example = yaml.safe_load((ROOT / "configs" / "east.yaml").read_text())["sharedStore"]
+    namespace, mount = example["namespace"], str(Path(example["kubeconfig"]).parent)
+    assert {d["metadata"]["name"] for d in store if d["kind"] == "Namespace"} == {namespace}
+    verbs = {d["metadata"]["name"]: {(g, r, v) for rule in d["rules"] for g in rule["apiGroups"]
+                                     for r in rule["resources"] for v in rule["verbs"]}
+             for d in store if d["kind"] == "Role"}
+    reads = {("", "configmaps", v) for v in ("get", "list", "watch")}
+    assert verbs["bgpspeaker-records-reader"] == reads
+    assert verbs["bgpspeaker-records-writer"] == reads | {("", "configmaps", v) for v in ("create", "patch", "delete")}
+    bound = {d["roleRef"]["name"]: [s["name"] for s in d["subjects"]] for d in store if d["kind"] == "RoleBinding"}
+    assert bound == {role: [role] for role in verbs}
+    tokens = {d["metadata"]["annotations"]["kubernetes.io/service-account.name"] for d in store
+              if d["kind"] == "Secret" and d["type"] == "kubernetes.io/service-account-token"}
+    assert tokens == set(verbs)
+
+    def mounted(pod: dict) -> str:
+        """The Secret a pod mounts where sharedStore.kubeconfig lives, checked readable by it."""
+        [volume] = [m["name"] for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == mount]
+        [secret] = [v["secret"] for v in pod["volumes"] if v["name"] == volume]
+        assert secret["optional"] and secret["defaultMode"] == 0o440 and pod["securityContext"]["fsGroup"] == 65532
+        return secret["secretName"]
+
+    (daemonset,) = by_kind("DaemonSet")
+    (deployment,) = by_kind("Deployment")
+    assert mounted(daemonset["spec"]["template"]["spec"]) == "bgpspeaker-records-reader"
+    assert mounted(deployment["spec"]["template"]["spec"]) == "bgpspeaker-records-writer"
+    out = subprocess.run(["kubectl", "kustomize", str(MANIFESTS / "record-store")], capture_output=True, text=True,
+                         check=True).stdout
+    assert sorted(d["kind"] for d in yaml.safe_load_all(out) if d) == sorted(d["kind"] for d in store)
