@@ -102,16 +102,16 @@ def test_a_busy_block_does_not_fail_the_whole_store_for_the_round(emu):
 
 
 class LostResponse(RecordKeeper):
-    """The first write of the round commits, but its answer is lost (a 504 from a proxy or
-    the apiserver's own timeout, after etcd committed)."""
+    """The first write of the round by one of `methods` commits, but its answer is lost (a
+    504 from a proxy or the apiserver's own timeout, after etcd committed)."""
 
-    def __init__(self, emu, cluster):
+    def __init__(self, emu, cluster, methods=("POST", "PATCH")):
         super().__init__({LOCAL: Store(LOCAL, api_client(emu.kubeconfig), NAMESPACE)}, cluster, lambda: True)
-        self.lost = False
+        self.methods, self.lost = methods, False
 
     def _request(self, store, method, path, body, content_type=None):
         answer = super()._request(store, method, path, body, content_type)
-        if not self.lost and method in ("POST", "PATCH"):
+        if not self.lost and method in self.methods:
             from kubernetes.client.exceptions import ApiException
 
             self.lost = True
@@ -173,19 +173,7 @@ def test_a_release_whose_answer_was_lost_is_counted_once(emu):
     emu.set_object(blocks_of([record("203.0.113.5", "default/shop", "east")], NAMESPACE)[0])
     shop = recorded(emu.snapshot().get("v1/ConfigMap") or [], NAMESPACE)["203.0.113.5"]
 
-    class LostDelete(RecordKeeper):
-        lost = False
-
-        def _request(self, store, method, path, body, content_type=None):
-            answer = super()._request(store, method, path, body, content_type)
-            if not self.lost and method == "DELETE":
-                from kubernetes.client.exceptions import ApiException
-
-                self.lost = True
-                raise ApiException(status=504, reason="Gateway Timeout")
-            return answer
-
-    east = LostDelete({LOCAL: Store(LOCAL, api_client(emu.kubeconfig), NAMESPACE)}, "east", lambda: True)
+    east = LostResponse(emu, "east", methods=("DELETE",))
     result = east.apply((), (), [shop])
     assert east.lost and not result.failed
     assert [(str(r.address), r.clusters) for r in result.left] == [("203.0.113.5", frozenset())]

@@ -128,15 +128,12 @@ class RecordKeeper:
             return  # that store failed already this round: the rest waits for the next one
         try:
             fn(*args)
-        except ApiException as exc:
-            if exc.status != 409:
-                result.failed[store] = _describe(exc)
-                log.warning("record store write failed", extra=fields(store=store, error=_describe(exc)))
-                return
-            # a block others keep writing: not a store that is down; its claims retry soon
-            result.busy.append(block)
-            log.warning("record block busy", extra=fields(store=store, block=block, error=_describe(exc)))
         except Exception as exc:  # the store is down or refuses: nothing changes, the Services wait
+            if isinstance(exc, ApiException) and exc.status == 409:
+                # a block others kept writing through every attempt: the store is up; retried soon
+                result.busy.append(block)
+                log.warning("record block busy", extra=fields(store=store, block=block, error=_describe(exc)))
+                return
             result.failed[store] = _describe(exc)
             log.warning("record store write failed", extra=fields(store=store, error=_describe(exc)))
 
@@ -216,8 +213,8 @@ class RecordKeeper:
         work: _BlockWork,
         join_own: bool,
         done: KeeperResult,
-        unreadable: AbstractSet[str] = frozenset(),
-        sent: AbstractSet[str] = frozenset(),
+        unreadable: AbstractSet[str],
+        sent: AbstractSet[str],
     ) -> dict[str, AddressRecord]:
         """The block's entries after `work`, from `before` as just read (pure but for `done`).
         `unreadable`: keys whose entries are no valid record (never written over); `sent`:
