@@ -30,7 +30,7 @@ import bisect
 import ipaddress
 import re
 from dataclasses import dataclass, field, replace
-from typing import AbstractSet, Hashable, Iterable, Mapping, Optional, Sequence, TypeVar, Union
+from typing import AbstractSet, Iterable, Mapping, Optional, Sequence, Union
 
 # Annotation names, reason codes and `quote` live in annotations.py, reasons.py and
 # model.py (one home each); the allocator's names for them stay importable from here.
@@ -42,6 +42,7 @@ from bgpspeaker.annotations import (  # noqa: F401
     SHARING_ANNOTATIONS,
 )
 from bgpspeaker.config.schema import Config, PoolConfig
+from bgpspeaker.keyindex import OneOrSet, index_key, keys_of, unindex_key
 from bgpspeaker.model import IPAddress, ServiceView, Snapshot, parse_ip, quote
 from bgpspeaker.reconciler import Versioned, replaced_keys
 from bgpspeaker.records import LOCAL, SHARED, SHARING_KEY, AddressRecord, holder_of
@@ -883,41 +884,6 @@ def _pass(config: Config, requests: Sequence[_Request], given_up: Mapping[str, M
 Records = Mapping[str, Mapping[str, AddressRecord]]  # store (local | shared) -> records by record_key
 
 
-# An index from a name to the keys filed under it, almost always one: that key itself, and a
-# set only for two or more (a set per name is 216 bytes; 2.3 MB at 10,000 Services).
-_Name = TypeVar("_Name")
-_Key = TypeVar("_Key", bound=Hashable)
-OneOrSet = Union[_Key, set[_Key]]
-
-
-def _keys_of(index: Mapping[_Name, OneOrSet[_Key]], name: _Name) -> Iterable[_Key]:
-    found = index.get(name)
-    return () if found is None else found if isinstance(found, set) else (found,)
-
-
-def _index_key(index: dict[_Name, OneOrSet[_Key]], name: _Name, key: _Key) -> None:
-    found = index.get(name)
-    if found is None:
-        index[name] = key
-    elif isinstance(found, set):
-        found.add(key)
-    elif found != key:
-        index[name] = {found, key}
-
-
-def _unindex_key(index: dict[_Name, OneOrSet[_Key]], name: _Name, key: _Key) -> None:
-    found = index.get(name)
-    if isinstance(found, set):
-        found.discard(key)
-        if len(found) <= 1:  # back to one key (or none: the entry goes, no empty set left behind)
-            if found:
-                index[name] = next(iter(found))
-            else:
-                del index[name]
-    elif found is not None and found == key:
-        del index[name]
-
-
 def store_of(pool: PoolConfig) -> str:
     """Which record store holds the records of `pool`."""
     return SHARED if pool.shared else LOCAL
@@ -950,8 +916,8 @@ class RecordsMemo:
         self.reserved_at: dict[Addr, _Holder] = {}  # address -> its reservation's holder
         self.decided: dict[str, str] = {}  # Service key -> the identity it was decided as (_group_of: its group)
         # identity -> the Service decided under it, or a set when several are (a sharing
-        # group): a set per Service was 2.3 MB at 10,000 (tracemalloc). See _keys_of.
-        self.by_holder: dict[str, Union[str, set[str]]] = {}
+        # group): a set per Service was 2.3 MB at 10,000 (tracemalloc). See bgpspeaker/keyindex.py.
+        self.by_holder: dict[str, OneOrSet[str]] = {}
         self.by_group: dict[tuple[str, str], set[str]] = {}
         self.floors: dict[tuple[str, int], int] = {}  # the runs' search floors: see _State.floors
         self.last: Optional[Allocation] = None
@@ -1106,7 +1072,7 @@ def _allocate_recorded(
             # walk over every Service (~1.5 ms per event at 10,000, py-spy)
             dirty |= replaced_keys(old, services)
         for holder in changed_holders:
-            dirty.update(_keys_of(memo.by_holder, holder))
+            dirty.update(keys_of(memo.by_holder, holder))
         previous = last.assigned if isinstance(last.assigned, Versioned) else Versioned(last.assigned)
         refused, pending, discarded = {}, {}, dict(last.discarded)
         for key in dirty:
@@ -1126,7 +1092,7 @@ def _allocate_recorded(
     for key in dirty:  # forget what they were: they are indexed again below
         old_holder = memo.decided.pop(key, None)
         if old_holder is not None:
-            _unindex_key(memo.by_holder, old_holder, key)
+            unindex_key(memo.by_holder, old_holder, key)
             old_group = _group_of(old_holder)
             if old_group is not None:
                 memo.by_group.get(old_group, set()).discard(key)
@@ -1154,7 +1120,7 @@ def _allocate_recorded(
             if ignored:
                 discarded[key] = ignored
             memo.decided[key] = holder
-            _index_key(memo.by_holder, holder, key)
+            index_key(memo.by_holder, holder, key)
             if group is not None:
                 memo.by_group.setdefault(group, set()).add(key)
     finally:
@@ -1188,7 +1154,7 @@ def _assignments_after(previous: Optional[Versioned], dirty: set[str], fresh: Ma
             assigned[key] = fresh[key]
         else:
             assigned.pop(key, None)
-    assigned.changed.update(dirty)
+    assigned.note_all(dirty)
     return assigned
 
 
@@ -1443,7 +1409,7 @@ class RecordUpdates:
         # seven times per record on a cold start's first decision (0.4 s at 50,000; bench).
         self.used: dict[Addr, int] = {}  # address -> how many assignments use it
         self.joining: set[Addr] = set()  # the addresses of Allocation.joining: used once joined
-        # store -> address -> the key of its record there (two or more: a set; see _index_key)
+        # store -> address -> the key of its record there (two or more: a set; see bgpspeaker/keyindex.py)
         self.by_address: dict[str, dict[Addr, OneOrSet[str]]] = {}
         self.wrong: dict[str, dict[str, AddressRecord]] = {}  # store -> key -> a record to join or leave
 
@@ -1482,9 +1448,9 @@ class RecordUpdates:
             for key in replaced_keys(old_recs, new_recs):
                 gone, now = old_recs.get(key), new_recs.get(key)
                 if gone is not None:
-                    _unindex_key(index, _addr(gone.address), key)
+                    unindex_key(index, _addr(gone.address), key)
                 if now is not None:
-                    _index_key(index, _addr(now.address), key)
+                    index_key(index, _addr(now.address), key)
                 keys.add(key)
         self.records = dict(records)
         if flipped:
@@ -1493,7 +1459,7 @@ class RecordUpdates:
                 if len(keys) >= len(recs) and all(key in keys for key in recs):
                     continue  # every record of the store is looked at already (a first decision)
                 for addr in flipped:
-                    keys.update(_keys_of(index, addr))
+                    keys.update(keys_of(index, addr))
         for store, keys in look.items():
             recs, wrong = self.records.get(store, {}), self.wrong.setdefault(store, {})
             for key in keys:

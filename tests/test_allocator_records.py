@@ -492,23 +492,24 @@ def test_a_snapshot_with_records_allocates_without_a_memo():
     assert "default/b" in without.pending  # a new Service: claims its record and waits for it
 
 
-def test_the_memo_identity_index_holds_one_key_as_a_string_and_several_as_a_set():
-    """RecordsMemo.by_holder: a set per Service was 2.3 MB at 10,000; one key is kept as
-    itself, a sharing group's several as a set, and an emptied entry goes away."""
-    from bgpspeaker.allocator import _index_key, _keys_of, _unindex_key
+def test_a_key_index_holds_one_key_as_itself_and_several_as_a_set():
+    """bgpspeaker/keyindex.py (RecordsMemo.by_holder, the informer's slices by Service): a
+    set per name was 2.3 MB at 10,000; one key is kept as itself, several as a set, and an
+    emptied entry goes away."""
+    from bgpspeaker.keyindex import index_key, keys_of, unindex_key
 
     index: dict = {}
-    _index_key(index, "default/web", "default/web")
-    _index_key(index, "default/web", "default/web")
-    assert index == {"default/web": "default/web"} and list(_keys_of(index, "default/web")) == ["default/web"]
-    _index_key(index, "default/*k", "default/a")
-    _index_key(index, "default/*k", "default/b")
-    assert set(_keys_of(index, "default/*k")) == {"default/a", "default/b"}
-    _unindex_key(index, "default/*k", "default/a")
+    index_key(index, "default/web", "default/web")
+    index_key(index, "default/web", "default/web")
+    assert index == {"default/web": "default/web"} and list(keys_of(index, "default/web")) == ["default/web"]
+    index_key(index, "default/*k", "default/a")
+    index_key(index, "default/*k", "default/b")
+    assert set(keys_of(index, "default/*k")) == {"default/a", "default/b"}
+    unindex_key(index, "default/*k", "default/a")
     assert index["default/*k"] == "default/b"
-    _unindex_key(index, "default/*k", "default/b")
-    _unindex_key(index, "default/web", "default/other")  # not indexed under it: nothing changes
-    assert index == {"default/web": "default/web"} and list(_keys_of(index, "nobody")) == []
+    unindex_key(index, "default/*k", "default/b")
+    unindex_key(index, "default/web", "default/other")  # not indexed under it: nothing changes
+    assert index == {"default/web": "default/web"} and list(keys_of(index, "nobody")) == []
 
 
 def test_a_sharing_group_is_read_back_from_its_identity():

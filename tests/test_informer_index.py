@@ -85,7 +85,8 @@ class Slices:
         by_group: dict[str, set[str]] = {}
         for key, view in cache.items():
             by_group.setdefault(view.service_key, set()).add(key)
-        assert self.informer._members == by_group
+        # one key as itself, several as a set (bgpspeaker/keyindex.py)
+        assert self.informer._members == {g: keys if len(keys) > 1 else next(iter(keys)) for g, keys in by_group.items()}
         return {key: view.service_key for key, view in cache.items()}
 
 
