@@ -30,7 +30,7 @@ import bisect
 import ipaddress
 import re
 from dataclasses import dataclass, field, replace
-from typing import AbstractSet, Iterable, Mapping, Optional, Sequence, Union
+from typing import Iterable, Mapping, Optional, Sequence, Union
 
 # Annotation names, reason codes and `quote` live in annotations.py, reasons.py and
 # model.py (one home each); the allocator's names for them stay importable from here.
@@ -45,7 +45,7 @@ from bgpspeaker.config.schema import Config, PoolConfig
 from bgpspeaker.keyindex import OneOrSet, index_key, keys_of, unindex_key
 from bgpspeaker.model import IPAddress, ServiceView, Snapshot, parse_ip, quote
 from bgpspeaker.reconciler import Versioned, replaced_keys
-from bgpspeaker.records import LOCAL, SHARED, SHARING_KEY, AddressRecord, holder_of
+from bgpspeaker.records import LOCAL, SHARED, SHARING_KEY, AddressRecord, holder_of, record_key
 from bgpspeaker.reasons import (  # noqa: F401
     BUGGY_IP,
     DIFFERENT_POOLS,
@@ -1318,7 +1318,9 @@ def _status_ignored(service: ServiceView, outcome: object) -> tuple[Refusal, ...
     allocator rewrites the status). Said once in an Event, so the writer learns why."""
     if not service.ingress_ips:
         return ()
-    ours = frozenset(outcome.addresses) if isinstance(outcome, Assignment) else frozenset()
+    # a tuple of one or two: parse_ip's cache hands back the very object assigned, and `in`
+    # finds it by identity (a frozenset hashed each address: IPv4Address.__hash__ formats hex)
+    ours = outcome.addresses if isinstance(outcome, Assignment) else ()
     return tuple(
         Refusal(
             STATUS_IGNORED,
@@ -1330,7 +1332,7 @@ def _status_ignored(service: ServiceView, outcome: object) -> tuple[Refusal, ...
     )
 
 
-def _is_one_of(text: str, addresses: AbstractSet[IPAddress]) -> bool:
+def _is_one_of(text: str, addresses: Sequence[IPAddress]) -> bool:
     """Whether `text` is an IP address of `addresses` (parse_ip is cached; str() of each
     assigned address was ~5 % of a cold start's allocation)."""
     try:
@@ -1395,8 +1397,8 @@ class RecordUpdates:
     """record_updates() by difference: the daemon asks after every allocation or record
     change, and the full walk over every record (and every assignment) was O(records) per
     new Service among 10,000 (15 % of that event's CPU, py-spy). Kept: how many assignments
-    use each address, every record by address, and the records whose membership is wrong
-    now (the answer). Only the assignments and records that are not the same objects as
+    use each address, every record, and the records whose membership is wrong now (the
+    answer). Only the assignments and records that are not the same objects as
     last time (the allocator keeps what it did not re-decide; the watcher replaces a
     store's dict copy-on-write) are looked at again. Equal to record_updates()
     (property-tested in tests/test_allocator_records.py)."""
@@ -1409,8 +1411,6 @@ class RecordUpdates:
         # seven times per record on a cold start's first decision (0.4 s at 50,000; bench).
         self.used: dict[Addr, int] = {}  # address -> how many assignments use it
         self.joining: set[Addr] = set()  # the addresses of Allocation.joining: used once joined
-        # store -> address -> the key of its record there (two or more: a set; see bgpspeaker/keyindex.py)
-        self.by_address: dict[str, dict[Addr, OneOrSet[str]]] = {}
         self.wrong: dict[str, dict[str, AddressRecord]] = {}  # store -> key -> a record to join or leave
 
     def update(
@@ -1444,22 +1444,18 @@ class RecordUpdates:
             old_recs, new_recs = self.records.get(store, {}), records.get(store, {})
             if old_recs is new_recs:
                 continue
-            index, keys = self.by_address.setdefault(store, {}), look.setdefault(store, set())
-            for key in replaced_keys(old_recs, new_recs):
-                gone, now = old_recs.get(key), new_recs.get(key)
-                if gone is not None:
-                    unindex_key(index, _addr(gone.address), key)
-                if now is not None:
-                    index_key(index, _addr(now.address), key)
-                keys.add(key)
+            look.setdefault(store, set()).update(replaced_keys(old_recs, new_recs))
         self.records = dict(records)
         if flipped:
-            for store, index in self.by_address.items():
-                keys, recs = look.setdefault(store, set()), self.records.get(store, {})
+            # An address's record is under its one canonical key in every store (records.py
+            # refuses any other spelling), so no index by address is kept: it was a tuple
+            # and a dict entry per record (~7 MB at 50,000, tracemalloc).
+            flipped_keys = [record_key(_ip(addr)) for addr in flipped]
+            for store, recs in self.records.items():
+                keys = look.setdefault(store, set())
                 if len(keys) >= len(recs) and all(key in keys for key in recs):
                     continue  # every record of the store is looked at already (a first decision)
-                for addr in flipped:
-                    keys.update(keys_of(index, addr))
+                keys.update(key for key in flipped_keys if key in recs)
         for store, keys in look.items():
             recs, wrong = self.records.get(store, {}), self.wrong.setdefault(store, {})
             for key in keys:

@@ -17,6 +17,7 @@ import enum
 import functools
 import ipaddress
 import re
+import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Union
 
@@ -51,6 +52,15 @@ def parse_ip(text: object) -> IPAddress:
 
 @functools.lru_cache(maxsize=1 << 16)  # pure; re-parsing every Service's IPs on every event was ~10% (bench profile)
 def _parse_plain_ip(text: str) -> IPAddress:
+    if ":" not in text:
+        # IPv4 through the C parser: 0.5 against 1.8 µs, once per Service and per record at a
+        # cold start. inet_pton is as strict as ipaddress (four decimal octets, no leading
+        # zero, nothing around them: tests/test_model.py checks both agree); what it
+        # refuses, ipaddress is asked, so the error says why.
+        try:
+            return ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, text))
+        except OSError:
+            pass
     return ipaddress.ip_address(text)
 
 

@@ -523,15 +523,17 @@ def test_a_sharing_group_is_read_back_from_its_identity():
 
 
 def test_record_writes_by_difference_with_one_address_recorded_in_both_stores():
-    """RecordUpdates files a record under its address per store, one key as itself: an
-    address with a record in each store (a pool marked shared since) keeps both."""
+    """RecordUpdates finds an address's record in each store under its one key (record_key):
+    an address with a record in each store (a pool marked shared since) keeps both."""
     local, shared = rec("203.0.113.4", "default/a"), rec("203.0.113.4", "default/a", store="shared")
+    key = record_key(local.address)
     config = cfg()
     updates = RecordUpdates()
     for records in (
-        {LOCAL: {"l": local}, "shared": {"s": shared}},
-        {LOCAL: {"l": local}, "shared": {}},
-        {LOCAL: {}, "shared": {"s": shared}},
+        {LOCAL: {key: local}, "shared": {key: shared}},
+        {LOCAL: {key: local}, "shared": {}},
+        {LOCAL: {}, "shared": {key: shared}},
+        {LOCAL: {key: local}, "shared": {key: shared}},
     ):
         out = allocate_recorded(config, [svc("a")], records, "east")
         assert updates.update(records, out, "east") == record_updates(records, out, "east")
