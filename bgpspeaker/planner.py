@@ -47,6 +47,7 @@ from bgpspeaker.model import (
     Community,
     EndpointSliceView,
     IPAddress,
+    IPNetwork,
     LargeCommunity,
     NodeView,
     RouteAttributes,
@@ -873,6 +874,19 @@ def _keep_sorted(order: list[Addr], appeared: list[Addr], vanished: list[Addr]) 
         bisect.insort(order, address)
 
 
+def host_prefix(address: IPAddress) -> IPNetwork:
+    """The /32 or /128 announced for `address` (the tuple form skips text parsing).
+
+    Without the closure ipaddress gives every host network in __init__ for its hosts():
+    170 of the 400 bytes each announced address kept (8.5 MB at 50,000; tracemalloc).
+    Nothing calls hosts() on a route's prefix; it would answer [] now, not [address]."""
+    prefix = (ipaddress.IPv4Network if address.version == 4 else ipaddress.IPv6Network)(
+        (int(address), address.max_prefixlen)
+    )
+    vars(prefix).pop("hosts", None)
+    return prefix
+
+
 def _routes_for(
     ctx: _Context, candidates: list[_Candidate], peers: list[PeerConfig], trace: Optional[str], trail: list[Step]
 ) -> list[RouteIntent]:
@@ -886,9 +900,7 @@ def _routes_for(
     next_hop = ctx.next_hops[address.version][0]
     if next_hop is None:  # never: _decide makes a candidate only where the family has a usable next hop
         return []
-    prefix = (ipaddress.IPv4Network if address.version == 4 else ipaddress.IPv6Network)(
-        (int(address), address.max_prefixlen)
-    )  # /32 or /128; the tuple form skips text parsing
+    prefix = host_prefix(address)
     if trace is not None and trace in services and len(services) > 1:
         trail.append(
             Step(
