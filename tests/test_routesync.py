@@ -135,6 +135,23 @@ def test_announces_go_before_withdraws_in_a_sync():
     assert exabgp.rib == desired_rib(new)
 
 
+def test_a_refusal_of_a_route_no_longer_wanted_is_forgotten_when_the_sync_ends():
+    """A route refused after it stopped being desired (its announce was in flight): nothing
+    differs for its key, so no command will ever clear the refusal; it is dropped when the
+    next sync ends, rather than reported as rejected for ever (found by the random
+    sequences below: desire, begin, desire without it, the announce refused)."""
+    sync, exabgp = RouteSync(PEERS, window=1, batch_size=1), Exabgp()
+    sync.desire([intent(1)])
+    sync.connected(["tor-a"])
+    assert sync.begin()
+    [command] = sync.next_commands()
+    sync.desire([])  # no longer wanted while its announce is with ExaBGP
+    sync.refused(command.id, "error")
+    assert list(sync.rejected) == [intent(1).key]  # still true while that sync runs
+    run(sync, exabgp)
+    assert not sync.rejected and not sync.announced and exabgp.rib == {}
+
+
 def test_a_refused_command_is_retried_by_the_next_partial_sync_and_only_it():
     sync, exabgp = RouteSync(PEERS, batch_size=1), Exabgp()
     routes = [intent(i) for i in range(1, 6)]

@@ -410,6 +410,10 @@ class RouteSync:
         desired = sync.desired
         keys = sync.keys if sync.keys is not None else desired.keys() | self.announced.keys()
         self._unsynced = {key for key in keys if not self._in_sync(key, desired)}
+        # A refusal whose key is in sync now (refused after it stopped being wanted) is moot:
+        # no command will ever answer it, and it would be reported as rejected for ever.
+        for key in [key for key in self.rejected if self._in_sync(key, desired)]:
+            del self.rejected[key]
         self.synced = max(self.synced, sync.generation)
         self._sync = None
 
