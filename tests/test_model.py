@@ -45,3 +45,21 @@ def test_parse_ip_parses_both_families():
     assert model.parse_ip("0.0.0.0") == ipaddress.IPv4Address(0)
     assert model.parse_ip("2001:db8::1") == ipaddress.IPv6Address("2001:db8::1")
     assert model.parse_ip("::ffff:1.2.3.4") == ipaddress.IPv6Address("::ffff:1.2.3.4")
+
+
+@pytest.mark.parametrize("text", ["203.0.113.5", "0.0.0.0", "2001:db8::5", "::ffff:1.2.3.4"])
+def test_a_host_prefix_is_the_network_ipaddress_makes_without_its_costs(text):
+    """model.host_prefix: equal to the plainly parsed network, with the same hash (dict keys
+    mix both), printed and ordered the same, hosts() the same; but its hash is computed once
+    and it keeps no hosts() closure of its own (170 of the 400 bytes a route's prefix kept)."""
+    address = ipaddress.ip_address(text)
+    prefix, plain = model.host_prefix(address), ipaddress.ip_network(address)
+    assert prefix == plain and plain == prefix and hash(prefix) == hash(plain)
+    assert {plain: "found"}[prefix] == "found" and {prefix: "found"}[plain] == "found"
+    assert repr(prefix) == repr(plain) and str(prefix) == str(plain) and not prefix < plain and not plain < prefix
+    assert isinstance(prefix, type(plain)) and prefix.prefixlen == plain.prefixlen == address.max_prefixlen
+    assert list(prefix.hosts()) == list(plain.hosts()) == [address]
+    assert "hosts" not in vars(prefix) and "hosts" in vars(plain)
+    wider = prefix.supernet()  # ipaddress makes it with our class: still hashable, still equal
+    assert wider == plain.supernet() and hash(wider) == hash(plain.supernet())
+    assert list(wider.hosts()) == list(plain.supernet().hosts())

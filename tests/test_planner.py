@@ -691,17 +691,3 @@ def test_plan_explain_and_the_command_builder_agree_on_every_next_hop(address):
         assert reasons(result) == {("default/web", "invalidNextHop")}
         assert [s.reason for s in story.skipped] == ["invalidNextHop"]
 
-
-def test_a_host_prefix_equals_the_parsed_network_and_keeps_no_closure_of_its_own():
-    """planner.host_prefix: ipaddress gave every /32 and /128 its own hosts() closure (170 of
-    the 400 bytes an announced address kept); the prefix is otherwise the same network."""
-    import ipaddress
-
-    from bgpspeaker.planner import host_prefix
-
-    for text, length in (("203.0.113.5", 32), ("2001:db8::5", 128)):
-        prefix = host_prefix(ipaddress.ip_address(text))
-        expected = ipaddress.ip_network(f"{text}/{length}")
-        assert prefix == expected and hash(prefix) == hash(expected) and str(prefix) == str(expected)
-        assert type(prefix) is type(expected) and prefix.prefixlen == length
-        assert "hosts" not in vars(prefix) and "hosts" in vars(expected)

@@ -36,7 +36,15 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-from bgpspeaker.model import Community, IPAddress, IPNetwork, LargeCommunity, RouteAttributes, next_hop_problem
+from bgpspeaker.model import (
+    HOST_PREFIX_TYPES,
+    Community,
+    IPAddress,
+    IPNetwork,
+    LargeCommunity,
+    RouteAttributes,
+    next_hop_problem,
+)
 
 MAX_U32 = 0xFFFFFFFF
 FAMILIES = ("ipv4 unicast", "ipv6 unicast")
@@ -47,7 +55,7 @@ RELOAD = "reload"  # re-read the config file (as SIGUSR1); answered at once, so 
 SHOW_NEIGHBOR_CONFIGURATION = "show neighbor configuration"  # queued; the configured neighbors as text
 
 _ADDRESS_TYPES = (ipaddress.IPv4Address, ipaddress.IPv6Address)
-_NETWORK_TYPES = (ipaddress.IPv4Network, ipaddress.IPv6Network)
+_NETWORK_TYPES = (ipaddress.IPv4Network, ipaddress.IPv6Network, *HOST_PREFIX_TYPES)
 
 
 def _int(value: object, low: int, high: int, what: str) -> int:
