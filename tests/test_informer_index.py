@@ -165,3 +165,16 @@ def test_regrouping_one_service_looks_at_its_slices_only(api):
     assert [key for key, _ in s.regroup("default/s7")] == ["default/s7-1"]
     assert calls[0] <= 5
     assert len(s.cached()) == n
+
+
+def test_a_services_cache_key_is_the_one_string_of_its_identity():
+    """The Services' cache keys are model.service_key's interned strings: the planner, the
+    allocator's memo and the slices' index keep the very same object, not one each."""
+    from bgpspeaker import views
+    from bgpspeaker.kube.informer import SERVICES
+    from bgpspeaker.model import service_key
+
+    obj = {"metadata": {"namespace": "default", "name": "web"}, "spec": {"type": "LoadBalancer"}}
+    key = SERVICES.key(obj)
+    assert key == "default/web" and key is service_key("default", "web") is views.service_from_dict(obj).key
+    assert ENDPOINT_SLICES.key({"metadata": {"namespace": "default", "name": "web-1"}}) == "default/web-1"

@@ -46,7 +46,7 @@ from bgpspeaker.kube.client import (
 from bgpspeaker.keyindex import OneOrSet, index_key, keys_of, unindex_key
 from bgpspeaker.logs import fields
 from bgpspeaker.metrics import Metrics
-from bgpspeaker.model import EndpointSliceView, JSONObject, NodeView, ServiceView
+from bgpspeaker.model import EndpointSliceView, JSONObject, NodeView, ServiceView, service_key
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,16 @@ class Resource:
     # Parse an object whose previous view is cached, given that view: a big object that
     # changes a little at a time (an address block) reuses what did not change.
     parse_again: Optional[Callable[[JSONObject, View], View]] = None
+    # Keys that are Service identities: made by model.service_key (interned), so the cache's
+    # key is the very string the planner, the allocator and the slices' index keep.
+    service_keys: bool = False
 
     def key(self, obj: JSONObject) -> str:
         meta = obj.get("metadata") or {}
         namespace = meta.get("namespace")
-        return f"{namespace}/{meta.get('name')}" if namespace else str(meta.get("name"))
+        if not namespace:
+            return str(meta.get("name"))
+        return service_key(namespace, str(meta.get("name"))) if self.service_keys else f"{namespace}/{meta.get('name')}"
 
 
 def _slices_of_service(service_key: str) -> tuple[str, str]:
@@ -82,7 +87,7 @@ def _slices_of_service(service_key: str) -> tuple[str, str]:
     return (object_path(DISCOVERY, "endpointslices", namespace), f"{views.SERVICE_NAME_LABEL}={name}")
 
 
-SERVICES = Resource("services", SERVICES_PATH, views.service_from_dict)
+SERVICES = Resource("services", SERVICES_PATH, views.service_from_dict, service_keys=True)
 
 
 def _service_of_slice(view: View) -> str:
