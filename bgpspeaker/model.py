@@ -20,7 +20,7 @@ import re
 import socket
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Union
 
 if TYPE_CHECKING:  # records.py builds on this module's types
     from bgpspeaker.records import AddressRecord
@@ -60,7 +60,7 @@ def _parse_plain_ip(text: str) -> IPAddress:
         # refuses, ipaddress is asked, so the error says why.
         try:
             return ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, text))
-        except OSError:
+        except (OSError, ValueError):  # ValueError: an embedded NUL
             pass
     return ipaddress.ip_address(text)
 
@@ -98,10 +98,10 @@ class _HostNetwork:
     def __hash__(self) -> int:
         return self._hash
 
-    def hosts(self) -> Iterator[Any]:
+    def hosts(self) -> Any:  # a list for a host network, as ipaddress's closure answered
         if self.prefixlen == self.max_prefixlen:  # type: ignore[attr-defined]
-            return iter([self.network_address])  # type: ignore[attr-defined]
-        return super().hosts()  # type: ignore[misc, no-any-return]
+            return [self.network_address]  # type: ignore[attr-defined]
+        return super().hosts()  # type: ignore[misc]
 
     def __repr__(self) -> str:
         return f"{type(self).__bases__[1].__name__}({str(self)!r})"

@@ -58,8 +58,16 @@ def test_a_host_prefix_is_the_network_ipaddress_makes_without_its_costs(text):
     assert {plain: "found"}[prefix] == "found" and {prefix: "found"}[plain] == "found"
     assert repr(prefix) == repr(plain) and str(prefix) == str(plain) and not prefix < plain and not plain < prefix
     assert isinstance(prefix, type(plain)) and prefix.prefixlen == plain.prefixlen == address.max_prefixlen
-    assert list(prefix.hosts()) == list(plain.hosts()) == [address]
+    assert prefix.hosts() == plain.hosts() == [address] and type(prefix.hosts()) is type(plain.hosts())
     assert "hosts" not in vars(prefix) and "hosts" in vars(plain)
     wider = prefix.supernet()  # ipaddress makes it with our class: still hashable, still equal
     assert wider == plain.supernet() and hash(wider) == hash(plain.supernet())
     assert list(wider.hosts()) == list(plain.supernet().hosts())
+
+
+def test_text_the_fast_parser_refuses_gets_ipaddress_s_own_error():
+    """What inet_pton refuses is handed to ipaddress, whose message names the text (an
+    embedded NUL made inet_pton raise a ValueError of its own, which named nothing)."""
+    for text in ("1.2.3.4\x00x", "1.2.3.04"):
+        with pytest.raises(ValueError, match="does not appear to be an IPv4 or IPv6 address"):
+            model.parse_ip(text)

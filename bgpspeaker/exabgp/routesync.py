@@ -411,8 +411,10 @@ class RouteSync:
         keys = sync.keys if sync.keys is not None else desired.keys() | self.announced.keys()
         self._unsynced = {key for key in keys if not self._in_sync(key, desired)}
         # A refusal whose key is in sync now (refused after it stopped being wanted) is moot:
-        # no command will ever answer it, and it would be reported as rejected for ever.
-        for key in [key for key in self.rejected if self._in_sync(key, desired)]:
+        # no command will ever answer it, and it would be reported as rejected for ever. In
+        # sync with what is desired, not only with this sync's set: a held (damped) peer's
+        # routes are left out of that, and are still wanted.
+        for key in [key for key in self.rejected if self._in_sync(key, desired) and self._in_sync(key, self.desired)]:
             del self.rejected[key]
         self.synced = max(self.synced, sync.generation)
         self._sync = None
