@@ -1,9 +1,9 @@
 """An index from a name to the keys filed under it, where a name almost always has one key (pure).
 
 That one key is stored as itself, and a set only for two or more: a set per name is 216
-bytes, and these indexes have one name per Service (the allocator's identities and
-addresses, the informer's EndpointSlices by Service: 2.3 MB at 10,000 Services each,
-tracemalloc). An emptied name leaves no entry behind. Keys must not themselves be sets.
+bytes, and these indexes have one name per Service (the allocator's Services by identity,
+the informer's EndpointSlices by Service: 2.3 MB at 10,000 Services each, tracemalloc).
+An emptied name leaves no entry behind. Keys must not themselves be sets.
 """
 
 from __future__ import annotations
