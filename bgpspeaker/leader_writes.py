@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Mapping, Optional, Protocol, Union
 
 from bgpspeaker.allocator import Allocation, RecordUpdates, record_updates, records_from_status
@@ -36,7 +36,7 @@ from bgpspeaker.config.schema import Config
 from bgpspeaker.logs import fields
 from bgpspeaker.model import ServiceView, Snapshot
 from bgpspeaker.reconciler import replaced_keys
-from bgpspeaker.records import LOCAL, AddressRecord
+from bgpspeaker.records import LOCAL, AddressRecord, record_key
 
 if TYPE_CHECKING:  # kube/ imports the kubernetes client, slow to import and not needed offline
     from bgpspeaker.kube.records import KeeperResult, RecordKeeper
@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 STATUS_RETRY_SECONDS = 1.0  # a failed status pass is tried again this often
 RECORD_RETRY_SECONDS = 2.0  # a record store that failed is tried again this often (and on any change)
 CONFLICT_RETRY_SECONDS = 1.0  # a claim that lost a race: decide again with what the watch brings
+# A record this leader created is waited for until its watch brings it, at most this long
+# (the watch takes milliseconds; past this, the record was deleted before it was seen, or
+# the watch is broken and relisting: decide as if it were not there).
+UNSEEN_CLAIM_SECONDS = 10.0
 
 Services = Mapping[str, ServiceView]
 
@@ -145,6 +149,42 @@ def record_work(
     if not (allocation.claims or joins or leaves):
         return None
     return RecordApply(allocation.claims, tuple(joins), tuple(leaves))
+
+
+# Records this leader created and has not read back yet: (store, record key) -> (record,
+# when it was created, on the loop's clock).
+Unseen = Mapping[tuple[str, str], tuple[AddressRecord, float]]
+
+
+def still_unseen(unseen: Unseen, records: Mapping[str, Mapping[str, AddressRecord]], now: float) -> dict:
+    """The created records a snapshot with `records` does not show yet, created less than
+    UNSEEN_CLAIM_SECONDS before `now`. Shown with any holder, a record is read back (or
+    taken since): the allocator decides from it."""
+    return {
+        (store, key): (rec, since)
+        for (store, key), (rec, since) in unseen.items()
+        if key not in records.get(store, {}) and now - since < UNSEEN_CLAIM_SECONDS
+    }
+
+
+def claims_not_waiting(claims: tuple[AddressRecord, ...], unseen: Unseen) -> tuple[AddressRecord, ...]:
+    """The claims to make now: none for an identity whose record this leader created and has
+    not read back, and none for an address it recorded so.
+
+    Why: the allocator sees only the records the watch brought. An identity whose new
+    record is not back yet looks unrecorded, and if an address freed meanwhile is now the
+    lowest, the allocator claims that one too: two records of one identity, and the higher
+    (the one the Service was just assigned, announced and given in its status) is released:
+    the Service renumbered (CI, test_community_abuse_gets_an_event). Held back, the
+    claim is decided again once the record is read back, from it."""
+    if not unseen:
+        return claims
+    waiting = {(rec.store, rec.holder) for rec, _ in unseen.values()}
+    return tuple(
+        claim
+        for claim in claims
+        if (claim.store, record_key(claim.address)) not in unseen and (claim.store, claim.holder) not in waiting
+    )
 
 
 # --- the schedules ------------------------------------------------------------------------
@@ -307,6 +347,8 @@ class RecordSchedule:
         self._retry = False  # the last writes failed or lost a race: decide again
         self._pending: tuple[Mapping[str, str], Optional[Snapshot]] = ({}, None)  # (allocation.pending, snapshot)
         self._updates = RecordUpdates()  # the joins and leaves, by difference (O(records) per new Service before)
+        self._unseen: dict[tuple[str, str], tuple[AddressRecord, float]] = {}  # see claims_not_waiting
+        self._unseen_timer: Optional[asyncio.TimerHandle] = None
 
     def offer(self, config: Config, snapshot: Snapshot, allocation: Allocation) -> None:
         """Called on the loop after each reconcile on the leader (of a complete snapshot); returns at once."""
@@ -333,10 +375,15 @@ class RecordSchedule:
                 self._updates, self._retry = RecordUpdates(), True  # decide afresh, a little later
                 loop.call_later(RECORD_RETRY_SECONDS, self._on_retry)
                 continue
+            if snapshot.records is not None and self._unseen:  # what the watch brought is waited for no more
+                self._unseen = still_unseen(self._unseen, snapshot.records, loop.time())
             if work is None:
                 continue
             if isinstance(work, RecordApply):
                 self._pending = (allocation.pending, snapshot)
+                work = self._hold_unseen(work, loop)
+                if work is None:
+                    continue
             if work == self._done:
                 continue  # already handed over; the watch brings the result, or a retry is scheduled
             self._done = work
@@ -347,6 +394,8 @@ class RecordSchedule:
                 result = None
             if result is not None:
                 self._reports.record_conflicts(result.conflicts)
+                for rec in result.created:
+                    self._unseen[(rec.store, record_key(rec.address))] = (rec, loop.time())
             if result is None or result.failed:
                 # The store is down: new Services wait (pending; nothing running changes),
                 # each told once by a Warning Event.
@@ -360,6 +409,22 @@ class RecordSchedule:
                 self._done, self._retry = None, True  # re-decide with what the watch brings
                 loop.call_later(CONFLICT_RETRY_SECONDS, self._on_retry)
 
+    def _hold_unseen(self, work: RecordApply, loop: asyncio.AbstractEventLoop) -> Optional[RecordApply]:
+        """`work` without the claims that wait for a created record to be read back
+        (claims_not_waiting); None if nothing is left. What is held back is decided again
+        when the watch brings the record (a records change is a new offer), or, should it
+        never come, after UNSEEN_CLAIM_SECONDS."""
+        claims = claims_not_waiting(work.claims, self._unseen)
+        if claims == work.claims:
+            return work
+        log.debug("claims wait for records not read back yet", extra=fields(held=len(work.claims) - len(claims)))
+        self._retry = True  # the same allocation and records, offered again, are decided again
+        if self._unseen_timer is None or self._unseen_timer.when() <= loop.time():
+            self._unseen_timer = loop.call_later(UNSEEN_CLAIM_SECONDS, self._on_retry)
+        if not (claims or work.joins or work.leaves):
+            return None
+        return replace(work, claims=claims)
+
     def _write(self, work: RecordWork) -> KeeperResult:
         if isinstance(work, RecordImport):
             return self._keeper.import_once(work.records, LOCAL)
@@ -368,4 +433,6 @@ class RecordSchedule:
     def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        if self._unseen_timer is not None:
+            self._unseen_timer.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)

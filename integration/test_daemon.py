@@ -202,6 +202,60 @@ def test_announces_reports_and_writes_status(lab, world, tmp_path):
         "kubernetes.io/service-name=web"]
 
 
+def test_a_release_read_back_before_a_new_record_renumbers_nothing(lab, world, tmp_path):
+    """The CI failure of test_community_abuse_gets_an_event, made deterministic: the leader
+    claims a new Service's address while an older Service's release is not read back yet
+    (the released address still looks held), then reads the release back before its own
+    new record. The old code claimed the freed, lower address too, and the allocator's
+    tie-break (lowest of two records of one identity) released the first: the Service,
+    announced and given that address in its status, renumbered. Now the second claim waits
+    for the first record, and the Service keeps the address it was given."""
+    from testkit.records import recorded
+
+    router, emu, _, _ = world
+    speaker = start_speaker(lab, world, tmp_path)
+
+    def records() -> dict:
+        return recorded(emu.snapshot().get("v1/ConfigMap") or [])
+
+    def create(name: str) -> None:
+        objs = service_objects()
+        service, slice_ = objs[1], objs[2]
+        service["metadata"] = {"name": name, "namespace": "demo"}
+        slice_["metadata"] = {"name": f"{name}-1", "namespace": "demo", "labels": {"kubernetes.io/service-name": name}}
+        emu.set_object(service)
+        emu.set_object(slice_)
+
+    def holder(address: str) -> str | None:
+        rec = records().get(address)
+        return f"{rec.namespace}/{rec.service}" if rec else None
+
+    create("old")
+    freed = wait_until(lambda: [a for a, r in records().items() if r.service == "old"], 20, "old recorded")[0]
+    wait_until(lambda: router.best_path(f"{freed}/32"), 20, "old at the router")
+    emu.hold_events("configmaps")  # the leader reads no record change from here...
+    try:
+        emu.delete_object("v1", "Service", "demo", "old")
+        wait_until(lambda: holder(freed) is None, 20, "old's record released by the leader")
+        create("new")  # ...so the freed address still looks held: new is claimed another
+        first = wait_until(lambda: [a for a, r in records().items() if r.service == "new"], 20, "new recorded")
+        assert first != [freed], "the freed address was not held in the leader's view"
+        emu.hold_events("configmaps", let_through=1)  # the release goes, new's record does not
+        # The old code wrote the second claim within milliseconds of that event: watched 2 s.
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            assert holder(freed) is None, f"{freed} claimed for {holder(freed)} before new's record was read back"
+            time.sleep(0.02)
+    finally:
+        emu.release_events("configmaps")
+    prefix = f"{first[0]}/32"
+    wait_until(lambda: router.best_path(prefix), 20, f"new at the router on {prefix}")
+    wait_until(lambda: [i.get("ip") for i in (emu.get_object("v1", "Service", "demo", "new").get("status") or {})
+                        .get("loadBalancer", {}).get("ingress") or []] == first, 20, "new's status")
+    assert [a for a, r in records().items() if r.service == "new"] == first
+    assert holder(freed) is None and speaker.proc.poll() is None
+
+
 def test_status_wiped_after_endpoint_events_is_written_again(lab, world, tmp_path):
     """The leader skips status checks while the allocation is reused (endpoint-only events);
     a status changed behind its back is a Service change, and must be put right."""

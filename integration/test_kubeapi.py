@@ -595,6 +595,34 @@ def test_pause_and_resume_events(emu, core, ns):
     assert w.names() == [("ADDED", "b"), ("ADDED", "c")]
 
 
+def test_hold_events_of_one_resource_lets_through_what_it_is_told(emu, core, ns):
+    """hold_events: one resource's streams wait (others flow), but for the next
+    `let_through` events, in order; release_events sends the rest."""
+    rv = core.create_namespaced_service(ns, svc("a", ns)).metadata.resource_version
+    cm_rv = core.create_namespaced_config_map(ns, {"metadata": {"name": "c0"}}).metadata.resource_version
+    emu.hold_events("services")
+    try:
+        w = Collector(core.list_namespaced_service, ns, resource_version=rv, timeout_seconds=10)
+        cms = Collector(core.list_namespaced_config_map, ns, resource_version=cm_rv, timeout_seconds=10)
+        for name in ("b", "c", "d"):
+            emu.set_object(svc(name, ns))
+        core.create_namespaced_config_map(ns, {"metadata": {"name": "c1"}})
+        cms.wait_for(1)  # another resource flows, written after the held ones
+        assert w.events == []
+        emu.hold_events("services", let_through=1)
+        w.wait_for(1)
+        assert w.names() == [("ADDED", "b")]
+        emu.hold_events("services", let_through=1)
+        w.wait_for(2)
+        assert w.names() == [("ADDED", "b"), ("ADDED", "c")]
+    finally:
+        emu.release_events("services")
+    w.wait_for(3)
+    w.stop()
+    cms.stop()
+    assert w.names() == [("ADDED", "b"), ("ADDED", "c"), ("ADDED", "d")]
+
+
 def test_close_watches_and_slow_watcher_is_dropped(ns):
     with run_emulator(watch_buffer=10) as emu:
         api = client.CoreV1Api(config.new_client_from_config(config_file=emu.kubeconfig))

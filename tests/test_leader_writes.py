@@ -18,8 +18,8 @@ from bgpspeaker.config.schema import ClusterConfig, Config, PoolConfig, SpeakerC
 from bgpspeaker.kube.records import KeeperResult
 from bgpspeaker.kube.status import WriteResult
 from bgpspeaker.leader_writes import (
-    RecordApply, RecordImport, RecordSchedule, StatusPass, StatusSchedule, all_in_line, keys_to_check, pass_left,
-    record_work, status_retry,
+    RecordApply, RecordImport, RecordSchedule, StatusPass, StatusSchedule, all_in_line, claims_not_waiting,
+    keys_to_check, pass_left, record_work, status_retry, still_unseen,
 )
 from bgpspeaker.model import ServiceView, Snapshot
 from bgpspeaker.records import LOCAL, AddressRecord, record_key
@@ -290,6 +290,85 @@ def test_the_record_decision_is_made_on_the_writer_thread_not_the_loop(monkeypat
             await until(lambda: keeper.calls, "the claim written")
             assert keeper.calls == [("apply", (claim,), (), ())]
             assert threads and all(t is not threading.main_thread() for t in threads)
+        finally:
+            schedule.stop()
+
+    asyncio.run(scenario())
+
+
+def test_claims_wait_for_the_records_this_leader_created_to_be_read_back():
+    """Pure: an identity with a created record not read back yet claims nothing more, and
+    nobody claims its address; read back (with any holder), or too old, it counts no more."""
+    mine = record("203.0.113.1", "comm2")
+    unseen = {(LOCAL, record_key(mine.address)): (mine, 100.0)}
+    again, other, taken = record("203.0.113.0", "comm2"), record("203.0.113.2", "web"), record("203.0.113.1", "web")
+    assert claims_not_waiting((again, other, taken), unseen) == (other,)
+    assert claims_not_waiting((again,), {}) == (again,)
+    shared = AddressRecord(IP("203.0.113.0"), "public", "default", "comm2", None, frozenset({"east"}), store="shared")
+    assert claims_not_waiting((shared,), unseen) == (shared,)  # the other store's records are not waited for
+    assert still_unseen(unseen, {LOCAL: {}}, 101.0) == unseen
+    assert still_unseen(unseen, {LOCAL: {record_key(mine.address): taken}}, 101.0) == {}  # read back, any holder
+    assert still_unseen(unseen, {LOCAL: {}}, 100.0 + leader_writes.UNSEEN_CLAIM_SECONDS) == {}
+
+
+def test_a_claim_made_before_the_last_one_is_read_back_is_not_written():
+    """The CI failure of test_community_abuse_gets_an_event, at the schedule: comm2 was
+    claimed 203.0.113.1 while .0 was still recorded in the leader's view; the release of .0
+    was read back before comm2's record, and the next decision claimed .0 for comm2 too.
+    The keeper wrote both, the higher was released: comm2, announced and given .1 in its
+    status, renumbered to .0. Now the second claim waits for the first record, and is not
+    made once it is read back (the allocator assigns .1 from it)."""
+    async def scenario() -> None:
+        first, second = record("203.0.113.1", "comm2"), record("203.0.113.0", "comm2")
+        keeper, reports = FakeKeeper(KeeperResult(created=[first])), Reports()
+        schedule = RecordSchedule(keeper, reports, on_retry=lambda: None)
+        try:
+            services = {"default/comm2": service("comm2")}
+            held = {record_key(IP("203.0.113.0")): AddressRecord(IP("203.0.113.0"), "public", "default", "app", None,
+                                                                 frozenset({"west"}), store=LOCAL)}
+            stale = Snapshot(services=services, endpoint_slices={}, nodes={}, records={LOCAL: held})
+            schedule.offer(CONFIG, stale, Allocation(assigned={}, refused={}, claims=(first,),
+                                                     pending={"default/comm2": "its record"}))
+            await until(lambda: keeper.calls and schedule._task.done(), "the first claim written")
+            released = Snapshot(services=services, endpoint_slices={}, nodes={}, records={LOCAL: {}})
+            schedule.offer(CONFIG, released, Allocation(assigned={}, refused={}, claims=(second,),
+                                                        pending={"default/comm2": "its record"}))
+            await until(lambda: schedule._task.done(), "the second decision")
+            assert keeper.calls == [("apply", (first,), (), ())]
+            read_back = Snapshot(services=services, endpoint_slices={}, nodes={},
+                                 records={LOCAL: {record_key(first.address): first}})
+            schedule.offer(CONFIG, read_back, Allocation(assigned={"default/comm2": assignment("203.0.113.1")},
+                                                         refused={}))
+            await until(lambda: schedule._task.done(), "the decision from the record")
+            assert keeper.calls == [("apply", (first,), (), ())] and schedule._unseen == {}
+        finally:
+            schedule.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_held_claim_is_made_once_the_wait_is_over(monkeypatch):
+    """Should the record never be read back (deleted before the watch brought it), the held
+    claim is decided again after UNSEEN_CLAIM_SECONDS: the loop is woken, and the same
+    allocation offered again is not skipped."""
+    monkeypatch.setattr(leader_writes, "UNSEEN_CLAIM_SECONDS", 0.1)
+
+    async def scenario() -> None:
+        first, second = record("203.0.113.1", "comm2"), record("203.0.113.0", "comm2")
+        keeper, reports, wakes = FakeKeeper(KeeperResult(created=[first])), Reports(), []
+        schedule = RecordSchedule(keeper, reports, on_retry=lambda: wakes.append(1))
+        try:
+            snapshot = Snapshot(services={"default/comm2": service("comm2")}, endpoint_slices={}, nodes={},
+                                records={LOCAL: {}})
+            schedule.offer(CONFIG, snapshot, Allocation(assigned={}, refused={}, claims=(first,), pending={}))
+            await until(lambda: keeper.calls and schedule._task.done(), "the first claim written")
+            wants = Allocation(assigned={}, refused={}, claims=(second,), pending={})
+            schedule.offer(CONFIG, snapshot, wants)
+            await until(lambda: wakes, "the loop woken when the wait is over")
+            keeper.result = KeeperResult(created=[second])
+            schedule.offer(CONFIG, snapshot, wants)
+            await until(lambda: len(keeper.calls) == 2, "the held claim written")
+            assert keeper.calls[1] == ("apply", (second,), (), ())
         finally:
             schedule.stop()
 

@@ -12,6 +12,7 @@ which has the same hook names as `KubeEmulator` and speaks to these routes with 
     POST   /__emulator__/outage?seconds=N
     POST   /__emulator__/fail_next  {method, path_glob, status, n, retry_after}
     POST   /__emulator__/delay      {path_glob, seconds}
+    POST   /__emulator__/hold_events {plural, let_through} | /release_events {plural}
 """
 
 from __future__ import annotations
@@ -78,6 +79,10 @@ def add_routes(app: web.Application, emu: KubeEmulator) -> None:
                               int(p["retry_after"]) if p.get("retry_after") is not None else None)
             elif op == "delay":
                 emu.delay(p["path_glob"], float(p["seconds"]))
+            elif op == "hold_events":
+                emu.hold_events(p["plural"], int(p.get("let_through", 0)))
+            elif op == "release_events":
+                emu.release_events(p["plural"])
             else:
                 raise ApiError(404, "NotFound", f"no emulator hook {op!r}")
             return json_response({"ok": True})
@@ -156,6 +161,12 @@ class RemoteEmulator:
 
     def pause_events(self) -> None:
         self._call("POST", "pause_events")
+
+    def hold_events(self, plural: str, let_through: int = 0) -> None:
+        self._call("POST", "hold_events", {"plural": plural, "let_through": let_through})
+
+    def release_events(self, plural: str) -> None:
+        self._call("POST", "release_events", {"plural": plural})
 
     def resume_events(self) -> None:
         self._call("POST", "resume_events")

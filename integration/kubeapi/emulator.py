@@ -41,6 +41,8 @@ class KubeEmulator:
         self.bookmark_interval = bookmark_interval
         self.unpaused = asyncio.Event()
         self.unpaused.set()
+        self._held_events: dict[str, int] = {}  # resource plural -> events still let through
+        self.hold_changed = asyncio.Event()  # replaced (after being set) whenever a hold changes
         self.host, self.port = "127.0.0.1", 0
         self._runner: web.AppRunner | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -64,6 +66,8 @@ class KubeEmulator:
             task.cancel()
         self.store.close_watches()
         self.unpaused.set()
+        self._held_events.clear()
+        self._hold_changed()
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -142,6 +146,30 @@ class KubeEmulator:
     def resume_events(self) -> None:
         self.unpaused.set()
 
+    def hold_events(self, plural: str, let_through: int = 0) -> None:
+        """Watch events of one resource (its plural: "configmaps") wait in the streams'
+        buffers, but for the next `let_through` (counted over every stream of it); in order,
+        bookmarks included. To put a client between two writes: it sees the first, not the
+        second. release_events(plural) ends the hold."""
+        self._held_events[plural] = int(let_through)
+        self._hold_changed()
+
+    def release_events(self, plural: str) -> None:
+        self._held_events.pop(plural, None)
+        self._hold_changed()
+
+    def events_let_through(self, plural: str) -> int | None:
+        """How many more events of `plural` may go now (None: not held)."""
+        return self._held_events.get(plural)
+
+    def events_sent(self, plural: str, n: int) -> None:
+        if plural in self._held_events:
+            self._held_events[plural] = max(0, self._held_events[plural] - n)
+
+    def _hold_changed(self) -> None:
+        self.hold_changed.set()  # wakes the streams waiting on it; the next ones wait on a new one
+        self.hold_changed = asyncio.Event()
+
     def fail_next(self, method: str, path_glob: str, status: int, n: int = 1,
                   retry_after: int | None = None) -> None:
         self.hooks.fail_next(method, path_glob, status, n, retry_after)
@@ -177,7 +205,8 @@ class KubeEmulator:
 
 
 _HOOKS = ("set_object", "delete_object", "get_object", "snapshot", "compact",
-          "close_watches", "bookmark", "pause_events", "resume_events", "fail_next", "delay",
+          "close_watches", "bookmark", "pause_events", "resume_events", "hold_events",
+          "release_events", "fail_next", "delay",
           "events_for", "outage")
 
 
