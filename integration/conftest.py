@@ -5,13 +5,30 @@
 - `cluster_lab.record_measurement(name, values)`: tests that measure (failover times)
   hand their numbers there; they are printed in pytest's terminal summary (p50, max, n), so
   the figures show up in every CI log without `-s` and without timed assertions.
+- The image under test is built from the session's start when test_image.py is selected
+  (integration/image.py, build_early): its cold build waits on the network and the disk
+  beside the unit tests rather than on its own.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from integration.lab.cluster_lab import MEASUREMENTS, summarize
+
+IMAGE_TEST = Path(__file__).with_name("test_image.py")
+
+
+def pytest_collection_finish(session):
+    if session.config.option.collectonly or os.geteuid() != 0:  # not root: test_image fails, as it says why
+        return
+    if any(item.path == IMAGE_TEST for item in session.items):
+        from integration import image
+
+        image.build_early(image.TEST_TAG)
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)

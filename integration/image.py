@@ -30,7 +30,9 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,6 +165,48 @@ def build(base: str | None = None, tag: str = TAG, log=print, quiet: bool = True
         # (Not `podman image prune`: it would take the build stages' cache with it.)
         subprocess.run(["podman", "rmi", previous], capture_output=True)
     return tag
+
+
+# tag -> (the build started by build_early, the lines it logged)
+_EARLY: dict[str, tuple[Future, list[str]]] = {}
+
+
+def build_early(tag: str) -> None:
+    """Start build(tag=tag) now, in a thread, for a test that needs the image later.
+
+    A cold build (the base's debootstrap, the dependency wheels) is ~90 s spent mostly
+    waiting on the Debian mirror, PyPI and the disk; started when the test session
+    begins it overlaps the unit tests instead of adding to the suite's time (CI's budget
+    is 20 minutes). A daemon thread: an interrupted session does not wait for it."""
+    if tag in _EARLY:
+        return
+    future: Future = Future()
+    lines: list[str] = []
+
+    def run() -> None:
+        try:
+            future.set_result(build(tag=tag, log=lines.append))
+        except BaseException as exc:  # handed to whoever waits for the image
+            future.set_exception(exc)
+
+    _EARLY[tag] = (future, lines)
+    threading.Thread(target=run, name=f"image build {tag}", daemon=True).start()
+
+
+def built(tag: str, log=print, timeout: float | None = None) -> str:
+    """The image `tag`: the build_early one once it is done (its log replayed, its error
+    raised here), else a build made now."""
+    early = _EARLY.pop(tag, None)
+    if early is None:
+        return build(tag=tag, log=log)
+    future, lines = early
+    started = time.monotonic()
+    try:
+        return future.result(timeout)
+    finally:
+        for line in lines:
+            log(line)
+        log(f"(built beside the tests before this one; waited {time.monotonic() - started:.0f} s for it)")
 
 
 def image_id(tag: str) -> str | None:

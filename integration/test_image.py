@@ -135,7 +135,7 @@ def shipped_speaker_yaml() -> str:
 def image_root():
     if os.geteuid() != 0:
         pytest.fail("the image test needs root (podman, namespaces); CI is root")
-    tag = img.build(tag=img.TEST_TAG, log=print)
+    tag = img.built(img.TEST_TAG, log=print)  # started at the session's start: integration/conftest.py
     root = img.ImageRoot.mount(tag)
     try:
         yield root
