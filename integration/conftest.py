@@ -5,9 +5,11 @@
 - `cluster_lab.record_measurement(name, values)`: tests that measure (failover times)
   hand their numbers there; they are printed in pytest's terminal summary (p50, max, n), so
   the figures show up in every CI log without `-s` and without timed assertions.
-- The image under test is built from the session's start when test_image.py is selected
-  (integration/image.py, build_early): its cold build waits on the network and the disk
-  beside the unit tests rather than on its own.
+- Before the first test, the checkout's code is compiled (integration/lab/bytecode.py: the
+  environment says not to write bytecode, and every daemon, ExaBGP helper and emulator the
+  suite starts compiled our modules again), and the image under test starts building when
+  test_image.py is selected (integration/image.py, build_early): its cold build waits on
+  the network and the disk beside the unit tests rather than on its own.
 """
 
 from __future__ import annotations
@@ -17,13 +19,17 @@ from pathlib import Path
 
 import pytest
 
+from integration.lab.bytecode import compile_checkout
 from integration.lab.cluster_lab import MEASUREMENTS, summarize
 
 IMAGE_TEST = Path(__file__).with_name("test_image.py")
 
 
 def pytest_collection_finish(session):
-    if session.config.option.collectonly or os.geteuid() != 0:  # not root: test_image fails, as it says why
+    if session.config.option.collectonly:
+        return
+    compile_checkout()
+    if os.geteuid() != 0:  # not root: test_image fails, as it says why
         return
     if any(item.path == IMAGE_TEST for item in session.items):
         from integration import image

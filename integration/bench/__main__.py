@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from integration.bench import report, scenarios
     from integration.bench.system import SystemLab, machine
+    from integration.lab.bytecode import compile_checkout
     from integration.lab import netns
 
     mode_name = "small" if args.small else "medium" if args.medium else "full"
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     profile_dir = args.profiles.resolve() if args.profiles else Path(tmp.name)
     profile_dir.mkdir(parents=True, exist_ok=True)
     netns.install_sigterm_cleanup()
+    compile_checkout()  # the daemon as its image runs it: compiled, not compiled at each start
     info = machine()
     print(f"bgpspeaker system benchmarks, mode {mode_name}: {info['nproc']} × {info['cpu']}, kernel {info['kernel']}",
           flush=True)
