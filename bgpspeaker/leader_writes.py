@@ -376,7 +376,13 @@ class RecordSchedule:
                 loop.call_later(RECORD_RETRY_SECONDS, self._on_retry)
                 continue
             if snapshot.records is not None and self._unseen:  # what the watch brought is waited for no more
-                self._unseen = still_unseen(self._unseen, snapshot.records, loop.time())
+                now = loop.time()
+                if any(now - since >= UNSEEN_CLAIM_SECONDS for _, since in self._unseen.values()):
+                    # A record never read back (deleted before the watch brought it): the
+                    # claim that made it, decided again, is the same work, and must be made
+                    # again rather than skipped as already handed over.
+                    self._done = None
+                self._unseen = still_unseen(self._unseen, snapshot.records, now)
             if work is None:
                 continue
             if isinstance(work, RecordApply):
@@ -420,7 +426,10 @@ class RecordSchedule:
         log.debug("claims wait for records not read back yet", extra=fields(held=len(work.claims) - len(claims)))
         self._retry = True  # the same allocation and records, offered again, are decided again
         if self._unseen_timer is None or self._unseen_timer.when() <= loop.time():
-            self._unseen_timer = loop.call_later(UNSEEN_CLAIM_SECONDS, self._on_retry)
+            # When the oldest wait is over (not UNSEEN_CLAIM_SECONDS from now: up to twice
+            # that), a hair late: a timer may run up to the clock's resolution early.
+            oldest = min(since for _, since in self._unseen.values())
+            self._unseen_timer = loop.call_at(oldest + UNSEEN_CLAIM_SECONDS + 0.01, self._on_retry)
         if not (claims or work.joins or work.leaves):
             return None
         return replace(work, claims=claims)

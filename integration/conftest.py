@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,13 +29,22 @@ IMAGE_TEST = Path(__file__).with_name("test_image.py")
 def pytest_collection_finish(session):
     if session.config.option.collectonly:
         return
-    compile_checkout()
+    if not compile_checkout():
+        print("\nintegration/conftest.py: some of the checkout's code did not compile (see above); "
+              "the daemons started from it compile those modules at each start", file=sys.stderr)
     if os.geteuid() != 0:  # not root: test_image fails, as it says why
         return
     if any(item.path == IMAGE_TEST for item in session.items):
         from integration import image
 
         image.build_early(image.TEST_TAG)
+
+
+def pytest_sessionfinish(session):
+    if "integration.image" in sys.modules:  # imported only when an early build was started
+        from integration import image
+
+        image.stop_early_builds()  # one nobody waited for: the session ended before test_image
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)

@@ -28,11 +28,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
-import threading
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +93,7 @@ def ensure_base(log=print) -> str:
     if image_exists(tag):
         return tag
     root = CACHE / "rootfs"
+    _unmount_under(root)
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     started = time.monotonic()
@@ -113,6 +113,7 @@ def ensure_base(log=print) -> str:
         if imported.returncode != 0 or tar.returncode != 0:
             raise ImageError(f"podman import: {imported.stderr.strip()}")
     finally:
+        _unmount_under(root)
         shutil.rmtree(root, ignore_errors=True)
     log(f"base made in {time.monotonic() - started:.0f} s")
     return tag
@@ -167,46 +168,91 @@ def build(base: str | None = None, tag: str = TAG, log=print, quiet: bool = True
     return tag
 
 
-# tag -> (the build started by build_early, the lines it logged)
-_EARLY: dict[str, tuple[Future, list[str]]] = {}
+# tag -> (the `python -m integration.image` started by build_early, the file it writes its output to)
+_EARLY: dict[str, tuple[subprocess.Popen, Path]] = {}
 
 
 def build_early(tag: str) -> None:
-    """Start build(tag=tag) now, in a thread, for a test that needs the image later.
+    """Start building `tag` now, for a test that needs the image later.
 
     A cold build (the base's debootstrap, the dependency wheels) is ~90 s spent mostly
     waiting on the Debian mirror, PyPI and the disk; started when the test session
     begins it overlaps the unit tests instead of adding to the suite's time (CI's budget
-    is 20 minutes). A daemon thread: an interrupted session does not wait for it."""
+    is 20 minutes). A process of its own, in its own process group: its output stays out
+    of the tests' captured output, and a session that ends without waiting for it stops
+    it whole (stop_early_builds), rather than leaving debootstrap or podman running."""
     if tag in _EARLY:
         return
-    future: Future = Future()
-    lines: list[str] = []
-
-    def run() -> None:
-        try:
-            future.set_result(build(tag=tag, log=lines.append))
-        except BaseException as exc:  # handed to whoever waits for the image
-            future.set_exception(exc)
-
-    _EARLY[tag] = (future, lines)
-    threading.Thread(target=run, name=f"image build {tag}", daemon=True).start()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    output = CACHE / f"early-build-{os.getpid()}.log"
+    with output.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "integration.image", "--tag", tag], cwd=REPO,
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    _EARLY[tag] = (proc, output)
 
 
 def built(tag: str, log=print, timeout: float | None = None) -> str:
-    """The image `tag`: the build_early one once it is done (its log replayed, its error
-    raised here), else a build made now."""
+    """The image `tag`: the build_early one once it is done (its output logged; its failure
+    raised here, with the end of that output), else a build made now."""
     early = _EARLY.pop(tag, None)
     if early is None:
         return build(tag=tag, log=log)
-    future, lines = early
+    proc, output = early
     started = time.monotonic()
     try:
-        return future.result(timeout)
+        returncode = proc.wait(timeout)
+    except BaseException:  # interrupted, or out of time: the build goes too
+        _stop(proc)
+        raise
     finally:
-        for line in lines:
-            log(line)
-        log(f"(built beside the tests before this one; waited {time.monotonic() - started:.0f} s for it)")
+        text = output.read_text(errors="replace") if output.exists() else ""
+        output.unlink(missing_ok=True)
+    for line in text.splitlines():
+        log(line)
+    if returncode != 0:
+        raise ImageError(f"python -m integration.image --tag {tag} (started with the session): "
+                         f"exit {returncode}\n{text[-3000:]}")
+    log(f"(built beside the tests before this one; waited {time.monotonic() - started:.0f} s for it)")
+    return tag
+
+
+def stop_early_builds() -> None:
+    """Stop the early builds nobody waited for (a session that ended first: -x, an interrupt)."""
+    while _EARLY:
+        _, (proc, output) = _EARLY.popitem()
+        _stop(proc)
+        output.unlink(missing_ok=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """The build's whole process group (pip, debootstrap, podman under it): SIGTERM first,
+    which lets debootstrap unmount what it mounted in the root it builds (its exit trap),
+    then SIGKILL for whatever is left after 30 s. Returns once the group is empty."""
+    for sig, wait in ((signal.SIGTERM, 30.0), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            proc.poll()  # the leader reaped: a zombie still counts as a member
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+    proc.poll()
+
+
+def _unmount_under(root: Path) -> None:
+    """Lazily unmount whatever is mounted under `root`, deepest first. debootstrap mounts /proc
+    and /sys (and may bind /dev) inside the root it builds; a build killed half way leaves
+    them, and removing that root through them would remove the host's."""
+    prefix = str(root.resolve()) + "/"
+    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    for target in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", target], capture_output=True)
 
 
 def image_id(tag: str) -> str | None:

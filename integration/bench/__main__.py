@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     profile_dir = args.profiles.resolve() if args.profiles else Path(tmp.name)
     profile_dir.mkdir(parents=True, exist_ok=True)
     netns.install_sigterm_cleanup()
-    compile_checkout()  # the daemon as its image runs it: compiled, not compiled at each start
+    if not compile_checkout():  # the daemon as its image runs it: compiled, not compiled at each start
+        print("integration.bench: some of the checkout's code did not compile (see above): "
+              "the daemon's cold start includes compiling it", file=sys.stderr)
     info = machine()
     print(f"bgpspeaker system benchmarks, mode {mode_name}: {info['nproc']} × {info['cpu']}, kernel {info['kernel']}",
           flush=True)

@@ -148,8 +148,9 @@ class KubeEmulator:
 
     def hold_events(self, plural: str, let_through: int = 0) -> None:
         """Watch events of one resource (its plural: "configmaps") wait in the streams'
-        buffers, but for the next `let_through` (counted over every stream of it); in order,
-        bookmarks included. To put a client between two writes: it sees the first, not the
+        buffers, but for the next `let_through` changes (ADDED, MODIFIED or DELETED, counted
+        over every stream of it; a bookmark is not a change, and goes with the change after
+        it); in order. To put a client between two writes: it sees the first, not the
         second. release_events(plural) ends the hold."""
         self._held_events[plural] = int(let_through)
         self._hold_changed()

@@ -206,14 +206,16 @@ class _Routes:
                 elif (let_through := self.emu.events_let_through(resource.plural)) == 0:
                     wait_for = self.emu.hold_changed.wait()  # held (hold_events)
                 else:
-                    lines = []
+                    lines, changes = [], 0  # only changes count against a hold's let_through, not bookmarks
                     limit = 1000 if let_through is None else min(1000, let_through)
-                    while watcher.buffer and len(lines) < limit:
+                    while watcher.buffer and changes < limit and len(lines) < 1000:
                         type_, obj = watcher.buffer.popleft()
-                        if as_table and type_ in ("ADDED", "MODIFIED", "DELETED"):
-                            obj = json.dumps(tables.table(resource, [json.loads(obj)])).encode()
+                        if type_ in ("ADDED", "MODIFIED", "DELETED"):
+                            changes += 1
+                            if as_table:
+                                obj = json.dumps(tables.table(resource, [json.loads(obj)])).encode()
                         lines.append(b'{"type":"%s","object":%s}\n' % (type_.encode(), obj))
-                    self.emu.events_sent(resource.plural, len(lines))
+                    self.emu.events_sent(resource.plural, changes)
                     await resp.write(b"".join(lines))
                     continue
                 try:  # asyncio.timeout, not wait_for: 3.11's wait_for can drop a cancellation (gh-86296)
