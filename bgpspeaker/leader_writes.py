@@ -156,14 +156,19 @@ def record_work(
 Unseen = Mapping[tuple[str, str], tuple[AddressRecord, float]]
 
 
+def wait_over(since: float, now: float) -> bool:
+    """Whether a record created at `since` is waited for no more at `now` (UNSEEN_CLAIM_SECONDS)."""
+    return now - since >= UNSEEN_CLAIM_SECONDS
+
+
 def still_unseen(unseen: Unseen, records: Mapping[str, Mapping[str, AddressRecord]], now: float) -> dict:
-    """The created records a snapshot with `records` does not show yet, created less than
-    UNSEEN_CLAIM_SECONDS before `now`. Shown with any holder, a record is read back (or
-    taken since): the allocator decides from it."""
+    """The created records a snapshot with `records` does not show yet, whose wait is not
+    over at `now`. Shown with any holder, a record is read back (or taken since): the
+    allocator decides from it."""
     return {
         (store, key): (rec, since)
         for (store, key), (rec, since) in unseen.items()
-        if key not in records.get(store, {}) and now - since < UNSEEN_CLAIM_SECONDS
+        if key not in records.get(store, {}) and not wait_over(since, now)
     }
 
 
@@ -377,7 +382,7 @@ class RecordSchedule:
                 continue
             if snapshot.records is not None and self._unseen:  # what the watch brought is waited for no more
                 now = loop.time()
-                if any(now - since >= UNSEEN_CLAIM_SECONDS for _, since in self._unseen.values()):
+                if any(wait_over(since, now) for _, since in self._unseen.values()):
                     # A record never read back (deleted before the watch brought it): the
                     # claim that made it, decided again, is the same work, and must be made
                     # again rather than skipped as already handed over.
